@@ -1,0 +1,5 @@
+"""`python -m medsamkit` runs the CLI."""
+
+from medsamkit.cli import main
+
+main()

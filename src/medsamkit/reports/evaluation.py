@@ -1,0 +1,215 @@
+"""Evaluation reports from the per-object CSV: summary table (JSON + Markdown), click curve, percentile examples."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from medsamkit.prompts import PromptMode
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "median": None, "n": 0}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": round(float(arr.mean()), 4), "median": round(float(np.median(arr)), 4), "n": int(arr.size)}
+
+
+def summarise(rows: list[dict], image_rows: list[dict], modes: list[PromptMode]) -> dict:
+    """Per (method, mode): Dice/IoU mean/median/n on final steps, prompts/s; curves for interactive modes."""
+    final = defaultdict(list)
+    seconds = defaultdict(float)
+    calls = defaultdict(int)
+    curves: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        key = (r["method"], r["mode"])
+        s = float(r["seconds"])
+        if s > 0:
+            seconds[key] += s
+            calls[key] += 1
+        if r["final"] == "1":
+            final[key].append((float(r["dice"]), float(r["iou"])))
+        curves[r["method"]][r["mode"]][int(r["step"])].append(float(r["iou"]))
+    n_images = len(image_rows)
+    embed = sum(float(r["embed_seconds"]) for r in image_rows)
+    decode = sum(float(r["decode_seconds"]) for r in image_rows)
+    table = []
+    for method in ("model", "random_walker"):
+        for m in modes:
+            key = (method, m.name)
+            if key not in final:
+                continue
+            d = [x[0] for x in final[key]]
+            i = [x[1] for x in final[key]]
+            table.append({
+                "method": method, "mode": m.name, "dice": _stats(d), "iou": _stats(i),
+                "prompts_per_s": round(calls[key] / seconds[key], 2) if seconds[key] else None,
+            })
+    curve_out = {
+        method: {mode: {str(k): round(float(np.mean(v)), 4) for k, v in sorted(steps.items())}
+                 for mode, steps in per_mode.items() if len(steps) > 1}
+        for method, per_mode in curves.items()
+    }
+    return {
+        "images": n_images,
+        "objects": sum(int(r["objects"]) for r in image_rows),
+        "skipped_small": sum(int(r["skipped_small"]) for r in image_rows),
+        "tiles": sum(int(r["tiles"]) for r in image_rows),
+        "embed_seconds": round(embed, 2),
+        "decode_seconds": round(decode, 2),
+        "images_per_s": round(n_images / (embed + decode), 4) if embed + decode > 0 else None,
+        "table": table,
+        "click_curves": {k: v for k, v in curve_out.items() if v},
+        "note": "Dice/IoU per object on its final prompt step; both-empty cases cannot occur (objects are "
+                "non-empty); images/s counts encoder + decoder time of the model only.",
+    }
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+
+def markdown(summary: dict, title: str) -> str:
+    """The summary as a Markdown report."""
+    lines = [f"# {title}", "",
+             f"images: {summary['images']}, objects: {summary['objects']} (skipped as too small: "
+             f"{summary['skipped_small']}), tiles: {summary['tiles']}, images/s: {_fmt(summary['images_per_s'])}",
+             "", "| method | prompt | Dice mean | Dice median | IoU mean | IoU median | n | prompts/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in summary["table"]:
+        d, i = row["dice"], row["iou"]
+        lines.append(f"| {row['method']} | {row['mode']} | {_fmt(d['mean'])} | {_fmt(d['median'])} | "
+                     f"{_fmt(i['mean'])} | {_fmt(i['median'])} | {d['n']} | {_fmt(row['prompts_per_s'])} |")
+    for method, per_mode in summary.get("click_curves", {}).items():
+        for mode, curve in per_mode.items():
+            lines += ["", f"IoU by number of prompt steps, {method} {mode}: "
+                      + ", ".join(f"{k}: {v:.3f}" for k, v in curve.items())]
+    lines += ["", summary["note"], ""]
+    return "\n".join(lines)
+
+
+def plot_curves(summary: dict, path: Path) -> Path | None:
+    """IoU against the number of clicks for every interactive mode (model and baseline)."""
+    curves = summary.get("click_curves", {})
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, per_mode in curves.items():
+        for mode, curve in per_mode.items():
+            ks = [int(k) for k in curve]
+            ax.plot(ks, list(curve.values()), marker="o", label=f"{method} {mode}",
+                    linestyle="-" if method == "model" else "--")
+    ax.set_xlabel("prompt steps (clicks)")
+    ax.set_ylabel("mean IoU")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def percentile_rows(rows: list[dict], mode: str, method: str = "model") -> list[tuple[int, dict]]:
+    """The final-step rows at the 25th/50th/75th percentile of Dice for one mode."""
+    sel = sorted((r for r in rows if r["mode"] == mode and r["method"] == method and r["final"] == "1"),
+                 key=lambda r: float(r["dice"]))
+    if not sel:
+        return []
+    return [(q, sel[min(int(math.floor(q / 100 * len(sel))), len(sel) - 1)]) for q in (25, 50, 75)]
+
+
+def plot_examples(cfg, modes: list[PromptMode], rows: list[dict], predictor, path: Path) -> Path | None:
+    """Per mode, the 25/50/75th-percentile objects: image crop, truth (green), prediction (red), prompts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medsamkit.engines.evaluate import _case_key, iter_cases, run_mode_model
+    from medsamkit.io.images import to_uint8_rgb
+    from medsamkit.objects import extract_objects
+
+    wanted = {m.name: percentile_rows(rows, m.name) for m in modes}
+    need = {r["image"] for picks in wanted.values() for _, r in picks}
+    if not need:
+        return None
+    cases = {}
+    for case in iter_cases(cfg):
+        if case.name in need:
+            cases[case.name] = case
+        if len(cases) == len(need):
+            break
+    fig, axes = plt.subplots(len(modes), 3, figsize=(9, 3 * len(modes)), squeeze=False)
+    for mi, mode in enumerate(modes):
+        for qi, (q, row) in enumerate(wanted[mode.name]):
+            ax = axes[mi][qi]
+            ax.axis("off")
+            case = cases.get(row["image"])
+            if case is None:
+                continue
+            objs = {o.label: o for o in extract_objects(case.label, case.kind, cfg.min_area, cfg.min_fraction)}
+            obj = objs[int(row["object"])]
+            window = tuple(int(v) for v in row["tile"].split(":"))
+            y0, x0, y1, x1 = window
+            predictor.set_image(case.image[y0:y1, x0:x1])
+            run = run_mode_model(predictor, [obj], window, mode, cfg.seed, _case_key(case.name), cfg.multimask)[0]
+            truth, pred, prompt = obj.mask_in(window), run.masks[-1], run.prompts[-1]
+            rs, cs = obj.slices
+            pad = max(rs.stop - rs.start, cs.stop - cs.start) // 2 + 12
+            r0, r1 = max(rs.start - y0 - pad, 0), min(rs.stop - y0 + pad, y1 - y0)
+            c0, c1 = max(cs.start - x0 - pad, 0), min(cs.stop - x0 + pad, x1 - x0)
+            ax.imshow(to_uint8_rgb(case.image[y0:y1, x0:x1])[r0:r1, c0:c1])
+            ax.contour(truth[r0:r1, c0:c1], levels=[0.5], colors="lime", linewidths=1)
+            if pred[r0:r1, c0:c1].any():
+                ax.contour(pred[r0:r1, c0:c1], levels=[0.5], colors="red", linewidths=1)
+            if prompt.box is not None:
+                bx0, by0, bx1, by1 = prompt.box - np.array([c0, r0, c0, r0])
+                ax.add_patch(plt.Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, color="yellow", lw=1))
+            for (px, py), lab in zip(prompt.points, prompt.labels):
+                ax.plot(px - c0, py - r0, marker="*", color="yellow" if lab == 1 else "cyan", ms=9)
+            ax.set_xlim(-0.5, c1 - c0 - 0.5)
+            ax.set_ylim(r1 - r0 - 0.5, -0.5)
+            ax.set_title(f"{mode.name} p{q}: Dice {float(row['dice']):.2f}", fontsize=8)
+    fig.suptitle("truth green, prediction red, prompts yellow (negative clicks cyan)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_reports(out: Path, modes: list[PromptMode], predictor, cfg) -> dict:
+    """Summary JSON/Markdown and figures from the CSVs in `out` (predictor None: no example figure)."""
+    rows = _read(out / "per_object.csv")
+    image_rows = _read(out / "per_image.csv")
+    summary = summarise(rows, image_rows, modes)
+    summary["data"], summary["model"], summary["seed"] = cfg.data, cfg.model, cfg.seed
+    figs = []
+    if plot_curves(summary, out / "figures" / "click_curve.png"):
+        figs.append("figures/click_curve.png")
+    if predictor is not None and rows:
+        if plot_examples(cfg, modes, rows, predictor, out / "figures" / "percentile_examples.png"):
+            figs.append("figures/percentile_examples.png")
+    summary["figures"] = figs
+    md = markdown(summary, f"Evaluation: {cfg.model} on {cfg.data}")
+    md += "".join(f"\n![{f}]({f})\n" for f in figs)
+    (out / "summary.md").write_text(md)
+    return summary

