@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -132,28 +133,33 @@ def test_autograd_path_matches_upstream(encoder: torch.nn.Module, reference: dic
     assert_matches_reference(emb.detach().double().numpy(), reference, [1])
 
 
-def test_small_tinyvit_trains_with_gradients() -> None:
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny ops: one thread avoids OpenMP barriers stalling on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_tinyvit(drop: float = 0.0) -> TinyViT:
+    """A small TinyViT with LiteMedSAM's structure: 64x64 input -> (32, 16, 16) embedding."""
+    return TinyViT(img_size=64, embed_dims=(16, 24, 32, 40), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 2),
+                   window_sizes=(7, 7, 14, 7), out_chans=32, drop_rate=drop, drop_path_rate=drop)
+
+
+def test_small_tinyvit_trains_with_gradients(one_thread: None) -> None:
     # Same code path as LiteMedSAM at a size that trains in a second: 64x64 input -> 16x16 embedding,
     # windows 7 and 14 both padded (32 -> 35, 16 -> 28).
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: one thread avoids OpenMP barriers stalling on a busy machine
-    try:
-        check_small_tinyvit_training()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def check_small_tinyvit_training() -> None:
-    """Forward/backward of a small TinyViT in train mode, then eval-mode determinism."""
-    model = TinyViT(img_size=64, embed_dims=(16, 24, 32, 40), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 2),
-                    window_sizes=(7, 7, 14, 7), out_chans=32, drop_rate=0.1, drop_path_rate=0.1).train()
+    model = small_tinyvit(drop=0.1).train()
     images = torch.rand(2, 3, 64, 64, requires_grad=True)
     out = model(images)
     assert out.shape == (2, 32, 16, 16)
     out.square().mean().backward()
-    attn = model.layers[3].blocks[0].attn
-    assert attn.attention_biases.grad is not None and attn.attention_biases.grad.abs().sum() > 0
+    for stage in (2, 3):  # 14x14 and 7x7 windows take different attention kernels
+        attn = model.layers[stage].blocks[0].attn
+        assert attn.attention_biases.grad is not None and attn.attention_biases.grad.abs().sum() > 0
     assert attn.qkv.weight.grad.abs().sum() > 0 and model.patch_embed.seq[0].c.weight.grad.abs().sum() > 0
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     # Dropout and drop-path are random in train mode only: two passes differ, two eval passes do not.
@@ -162,6 +168,47 @@ def check_small_tinyvit_training() -> None:
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(images), model(images), rtol=0, atol=0)
+
+
+class CountingLinear(torch.nn.Linear):
+    """An nn.Linear subclass standing for a LoRA-wrapped layer: counts its calls."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CountingLinear.calls += 1
+        return super().forward(x)
+
+
+def test_wrapped_qkv_and_proj_are_called_at_inference(one_thread: None) -> None:
+    torch.manual_seed(0)
+    model = small_tinyvit().eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        plain = model(images)
+    attn = model.layers[2].blocks[1].attn
+    for name in ("qkv", "proj"):
+        old = getattr(attn, name)
+        wrapped = CountingLinear(old.in_features, old.out_features)
+        wrapped.load_state_dict(old.state_dict())
+        setattr(attn, name, wrapped)
+    CountingLinear.calls = 0
+    with torch.inference_mode():
+        torch.testing.assert_close(model(images), plain, rtol=1e-5, atol=1e-5)
+    # qkv on the tokens + qkv on the padding token (16x16 map in 14x14 windows) + proj.
+    assert CountingLinear.calls == 3
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks become constants: expected
+def test_traced_encoder_uses_standard_ops_only(one_thread: None) -> None:
+    # The oneDNN fused kernels are for eager inference; exporters must see plain aten ops.
+    torch.manual_seed(0)
+    model = small_tinyvit().eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, images)
+        torch.testing.assert_close(traced(images), model(images), rtol=1e-5, atol=1e-5)
+    assert "mkldnn" not in str(traced.inlined_graph)
 
 
 def test_strict_load_rejects_a_missing_key(litemedsam_state: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,94 @@
+"""`medsamkit samaug masks|priors`: everything-mode masks and SAMAug prior maps for a data SPEC."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from medsamkit.cli import main
+from medsamkit.cli.options import model_options
+
+
+def everything_options(fn):
+    """The key everything-mode flags (defaults: engines.everything.EverythingConfig)."""
+    options = [
+        click.option("--proposal", type=click.Choice(["auto", "blobs", "grid", "points"]), default="auto",
+                     show_default=True,
+                     help="prompts: points grid (point models), box grid (naive) or boxes around stain blobs"),
+        click.option("--pred-iou-thresh", type=float, default=0.5, show_default=True),
+        click.option("--stability-thresh", type=float, default=0.6, show_default=True),
+        click.option("--box-nms-thresh", type=float, default=0.5, show_default=True),
+        click.option("--min-area", type=int, default=20, show_default=True, help="pixels"),
+        click.option("--max-area", type=int, default=3000, show_default=True, help="pixels; 0 = no limit"),
+        click.option("--tile-size", type=int, default=256, show_default=True),
+        click.option("--tile-overlap", type=int, default=48, show_default=True),
+        click.option("--points-per-side", type=int, default=32, show_default=True, help="points mode, per tile"),
+        click.option("--full-decoder", is_flag=True, help="decode on the whole embedding (slower; no windows)"),
+        click.option("--max-images", type=int, default=None, help="only the first N images"),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def _config(data, out, write_priors, model_name, checkpoint, device, thickness, **kw):
+    from medsamkit.engines.everything import EverythingConfig
+    from medsamkit.engines.priors import PriorsConfig
+
+    everything = EverythingConfig(
+        proposal=kw["proposal"],
+        pred_iou_thresh=kw["pred_iou_thresh"],
+        stability_thresh=kw["stability_thresh"],
+        box_nms_thresh=kw["box_nms_thresh"],
+        min_area=kw["min_area"],
+        max_area=kw["max_area"] or None,
+        tile_size=kw["tile_size"],
+        tile_overlap=kw["tile_overlap"],
+        points_per_side=kw["points_per_side"],
+        local_decode=not kw["full_decoder"],
+    )
+    return PriorsConfig(
+        data=data, out=out, model=model_name, checkpoint=checkpoint, device=device, everything=everything,
+        max_images=kw["max_images"], write_priors=write_priors, boundary_thickness=thickness,
+    )
+
+
+def _summary(index: dict) -> None:
+    images = index["images"]
+    done = [e for e in images if not e.get("skipped")]
+    click.echo(json.dumps({
+        "images": len(images), "computed": len(done), "skipped": len(images) - len(done),
+        "masks": sum(e.get("masks", 0) for e in done),
+    }))
+
+
+@main.group()
+def samaug() -> None:
+    """SAMAug (paper 000): everything-mode masks and segmentation/boundary prior maps."""
+
+
+@samaug.command()
+@click.option("--data", required=True, help="data SPEC (folder with images/ + labels/, builtin:NAME, ...)")
+@click.option("--out", required=True, type=click.Path(), help="output folder (masks/, index.json)")
+@everything_options
+@model_options
+def masks(data, out, model_name, checkpoint, device, **kw):
+    """Everything-mode masks for every image of DATA into OUT/masks/NAME.npz (resumable)."""
+    from medsamkit.engines.priors import compute_priors
+
+    _summary(compute_priors(_config(data, out, False, model_name, checkpoint, device, 2, **kw)))
+
+
+@samaug.command()
+@click.option("--data", required=True, help="data SPEC (folder with images/ + labels/, builtin:NAME, ...)")
+@click.option("--out", required=True, type=click.Path(), help="output folder (masks/, priors/, visuals/)")
+@click.option("--boundary-thickness", type=int, default=2, show_default=True,
+              help="outer boundary dilated by a disk of radius thickness-1")
+@everything_options
+@model_options
+def priors(data, out, boundary_thickness, model_name, checkpoint, device, **kw):
+    """Masks, segmentation/boundary priors (npz + 16-bit PNG) and visuals for every image of DATA."""
+    from medsamkit.engines.priors import compute_priors
+
+    _summary(compute_priors(_config(data, out, True, model_name, checkpoint, device, boundary_thickness, **kw)))

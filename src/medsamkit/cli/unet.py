@@ -1,0 +1,84 @@
+"""`medsamkit unet train|eval`: the SAMAug MedNet (3-class U-Net) with or without SAM priors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from medsamkit.cli import main
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} must be a comma list of integers, e.g. 16,32,64") from None
+
+
+@main.group()
+def unet() -> None:
+    """Train and evaluate the 3-class U-Net (background / nucleus / boundary) of SAMAug."""
+
+
+@unet.command()
+@click.option("--data", required=True, help="training SPEC: folder with images/ + labels/ (instance maps)")
+@click.option("--priors", type=click.Path(), default=None,
+              help="SAMAug priors folder (from `medsamkit samaug priors`); omit for the baseline")
+@click.option("--out", required=True, type=click.Path(), help="run folder (rerun the command to resume)")
+@click.option("--iterations", type=int, default=2000, show_default=True, help="paper: 50000 on a GPU")
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--lr-after", type=float, default=5e-5, show_default=True, help="learning rate after the switch")
+@click.option("--lr-switch", type=int, default=None, help="iteration of the switch (default: 60%)")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--crop", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-images", type=int, default=0, show_default=True,
+              help="hold out the last N images and report their AJI after training")
+@click.option("--channels", default="16,32,64,128,256", show_default=True, help="U-Net channels per level")
+@click.option("--strides", default="2,2,2,2", show_default=True)
+@click.option("--res-units", "num_res_units", type=int, default=2, show_default=True)
+@click.option("--dice", is_flag=True, help="cross-entropy + Dice loss (default: cross-entropy)")
+@click.option("--checkpoint-every", type=int, default=100, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: env MEDSAMKIT_THREADS, else all)")
+def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, crop, seed, val_images, channels,
+          strides, num_res_units, dice, checkpoint_every, device, threads):
+    """Train (or resume) a U-Net; writes RUN/last.pt, metrics.csv, loss.png."""
+    from medsamkit.engines.unet import UNetConfig
+    from medsamkit.engines.unet import train as run
+
+    cfg = UNetConfig(data=data, out=out, priors=priors, iterations=iterations, lr=lr, lr_after=lr_after,
+                     lr_switch=lr_switch, batch_size=batch_size, crop=crop, seed=seed, val_images=val_images,
+                     channels=_ints(channels), strides=_ints(strides), num_res_units=num_res_units, dice=dice,
+                     checkpoint_every=checkpoint_every, device=device, threads=threads)
+    try:
+        result = run(cfg)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: rerun the same command to resume from {out}/last.pt", err=True)
+        sys.exit(130)
+    click.echo(f"trained to iteration {result.iterations} ({result.iterations_per_second:.2f} it/s); run in {out}")
+    if result.validation:
+        click.echo(f"validation: {json.dumps(result.validation)}")
+
+
+@unet.command("eval")
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="run folder of `unet train`")
+@click.option("--data", required=True, help="test SPEC: folder with images/ + labels/ (instance maps)")
+@click.option("--priors", type=click.Path(), default=None, help="priors of the test images (SAMAug runs)")
+@click.option("--out", type=click.Path(), default=None, help="results folder (default: RUN/eval-<data>)")
+@click.option("--max-images", type=int, default=None)
+@click.option("--glas", is_flag=True, help="also GlaS object F1 and object Dice")
+@click.option("--min-size", type=int, default=10, show_default=True, help="smallest nucleus seed in pixels")
+@click.option("--no-masks", is_flag=True, help="do not write predicted instance PNGs")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: env MEDSAMKIT_THREADS, else all)")
+def eval_(run_dir, data, priors, out, max_images, glas, min_size, no_masks, device, threads):
+    """Sliding-window segmentation + AJI per image; writes per_image.csv, summary.json, masks/."""
+    from medsamkit.engines.unet import UNetEvalConfig, evaluate
+
+    cfg = UNetEvalConfig(run=run_dir, data=data, priors=priors, out=out, max_images=max_images, glas=glas,
+                         min_size=min_size, save_masks=not no_masks, device=device, threads=threads)
+    summary = evaluate(cfg)
+    click.echo(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2))

@@ -1,0 +1,454 @@
+"""Everything mode: masks for all objects of an image from a prompt-only SAM-family model (SAMAug step 1).
+
+Large images are cut into native-resolution tiles (``tiling.grid_windows``); each tile is encoded once and
+prompted with a grid of points (point-capable models, as SAM's automatic mask generator), a grid of boxes
+(box-only models, the paper-style naive grid) or boxes around cheap classical blob proposals (box-only
+models, the default: far fewer prompts for better recall on nuclei). Masks are filtered by predicted IoU,
+stability score and area, then de-duplicated by box NMS across the whole image. Box prompts are decoded
+on a window of the embedding around each box (`decode_local`: ~4x cheaper per prompt on CPU, same model).
+Blob proposals are made once on the whole image and each is decoded in the tile holding it most centrally;
+masks touching a tile edge inside the image are dropped (a neighbouring tile holds that region whole).
+
+Stability score: IoU of (logits > +offset) and (logits > -offset), computed on the mask logits at TILE
+resolution (the decoder's low-res logits resampled to the tile's pixels), as SAM does on full-res logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsamkit.engines.nms import nms
+from medsamkit.errors import InputError
+from medsamkit.predictor import Predictor, as_rgb_float
+from medsamkit.tiling import grid_windows
+
+PROPOSALS = ("auto", "blobs", "grid", "points")
+
+
+@dataclass
+class MaskRecord:
+    """One everything-mode mask, stored as its crop inside its inclusive box to save memory."""
+
+    crop: np.ndarray  # bool (y1 - y0 + 1, x1 - x0 + 1): the mask inside `box`
+    box: tuple[int, int, int, int]  # [x0, y0, x1, y1] inclusive, full-image pixels
+    area: int
+    predicted_iou: float
+    stability_score: float
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The mask pasted into a full image of `shape` (bool)."""
+        out = np.zeros(shape[:2], dtype=bool)
+        x0, y0, x1, y1 = self.box
+        out[y0 : y1 + 1, x0 : x1 + 1] = self.crop
+        return out
+
+
+@dataclass
+class EverythingConfig:
+    """Everything-mode settings; thresholds follow the SAMAug paper / SAM's generator unless noted."""
+
+    proposal: str = "auto"  # auto (points if the model takes points, else blobs) | blobs | grid | points
+    pred_iou_thresh: float = 0.5  # SAMAug paper
+    # SAM uses 0.95; LiteMedSAM's nucleus masks score a median 0.73 at offset 1 (small objects: a large
+    # boundary share), so 0.8 kept a quarter of the nuclei and 0.6 keeps ~3/4 (benchmarks/priors_speed.py).
+    stability_thresh: float = 0.6
+    stability_offset: float = 1.0  # SAM default
+    box_nms_thresh: float = 0.5  # SAMAug paper, within and across tiles
+    min_area: int = 20  # pixels; smaller masks are noise at MoNuSeg's 40x
+    max_area: int | None = 3000  # pixels; None keeps any size
+    tile_size: int = 256  # native-resolution tiles
+    tile_overlap: int = 48  # > a large nucleus, so every object lies whole inside some tile
+    points_per_side: int = 32  # points mode, per tile
+    grid_box_sizes: tuple[int, ...] = (16, 24, 32)  # grid mode: box sides in pixels
+    grid_stride: int = 16  # grid mode: box centre spacing in pixels
+    blob_min_distance: int = 4  # blobs mode: min distance between nucleus seeds (pixels)
+    blob_pads: tuple[int, ...] = (3,)  # blobs mode: one box per proposal per padding (pixels added around it)
+    local_decode: bool = True  # decode each BOX on an embedding window around it (much cheaper on CPU)
+    window_tokens: int = 16  # smallest decoding window, in embedding tokens (grows with the prompt size)
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.proposal not in PROPOSALS:
+            raise InputError(f"unknown proposal {self.proposal!r}; choose one of: {', '.join(PROPOSALS)}")
+        if not 0 <= self.pred_iou_thresh <= 1 or not 0 <= self.stability_thresh <= 1:
+            raise InputError("pred-IoU and stability thresholds must be in [0, 1]")
+        if self.tile_size < 32 or not 0 <= self.tile_overlap < self.tile_size:
+            raise InputError(f"tile size {self.tile_size} / overlap {self.tile_overlap} not usable")
+
+
+def stability_score(logits: torch.Tensor | np.ndarray, offset: float = 1.0, threshold: float = 0.0) -> np.ndarray:
+    """IoU of (logits > threshold + offset) and (logits > threshold - offset) per mask over the last two axes.
+
+    The first set is inside the second, so IoU = |high| / |low|; an empty low set scores 0.
+    """
+    x = torch.as_tensor(logits)
+    high = (x > threshold + offset).flatten(-2).sum(-1).double()
+    low = (x > threshold - offset).flatten(-2).sum(-1).double()
+    score = torch.where(low > 0, high / low.clamp(min=1), torch.zeros_like(low))
+    return score.cpu().numpy()
+
+
+def model_takes_points(predictor: Predictor) -> bool:
+    """Whether the registry marks the predictor's model as point-capable (unknown models: box-only)."""
+    from medsamkit.models.registry import MODELS
+
+    spec = MODELS.get(getattr(predictor.model, "name", ""))
+    return bool(spec.point_prompts) if spec is not None else False
+
+
+def resolve_proposal(predictor: Predictor, cfg: EverythingConfig) -> str:
+    """The proposal mode to use: `auto` -> points for point-capable models, blobs for box-only ones."""
+    if cfg.proposal != "auto":
+        return cfg.proposal
+    return "points" if model_takes_points(predictor) else "blobs"
+
+
+# --- proposals -----------------------------------------------------------------------------------------
+def _unit_rgb(image: np.ndarray) -> np.ndarray:
+    """float (H,W,3) in [0,1]: integer images by their dtype range, float images min-max scaled."""
+    arr = np.asarray(image)
+    rgb = as_rgb_float(arr)
+    if np.issubdtype(arr.dtype, np.integer):
+        return rgb / float(np.iinfo(arr.dtype).max)
+    lo, hi = float(rgb.min()), float(rgb.max())
+    return (rgb - lo) / max(hi - lo, 1e-8)
+
+
+def stain_signal(image: np.ndarray) -> np.ndarray:
+    """Per-pixel 'nucleus-ness' in [0,1]: haematoxylin density (colour) or the minority intensity (grey)."""
+    from skimage.color import rgb2hed
+
+    rgb = _unit_rgb(image)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] >= 3 and not np.allclose(rgb[..., 0], rgb[..., 1]):
+        signal = rgb2hed(rgb)[..., 0]
+    else:
+        grey = rgb[..., 0]
+        lo, hi = np.percentile(grey, (1, 99))
+        # Objects are the minority: a bright background (brightfield) means dark objects, else bright (fluorescence).
+        signal = 1.0 - grey if np.median(grey) > (lo + hi) / 2 else grey
+    lo, hi = np.percentile(signal, (1, 99.5))
+    return np.clip((signal - lo) / max(hi - lo, 1e-8), 0, 1).astype(np.float32)
+
+
+def blob_proposals(image: np.ndarray, min_distance: int = 4, min_area: int = 10) -> np.ndarray:
+    """Boxes (K,4) [x0,y0,x1,y1] inclusive of candidate nuclei: Otsu on the smoothed stain signal, then a
+    distance-transform watershed splits touching blobs (one box per watershed region)."""
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.segmentation import watershed
+
+    signal = gaussian(stain_signal(image), sigma=1.0)
+    foreground = signal > threshold_otsu(signal)
+    blobs, n = ndi.label(ndi.binary_fill_holes(foreground))
+    foreground = (np.bincount(blobs.ravel(), minlength=n + 1) >= min_area)[blobs] & (blobs > 0)
+    if not foreground.any():
+        return np.zeros((0, 4), dtype=np.int64)
+    distance = gaussian(ndi.distance_transform_edt(foreground), sigma=1.0)
+    blobs, _ = ndi.label(foreground)
+    peaks = peak_local_max(distance, min_distance=min_distance, labels=blobs, exclude_border=False)
+    markers = np.zeros(foreground.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    regions = watershed(-distance, markers, mask=foreground)
+    boxes = [
+        (s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1)
+        for s in ndi.find_objects(regions)
+        if s is not None
+    ]
+    return np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+
+
+def expand_boxes(boxes: np.ndarray, pads: tuple[int, ...], shape: tuple[int, int]) -> np.ndarray:
+    """Each box grown by each of `pads` pixels on every side (all of pads[0] first), clipped to the image."""
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    out = [b + np.array([-p, -p, p, p]) for p in pads]
+    res = np.concatenate(out) if out else np.zeros((0, 4), dtype=np.int64)
+    h, w = shape[:2]
+    res[:, [0, 2]] = np.clip(res[:, [0, 2]], 0, w - 1)
+    res[:, [1, 3]] = np.clip(res[:, [1, 3]], 0, h - 1)
+    return res.astype(np.int64)
+
+
+def grid_boxes(shape: tuple[int, int], sizes: tuple[int, ...], stride: int) -> np.ndarray:
+    """The naive multi-scale box grid of a tile: boxes of each side in `sizes` centred every `stride` px."""
+    h, w = shape[:2]
+    out = []
+    for size in sizes:
+        ys = np.arange(stride // 2, h, stride)
+        xs = np.arange(stride // 2, w, stride)
+        cy, cx = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
+        half = size / 2
+        out.append(np.stack([cx - half, cy - half, cx + half - 1, cy + half - 1], axis=1))
+    b = np.round(np.concatenate(out)).astype(np.int64)
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w - 1)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, h - 1)
+    return b
+
+
+def point_grid(shape: tuple[int, int], per_side: int) -> np.ndarray:
+    """SAM's point grid: `per_side`^2 points (x, y) at cell centres of the tile."""
+    h, w = shape[:2]
+    offs = (np.arange(per_side) + 0.5) / per_side
+    ys, xs = np.meshgrid(offs * h, offs * w, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+
+
+def assign_to_windows(boxes: np.ndarray, windows: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """For each box, the window containing it with the largest margin (so its mask is not cut by a border)."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    w = np.asarray(windows, dtype=np.int64)  # (T, 4) y0, x0, y1, x1 exclusive
+    b = np.asarray(boxes, dtype=np.int64)
+    margin = np.minimum.reduce([
+        b[:, None, 0] - w[None, :, 1],
+        b[:, None, 1] - w[None, :, 0],
+        w[None, :, 3] - 1 - b[:, None, 2],
+        w[None, :, 2] - 1 - b[:, None, 3],
+    ])
+    return margin.argmax(axis=1)
+
+
+# --- decoding ------------------------------------------------------------------------------------------
+def _window_starts(centres: torch.Tensor, size: int, grid: int) -> torch.Tensor:
+    return (torch.round(centres - size / 2)).long().clamp(0, grid - size)
+
+
+@torch.inference_mode()
+def decode_local(
+    predictor: Predictor,
+    boxes: torch.Tensor | None,
+    points: tuple[torch.Tensor, torch.Tensor] | None,
+    window: int,
+    multimask: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode P prompts (model-input frame) each on a `window`^2-token crop of the image embedding.
+
+    The decoder's two-way transformer costs O(tokens) per prompt; for objects a few tokens wide a window
+    around the prompt keeps almost all the attention mass at a fraction of the cost. Positional encodings
+    are cropped alike, so prompt coordinates stay absolute. Returns low-res logits (P,C,4w,4w), IoU (P,C)
+    and the windows' top-left corners in low-res pixels (P, 2) as (x, y).
+    """
+    model = predictor.model
+    feats = predictor.embedding.features
+    grid = feats.shape[-1]
+    window = min(window, grid)
+    stride = model.preprocessing.input_size / grid
+    if boxes is not None:
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    else:
+        coords, labels = points
+        weight = (labels > 0).float()[..., None]
+        centres = (coords * weight).sum(1) / weight.sum(1).clamp(min=1)
+    start = _window_starts(centres / stride, window, grid)  # (P, 2) x, y in tokens
+    ar = torch.arange(window, device=feats.device)
+    iy = (start[:, 1, None] + ar)[:, :, None]
+    ix = (start[:, 0, None] + ar)[:, None, :]
+    sparse, _ = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+    pe = model.prompt_encoder.get_dense_pe()[0]
+    src = feats[0][:, iy, ix].permute(1, 0, 2, 3)
+    src = src + model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    pos = pe[:, iy, ix].permute(1, 0, 2, 3)
+    dec = model.mask_decoder
+    out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+    tokens = torch.cat([out_tokens[None].expand(sparse.shape[0], -1, -1), sparse], dim=1)
+    b, c, h, w = src.shape
+    hs, src = dec.transformer(src.contiguous(), pos.contiguous(), tokens)
+    up = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper = torch.stack(
+        [dec.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(dec.num_mask_tokens)], dim=1
+    )
+    b, c, h, w = up.shape
+    masks = (hyper @ up.view(b, c, h * w)).view(b, -1, h, w)
+    iou = dec.iou_prediction_head(hs[:, 0, :])
+    sl = slice(1, None) if multimask else slice(0, 1)
+    up_factor = model.mask_input_size[0] / grid
+    return masks[:, sl], iou[:, sl], (start.float() * up_factor).long()
+
+
+@dataclass
+class _TileGeometry:
+    """Maps low-res logits of a tile to the tile's pixels."""
+
+    low_to_tile: tuple[float, float]  # tile pixels per low-res pixel along (y, x)
+    tile_shape: tuple[int, int]
+
+
+def _geometry(predictor: Predictor) -> _TileGeometry:
+    emb = predictor.embedding
+    s = predictor.model.preprocessing.input_size
+    m = predictor.model.mask_input_size[0]
+    (h, w), (nh, nw) = emb.original_size, emb.input_size
+    return _TileGeometry(((s / m) * (h / nh), (s / m) * (w / nw)), (h, w))
+
+
+def _records_from_logits(
+    logits: torch.Tensor,
+    iou: torch.Tensor,
+    origin: np.ndarray,
+    geo: _TileGeometry,
+    tile_origin: tuple[int, int],
+    cfg: EverythingConfig,
+) -> list[MaskRecord]:
+    """Filter (P,C,L,L) logits whose top-left is `origin` (P,2 low-res x,y) into records in image pixels."""
+    flat_iou = iou.flatten().float().cpu().numpy()
+    p_idx = np.arange(flat_iou.size) // iou.shape[1]
+    keep = flat_iou > cfg.pred_iou_thresh  # cheap filter before any resampling
+    if not keep.any():
+        return []
+    sel = torch.from_numpy(np.nonzero(keep)[0])
+    x = logits.flatten(0, 1)[sel].float()
+    fy, fx = geo.low_to_tile
+    size = (int(round(x.shape[-2] * fy)), int(round(x.shape[-1] * fx)))
+    if size != tuple(x.shape[-2:]):
+        x = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    h, w = geo.tile_shape
+    ty, tx = tile_origin
+    records = []
+    for k, i in enumerate(sel.tolist()):
+        ox, oy = int(round(origin[p_idx[i], 0] * fx)), int(round(origin[p_idx[i], 1] * fy))
+        logit = x[k, : max(h - oy, 0), : max(w - ox, 0)]  # drop the model input's padding
+        stab = float(stability_score(logit, cfg.stability_offset))
+        if stab < cfg.stability_thresh:
+            continue
+        m = (logit > 0).cpu().numpy()
+        area = int(m.sum())
+        if area == 0 or area < cfg.min_area or (cfg.max_area is not None and area > cfg.max_area):
+            continue
+        rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+        r0, r1, c0, c1 = rows[0], rows[-1], cols[0], cols[-1]
+        box = (int(c0 + ox + tx), int(r0 + oy + ty), int(c1 + ox + tx), int(r1 + oy + ty))
+        records.append(MaskRecord(m[r0 : r1 + 1, c0 : c1 + 1].copy(), box, area, float(flat_iou[i]), stab))
+    return records
+
+
+def _touches_inner_border(box: tuple[int, int, int, int], win: tuple[int, int, int, int], shape) -> bool:
+    """Whether a mask box touches a tile edge that is not the image edge (another tile covers it whole)."""
+    x0, y0, x1, y1 = box
+    wy0, wx0, wy1, wx1 = win
+    h, w = shape[:2]
+    return (
+        (x0 <= wx0 and wx0 > 0) or (y0 <= wy0 and wy0 > 0) or (x1 >= wx1 - 1 and wx1 < w) or (y1 >= wy1 - 1 and wy1 < h)
+    )
+
+
+def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: EverythingConfig, win) -> list[MaskRecord]:
+    """Decode box or point prompts (tile pixels) on the current embedding; filtered records in image pixels."""
+    model = predictor.model
+    dev = predictor.device
+    scale = predictor._scale()
+    geo = _geometry(predictor)
+    multimask = kind == "points"
+    grid = predictor.embedding.features.shape[-1]
+    stride = model.preprocessing.input_size / grid
+    records: list[MaskRecord] = []
+    if kind == "points":
+        sizes = np.zeros(len(prompts))
+    else:
+        sizes = (prompts[:, 2:] - prompts[:, :2] + 1).max(axis=1) * scale.max() / stride
+    # A window twice the prompt (in tokens, rounded up to 8) keeps the object's context; grouped for batching.
+    windows = np.maximum(cfg.window_tokens, np.ceil(sizes * 2 / 8) * 8).astype(int)
+    local = cfg.local_decode and kind == "boxes"  # a point says nothing of its object's size: whole embedding
+    if not local:
+        windows[:] = grid
+    for wsize in np.unique(windows):
+        group = prompts[windows == wsize]
+        for i in range(0, len(group), cfg.batch_size):
+            chunk = group[i : i + cfg.batch_size].astype(np.float32)
+            if kind == "points":
+                pts = (torch.from_numpy(chunk[:, None] * scale).to(dev), torch.ones(len(chunk), 1, device=dev).long())
+                bt = None
+            else:
+                pts, bt = None, torch.from_numpy(chunk * np.tile(scale, 2)).to(dev)
+            if local:
+                logits, iou, origin = decode_local(predictor, bt, pts, int(wsize), multimask)
+                origin = origin.cpu().numpy()
+            else:
+                with torch.inference_mode():
+                    logits, iou = model.decode(predictor.embedding.features, pts, bt, None, multimask)
+                origin = np.zeros((len(chunk), 2))
+            records += _records_from_logits(logits, iou, origin, geo, (win[0], win[1]), cfg)
+    return records
+
+
+def _tile_prompts(
+    image_shape, windows, mode: str, cfg: EverythingConfig, image: np.ndarray
+) -> list[tuple[np.ndarray, str]]:
+    """Per window: prompts in tile pixels and their kind ('boxes' or 'points')."""
+    if mode == "blobs":
+        found = blob_proposals(image, cfg.blob_min_distance)
+        boxes = expand_boxes(found, cfg.blob_pads, image_shape)
+        owner = assign_to_windows(boxes, windows)
+        out = []
+        for t, (y0, x0, y1, x1) in enumerate(windows):
+            b = boxes[owner == t] - np.array([x0, y0, x0, y0])
+            b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, x1 - x0 - 1)
+            b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, y1 - y0 - 1)
+            out.append((b, "boxes"))
+        return out
+    out = []
+    for y0, x0, y1, x1 in windows:
+        shape = (y1 - y0, x1 - x0)
+        if mode == "grid":
+            out.append((grid_boxes(shape, cfg.grid_box_sizes, cfg.grid_stride), "boxes"))
+        else:
+            out.append((point_grid(shape, cfg.points_per_side), "points"))
+    return out
+
+
+def generate_masks(
+    predictor: Predictor,
+    image: np.ndarray,
+    cfg: EverythingConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[MaskRecord]:
+    """All object masks of `image` (grey/RGB/RGBA) in everything mode; see the module docstring.
+
+    `progress(done_tiles, total_tiles)` is called after each tile. Records are sorted by predicted IoU.
+    """
+    cfg = cfg or EverythingConfig()
+    arr = np.asarray(image)
+    as_rgb_float(arr)  # validation with a clear message before any work
+    mode = resolve_proposal(predictor, cfg)
+    if mode == "points" and not model_takes_points(predictor):
+        raise InputError(f"model {predictor.model.name!r} is box-only: use --proposal blobs or grid, not points")
+    shape = arr.shape[:2]
+    windows = grid_windows(shape, cfg.tile_size, cfg.tile_overlap)
+    prompts = _tile_prompts(shape, windows, mode, cfg, arr)
+    records: list[MaskRecord] = []
+    for t, (win, (tile_prompts, kind)) in enumerate(zip(windows, prompts, strict=True)):
+        if len(tile_prompts):
+            y0, x0, y1, x1 = win
+            predictor.set_image(arr[y0:y1, x0:x1])
+            found = _decode_tile(predictor, tile_prompts, kind, cfg, win)
+            records += [r for r in found if not _touches_inner_border(r.box, win, shape)]
+        if progress is not None:
+            progress(t + 1, len(windows))
+    if not records:
+        return []
+    boxes = np.array([r.box for r in records])
+    scores = np.array([r.predicted_iou for r in records])
+    keep = nms(boxes, scores, cfg.box_nms_thresh)
+    return [records[i] for i in keep]
+
+
+def instance_recall(records: list[MaskRecord], label: np.ndarray, iou_threshold: float = 0.5) -> float:
+    """Fraction of labelled instances matched at IoU > `iou_threshold` by some record (1.0 when none)."""
+    lab = np.asarray(label)
+    ids, sizes = np.unique(lab[lab > 0], return_counts=True)
+    if len(ids) == 0:
+        return 1.0
+    gt_area = dict(zip(ids.tolist(), sizes.tolist(), strict=True))
+    best = dict.fromkeys(gt_area, 0.0)
+    for r in records:
+        x0, y0, x1, y1 = r.box
+        under = lab[y0 : y1 + 1, x0 : x1 + 1][r.crop]
+        got, inter = np.unique(under[under > 0], return_counts=True)
+        for g, n in zip(got.tolist(), inter.tolist(), strict=True):
+            best[g] = max(best[g], n / (r.area + gt_area[g] - n))
+    return float(np.mean([v > iou_threshold for v in best.values()]))

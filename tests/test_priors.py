@@ -1,0 +1,209 @@
+"""SAMAug priors: hand-made masks -> exact prior maps, fusion shapes/dtypes/normalisation, saved files, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medsamkit.engines.everything import EverythingConfig, MaskRecord
+from medsamkit.engines.priors import (
+    PriorsConfig,
+    boundary_prior,
+    compute_priors,
+    fuse,
+    load_masks,
+    load_priors,
+    save_masks,
+    segmentation_prior,
+)
+from medsamkit.errors import InputError
+
+
+def record(box, crop, stability, piou=0.9) -> MaskRecord:
+    crop = np.asarray(crop, bool)
+    return MaskRecord(crop, tuple(box), int(crop.sum()), piou, stability)
+
+
+SQUARE = record((1, 1, 3, 3), np.ones((3, 3)), 0.5)
+CORNER = record((3, 3, 4, 4), [[1, 1], [1, 0]], 0.25)
+DOT = record((2, 2, 2, 2), [[1]], 1.0)
+
+
+def test_segmentation_prior_sums_stability_on_overlaps():
+    expected = np.array(
+        [
+            [0, 0, 0, 0, 0],
+            [0, 0.5, 0.5, 0.5, 0],
+            [0, 0.5, 0.5, 0.5, 0],
+            [0, 0.5, 0.5, 0.75, 0.25],
+            [0, 0, 0, 0.25, 0],
+        ],
+        dtype=np.float32,
+    )
+    got = segmentation_prior([SQUARE, CORNER], (5, 5))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(segmentation_prior([], (2, 3)), np.zeros((2, 3), np.float32))
+
+
+def test_boundary_prior_outer_ring_and_thickness():
+    ring = boundary_prior([DOT], (5, 5), thickness=1)
+    expected_ring = np.zeros((5, 5), np.uint8)
+    expected_ring[[1, 2, 2, 3], [2, 1, 3, 2]] = 1  # 4-neighbours: the outer ring of one pixel
+    assert ring.dtype == np.uint8
+    np.testing.assert_array_equal(ring, expected_ring)
+    thick = boundary_prior([DOT], (5, 5), thickness=2)
+    yy, xx = np.mgrid[:5, :5]
+    diamond = (np.abs(yy - 2) + np.abs(xx - 2) <= 2).astype(np.uint8)  # ring grown by a radius-1 disk
+    np.testing.assert_array_equal(thick, diamond)
+
+
+def test_boundary_prior_is_binary_union_and_clipped_at_image_border():
+    a = record((0, 0, 1, 1), np.ones((2, 2)), 0.9)
+    b = record((0, 0, 1, 1), np.ones((2, 2)), 0.1)
+    got = boundary_prior([a, b], (4, 4), thickness=1)
+    expected = np.zeros((4, 4), np.uint8)
+    expected[2, :2] = 1
+    expected[:2, 2] = 1
+    np.testing.assert_array_equal(got, expected)  # overlapping rings stay 1
+    with pytest.raises(InputError, match="thickness"):
+        boundary_prior([a], (4, 4), thickness=0)
+
+
+@pytest.mark.parametrize(
+    ("image", "channel0"),
+    [
+        (np.full((4, 5, 3), 255, np.uint8), 1.0),
+        (np.full((4, 5, 4), 51, np.uint8), 0.2),  # RGBA: alpha dropped
+        (np.full((4, 5), 0.5, np.float32), 0.5),  # grey float
+        (np.full((4, 5, 1), 65535, np.uint16), 1.0),  # grey with a channel axis
+        (np.full((4, 5, 3), 1.7, np.float64), 1.0),  # floats are clipped to [0, 1]
+    ],
+)
+def test_fuse_shapes_dtypes_and_clip(image, channel0):
+    seg = np.zeros((4, 5), np.float32)
+    seg[0, 0] = 1.75  # an overlap of masks: clipped to 1 before adding
+    bnd = np.zeros((4, 5), np.uint8)
+    bnd[1, 1] = 1
+    out = fuse(image, seg, bnd)
+    assert out.shape == (4, 5, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[..., 0], channel0, rtol=1e-6)
+    grey = image.ndim == 2 or image.shape[-1] == 1
+    base = 0.0 if grey else channel0
+    assert out[0, 0, 1] == pytest.approx(base + 1.0)
+    assert out[1, 1, 2] == pytest.approx(base + 1.0)
+    assert out[2, 2, 1] == pytest.approx(base) and out[2, 2, 2] == pytest.approx(base)
+    raw = fuse(image, seg, bnd, normalisation="none")
+    assert raw[0, 0, 1] == pytest.approx(base + 1.75)
+
+
+def test_fuse_rejects_bad_input():
+    img = np.zeros((4, 5, 3), np.uint8)
+    with pytest.raises(InputError, match="do not match"):
+        fuse(img, np.zeros((4, 4)), np.zeros((4, 5)))
+    with pytest.raises(InputError, match="normalisation"):
+        fuse(img, np.zeros((4, 5)), np.zeros((4, 5)), normalisation="max")
+
+
+def test_masks_file_roundtrip(tmp_path):
+    path = save_masks(tmp_path / "m.npz", [SQUARE, CORNER, DOT], (5, 6))
+    records, shape = load_masks(path)
+    assert shape == (5, 6)
+    assert [r.box for r in records] == [(1, 1, 3, 3), (3, 3, 4, 4), (2, 2, 2, 2)]
+    assert [r.area for r in records] == [9, 3, 1]
+    np.testing.assert_array_equal(records[1].crop, CORNER.crop)
+    assert records[1].stability_score == pytest.approx(0.25)
+    empty, shape = load_masks(save_masks(tmp_path / "e.npz", [], (3, 3)))
+    assert empty == [] and shape == (3, 3)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="bad.npz"):
+        load_masks(tmp_path / "bad.npz")
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """The bundled LiteMedSAM (skips when its weights are not installed)."""
+    from medsamkit.models import load_model
+    from medsamkit.predictor import Predictor
+
+    try:
+        return Predictor(load_model("litemedsam"))
+    except InputError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def nuclei_folder(tmp_path_factory):
+    """A one-image dataset: a 256x256 crop of builtin:dsb-nuclei (fluorescence nuclei)."""
+    from medsamkit.io.datasets import open_dataset
+    from medsamkit.io.images import write_mask
+
+    try:
+        case = next(open_dataset("builtin:dsb-nuclei").cases())
+    except InputError as exc:
+        pytest.skip(str(exc))
+    root = tmp_path_factory.mktemp("dsb")
+    write_mask(root / "images" / "crop.png", case.image[:256, :256])
+    write_mask(root / "labels" / "crop.png", case.label[:256, :256])
+    return root
+
+
+def test_compute_priors_files_match_saved_masks_and_resume(nuclei_folder, tmp_path, predictor):
+    cfg = PriorsConfig(data=str(nuclei_folder), out=str(tmp_path / "out"), progress=False)
+    index = compute_priors(cfg, predictor)
+    assert [e["name"] for e in index["images"]] == ["crop"] and not index["images"][0]["skipped"]
+    assert index["images"][0]["masks"] >= 10  # 256x256 crop holds ~40 nuclei
+    out = tmp_path / "out"
+    records, shape = load_masks(out / "masks" / "crop.npz")
+    seg, bnd = load_priors(out, "crop")
+    assert shape == (256, 256) and seg.dtype == np.float32 and bnd.dtype == np.uint8
+    np.testing.assert_array_equal(seg, segmentation_prior(records, shape))
+    np.testing.assert_array_equal(bnd, boundary_prior(records, shape))
+    from PIL import Image
+
+    seg_png = np.asarray(Image.open(out / "priors" / "crop_seg.png"))
+    np.testing.assert_array_equal(seg_png, np.round(seg * 1000).astype(np.uint16))
+    assert np.asarray(Image.open(out / "visuals" / "crop.png")).shape == (256, 1024, 3)
+    assert json.loads((out / "index.json").read_text())["images"][0]["name"] == "crop"
+
+    # Resume: finished images are skipped (files untouched); a broken output is recomputed.
+    stamp = (out / "masks" / "crop.npz").stat().st_mtime_ns
+    again = compute_priors(cfg, predictor)
+    assert again["images"][0]["skipped"] is True
+    assert (out / "masks" / "crop.npz").stat().st_mtime_ns == stamp
+    (out / "priors" / "crop.npz").write_bytes(b"truncated")
+    third = compute_priors(cfg, predictor)
+    assert third["images"][0]["skipped"] is False
+    assert (out / "masks" / "crop.npz").stat().st_mtime_ns == stamp  # priors redone from the saved masks
+    np.testing.assert_array_equal(load_priors(out, "crop")[0], seg)
+    (out / "masks" / "crop.npz").write_bytes(b"truncated")
+    fourth = compute_priors(cfg, predictor)
+    assert fourth["images"][0]["skipped"] is False
+    np.testing.assert_array_equal(load_priors(out, "crop")[0], seg)  # deterministic: the same masks again
+
+
+def test_load_priors_missing(tmp_path):
+    with pytest.raises(InputError, match="no priors"):
+        load_priors(tmp_path, "nothing")
+
+
+def test_everything_config_rejects_unknown_proposal():
+    with pytest.raises(InputError, match="proposal"):
+        EverythingConfig(proposal="magic")
+
+
+def test_cli_reports_bad_data_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    import medsamkit.cli.samaug  # noqa: F401  (registers `samaug` until the lead adds it to cli/commands.py)
+    from medsamkit.cli import main
+
+    runner = CliRunner()
+    missing = tmp_path / "nope"
+    result = runner.invoke(main, ["samaug", "priors", "--data", str(missing), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {missing}: data not found (expected a folder, a volume file or builtin:NAME)"
+    result = runner.invoke(main, ["samaug", "masks", "--help"])
+    assert result.exit_code == 0 and "--stability-thresh" in result.output

@@ -1,0 +1,248 @@
+"""U-Net engine (medsamkit.engines.unet): crops, schedule, training, exact resume and sliding-window eval."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsamkit.engines.unet import (
+    UNetConfig,
+    UNetEvalConfig,
+    build_unet,
+    evaluate,
+    image_unit_rgb,
+    load_run,
+    predict_probs,
+    sample_batch,
+    train,
+)
+from medsamkit.errors import InputError
+from medsamkit.io.images import read_image, read_label, write_mask
+
+# A U-Net small enough for a few CPU iterations in a test; the engine's defaults are larger. One thread:
+# on a shared 2-core machine, 2 OpenMP threads made these tiny steps 100x slower (2 s instead of 10 ms).
+TINY = dict(batch_size=2, crop=32, channels=(8, 16, 32), strides=(2, 2), num_res_units=1, progress=False,
+            threads=1)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory, request) -> Path:
+    """A folder SPEC with one 128x128 uint8 RGB real crop: MoNuSeg when present, else the builtin DSB nuclei."""
+    try:
+        root = request.getfixturevalue("monuseg_root")
+        img_path = sorted((root / "train" / "images").iterdir())[0]
+        image = read_image(img_path)[:128, :128]
+        label = read_label(root / "train" / "labels" / (img_path.stem + ".png"))[:128, :128]
+    except pytest.skip.Exception:
+        from medsamkit.io.datasets import open_dataset
+        from medsamkit.io.images import to_uint8_rgb
+
+        case = next(open_dataset("builtin:dsb-nuclei").cases())
+        image, label = to_uint8_rgb(np.asarray(case.image)[:128, :128]), np.asarray(case.label)[:128, :128]
+    folder = tmp_path_factory.mktemp("unet_data")
+    from PIL import Image
+
+    (folder / "images").mkdir()
+    Image.fromarray(np.asarray(image)).save(folder / "images" / "crop.png")
+    write_mask(folder / "labels" / "crop.png", label.astype(np.uint16))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "iterations, lr_switch, it, expected",
+    [
+        (50000, 30000, 29999, 5e-4),  # the paper's schedule
+        (50000, 30000, 30000, 5e-5),
+        (10, None, 5, 5e-4),  # default switch at 60%: round(6.0) = 6
+        (10, None, 6, 5e-5),
+    ],
+)
+def test_learning_rate_schedule(iterations, lr_switch, it, expected):
+    cfg = UNetConfig(data="x", out="y", iterations=iterations, lr_switch=lr_switch)
+    assert cfg.lr_at(it) == expected
+
+
+@pytest.mark.parametrize(
+    "image, expected_max, expected_min",
+    [
+        (np.full((4, 4, 3), 255, dtype=np.uint8), 1.0, 1.0),  # uint8: / 255, not min-max
+        (np.array([[0, 6553], [13107, 65535]], dtype=np.uint16), 1.0, 0.0),  # integers: / dtype maximum
+        (np.array([[6553, 13107], [6553, 6553]], dtype=np.uint16), 0.2, 0.1),  # ... not min-max
+        (np.full((2, 2), 0.5, dtype=np.float32), 0.5, 0.5),  # floats in [0, 1] are kept
+        (np.array([[-3.0, 0.25], [7.0, 0.5]], dtype=np.float32), 1.0, 0.0),  # ... others clipped
+    ],
+)
+def test_image_unit_rgb(image, expected_max, expected_min):
+    out = image_unit_rgb(image)
+    assert out.dtype == np.float32 and out.shape == (*image.shape[:2], 3)
+    assert float(out.max()) == pytest.approx(expected_max, abs=1e-4)
+    assert float(out.min()) == pytest.approx(expected_min, abs=1e-4)
+
+
+def test_baseline_input_is_the_fused_input_without_priors():
+    # The two arms of the SAMAug comparison must differ only by the priors.
+    from medsamkit.engines.priors import fuse
+
+    image = np.random.default_rng(1).integers(0, 256, size=(9, 7, 3)).astype(np.uint8)
+    zeros = np.zeros((9, 7), dtype=np.float32)
+    np.testing.assert_array_equal(image_unit_rgb(image), fuse(image, zeros, zeros.astype(np.uint8)))
+
+
+def test_crops_keep_input_and_target_aligned():
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 3, size=(40, 50)).astype(np.uint8)
+    image = np.stack([target / 2.0, np.zeros_like(target, float), np.ones_like(target, float)], -1).astype(np.float32)
+    xb, yb = sample_batch([image], [target], rng, batch_size=16, crop=16)
+    assert xb.shape == (16, 3, 16, 16) and yb.shape == (16, 16, 16)
+    # however a crop was rotated or flipped, the image channel still equals the target / 2
+    assert np.array_equal(xb[:, 0], yb / 2.0)
+    assert np.all(xb[:, 2] == 1.0)
+
+
+def test_training_runs_writes_checkpoint_and_lowers_the_loss(small_data, tmp_path):
+    run = tmp_path / "run"
+    result = train(UNetConfig(data=str(small_data), out=str(run), iterations=6, checkpoint_every=3, **TINY))
+    assert len(result.losses) == 6
+    assert result.losses[-1] < result.losses[0]
+    assert (run / "last.pt").is_file() and (run / "loss.png").is_file()
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["iteration"] == 6 and state["config"]["channels"] == [8, 16, 32]
+    with (run / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    # default switch at round(0.6 * 6) = 4: iterations 1-4 use 5e-4, the updates after use 5e-5
+    assert [float(r["lr"]) for r in rows] == [5e-4] * 4 + [5e-5] * 2
+    assert all(float(r["seconds"]) > 0 for r in rows)
+
+
+def test_resume_continues_at_the_checkpoint_with_identical_losses(small_data, tmp_path):
+    cfg = dict(data=str(small_data), checkpoint_every=2, lr_switch=3, **TINY)
+    straight = train(UNetConfig(out=str(tmp_path / "a"), iterations=4, **cfg))
+    first = train(UNetConfig(out=str(tmp_path / "b"), iterations=2, **cfg))
+    resumed = train(UNetConfig(out=str(tmp_path / "b"), iterations=4, **cfg))
+    assert first.losses == straight.losses[:2]
+    assert resumed.start_iteration == 2
+    assert resumed.losses == straight.losses[2:]  # bit-identical, across the lr switch at 3
+    with (tmp_path / "b" / "metrics.csv").open() as fh:
+        assert [int(r["iteration"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
+    # rerunning a finished run does nothing
+    again = train(UNetConfig(out=str(tmp_path / "b"), iterations=4, **cfg))
+    assert again.losses == [] and again.start_iteration == 4
+    # a different experiment in the same folder is refused
+    with pytest.raises(InputError, match="seed"):
+        train(UNetConfig(out=str(tmp_path / "b"), iterations=8, **{**cfg, "seed": 1}))
+
+
+def test_sliding_window_probabilities():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_unet((8, 16, 32), (2, 2), 1)
+    x = np.random.default_rng(0).random((70, 90, 3), dtype=np.float32)
+    probs = predict_probs(model, x, roi=32, overlap=0.25)
+    assert probs.shape == (3, 70, 90)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+def test_evaluate_writes_instances_and_aji(small_data, tmp_path):
+    run = tmp_path / "run"
+    train(UNetConfig(data=str(small_data), out=str(run), iterations=2, **TINY))
+    out = tmp_path / "eval"
+    summary = evaluate(UNetEvalConfig(run=str(run), data=str(small_data), out=str(out), glas=True, progress=False,
+                                      threads=1))
+    assert summary["n"] == 1 and summary["checkpoint_iteration"] == 2
+    assert 0.0 <= summary["mean_aji"] <= 1.0
+    assert json.loads((out / "summary.json").read_text())["mean_aji"] == summary["mean_aji"]
+    pred = read_label(out / "masks" / "crop.png")
+    assert pred.shape == (128, 128)
+    with (out / "per_image.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["image"] == "crop" and int(rows[0]["n_pred"]) == int(pred.max())
+    assert 0.0 <= float(rows[0]["object_f1"]) <= 1.0
+    # a baseline run must not be evaluated on fused inputs, nor a missing run at all
+    with pytest.raises(InputError, match="without priors"):
+        evaluate(UNetEvalConfig(run=str(run), data=str(small_data), priors=str(tmp_path), progress=False))
+    with pytest.raises(InputError, match="no U-Net checkpoint"):
+        load_run(tmp_path / "missing")
+
+
+def test_cli_train_then_eval(small_data, tmp_path):
+    from click.testing import CliRunner
+
+    import medsamkit.cli.unet  # noqa: F401  (registers the `unet` group on `main`)
+    from medsamkit.cli import main
+
+    run = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(main, ["unet", "train", "--data", str(small_data), "--out", str(run), "--iterations", "1",
+                               "--batch-size", "1", "--crop", "32", "--channels", "8,16,32", "--strides", "2,2",
+                               "--res-units", "1", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "trained to iteration 1" in res.output
+    res = runner.invoke(main, ["unet", "eval", "--run", str(run), "--data", str(small_data), "--no-masks",
+                               "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    summary = res.output[res.output.index('{\n  "n"'):]  # after any progress bar
+    assert json.loads(summary)["n"] == 1
+    assert not (run / f"eval-{small_data.name}" / "masks").exists()
+    res = runner.invoke(main, ["unet", "eval", "--run", str(tmp_path / "nope"), "--data", str(small_data)])
+    assert res.exit_code == 2 and "no U-Net checkpoint" in res.output
+
+
+def test_training_and_eval_with_priors(small_data, tmp_path):
+    from skimage.segmentation import find_boundaries
+
+    label = read_label(small_data / "labels" / "crop.png")
+    seg = np.where(label > 0, 1.5, 0.0).astype(np.float32)  # overlapping masks: clipped to 1 when fused
+    boundary = find_boundaries(label, mode="outer").astype(np.uint8)
+    priors = tmp_path / "priors"
+    (priors / "priors").mkdir(parents=True)
+    np.savez_compressed(priors / "priors" / "crop.npz", seg=seg, boundary=boundary)  # priors.py file format
+
+    from medsamkit.engines.unet import load_cases
+
+    (_, x, _), = load_cases(str(small_data), str(priors))
+    image = read_image(small_data / "images" / "crop.png")
+    np.testing.assert_allclose(x[..., 1], image[..., 1] / 255.0 + (label > 0), atol=1e-6)
+    np.testing.assert_allclose(x[..., 2], image[..., 2] / 255.0 + boundary, atol=1e-6)
+
+    run = tmp_path / "run"
+    result = train(UNetConfig(data=str(small_data), out=str(run), priors=str(priors), iterations=2, **TINY))
+    assert len(result.losses) == 2
+    summary = evaluate(UNetEvalConfig(run=str(run), data=str(small_data), priors=str(priors), progress=False,
+                                      save_masks=False, threads=1))
+    assert summary["priors"] == str(priors) and 0.0 <= summary["mean_aji"] <= 1.0
+    with pytest.raises(InputError, match="trained with SAMAug priors"):
+        evaluate(UNetEvalConfig(run=str(run), data=str(small_data), progress=False))
+
+
+def test_validation_images_are_held_out_and_scored(small_data, tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "two"
+    image, label = read_image(small_data / "images" / "crop.png"), read_label(small_data / "labels" / "crop.png")
+    for name, k in (("a", 0), ("b", 1)):
+        (data / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(np.rot90(image, k))).save(data / "images" / f"{name}.png")
+        write_mask(data / "labels" / f"{name}.png", np.rot90(label, k).astype(np.uint16))
+    result = train(UNetConfig(data=str(data), out=str(tmp_path / "run"), iterations=1, val_images=1, **TINY))
+    assert result.validation["n"] == 1 and 0.0 <= result.validation["mean_aji"] <= 1.0
+    assert json.loads((tmp_path / "run" / "validation.json").read_text()) == result.validation
+    with pytest.raises(InputError, match="cannot hold out 2"):
+        train(UNetConfig(data=str(data), out=str(tmp_path / "run2"), iterations=1, val_images=2, **TINY))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"not a checkpoint", "not a medsamkit U-Net checkpoint"), (None, "no U-Net checkpoint")],
+)
+def test_bad_checkpoints_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "last.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        load_run(path)
