@@ -1,0 +1,63 @@
+"""`medsamkit finetune`: fine-tune a model with simulated prompts (decoder, adapters or LoRA; class head)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from medsamkit.cli import main
+from medsamkit.cli.options import model_options
+
+
+@main.command()
+@click.option("--data", "data", multiple=True, required=True,
+              help="data SPEC; repeat to train on several data sets (with --classes: one class per set)")
+@click.option("--out", required=True, type=click.Path(), help="run folder (rerun the same command to resume)")
+@click.option("--mode", type=click.Choice(["decoder", "adapter", "lora"]), default="decoder", show_default=True,
+              help="decoder: train prompt encoder + mask decoder on cached embeddings; adapter/lora: PEFT encoder")
+@click.option("--prompts", default="box,jitter+5,center,random1,iter3", show_default=True,
+              help="prompt modes drawn per object: box, box+K, jitter+K, center, randomN, iterN, box+iterN")
+@click.option("--classes", is_flag=True, help="add a class head (class label values, or one class per --data)")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="objects per step (from one tile)")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="images held out (by image)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--cache", type=click.Path(), default=None, help="embedding cache folder (default RUN/embeddings)")
+@click.option("--max-images", type=int, default=None, help="use at most N images per data set")
+@click.option("--max-objects", type=int, default=None, help="objects per training image and epoch (seeded)")
+@click.option("--val-objects", type=int, default=32, show_default=True, help="objects per validation image")
+@click.option("--max-steps", type=int, default=None, help="stop after N steps in total (resumable)")
+@click.option("--tile", "tile_size", type=int, default=None, help="tile size (default: as evaluate, 0: none)")
+@click.option("--bottleneck", "adapter_bottleneck", type=int, default=32, show_default=True,
+              help="adapter bottleneck width")
+@click.option("--lora-rank", type=int, default=4, show_default=True)
+@click.option("--lora-alpha", type=float, default=8.0, show_default=True)
+@click.option("--lora-targets", default="qkv", show_default=True, help="comma list among qkv, proj")
+@click.option("--train-decoder", is_flag=True, help="adapter/lora: also train prompt encoder and mask decoder")
+@model_options
+def finetune(data, out, mode, prompts, classes, epochs, lr, optimizer, weight_decay, batch_size, val_fraction,
+             seed, cache, max_images, max_objects, val_objects, max_steps, tile_size, adapter_bottleneck,
+             lora_rank, lora_alpha, lora_targets, train_decoder, model_name, checkpoint, device):
+    """Fine-tune on DATA with simulated prompts; writes metrics.csv, curves.png, last.pt and best.pt in OUT."""
+    from medsamkit.engines.finetune import FinetuneConfig
+    from medsamkit.engines.finetune import finetune as run
+
+    cfg = FinetuneConfig(
+        data=list(data), out=out, mode=mode, prompts=prompts, classes=classes, epochs=epochs, lr=lr,
+        optimizer=optimizer, weight_decay=weight_decay, batch_size=batch_size, val_fraction=val_fraction,
+        seed=seed, cache=cache, model=model_name, checkpoint=checkpoint, device=device, max_images=max_images,
+        max_objects=max_objects, val_objects=val_objects, max_steps=max_steps, tile_size=tile_size,
+        adapter_bottleneck=adapter_bottleneck, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        lora_targets=lora_targets, train_decoder=train_decoder,
+    )
+    try:
+        summary = run(cfg)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: rerun the same command to resume from {out}/last.pt", err=True)
+        sys.exit(130)
+    click.echo(json.dumps(summary, indent=2, default=str))

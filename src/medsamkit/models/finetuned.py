@@ -1,0 +1,179 @@
+"""Fine-tuned models: the class-head mask decoder, applying a recorded fine-tuning recipe, loading a run.
+
+A run checkpoint (engines.finetune) stores only what differs from the base model (decoder, prompt
+encoder, PEFT and class-head weights) with the recipe; `load_finetuned` rebuilds the base model from the
+registry, re-applies the recipe and loads those weights strictly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medsamkit.errors import InputError
+from medsamkit.models.peft import add_adapters, add_lora, is_peft_parameter
+from medsamkit.models.sam import SamFamilyModel
+from medsamkit.models.sam_modules import sam_modeling
+
+CHECKPOINT_FORMAT = "medsamkit-finetune/1"
+MaskDecoder = sam_modeling().MaskDecoder
+
+
+class ClassHeadMaskDecoder(MaskDecoder):
+    """SAM's mask decoder with one more output token whose transformer output an MLP maps to class logits.
+
+    Reuses the base decoder's modules (same state-dict names) and adds `class_token` and `class_head`.
+    `predict_masks` keeps the official signature and outputs, so predictors and evaluation work unchanged.
+    """
+
+    def __init__(self, base: nn.Module, n_classes: int, hidden: int = 256) -> None:
+        nn.Module.__init__(self)
+        for name, child in base.named_children():
+            setattr(self, name, child)
+        self.transformer_dim = base.transformer_dim
+        self.num_multimask_outputs = base.num_multimask_outputs
+        self.num_mask_tokens = base.num_mask_tokens
+        self.n_classes = n_classes
+        ref = base.iou_token.weight
+        self.class_token = nn.Embedding(1, self.transformer_dim).to(ref.device, ref.dtype)
+        self.class_head = nn.Sequential(
+            nn.Linear(self.transformer_dim, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)
+        ).to(ref.device, ref.dtype)
+
+    def predict_all(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                    sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All mask-token masks (P,4,m,m), their IoU predictions (P,4) and class logits (P,K)."""
+        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight, self.class_token.weight], dim=0)
+        n = sparse_prompt_embeddings.size(0)
+        tokens = torch.cat((out_tokens.unsqueeze(0).expand(n, -1, -1), sparse_prompt_embeddings), dim=1)
+        src = torch.repeat_interleave(image_embeddings, n, dim=0) + dense_prompt_embeddings
+        pos_src = torch.repeat_interleave(image_pe, n, dim=0)
+        b, c, h, w = src.shape
+        hs, src = self.transformer(src, pos_src, tokens)
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
+        upscaled = self.output_upscaling(src.transpose(1, 2).view(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        iou_pred = self.iou_prediction_head(hs[:, 0])
+        class_logits = self.class_head(hs[:, 1 + self.num_mask_tokens])
+        return masks, iou_pred, class_logits
+
+    def predict_masks(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings):
+        masks, iou_pred, _ = self.predict_all(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                              dense_prompt_embeddings)
+        return masks, iou_pred
+
+
+def apply_recipe(model: SamFamilyModel, recipe: dict) -> dict[str, int]:
+    """Make `model` trainable as recorded: mode decoder|adapter|lora (+ class head); returns parameter counts.
+
+    recipe keys: mode, adapter_bottleneck, lora_rank, lora_alpha, lora_targets, train_decoder, classes (names).
+    """
+    mode = recipe["mode"]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    added = 0
+    if mode == "adapter":
+        added = add_adapters(model.image_encoder, int(recipe["adapter_bottleneck"]))
+    elif mode == "lora":
+        added = add_lora(model.image_encoder, int(recipe["lora_rank"]), float(recipe["lora_alpha"]),
+                         tuple(recipe["lora_targets"]))
+    elif mode != "decoder":
+        raise InputError(f"unknown fine-tuning mode {mode!r}; choose decoder, adapter or lora")
+    if mode == "decoder" or recipe.get("train_decoder"):
+        for part in (model.prompt_encoder, model.mask_decoder):
+            for p in part.parameters():
+                p.requires_grad_(True)
+    classes = list(recipe.get("classes") or [])
+    if classes:
+        model.mask_decoder = ClassHeadMaskDecoder(model.mask_decoder, len(classes))
+        for p in list(model.mask_decoder.class_token.parameters()) + list(model.mask_decoder.class_head.parameters()):
+            p.requires_grad_(True)
+    model.class_names = classes
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"added": added, "trainable": trainable, "total": total}
+
+
+def finetuned_state(model: SamFamilyModel, recipe: dict) -> dict[str, torch.Tensor]:
+    """The weights a run saves: decoder + prompt encoder when trained, PEFT and class-head parameters."""
+    trained_decoder = recipe["mode"] == "decoder" or recipe.get("train_decoder")
+    out = {}
+    for name, t in model.state_dict().items():
+        top = name.split(".", 1)[0]
+        if (trained_decoder and top in ("prompt_encoder", "mask_decoder")) or is_peft_parameter(name) \
+                or name.startswith(("mask_decoder.class_token.", "mask_decoder.class_head.")):
+            out[name] = t.detach().clone()
+    return out
+
+
+def read_run_checkpoint(path: str | Path) -> dict:
+    """A fine-tuning checkpoint as a dict (weights_only load); a run folder means its best.pt."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise InputError(f"{path}: fine-tuned checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path}: unreadable fine-tuning checkpoint ({first[:160]})") from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a medsamkit fine-tuning checkpoint (format {CHECKPOINT_FORMAT})")
+    obj["path"] = str(path)
+    return obj
+
+
+def load_finetuned(path: str | Path, device: str | torch.device | None = None) -> SamFamilyModel:
+    """Rebuild the base model, re-apply the recorded recipe and load the run's weights strictly (eval mode)."""
+    from medsamkit.models.checkpoints import load_strict, sha256_of
+    from medsamkit.models.registry import load_model
+
+    ckpt = read_run_checkpoint(path)
+    base, base_ckpt = ckpt["base_model"], ckpt.get("base_checkpoint") or None
+    if base_ckpt is not None:
+        if not Path(base_ckpt).is_file():
+            raise InputError(f"{ckpt['path']}: base checkpoint {base_ckpt} not found")
+        if sha256_of(base_ckpt) != ckpt["base_sha256"]:
+            raise InputError(f"{ckpt['path']}: base checkpoint {base_ckpt} differs from the one fine-tuned")
+    else:
+        from medsamkit.models.registry import get_spec
+
+        pinned = get_spec(base).sha256
+        if pinned and ckpt.get("base_sha256") and pinned != ckpt["base_sha256"]:
+            raise InputError(f"{ckpt['path']}: fine-tuned from other {base} weights (sha256 differs)")
+    model = load_model(base, base_ckpt)
+    recipe = ckpt["recipe"]
+    apply_recipe(model, recipe)
+    state = ckpt["model"]
+    # strict over exactly the saved part: every trained tensor present, nothing else, same shapes
+    load_strict(_StateView(finetuned_state(model, recipe)), state, ckpt["path"], f"{base} + {recipe['mode']} run")
+    model.load_state_dict(state, strict=False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.finetuned_from = ckpt["path"]
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+class _StateView(nn.Module):
+    """A module whose state dict is a given dict of tensors, so load_strict can compare against it."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._view = state
+
+    def state_dict(self, *args, **kwargs):  # noqa: D102
+        return self._view
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):  # noqa: D102
+        return None
