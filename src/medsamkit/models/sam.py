@@ -47,7 +47,7 @@ class SamFamilyModel(nn.Module):
         self.preprocessing = preprocessing
         # Inference (no autograd) goes through fast_mask_decode when the decoder is the official one.
         self.use_fast_decoder = True
-        self._fast_checked: tuple[int, bool] | None = None
+        self.decode_chunk = 8  # prompts per fast-decoder pass (bounds peak memory)
 
     @property
     def device(self) -> torch.device:
@@ -73,13 +73,20 @@ class SamFamilyModel(nn.Module):
         """Prompt encoder + mask decoder for P prompts on ONE image embedding (1,256,h,w).
 
         Coordinates are in the model-input frame. Returns low-res logits (P,C,m,m) and IoU (P,C).
+        Without autograd the official decoder runs re-associated (fast_mask_decode, same outputs).
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        if self.use_fast_decoder and not torch.is_grad_enabled() and self._fast_decoder_ok():
-            # Without a mask input every prompt shares the same dense embedding: pass it once.
-            shared = dense[:1] if masks is None else dense
-            return fast_mask_decode(self.mask_decoder, embedding, self.prompt_encoder.get_dense_pe(), sparse,
-                                    shared, multimask)
+        if (self.use_fast_decoder and not torch.is_grad_enabled() and embedding.shape[0] == 1
+                and fast_decoder_supported(self.mask_decoder)):
+            # Without a mask input every prompt shares the same dense embedding: pass it once. Prompts
+            # go in chunks: each holds ~35 MB of (4096 x 256) maps, so 32 at once would add over 1 GB.
+            pe, n, step = self.prompt_encoder.get_dense_pe(), sparse.shape[0], self.decode_chunk
+            outs = [
+                fast_mask_decode(self.mask_decoder, embedding, pe, sparse[i : i + step],
+                                 dense[:1] if masks is None else dense[i : i + step], multimask)
+                for i in range(0, n, step)
+            ]
+            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
         return self.mask_decoder(
             image_embeddings=embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -87,12 +94,6 @@ class SamFamilyModel(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
-
-    def _fast_decoder_ok(self) -> bool:
-        # Re-checked when the decoder object is swapped (fine-tuned heads, wrapped layers).
-        if self._fast_checked is None or self._fast_checked[0] != id(self.mask_decoder):
-            self._fast_checked = (id(self.mask_decoder), fast_decoder_supported(self.mask_decoder))
-        return self._fast_checked[1]
 
     def count_parameters(self) -> dict[str, int]:
         """Total and trainable parameter counts per part."""
@@ -124,6 +125,8 @@ def fast_decoder_supported(decoder: nn.Module) -> bool:
     ups = decoder.output_upscaling
     if len(ups) != 5 or not isinstance(ups[0], nn.ConvTranspose2d) or not isinstance(ups[3], nn.ConvTranspose2d):
         return False
+    if not all(u.kernel_size == (2, 2) and u.stride == (2, 2) and u.padding == (0, 0) for u in (ups[0], ups[3])):
+        return False
     if not all(isinstance(a, nn.GELU) and a.approximate == "none" for a in (ups[2], ups[4])):
         return False
     for mod in decoder.transformer.modules():
@@ -139,56 +142,49 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(p, t, heads, c // heads).transpose(1, 2)
 
 
-def _token_to_image(attn: nn.Module, q: torch.Tensor, x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
-    """Official Attention(q=q, k=x+pe, v=x) for P prompt-token sets q (P,T,C) against image tokens x.
+def _image_side(x: torch.Tensor, a: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    """a (P,R,C) against image tokens x (1 or P, N, C) plus positions pe (1,N,C): (P,R,N) = a (x + pe)^T."""
+    if x.shape[0] == 1:  # shared by every prompt: one (P*R, C) x (C, N) product
+        return torch.matmul(a, (x[0] + pe[0]).t())
+    return torch.baddbmm(torch.matmul(a, pe[0].t()), a, x.transpose(1, 2))
 
-    x is (1,N,C) (shared by every prompt: projected once) or (P,N,C) (per prompt: the projections are
-    moved onto the T prompt tokens, which costs T*heads rows instead of N).
+
+def _token_to_image(attn: nn.Module, q: torch.Tensor, x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    """Official Attention(q=q, k=x+pe, v=x) of P prompt-token sets q (P,T,C) on image tokens x (1 or P,N,C).
+
+    The key/value projections are moved onto the T prompt tokens (T*heads rows instead of N image tokens).
     """
     heads = attn.num_heads
     p, t, c = q.shape
     d = attn.internal_dim // heads
     qh = _heads(attn.q_proj(q), heads) * d**-0.5  # (P,h,T,d)
-    if x.shape[0] == 1:
-        k = _heads(attn.k_proj(x + pe), heads)  # (1,h,N,d)
-        v = _heads(attn.v_proj(x), heads)
-        out = torch.matmul(torch.matmul(qh, k.transpose(-2, -1)).softmax(-1), v)  # (P,h,T,d)
-    else:
-        wk = attn.k_proj.weight.view(heads, d, c)
-        wv = attn.v_proj.weight.view(heads, d, c)
-        # The key bias adds the same q.b to every score of a row: softmax ignores it.
-        a = torch.matmul(qh, wk).reshape(p, heads * t, c)  # (P,h*T,C)
-        scores = torch.baddbmm(torch.matmul(a, pe[0].t()), a, x.transpose(1, 2))  # (P,h*T,N)
-        s = scores.softmax(-1)
-        sx = torch.bmm(s, x).view(p, heads, t, c)
-        out = torch.matmul(sx, wv.transpose(1, 2)) + attn.v_proj.bias.view(1, heads, 1, d)
-    out = out.transpose(1, 2).reshape(p, t, heads * d)
-    return attn.out_proj(out)
+    # The key bias adds the same q.b to every score of a row: softmax ignores it.
+    a = torch.matmul(qh, attn.k_proj.weight.view(heads, d, c)).reshape(p, heads * t, c)
+    s = _image_side(x, a, pe).softmax(-1)  # (P,h*T,N)
+    sx = torch.matmul(s, x[0]) if x.shape[0] == 1 else torch.bmm(s, x)
+    # Softmax rows sum to 1, so the value bias passes through unchanged.
+    wv = attn.v_proj.weight.view(heads, d, c)
+    out = torch.matmul(sx.view(p, heads, t, c), wv.transpose(1, 2)) + attn.v_proj.bias.view(1, heads, 1, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(p, t, heads * d))
 
 
 def _image_to_token(attn: nn.Module, x: torch.Tensor, pe: torch.Tensor, k_in: torch.Tensor,
                     v_in: torch.Tensor) -> torch.Tensor:
-    """Official Attention(q=x+pe, k=k_in, v=v_in) for image tokens x (1 or P,N,C): the (P,N,C) update."""
+    """Official Attention(q=x+pe, k=k_in, v=v_in) for image tokens x (1 or P,N,C): the (P,N,C) update.
+
+    The query projection is moved onto the keys and the output projection onto the values, both T tokens.
+    """
     heads = attn.num_heads
     p, t, c = k_in.shape
     d = attn.internal_dim // heads
     kh = _heads(attn.k_proj(k_in), heads) * d**-0.5  # (P,h,T,d)
-    vh = _heads(attn.v_proj(v_in), heads)  # (P,h,T,d)
-    # out_proj folded into the values: V'_h = v_h W_o,h^T, (P,h*T,C)
-    wo = attn.out_proj.weight.view(c, heads, d).permute(1, 2, 0)  # (h,d,C)
-    vo = torch.matmul(vh, wo).reshape(p, heads * t, c)
-    n = x.shape[1]
-    if x.shape[0] == 1:
-        q = _heads(attn.q_proj(x + pe), heads)  # (1,h,N,d)
-        scores = torch.matmul(q, kh.transpose(-2, -1))  # (P,h,N,T)
-    else:
-        wq = attn.q_proj.weight.view(heads, d, c)
-        b = torch.matmul(kh, wq).reshape(p, heads * t, c)  # (P,h*T,C)
-        bias = torch.matmul(kh, attn.q_proj.bias.view(1, heads, d, 1)).reshape(p, 1, heads * t)
-        scores = torch.baddbmm(torch.matmul(pe[0], b.transpose(1, 2)) + bias, x, b.transpose(1, 2))
-        scores = scores.view(p, n, heads, t).transpose(1, 2)
-    s = scores.softmax(-1).transpose(1, 2).reshape(p, n, heads * t)
-    return torch.baddbmm(attn.out_proj.bias.expand(p, 1, c), s, vo)
+    vh = _heads(attn.v_proj(v_in), heads)
+    b = torch.matmul(kh, attn.q_proj.weight.view(heads, d, c)).reshape(p, heads * t, c)
+    bias = torch.matmul(kh, attn.q_proj.bias.view(1, heads, d, 1)).view(p, heads * t, 1)
+    scores = _image_side(x, b, pe) + bias  # (P,h*T,N): softmax over each head's T tokens
+    s = scores.view(p, heads, t, -1).softmax(2).view(p, heads * t, -1)
+    vo = torch.matmul(vh, attn.out_proj.weight.view(c, heads, d).permute(1, 2, 0)).reshape(p, heads * t, c)
+    return torch.baddbmm(attn.out_proj.bias.view(1, 1, c), s.transpose(1, 2), vo)
 
 
 def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
@@ -226,6 +222,30 @@ def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torc
     return masks, iou[:, sel]
 
 
+def _find_fused_linear() -> object | None:
+    """oneDNN's linear + bias + activation kernel, or None in builds without oneDNN."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FUSED_LINEAR = _find_fused_linear()
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool) -> torch.Tensor:
+    """x (R,in) @ weight(out,in)^T + bias, then exact GELU when asked: one oneDNN pass on CPU float32.
+
+    The eager path writes the bias into the output, accumulates the product, then runs GELU: three
+    passes over the decoder's largest tensors (P x 65536 x 32); the fused kernel gives identical values.
+    """
+    if (_FUSED_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.jit.is_tracing()):
+        return _FUSED_LINEAR(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if gelu else y
+
+
 def _upscale_masks(ups: nn.Sequential, x: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """output_upscaling + hypernetwork product: tokens (P,h*w,C), hyper (P,M,c2) -> logits (P,M,4h,4w).
 
@@ -233,13 +253,13 @@ def _upscale_masks(ups: nn.Sequential, x: torch.Tensor, hyper: torch.Tensor, h: 
     shuffle; the shuffles are deferred to the very end so each product runs on contiguous rows.
     """
     conv1, norm, _, conv2, _ = ups
-    p = x.shape[0]
+    p, _, c = x.shape
     c1, c2 = conv1.out_channels, conv2.out_channels
-    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, 4 * c1)  # columns (a, b, o)
-    y = torch.matmul(x, w1).view(p, h * w * 4, c1) + conv1.bias
+    w1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c1, c).contiguous()  # rows (a, b, o)
+    y = _linear(x.reshape(-1, c), w1, conv1.bias.repeat(4), False).view(p, h * w * 4, c1)
     y = F.gelu(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
-    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    z = F.gelu(torch.addmm(conv2.bias.repeat(4), y.view(-1, c1), w2).view(p, h * w * 16, c2))
+    w2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1).contiguous()
+    z = _linear(y.view(-1, c1), w2, conv2.bias.repeat(4), True).view(p, h * w * 16, c2)
     m = hyper.shape[1]
     out = torch.bmm(z, hyper.transpose(1, 2))  # (P, h*w*16, M): rows (i, j, a, b, a2, b2)
     out = out.view(p, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)

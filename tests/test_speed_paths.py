@@ -1,0 +1,120 @@
+"""The fast decoder path equals the official SAM MaskDecoder on a real MoNuSeg tile (and is skipped when unsafe)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medsamkit.io.images import read_image, read_label
+from medsamkit.models.sam import fast_decoder_supported
+from medsamkit.objects import extract_objects
+from medsamkit.predictor import Predictor
+
+LOGIT_TOL = 1e-3  # measured ~5e-5 on 32 boxes: float re-association only
+MIN_AGREEMENT = 0.999
+
+
+@pytest.fixture(scope="module")
+def tile(monuseg_root):
+    """A 256x256 MoNuSeg crop, its instance boxes (x0,y0,x1,y1) and a predictor holding its embedding."""
+    name = sorted((monuseg_root / "test" / "images").iterdir())[0].name
+    image = read_image(monuseg_root / "test" / "images" / name)[:256, :256]
+    label = read_label(monuseg_root / "test" / "labels" / name)[:256, :256]
+    boxes = np.stack([o.box() for o in extract_objects(label, "instance", 20, 0.0)])[:8]
+    return image, boxes
+
+
+@pytest.fixture(scope="module")
+def predictor(litemedsam, tile):
+    torch.set_num_threads(2)
+    return Predictor(litemedsam).set_image(tile[0], "monuseg tile")
+
+
+def _both(predictor, **prompts):
+    model = predictor.model
+    out = {}
+    try:
+        for fast in (False, True):
+            model.use_fast_decoder = fast
+            out[fast] = predictor.predict(**prompts)
+    finally:
+        model.use_fast_decoder = True
+    return out[False], out[True]
+
+
+@pytest.mark.parametrize("case", ["boxes", "multimask", "points", "points+box", "box+mask"])
+def test_fast_decoder_equals_official(predictor, tile, case):
+    boxes = tile[1]
+    pts = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2  # box centres, inside each nucleus box
+    kwargs = {
+        "boxes": {"boxes": boxes},
+        "multimask": {"boxes": boxes, "multimask": True},
+        "points": {"points": pts, "point_labels": np.ones((len(boxes), 1))},
+        "points+box": {"points": pts, "point_labels": np.ones((len(boxes), 1)), "boxes": boxes},
+    }.get(case)
+    if kwargs is None:  # second round of an interactive run: box plus the first round's logits
+        first = predictor.predict(boxes=boxes)
+        kwargs = {"boxes": boxes, "mask_input": first.low_res_logits}
+    ref, fast = _both(predictor, **kwargs)
+    assert fast.masks.shape == ref.masks.shape == (len(boxes), 3 if case == "multimask" else 1, 256, 256)
+    assert np.abs(fast.low_res_logits - ref.low_res_logits).max() < LOGIT_TOL
+    assert np.abs(fast.iou - ref.iou).max() < 1e-4
+    assert (fast.masks == ref.masks).mean() >= MIN_AGREEMENT
+    # a real segmentation, not two equal empty outputs (LiteMedSAM is box-trained: points give little)
+    areas = fast.masks[:, 0].sum(axis=(1, 2))
+    assert areas.min() > 0 if "box" in case or case == "multimask" else areas.sum() > 0
+
+
+def test_single_prompt_equals_batch_and_chunks(predictor, tile):
+    """A prompt alone, in a batch of 8, or in chunks of 3 gives the same mask (no cross-talk, no lost rows)."""
+    boxes = tile[1]
+    model = predictor.model
+    batch = predictor.predict(boxes=boxes)
+    alone = predictor.predict(boxes=boxes[5])
+    model.decode_chunk = 3
+    try:
+        chunked = predictor.predict(boxes=boxes, mask_input=batch.low_res_logits)
+    finally:
+        model.decode_chunk = 8
+    whole = predictor.predict(boxes=boxes, mask_input=batch.low_res_logits)
+    assert np.abs(alone.low_res_logits[0] - batch.low_res_logits[5]).max() < LOGIT_TOL
+    assert (alone.masks[0] == batch.masks[5]).mean() >= MIN_AGREEMENT
+    assert chunked.masks.shape == whole.masks.shape == (8, 1, 256, 256)
+    assert np.abs(chunked.low_res_logits - whole.low_res_logits).max() < LOGIT_TOL
+    assert (chunked.masks == whole.masks).mean() >= MIN_AGREEMENT
+
+
+def test_autograd_uses_official_decoder(litemedsam, predictor, tile):
+    """With gradients on (fine-tuning), decode runs the official module: bit-identical to calling it."""
+    emb = predictor.embedding.features
+    box = torch.from_numpy(tile[1][:2])
+    with torch.enable_grad():
+        low, iou = litemedsam.decode(emb, None, box, None, False)
+        sparse, dense = litemedsam.prompt_encoder(points=None, boxes=box, masks=None)
+        ref, ref_iou = litemedsam.mask_decoder(emb, litemedsam.prompt_encoder.get_dense_pe(), sparse, dense, False)
+    assert torch.equal(low, ref) and torch.equal(iou, ref_iou)
+
+
+class _WrappedLinear(nn.Module):
+    """Stand-in for a LoRA-wrapped projection: the fast path cannot read its weight directly."""
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x)
+
+
+def test_fast_path_only_for_plain_official_decoder(litemedsam):
+    import copy
+
+    dec = litemedsam.mask_decoder
+    assert fast_decoder_supported(dec)
+    wrapped = copy.deepcopy(dec)
+    attn = wrapped.transformer.layers[0].cross_attn_token_to_image
+    attn.q_proj = _WrappedLinear(attn.q_proj)
+    assert not fast_decoder_supported(wrapped)
+    assert not fast_decoder_supported(nn.Identity())
