@@ -325,3 +325,16 @@ def test_prompt_with_click_makes_a_new_prompt():
     assert clicked.as_dict() == {"box": [1, 2, 3, 4], "points": [[5, 6]], "labels": [0]}
     with pytest.raises(InputError, match="2 points but 1 labels"):
         Prompt(points=[[0, 0], [1, 1]], labels=[1])
+
+
+def test_stack_prompts_pads_points_with_minus_one():
+    from medsamkit.prompts import stack_prompts
+
+    a = Prompt(box=[1, 2, 3, 4], points=[[5, 6]], labels=[1])
+    b = Prompt(box=[0, 0, 9, 9], points=[[1, 1], [2, 2]], labels=[0, 1])
+    out = stack_prompts([a, b])
+    np.testing.assert_array_equal(out["boxes"], [[1, 2, 3, 4], [0, 0, 9, 9]])
+    np.testing.assert_array_equal(out["point_labels"], [[1, -1], [0, 1]])
+    np.testing.assert_array_equal(out["points"][0], [[5, 6], [0, 0]])
+    assert set(stack_prompts([Prompt(box=[1, 2, 3, 4])])) == {"boxes"}
+    assert set(stack_prompts([Prompt(points=[[1, 1]], labels=[1])])) == {"points", "point_labels"}

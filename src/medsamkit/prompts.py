@@ -310,3 +310,20 @@ def run_interactive(
             raise ValueError(f"predictor returned a mask of shape {mask.shape}, truth mask is {truth.shape}")
         steps.append(StepResult(prompt, mask, float(predicted_iou)))
     return steps
+
+
+def stack_prompts(prompts: list[Prompt]) -> dict[str, np.ndarray]:
+    """Batch prompts for ``Predictor.predict``: ``boxes`` (P,4) when every prompt has one; ``points`` (P,N,2)
+    and ``point_labels`` (P,N) padded with label -1 (not a point) when any prompt has points."""
+    kwargs: dict[str, np.ndarray] = {}
+    if all(p.box is not None for p in prompts):
+        kwargs["boxes"] = np.stack([p.box for p in prompts])
+    n = max(len(p.points) for p in prompts)
+    if n:
+        pts = np.zeros((len(prompts), n, 2), dtype=np.float32)
+        lab = -np.ones((len(prompts), n), dtype=np.int64)
+        for i, p in enumerate(prompts):
+            pts[i, : len(p.points)] = p.points
+            lab[i, : len(p.labels)] = p.labels
+        kwargs["points"], kwargs["point_labels"] = pts, lab
+    return kwargs

@@ -25,7 +25,15 @@ from medsamkit.io.datasets import Case, open_dataset
 from medsamkit.metrics import dice, iou
 from medsamkit.objects import ImageObject, extract_objects
 from medsamkit.predictor import Predictor
-from medsamkit.prompts import Prompt, PromptMode, initial_prompt, next_click, object_rng, parse_modes
+from medsamkit.prompts import (
+    Prompt,
+    PromptMode,
+    initial_prompt,
+    next_click,
+    object_rng,
+    parse_modes,
+    stack_prompts,
+)
 from medsamkit.tiling import grid_windows, tile_for_object
 
 Window = tuple[int, int, int, int]
@@ -107,22 +115,6 @@ def plan_tiles(objects: list[ImageObject], shape: tuple[int, int], tile: int, ov
     return dict(plan)
 
 
-def _batch_arrays(prompts: list[Prompt]) -> dict:
-    """Stack prompts of one batch for Predictor.predict (points padded with label -1)."""
-    kwargs: dict = {}
-    if prompts[0].box is not None:
-        kwargs["boxes"] = np.stack([p.box for p in prompts])
-    n = max(len(p.points) for p in prompts)
-    if n:
-        pts = np.zeros((len(prompts), n, 2), dtype=np.float32)
-        lab = -np.ones((len(prompts), n), dtype=np.int64)
-        for i, p in enumerate(prompts):
-            pts[i, : len(p.points)] = p.points
-            lab[i, : len(p.labels)] = p.labels
-        kwargs["points"], kwargs["point_labels"] = pts, lab
-    return kwargs
-
-
 def run_mode_model(predictor: Predictor, objects: list[ImageObject], window: Window, mode: PromptMode,
                    seed: int, case_key: int, multimask: bool = False) -> list[ObjectRun]:
     """Run one prompt mode for all objects of one tile (the predictor holds the tile's embedding)."""
@@ -152,7 +144,7 @@ def run_mode_model(predictor: Predictor, objects: list[ImageObject], window: Win
             active = still
         if not active:
             break
-        kwargs = _batch_arrays([prompts[i] for i in active])
+        kwargs = stack_prompts([prompts[i] for i in active])
         if step > 0:
             kwargs["mask_input"] = np.stack([logits[i] for i in active])[:, None]
         t0 = time.perf_counter()

@@ -41,7 +41,7 @@ from medsamkit.models.finetuned import (
 from medsamkit.models.sam import SamFamilyModel
 from medsamkit.objects import ImageObject, extract_objects
 from medsamkit.predictor import Predictor, as_rgb_float, preprocess
-from medsamkit.prompts import Prompt, PromptMode, initial_prompt, next_click, parse_modes
+from medsamkit.prompts import Prompt, PromptMode, initial_prompt, next_click, parse_modes, stack_prompts
 
 Window = tuple[int, int, int, int]
 MODES = ("decoder", "adapter", "lora")
@@ -221,18 +221,14 @@ def to_tile(low: torch.Tensor, input_size: int, resized: tuple[int, int], shape:
 
 def prompt_tensors(prompts: list[Prompt], scale: np.ndarray, device: torch.device):
     """Points (padded with label -1, as the evaluate engine does) and boxes in the model-input frame."""
+    arrays = stack_prompts(prompts)
     boxes = None
-    if prompts[0].box is not None:
-        boxes = torch.from_numpy(np.stack([p.box for p in prompts]) * np.tile(scale, 2)).to(device)
+    if "boxes" in arrays:
+        boxes = torch.from_numpy(arrays["boxes"] * np.tile(scale, 2)).to(device)
     points = None
-    n = max(len(p.points) for p in prompts)
-    if n:
-        pts = np.zeros((len(prompts), n, 2), dtype=np.float32)
-        lab = -np.ones((len(prompts), n), dtype=np.int64)
-        for i, p in enumerate(prompts):
-            pts[i, : len(p.points)] = p.points
-            lab[i, : len(p.labels)] = p.labels
-        points = (torch.from_numpy(pts * scale).to(device), torch.from_numpy(lab).to(device))
+    if "points" in arrays:
+        points = (torch.from_numpy(arrays["points"] * scale).to(device),
+                  torch.from_numpy(arrays["point_labels"]).to(device))
     return points, boxes
 
 

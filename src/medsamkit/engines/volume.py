@@ -39,6 +39,7 @@ from medsamkit.prompts import (
     object_rng,
     parse_mode,
     parse_modes,
+    stack_prompts,
     tight_box,
 )
 
@@ -122,17 +123,7 @@ class SliceEmbedder:
 
 def _predict_prompts(predictor: Predictor, prompts: list[Prompt]) -> tuple[np.ndarray, np.ndarray]:
     """Masks (P, H, W) and predicted IoU (P,) for prompts of one slice, batched; points padded with -1."""
-    kwargs: dict = {}
-    if all(p.box is not None for p in prompts):
-        kwargs["boxes"] = np.stack([p.box for p in prompts])
-    n = max(len(p.points) for p in prompts)
-    if n:
-        pts = np.zeros((len(prompts), n, 2), dtype=np.float32)
-        lab = -np.ones((len(prompts), n), dtype=np.int64)
-        for i, p in enumerate(prompts):
-            pts[i, : len(p.points)] = p.points
-            lab[i, : len(p.points)] = p.labels
-        kwargs["points"], kwargs["point_labels"] = pts, lab
+    kwargs = stack_prompts(prompts)
     masks, iou, _ = predictor.predict(**kwargs).best()
     return masks, iou
 
