@@ -222,6 +222,10 @@ def test_evaluate_volumes_writes_csvs_masks_and_resumes(litemedsam, squares_nift
     before = (tmp_path / "per_volume.csv").read_text(), (tmp_path / "per_slice.csv").read_text()
     evaluate_volumes(cfg, Predictor(litemedsam))
     assert ((tmp_path / "per_volume.csv").read_text(), (tmp_path / "per_slice.csv").read_text()) == before
+    # Rows made with other settings are never mixed into the same folder.
+    cfg.min_area = 5
+    with pytest.raises(InputError, match=r"holds results of a different configuration \(min_area differ\)"):
+        evaluate_volumes(cfg, Predictor(litemedsam))
 
 
 def test_cli_evaluate_volume_scores_given_predictions(squares_nifti, tmp_path: Path) -> None:

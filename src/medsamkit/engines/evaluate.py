@@ -186,23 +186,28 @@ def run_mode_baseline(image: np.ndarray, objects: list[ImageObject], window: Win
     return runs
 
 
+def check_run_config(out: Path, config: dict, keys: tuple[str, ...]) -> None:
+    """Refuse to resume into `out` when it holds results made with other `keys`; record this config there."""
+    cfg_path = out / "config.json"
+    current = json.loads(json.dumps({k: config.get(k) for k in keys}, default=str))
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        diff = [k for k in keys if old.get(k) != current[k]]
+        if diff:
+            raise InputError(
+                f"{out}: holds results of a different configuration ({', '.join(diff)} differ); "
+                "use another --out folder"
+            )
+    cfg_path.write_text(json.dumps({**config, **current}, indent=2, default=str))
+
+
 class ResultsStore:
     """Append-only per-object / per-image CSVs with a list of finished images, so runs resume exactly."""
 
     def __init__(self, out: Path, config: dict) -> None:
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
-        cfg_path = out / "config.json"
-        key = {k: config.get(k) for k in RESULT_KEYS}
-        if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            diff = [k for k in RESULT_KEYS if old.get(k) != key[k]]
-            if diff:
-                raise InputError(
-                    f"{out}: holds results of a different configuration ({', '.join(diff)} differ); "
-                    "use another --out folder"
-                )
-        cfg_path.write_text(json.dumps({**config, **key}, indent=2))
+        check_run_config(out, config, RESULT_KEYS)
         self.objects_csv = out / "per_object.csv"
         self.images_csv = out / "per_image.csv"
         self.done_path = out / "done.txt"
