@@ -130,7 +130,8 @@ class Predictor:
         return self
 
     # --- prompt checking and mapping -------------------------------------------------------------
-    def _scale(self) -> np.ndarray:
+    def coordinate_scale(self) -> np.ndarray:
+        """(sx, sy): multiply image-pixel (x, y) by this to get model-input coordinates of the current image."""
         assert self.embedding is not None
         (h, w), (nh, nw) = self.embedding.original_size, self.embedding.input_size
         return np.array([nw / w, nh / h], dtype=np.float32)
@@ -219,7 +220,7 @@ class Predictor:
     def _predict_batch(self, boxes, points, masks, multimask: bool):
         emb = self.embedding
         dev = self.device
-        scale = self._scale()
+        scale = self.coordinate_scale()
         bt = torch.from_numpy(boxes * np.tile(scale, 2)).to(dev) if boxes is not None else None
         pt = None
         if points is not None:

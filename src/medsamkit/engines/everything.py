@@ -341,7 +341,7 @@ def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: Ever
     """Decode box or point prompts (tile pixels) on the current embedding; filtered records in image pixels."""
     model = predictor.model
     dev = predictor.device
-    scale = predictor._scale()
+    scale = predictor.coordinate_scale()
     geo = _geometry(predictor)
     multimask = kind == "points"
     grid = predictor.embedding.features.shape[-1]

@@ -430,8 +430,7 @@ def validate(model: SamFamilyModel, tiles: list[TrainTile], cases: list[Case], m
                 dices[mode.name].append(dice(run.masks[-1], run.obj.mask_in(tile.window)))
         if class_names:
             emb = predictor.embedding
-            shape = emb.original_size
-            scale = np.array([emb.input_size[1] / shape[1], emb.input_size[0] / shape[0]], dtype=np.float32)
+            scale = predictor.coordinate_scale()
             prompts = [Prompt(box=o.box() - np.array([x0, y0, x0, y0], dtype=np.float32)) for o in tile.objects]
             pts, bxs = prompt_tensors(prompts, scale, predictor.device)
             _, _, logits = decode_all(model, emb.features, pts, bxs, None)
