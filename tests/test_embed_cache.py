@@ -12,18 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from medsamkit.engines.embed import EmbedConfig, EmbeddingCache, embed_dataset, image_windows, tile_size_for
+from medsamkit.engines.embed import EmbedConfig, EmbeddingCache, embed_dataset, image_windows
 from medsamkit.io.datasets import open_dataset
 from medsamkit.models import load_model
-from medsamkit.predictor import Predictor
 from medsamkit.runtime import setup
+from medsamkit.tiling import tile_size_for
 
 setup(threads=2)
-
-
-@pytest.fixture(scope="module")
-def predictor():
-    return Predictor(load_model("litemedsam"))
 
 
 @pytest.fixture(scope="module")

@@ -113,3 +113,11 @@ def to_window_coords(box: np.ndarray, window: Window) -> np.ndarray:
     arr = np.asarray(box, dtype=np.float32)
     offset = np.array([window[1], window[0]], dtype=np.float32)
     return (arr.reshape(-1, 2) - offset).reshape(arr.shape)
+
+
+def tile_size_for(shape: tuple[int, int], tile_size: int | None, input_size: int) -> int:
+    """Tile size to use for an image: the requested one; None = auto (tiles of the model input size when the
+    image is more than twice as large, else the whole image, i.e. 0); 0 = never tile."""
+    if tile_size is not None:
+        return tile_size
+    return input_size if max(shape) > 2 * input_size else 0

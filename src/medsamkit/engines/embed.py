@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from medsamkit.errors import InputError
 from medsamkit.predictor import Embedding, Predictor
+from medsamkit.tiling import tile_size_for
 
 log = logging.getLogger("medsamkit.embed")
 Window = tuple[int, int, int, int]
@@ -134,13 +135,6 @@ class EmbeddingCache:
         self.stats["computed"] += 1
         features = emb.features.detach().float().cpu().clone()  # an ordinary tensor (not an inference one)
         return Embedding(features, tuple(emb.original_size), tuple(emb.input_size))
-
-
-def tile_size_for(shape: tuple[int, int], tile_size: int | None, input_size: int) -> int:
-    """The evaluate engine's tiling rule: None = auto (tile at input_size beyond 2x it), 0 = never."""
-    if tile_size is not None:
-        return tile_size
-    return input_size if max(shape) > 2 * input_size else 0
 
 
 def image_windows(label: np.ndarray, kind: str, tile: int, overlap: int, min_area: int = 20) -> list[Window]:

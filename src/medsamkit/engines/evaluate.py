@@ -34,7 +34,7 @@ from medsamkit.prompts import (
     parse_modes,
     stack_prompts,
 )
-from medsamkit.tiling import grid_windows, tile_for_object
+from medsamkit.tiling import grid_windows, tile_for_object, tile_size_for
 
 Window = tuple[int, int, int, int]
 OBJECT_FIELDS = [
@@ -280,8 +280,7 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
     key = _case_key(case.name)
     chosen = _select_objects(list(objs), cfg.max_objects, cfg.seed, key)
     shape = case.label.shape[:2]
-    tile = cfg.tile_size if cfg.tile_size is not None else (
-        predictor.model.preprocessing.input_size if max(shape) > 2 * predictor.model.preprocessing.input_size else 0)
+    tile = tile_size_for(shape, cfg.tile_size, predictor.model.preprocessing.input_size)
     plan = plan_tiles(chosen, shape, tile, cfg.tile_overlap) if chosen else {}
     rows: list[dict] = []
     saved = {m.name: np.zeros(shape, np.uint16) for m in modes} if cfg.save_masks else {}

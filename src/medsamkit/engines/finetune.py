@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from medsamkit.engines.embed import EmbeddingCache, tile_size_for
+from medsamkit.engines.embed import EmbeddingCache
 from medsamkit.engines.evaluate import plan_tiles, run_mode_model
 from medsamkit.errors import InputError
 from medsamkit.io.datasets import Case, open_dataset
@@ -42,6 +42,7 @@ from medsamkit.models.sam import SamFamilyModel
 from medsamkit.objects import ImageObject, extract_objects
 from medsamkit.predictor import Predictor, as_rgb_float, preprocess
 from medsamkit.prompts import Prompt, PromptMode, initial_prompt, next_click, parse_modes, stack_prompts
+from medsamkit.tiling import tile_size_for
 
 Window = tuple[int, int, int, int]
 MODES = ("decoder", "adapter", "lora")
