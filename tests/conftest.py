@@ -56,6 +56,14 @@ def litemedsam():
     return load_model("litemedsam", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def predictor(litemedsam):
+    """A Predictor over the session's LiteMedSAM (one per test module: it holds the current image)."""
+    from medsamkit.predictor import Predictor
+
+    return Predictor(litemedsam)
+
+
 @pytest.fixture(scope="session")
 def lung_slice():
     """(image in [0,1], GTV mask) of the pat_1 slice with the largest GTV, from builtin:lung-gtv."""

@@ -14,7 +14,6 @@ from medsamkit.errors import InputError
 from medsamkit.io.builtin import open_builtin
 from medsamkit.io.images import write_mask
 from medsamkit.objects import extract_objects
-from medsamkit.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +25,6 @@ def small_folder(tmp_path_factory):
         write_mask(root / "images" / f"crop{i}.png", (case.image[y:y + 160, x:x + 200] / case.image.max() * 255))
         write_mask(root / "labels" / f"crop{i}.png", case.label[y:y + 160, x:x + 200])
     return root
-
-
-@pytest.fixture(scope="module")
-def predictor(litemedsam):
-    return Predictor(litemedsam)
 
 
 def _rows(out):

@@ -78,18 +78,6 @@ def test_blob_proposals_find_dark_discs_on_bright_background():
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    """The bundled LiteMedSAM (skips when its weights are not installed)."""
-    from medsamkit.models import load_model
-    from medsamkit.predictor import Predictor
-
-    try:
-        return Predictor(load_model("litemedsam"))
-    except InputError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def monuseg_tile(monuseg_root):
     """Top-left 256x256 of a real MoNuSeg test image (33 nuclei) and its instance labels."""
     from medsamkit.io.images import read_image, read_label

@@ -123,18 +123,6 @@ def test_masks_file_roundtrip(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    """The bundled LiteMedSAM (skips when its weights are not installed)."""
-    from medsamkit.models import load_model
-    from medsamkit.predictor import Predictor
-
-    try:
-        return Predictor(load_model("litemedsam"))
-    except InputError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def nuclei_folder(tmp_path_factory):
     """A one-image dataset: a 256x256 crop of builtin:dsb-nuclei (fluorescence nuclei)."""
     from medsamkit.io.datasets import open_dataset
