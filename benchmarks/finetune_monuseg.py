@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from _shared import monuseg_dir
 from medsamkit.engines.evaluate import EvaluateConfig, evaluate
 from medsamkit.engines.finetune import FinetuneConfig, finetune
 from medsamkit.runtime import setup
@@ -34,8 +35,7 @@ TARGET_POINT_DICE = 0.70
 
 def default_root() -> Path:
     """shared/data/monuseg under $MEDSAMKIT_SHARED, else beside the checkout."""
-    base = Path(os.environ["MEDSAMKIT_SHARED"]) if "MEDSAMKIT_SHARED" in os.environ else REPO.parent / "shared"
-    return base / "data" / "monuseg"
+    return monuseg_dir() or REPO.parent / "shared" / "data" / "monuseg"
 
 
 def mean_dice(summary: dict) -> dict[str, float | None]:

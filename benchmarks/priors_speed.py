@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _shared import monuseg_dir
 from medsamkit import runtime
 from medsamkit.engines.everything import EverythingConfig, generate_masks, instance_recall
 from medsamkit.engines.priors import boundary_prior, segmentation_prior
@@ -31,8 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def default_data() -> Path:
     """shared/data/monuseg/test beside the checkout, or under $MEDSAMKIT_SHARED."""
-    base = Path(os.environ["MEDSAMKIT_SHARED"]) if "MEDSAMKIT_SHARED" in os.environ else REPO.parent / "shared"
-    return base / "data" / "monuseg" / "test"
+    return monuseg_dir("test") or REPO.parent / "shared" / "data" / "monuseg" / "test"
 
 
 def precision(records: list, label: np.ndarray, iou_threshold: float = 0.5) -> float:

@@ -16,6 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from _shared import monuseg_dir
 from medsamkit.engines.unet import UNetConfig, UNetEvalConfig, evaluate, train
 
 PAPER_AJI = {"baseline_aji": 58.36, "samaug_aji": 64.30}  # U-Net, 50k iterations, AJI x 100
@@ -54,8 +55,8 @@ def _logged_speed(metrics_csv: Path) -> float | None:
 def main(argv: list[str] | None = None) -> dict:
     """Run the comparison for every seed; returns (and prints) the results dict."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--train", required=True, help="MoNuSeg train SPEC (folder with images/ + labels/)")
-    p.add_argument("--test", required=True, help="MoNuSeg test SPEC")
+    p.add_argument("--train", default=None, help="MoNuSeg train SPEC (default: shared/data/monuseg/train)")
+    p.add_argument("--test", default=None, help="MoNuSeg test SPEC (default: shared/data/monuseg/test)")
     p.add_argument("--priors-train", default=None, help="priors folder of the train images (omit: baseline only)")
     p.add_argument("--priors-test", default=None, help="priors folder of the test images")
     p.add_argument("--out", required=True, help="folder for all runs and results.json")
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    args.train = args.train or (str(monuseg_dir("train")) if monuseg_dir("train") else None)
+    args.test = args.test or (str(monuseg_dir("test")) if monuseg_dir("test") else None)
+    if args.train is None or args.test is None:
+        print(json.dumps({"skipped": "MoNuSeg not found (give --train/--test or set MEDSAMKIT_SHARED)"}))
+        return {}
     if (args.priors_train is None) != (args.priors_test is None):
         p.error("give both --priors-train and --priors-test, or neither (baseline only)")
     seeds = [int(s) for s in args.seeds.split(",")]

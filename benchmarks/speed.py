@@ -28,18 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from _shared import shared_dir
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = "box,box+5,jitter+5,box+10,jitter+10"  # 5 box prompts per object (LiteMedSAM is box-trained)
 TILE = 256
-
-
-def shared_dir() -> Path | None:
-    """shared/ beside the checkout, or $MEDSAMKIT_SHARED."""
-    env = os.environ.get("MEDSAMKIT_SHARED")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared", REPO / "shared"]:
-        if (cand / "data").is_dir():
-            return cand
-    return None
 
 
 def make_tiles(folder: Path, n: int) -> str:

@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
+from _shared import monuseg_dir
 from medsamkit.engines.evaluate import EvaluateConfig, evaluate
 
 MODES = "box,box+5,jitter+5,center,random1,random3,iter9"
 REFERENCE = {"lung-gtv": {"box": 0.786, "box+5": 0.841}, "monuseg": {"box": 0.861}}
-
-
-def monuseg_test() -> Path | None:
-    for cand in (os.environ.get("MEDSAMKIT_SHARED"), Path(__file__).resolve().parents[2] / "shared"):
-        if cand and (Path(cand) / "data" / "monuseg" / "test").is_dir():
-            return Path(cand) / "data" / "monuseg" / "test"
-    return None
 
 
 def main() -> None:
@@ -37,7 +30,7 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of datasets to skip (lung-gtv, monuseg)")
     args = ap.parse_args()
     runs = {"lung-gtv": EvaluateConfig(data="builtin:lung-gtv", out=f"{args.out}/lung-gtv", prompts=args.prompts)}
-    mon = Path(args.monuseg) if args.monuseg else monuseg_test()
+    mon = Path(args.monuseg) if args.monuseg else monuseg_dir("test")
     if mon is not None:
         runs["monuseg"] = EvaluateConfig(data=str(mon), out=f"{args.out}/monuseg", prompts=args.prompts,
                                          max_images=args.max_images, max_objects=args.max_objects, tile_size=256)
