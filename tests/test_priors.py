@@ -78,8 +78,8 @@ def test_boundary_prior_is_binary_union_and_clipped_at_image_border():
         (np.full((4, 5, 3), 255, np.uint8), 1.0),
         (np.full((4, 5, 4), 51, np.uint8), 0.2),  # RGBA: alpha dropped
         (np.full((4, 5), 0.5, np.float32), 0.5),  # grey float
-        (np.full((4, 5, 1), 65535, np.uint16), 1.0),  # grey with a channel axis
-        (np.full((4, 5, 3), 1.7, np.float64), 1.0),  # floats are clipped to [0, 1]
+        (np.full((4, 5, 1), 0.25, np.float32), 0.25),  # grey with a channel axis
+        (np.full((4, 5, 3), 1.7, np.float64), 0.0),  # outside [0, 1]: min-max, and a constant image is 0
     ],
 )
 def test_fuse_shapes_dtypes_and_clip(image, channel0):

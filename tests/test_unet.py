@@ -71,10 +71,13 @@ def test_learning_rate_schedule(iterations, lr_switch, it, expected):
     "image, expected_max, expected_min",
     [
         (np.full((4, 4, 3), 255, dtype=np.uint8), 1.0, 1.0),  # uint8: / 255, not min-max
-        (np.array([[0, 6553], [13107, 65535]], dtype=np.uint16), 1.0, 0.0),  # integers: / dtype maximum
-        (np.array([[6553, 13107], [6553, 6553]], dtype=np.uint16), 0.2, 0.1),  # ... not min-max
-        (np.full((2, 2), 0.5, dtype=np.float32), 0.5, 0.5),  # floats in [0, 1] are kept
-        (np.array([[-3.0, 0.25], [7.0, 0.5]], dtype=np.float32), 1.0, 0.0),  # ... others clipped
+        (np.array([[3, 4], [3, 3]], dtype=np.uint8), 4 / 255, 3 / 255),  # ... even a dark uint8 image
+        (np.array([[0, 1000], [2000, 4095]], dtype=np.uint16), 1.0, 0.0),  # 12-bit in uint16: min-max, not dark
+        (np.array([[6553, 13107], [6553, 6553]], dtype=np.uint16), 1.0, 0.0),  # other integers: min-max
+        (np.array([[-1000, 400], [0, 3000]], dtype=np.int16), 1.0, 0.0),  # CT HU
+        (np.full((2, 2), 0.5, dtype=np.float32), 0.5, 0.5),  # anything already in [0, 1] is kept
+        (np.array([[-3.0, 0.25], [7.0, 0.5]], dtype=np.float32), 1.0, 0.0),  # other floats: min-max
+        (np.full((3, 3), 700, dtype=np.uint16), 0.0, 0.0),  # constant image: zeros
     ],
 )
 def test_image_unit_rgb(image, expected_max, expected_min):

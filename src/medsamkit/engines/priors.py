@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medsamkit.engines.everything import EverythingConfig, MaskRecord, generate_masks
-from medsamkit.errors import InputError
+from medsamkit.errors import InputError, where
 
 NORMALISATIONS = ("clip", "none")
 SEG_PNG_SCALE = 1000.0
@@ -68,14 +68,26 @@ def boundary_prior(records: list[MaskRecord], shape: tuple[int, ...], thickness:
     return out.astype(np.uint8)
 
 
-def _unit_image(image: np.ndarray) -> np.ndarray:
-    """float32 in [0,1]: integer dtypes divided by their maximum, floats clipped to [0,1]."""
+def unit_image(image: np.ndarray, source: object | None = None) -> np.ndarray:
+    """float32 in [0,1], the one intensity rule of SAMAug fusion and of the U-Net input (train and test alike).
+
+    uint8 is divided by 255 (a fixed scale keeps stains comparable across slides); any other image already
+    inside [0,1] is kept; everything else (12/16-bit microscopy, CT, floats in other ranges) is min-max
+    scaled per image, so low-range uint16 data is not left near black. A constant image becomes zeros.
+    """
     arr = np.asarray(image)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
-        raise InputError(f"unsupported image dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
-    return np.clip(arr.astype(np.float32), 0, 1)
+        raise InputError(f"{where(source)}unsupported image dtype {arr.dtype}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / np.float32(255)
+    out = arr.astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        raise InputError(f"{where(source)}image contains {int(bad.sum())} NaN/inf values")
+    lo, hi = (float(out.min()), float(out.max())) if out.size else (0.0, 0.0)
+    if lo >= 0.0 and hi <= 1.0:
+        return out
+    return (out - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(out)
 
 
 def fuse(
@@ -83,14 +95,14 @@ def fuse(
 ) -> np.ndarray:
     """SAMAug input: float32 (H, W, 3).
 
-    The image is brought to [0,1] (integers by dtype range, floats clipped); RGB(A, alpha dropped): channel
+    The image is brought to [0,1] by `unit_image`; RGB(A, alpha dropped): channel
     1 += seg prior, channel 2 += boundary prior; grey (H,W) or (H,W,1): [grey, seg prior, boundary prior].
     normalisation "clip" (default) clips the seg prior to [0,1] before adding, so every channel lies in
     [0, 2] whatever the mask overlaps; "none" adds it raw (the paper's listing). Use the same for train/test.
     """
     if normalisation not in NORMALISATIONS:
         raise InputError(f"unknown normalisation {normalisation!r}; choose one of: {', '.join(NORMALISATIONS)}")
-    img = _unit_image(image)
+    img = unit_image(image)
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] not in (3, 4)):

@@ -115,13 +115,11 @@ def build_unet(channels: tuple[int, ...] = (16, 32, 64, 128, 256), strides: tupl
 
 
 def image_unit_rgb(image: np.ndarray, source: object | None = None) -> np.ndarray:
-    """float32 (H, W, 3) in [0, 1], by the rule SAMAug fusion uses (integers / dtype maximum, floats clipped)
-    so that the baseline and the SAMAug U-Net see the same image; grey is repeated to 3 channels."""
-    arr = np.asarray(image)
-    rgb = as_rgb_float(arr, source)
-    if np.issubdtype(arr.dtype, np.integer):
-        return rgb / np.float32(np.iinfo(arr.dtype).max)
-    return np.clip(rgb, 0.0, 1.0)
+    """float32 (H, W, 3) in [0, 1] by SAMAug fusion's intensity rule (`priors.unit_image`), so the baseline
+    and the SAMAug U-Net see the same image; grey is repeated to 3 channels, alpha dropped."""
+    from medsamkit.engines.priors import unit_image
+
+    return np.ascontiguousarray(as_rgb_float(unit_image(image, source), source))
 
 
 def network_input(image: np.ndarray, name: str, priors_dir: str | Path | None,
