@@ -21,9 +21,10 @@ from medsamkit.engines.finetune import (
     finetune,
     recipe_of,
     split_by_image,
+    split_cases,
 )
 from medsamkit.errors import InputError
-from medsamkit.io.datasets import open_dataset
+from medsamkit.io.datasets import Case, open_dataset
 from medsamkit.models import load_model
 from medsamkit.models.finetuned import (
     CHECKPOINT_FORMAT,
@@ -83,6 +84,30 @@ def test_split_by_image(n, fraction, n_val):
     train, val = split_by_image(n, fraction, seed=3)
     assert len(val) == n_val and sorted(train + val) == list(range(n))
     assert split_by_image(n, fraction, seed=3) == (train, val)
+
+
+def _case(name: str, volume: str | None = None) -> Case:
+    meta = {"volume": volume} if volume else {}
+    return Case(name, np.zeros((4, 4)), np.zeros((4, 4), np.int32), meta=meta)
+
+
+def test_split_keeps_each_patient_volume_on_one_side_and_splits_within_each_data_set():
+    # data set 0: four patient volumes of five slices each; data set 1: ten 2D images
+    cases = [_case(f"p{v}/z{z}", f"p{v}") for v in range(4) for z in range(5)]
+    cases += [_case(f"img{i}") for i in range(10)]
+    origin = [0] * 20 + [1] * 10
+    train, val = split_cases(cases, origin, 0.25, seed=0)
+    assert sorted(train + val) == list(range(30)) and not set(train) & set(val)
+    val_patients = {cases[i].meta["volume"] for i in val if origin[i] == 0}
+    train_patients = {cases[i].meta["volume"] for i in train if origin[i] == 0}
+    assert len(val_patients) == 1 and not val_patients & train_patients  # one whole patient held out
+    assert sum(origin[i] == 0 for i in val) == 5
+    assert sum(origin[i] == 1 for i in val) == 2  # round(0.25 * 10) images of the 2D set
+    # a single 2D set splits exactly as split_by_image (runs made before the per-volume split are unchanged)
+    assert split_cases(cases[20:], [0] * 10, 0.2, seed=3) == split_by_image(10, 0.2, seed=3)
+    # one volume alone: its slices are split instead of holding out everything or nothing
+    t1, v1 = split_cases(cases[:5], [0] * 5, 0.4, seed=0)
+    assert len(v1) == 2 and len(t1) == 3
 
 
 def test_epoch_batches_cover_each_object_once_per_epoch():
@@ -156,6 +181,7 @@ def test_class_head_run_resume_ddp_and_loading(two_sets, tmp_path, monkeypatch):
     assert {"val_dice_box", "val_dice_iter2", "val_class_accuracy"} <= set(row)
     assert 0.0 <= float(row["val_dice_box"]) <= 1.0
     assert set(whole["last"]["class_accuracy"]) == {"A", "B"}
+    assert sum(whole["last"]["class_objects"].values()) == whole["val_objects"]
     trained = whole["parameters"]["trainable"]
     # decoder 4,058,340 + prompt encoder 6,220 + class token 256 + class head 256*256+256 + 256*2+2
     assert trained == 4_058_340 + 6_220 + 256 + (256 * 256 + 256) + (256 * 2 + 2)

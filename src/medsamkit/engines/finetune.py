@@ -150,6 +150,26 @@ def split_by_image(n: int, fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
 
 
+def split_cases(cases: list[Case], origin: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Train/validation case indices, split within each --data set by image, and by volume for slices:
+    all slices of one patient volume land on the same side, so validation never sees a training patient
+    (a set holding a single volume falls back to splitting its slices)."""
+    train: list[int] = []
+    val: list[int] = []
+    for k in sorted(set(origin)):
+        members = [i for i, o in enumerate(origin) if o == k]
+        group_of = {i: str(cases[i].meta.get("volume", cases[i].name)) for i in members}
+        groups = list(dict.fromkeys(group_of[i] for i in members))
+        if len(groups) < 2:
+            group_of = {i: cases[i].name for i in members}
+            groups = [cases[i].name for i in members]
+        _, held = split_by_image(len(groups), fraction, seed + k)
+        held_out = {groups[g] for g in held}
+        for i in members:
+            (val if group_of[i] in held_out else train).append(i)
+    return sorted(train), sorted(val)
+
+
 def plan_case_tiles(case: Case, index: int, cfg: FinetuneConfig, input_size: int, limit: int | None = None,
                     class_of=None) -> list[TrainTile]:
     """The evaluate engine's tiles for one image (objects limited to `limit`, chosen with the seed)."""
@@ -445,6 +465,7 @@ def validate(model: SamFamilyModel, tiles: list[TrainTile], cases: list[Case], m
         out["val_class_accuracy"] = float(correct.sum() / seen.sum()) if seen.sum() else math.nan
         out["class_accuracy"] = {n: (float(correct[i] / seen[i]) if seen[i] else None)
                                  for i, n in enumerate(class_names)}
+        out["class_objects"] = {n: int(seen[i]) for i, n in enumerate(class_names)}
     return out
 
 
@@ -505,7 +526,7 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
     model.to(device).eval()  # eval throughout: the frozen encoder's BatchNorm statistics must not move
     _say(cfg, rank, f"finetune {cfg.mode}: {counts['trainable']:,} trainable of {counts['total']:,} parameters")
 
-    train_idx, val_idx = split_by_image(len(cases), cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = split_cases(cases, origin, cfg.val_fraction, cfg.seed)
     size = model.preprocessing.input_size
     cls_fn = class_of if class_names else None
     train_tiles = [t for i in train_idx for t in plan_case_tiles(cases[i], i, cfg, size, None, cls_fn)]
@@ -621,13 +642,16 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
         if rank == 0:
             val = validate(model, val_tiles, cases, modes, cfg.seed, cache, class_names) if val_tiles else {}
             per_class = val.pop("class_accuracy", None)
+            per_class_n = val.pop("class_objects", None)
             row.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in val.items()})
             row["seconds"] = round(time.perf_counter() - t_start, 2)
             dices = [v for k, v in val.items() if k.startswith("val_dice_") and not math.isnan(v)]
             score = float(np.mean(dices)) if dices else -row["train_loss"]
             _append_csv(out / "metrics.csv", row)
             write_curves(out / "metrics.csv", out / "curves.png")
-            last_metrics = {**row, "class_accuracy": per_class} if per_class is not None else dict(row)
+            last_metrics = dict(row)
+            if per_class is not None:
+                last_metrics.update(class_accuracy=per_class, class_objects=per_class_n)
             epoch += 1
             loss_sum, loss_n, batch0 = 0.0, 0, 0
             improved = score > best_score
