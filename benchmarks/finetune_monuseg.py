@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "train": {k: train.get(k) for k in ("train_images", "val_images", "train_objects", "train_tiles",
-                                            "epochs_done", "steps", "best_epoch", "best_score", "parameters",
+                                            "epochs_done", "steps", "best_epoch", "best_score", "parameters", "embed_seconds",
                                             "last", "cache")},
         "test": {"images": zero["images"], "objects": zero["objects"], "tiles": zero["tiles"]},
         "dice_zero_shot": zs,

@@ -159,6 +159,7 @@ def test_resume_reproduces_the_next_step(two_sets, tmp_path):
     cfg = partial(_cfg, two_sets, data=[str(two_sets / "B")], classes=False, val_fraction=0.0, prompts="iter2")
     whole = finetune(cfg(tmp_path / "whole", max_steps=2))
     assert (whole["train_images"], whole["val_images"], whole["epochs_done"]) == (2, 0, 1)
+    assert 0 < whole["embed_seconds"] <= whole["seconds"]  # decoder mode filled the cache first
     assert finetune(cfg(tmp_path / "resumed", max_steps=1))["stopped"] == "max_steps"
     assert not (tmp_path / "resumed" / "best.pt").exists()
     finetune(cfg(tmp_path / "resumed", max_steps=2))

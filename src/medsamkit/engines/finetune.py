@@ -535,6 +535,7 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
         raise InputError(f"{', '.join(cfg.data)}: no training objects of at least {cfg.min_area} px")
 
     cache = None
+    embed_seconds = 0.0  # time this call spent filling the embedding cache
     train_keys: list[str] = []
     if cfg.mode == "decoder":  # frozen encoder: embed every tile once, train on the cached features
         cache = EmbeddingCache(cfg.cache or out / "embeddings", model)
@@ -545,6 +546,7 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
             y0, x0, y1, x1 = tile.window
             cache.get_or_compute(predictor, cases[tile.case].image[y0:y1, x0:x1], cases[tile.case].name)
         _barrier(world)
+        embed_seconds = round(time.perf_counter() - t_start, 2)
         train_keys = [cache.key(cases[t.case].image[t.window[0]:t.window[2], t.window[1]:t.window[3]])
                       for t in train_tiles]
 
@@ -673,6 +675,7 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
                "val_objects": sum(len(t.objects) for t in val_tiles), "epochs_done": epoch, "steps": step,
                "stopped": stopped, "best_epoch": best_epoch, "best_score": best_score,
                "classes": class_names, "last": last_metrics, "seconds": round(time.perf_counter() - t_start, 2),
+               "embed_seconds": embed_seconds,
                "cache": None if cache is None else {"folder": str(cache.folder), **cache.stats}}
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
