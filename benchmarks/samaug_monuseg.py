@@ -45,6 +45,18 @@ def _arm(args: argparse.Namespace, seed: int, arm: str, priors_train: str | None
             "train_iterations_per_second": _logged_speed(run / "metrics.csv")}
 
 
+def _priors_stats(folder: str) -> dict:
+    """What `medsamkit samaug priors` recorded for a folder: images, masks, seconds per image (median, max)."""
+    index = Path(folder) / "index.json"
+    if not index.is_file():
+        return {}
+    rows = [r for r in json.loads(index.read_text())["images"] if not r.get("skipped")]
+    secs = [r["seconds"] for r in rows if r.get("seconds") is not None]
+    return {"images": len(rows), "masks": sum(r["masks"] for r in rows),
+            "seconds_per_image_median": round(statistics.median(secs), 1) if secs else None,
+            "seconds_per_image_max": round(max(secs), 1) if secs else None}
+
+
 def _logged_speed(metrics_csv: Path) -> float | None:
     """Iterations per second over the whole run, from the per-iteration wall-clock in metrics.csv."""
     with metrics_csv.open(newline="") as fh:
@@ -98,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
         if values:
             results.setdefault("mean", {})[key] = statistics.fmean(values)
     results["paper"] = PAPER_AJI
+    if args.priors_train:
+        results["priors"] = {"train": _priors_stats(args.priors_train), "test": _priors_stats(args.priors_test)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     json.dump(results, sys.stdout, indent=2)
