@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,10 @@ def test_resume_continues_at_the_checkpoint_with_identical_losses(small_data, tm
     # rerunning a finished run does nothing
     again = train(UNetConfig(out=str(tmp_path / "b"), iterations=4, **cfg))
     assert again.losses == [] and again.start_iteration == 4
+    # the same data folder written as a relative path is the same run (bug: it was refused as "different")
+    rel = os.path.relpath(small_data)
+    same = train(UNetConfig(out=str(tmp_path / "b"), iterations=4, **{**cfg, "data": rel}))
+    assert same.start_iteration == 4
     # a different experiment in the same folder is refused
     with pytest.raises(InputError, match="seed"):
         train(UNetConfig(out=str(tmp_path / "b"), iterations=8, **{**cfg, "seed": 1}))

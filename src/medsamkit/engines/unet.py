@@ -198,9 +198,16 @@ def _plain_config(cfg: UNetConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+def _same_setting(key: str, old: object, new: object) -> bool:
+    """Equal settings; data/priors folders compare as resolved paths (relative vs absolute is the same run)."""
+    if key in ("data", "priors") and isinstance(old, str) and isinstance(new, str) and not old.startswith("builtin:"):
+        return old == new or Path(old).resolve() == Path(new).resolve()
+    return old == new
+
+
 def _check_resumable(saved: dict, cfg: UNetConfig, path: Path) -> None:
     now = _plain_config(cfg)
-    changed = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    changed = [k for k in _RESUME_KEYS if not _same_setting(k, saved.get(k), now.get(k))]
     if changed:
         diffs = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise InputError(f"{path}: checkpoint was trained with different settings ({diffs}); use a new --out")
