@@ -25,7 +25,7 @@ from medsamkit.cli.options import model_options
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True, help="objects per step (from one tile)")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="images held out (by image)")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="images held out, per --data set (whole patient volumes for 3D data)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache", type=click.Path(), default=None, help="embedding cache folder (default RUN/embeddings)")
 @click.option("--max-images", type=int, default=None, help="use at most N images per data set")
