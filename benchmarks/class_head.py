@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from _shared import monuseg_dir
-from medsamkit.engines.finetune import FinetuneConfig, finetune, load_cases, split_cases
+from medsamkit.engines.finetune import FinetuneConfig, finetune
 from medsamkit.runtime import setup
 
 
@@ -42,16 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
                          classes=True, epochs=args.epochs, max_objects=args.max_objects,
                          val_objects=args.val_objects, seed=args.seed,
                          cache=args.cache or str(args.out / "cache"), show_progress=sys.stderr.isatty())
-    cases, origin, _ = load_cases(cfg)
-    _, val = split_cases(cases, origin, cfg.val_fraction, cfg.seed)
-    held_out = sorted({str(cases[i].meta.get("volume", cases[i].name)) for i in val})
     t0 = time.perf_counter()
     summary = finetune(cfg)
     last = summary["last"]
     result = {
         "benchmark": "class_head (decoder mode + class token, LiteMedSAM)",
         "classes": summary["classes"],
-        "held_out": held_out,
+        "held_out": summary["val_sources"],
         "held_out_objects": last.get("class_objects"),
         "class_accuracy": last.get("class_accuracy"),
         "overall_accuracy": last.get("val_class_accuracy"),

@@ -160,6 +160,7 @@ def test_resume_reproduces_the_next_step(two_sets, tmp_path):
     whole = finetune(cfg(tmp_path / "whole", max_steps=2))
     assert (whole["train_images"], whole["val_images"], whole["epochs_done"]) == (2, 0, 1)
     assert 0 < whole["embed_seconds"] <= whole["seconds"]  # decoder mode filled the cache first
+    assert whole["val_sources"] == []
     assert finetune(cfg(tmp_path / "resumed", max_steps=1))["stopped"] == "max_steps"
     assert not (tmp_path / "resumed" / "best.pt").exists()
     finetune(cfg(tmp_path / "resumed", max_steps=2))
@@ -173,6 +174,7 @@ def test_class_head_run_resume_ddp_and_loading(two_sets, tmp_path, monkeypatch):
     whole = finetune(_cfg(two_sets, tmp_path / "whole", max_steps=2))
     assert whole["train_images"] == 2 and whole["val_images"] == 1 and whole["steps"] == 2
     assert whole["classes"] == ["A", "B"]
+    assert len(whole["val_sources"]) == 1  # the held-out image is named in the summary
     # 2 train images x 1 object, batches of 1: epoch 1 ends with step 2 -> validation + checkpoints
     assert whole["epochs_done"] == 1 and whole["best_epoch"] == 1
     for name in ("metrics.csv", "curves.png", "last.pt", "best.pt", "summary.json"):

@@ -150,6 +150,11 @@ def split_by_image(n: int, fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
 
 
+def source_of(case: Case) -> str:
+    """The image or patient volume a case comes from: the unit that train/validation splits keep whole."""
+    return str(case.meta.get("volume", case.name))
+
+
 def split_cases(cases: list[Case], origin: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Train/validation case indices, split within each --data set by image, and by volume for slices:
     all slices of one patient volume land on the same side, so validation never sees a training patient
@@ -158,7 +163,7 @@ def split_cases(cases: list[Case], origin: list[int], fraction: float, seed: int
     val: list[int] = []
     for k in sorted(set(origin)):
         members = [i for i, o in enumerate(origin) if o == k]
-        group_of = {i: str(cases[i].meta.get("volume", cases[i].name)) for i in members}
+        group_of = {i: source_of(cases[i]) for i in members}
         groups = list(dict.fromkeys(group_of[i] for i in members))
         if len(groups) < 2:
             group_of = {i: cases[i].name for i in members}
@@ -671,6 +676,7 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
 
     summary = {"out": str(out), "mode": cfg.mode, "base_model": cfg.model, "parameters": counts,
                "train_images": len(train_idx), "val_images": len(val_idx),
+               "val_sources": sorted({source_of(cases[i]) for i in val_idx}),
                "train_objects": sum(len(t.objects) for t in train_tiles), "train_tiles": len(train_tiles),
                "val_objects": sum(len(t.objects) for t in val_tiles), "epochs_done": epoch, "steps": step,
                "stopped": stopped, "best_epoch": best_epoch, "best_score": best_score,
