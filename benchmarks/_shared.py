@@ -1,5 +1,5 @@
 """Where the benchmark scripts find the project's shared/ data: $MEDSAMKIT_SHARED, else shared/ beside (or
-inside) the checkout. One rule for every script; tests/conftest.py applies the same rule for the test suite."""
+inside) the checkout. One rule for every script and for the test suite (tests/conftest.py imports it)."""
 
 from __future__ import annotations
 

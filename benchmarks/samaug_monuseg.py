@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    args.train = args.train or (str(monuseg_dir("train")) if monuseg_dir("train") else None)
-    args.test = args.test or (str(monuseg_dir("test")) if monuseg_dir("test") else None)
+    for split in ("train", "test"):
+        found = monuseg_dir(split)
+        setattr(args, split, getattr(args, split) or (str(found) if found else None))
     if args.train is None or args.test is None:
         print(json.dumps({"skipped": "MoNuSeg not found (give --train/--test or set MEDSAMKIT_SHARED)"}))
         return {}

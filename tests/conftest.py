@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_dir() -> Path | None:
-    """The project's shared/ folder (env MEDSAMKIT_SHARED, else ../shared beside the checkout)."""
-    env = os.environ.get("MEDSAMKIT_SHARED")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared", REPO / "shared"]:
-        if (cand / "data").is_dir():
-            return cand
-    return None
+sys.path.insert(0, str(REPO / "benchmarks"))  # one rule for where shared/ is: benchmarks/_shared.py
+from _shared import monuseg_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def monuseg_root() -> Path:
     """MoNuSeg 2018 (train/test with images/ + labels/); skips when shared/ is not beside the repo."""
-    base = shared_dir()
-    if base is None or not (base / "data" / "monuseg" / "test" / "images").is_dir():
+    root = monuseg_dir()
+    if root is None:
         pytest.skip("MoNuSeg data not found: set MEDSAMKIT_SHARED or place shared/ beside the checkout")
-    return base / "data" / "monuseg"
+    return root
 
 
 def _has(pkg: str) -> bool:
