@@ -71,3 +71,17 @@ def test_models_and_datasets_listing():
     assert res.exit_code == 0 and "litemedsam" in res.output and "sam_vit_h" in res.output
     res = CliRunner().invoke(main, ["datasets"])
     assert res.exit_code == 0 and "builtin:lung-gtv" in res.output and "CC BY-NC 3.0" in res.output
+
+
+def test_run_resumable_returns_or_exits_130_with_the_resume_hint(capsys):
+    from medsamkit.cli.interrupt import run_resumable
+
+    assert run_resumable(lambda cfg: cfg * 2, 21, "unused") == 42
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exc:
+        run_resumable(interrupted, None, "rerun the same command to resume from RUN/last.pt")
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: rerun the same command to resume from RUN/last.pt"

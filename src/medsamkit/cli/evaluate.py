@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from medsamkit.cli import main
+from medsamkit.cli.interrupt import run_resumable
 from medsamkit.cli.options import model_options
 
 
@@ -37,10 +36,6 @@ def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_s
                          device=device, max_images=max_images, max_objects=max_objects, seed=seed,
                          min_area=min_area, tile_size=tile_size, baseline=baseline, save_masks=save_masks,
                          multimask=multimask, cache=cache)
-    try:
-        summary = run(cfg)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: finished images are kept in {out}; rerun the same command to resume", err=True)
-        sys.exit(130)
+    summary = run_resumable(run, cfg, f"finished images are kept in {out}; rerun the same command to resume")
     click.echo(open(f"{out}/summary.md").read())
     click.echo(f"{summary['images']} images; results in {out}")

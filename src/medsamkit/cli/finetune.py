@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
 from medsamkit.cli import main
+from medsamkit.cli.interrupt import run_resumable
 from medsamkit.cli.options import model_options
 
 
@@ -55,9 +55,5 @@ def finetune(data, out, mode, prompts, classes, epochs, lr, optimizer, weight_de
         adapter_bottleneck=adapter_bottleneck, lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_targets=lora_targets, train_decoder=train_decoder,
     )
-    try:
-        summary = run(cfg)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: rerun the same command to resume from {out}/last.pt", err=True)
-        sys.exit(130)
+    summary = run_resumable(run, cfg, f"rerun the same command to resume from {out}/last.pt")
     click.echo(json.dumps(summary, indent=2, default=str))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
 from medsamkit.cli import main
+from medsamkit.cli.interrupt import run_resumable
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -53,11 +53,7 @@ def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, cr
                      lr_switch=lr_switch, batch_size=batch_size, crop=crop, seed=seed, val_images=val_images,
                      channels=_ints(channels), strides=_ints(strides), num_res_units=num_res_units, dice=dice,
                      checkpoint_every=checkpoint_every, device=device, threads=threads)
-    try:
-        result = run(cfg)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: rerun the same command to resume from {out}/last.pt", err=True)
-        sys.exit(130)
+    result = run_resumable(run, cfg, f"rerun the same command to resume from {out}/last.pt")
     click.echo(f"trained to iteration {result.iterations} ({result.iterations_per_second:.2f} it/s); run in {out}")
     if result.validation:
         click.echo(f"validation: {json.dumps(result.validation)}")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
 from medsamkit.cli import main
+from medsamkit.cli.interrupt import run_resumable
 from medsamkit.cli.options import model_options
 
 _WINDOW_HELP = "CT window: lung, soft_tissue, bone, ... or lo,hi in HU (default: soft_tissue for CT, else 0.5-99.5%)"
@@ -77,10 +77,7 @@ def evaluate_volume(data, prompts, propagate, three_slice, predictions, window, 
                                model=model_name, checkpoint=checkpoint, device=device, window=window,
                                max_volumes=max_volumes, seed=seed, min_area=min_area, margin=margin, min_iou=min_iou,
                                save_masks=save_masks, predictions=predictions)
-    try:
-        summary = evaluate_volumes(cfg)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: finished volumes are kept in {out}; rerun the same command to resume", err=True)
-        sys.exit(130)
+    summary = run_resumable(evaluate_volumes, cfg,
+                            f"finished volumes are kept in {out}; rerun the same command to resume")
     click.echo(open(f"{out}/summary.md").read())
     click.echo(f"{summary['volumes']} volumes; results in {out}")
