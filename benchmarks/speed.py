@@ -15,6 +15,7 @@ end-to-end ratio, and the agreement of both sides' Dice per (object, prompt).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -135,12 +136,9 @@ def run_peer(data: str, prompts: str, max_objects: int, threads: int) -> dict:
 # --- ours ---------------------------------------------------------------------------------------------
 def run_ours(data: str, prompts: str, max_objects: int, threads: int, onnx_dir: str | None) -> dict:
     """evaluate() end to end (batched, fast decoder), then encoder/decoder micro-benchmarks."""
-    import csv
-
     import torch
 
     from medsamkit import runtime
-    from medsamkit.engines.evaluate import EvaluateConfig, evaluate
     from medsamkit.io.datasets import open_dataset
     from medsamkit.models import load_model
     from medsamkit.objects import extract_objects
@@ -151,14 +149,7 @@ def run_ours(data: str, prompts: str, max_objects: int, threads: int, onnx_dir: 
     pred = Predictor(model, batch_size=32)
     pred.set_image(np.zeros((TILE, TILE, 3), np.float32) + np.arange(TILE)[:, None, None])  # warm-up
     out: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = EvaluateConfig(data=data, out=tmp, prompts=prompts, max_objects=max_objects, baseline=False,
-                             figures=False, show_progress=False)
-        t0 = time.perf_counter()
-        summary = evaluate(cfg, pred)
-        total = time.perf_counter() - t0
-        with open(Path(tmp) / "per_object.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
+    summary, total, rows = timed_evaluate(data, pred, prompts, max_objects)
     out["images"] = summary.get("new_images", len({r["image"] for r in rows}))
     out["prompts"] = len(rows)
     out["end_to_end_s"] = total
@@ -194,9 +185,23 @@ def run_ours(data: str, prompts: str, max_objects: int, threads: int, onnx_dir: 
     return out
 
 
+def timed_evaluate(data: str, pred, prompts: str, max_objects: int) -> tuple[dict, float, list[dict]]:
+    """The evaluate engine once, into a temporary folder: (summary, wall seconds, per-object CSV rows)."""
+    from medsamkit.engines.evaluate import EvaluateConfig, evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = EvaluateConfig(data=data, out=tmp, prompts=prompts, max_objects=max_objects, baseline=False,
+                             figures=False, show_progress=False)
+        t0 = time.perf_counter()
+        summary = evaluate(cfg, pred)
+        total = time.perf_counter() - t0
+        with open(Path(tmp) / "per_object.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    return summary, total, rows
+
+
 def run_onnx(data: str, onnx_dir: str, torch_pred, prompts: str, max_objects: int) -> dict:
     """The ONNX Runtime backend: evaluate end to end, then encoder/decoder interleaved with torch."""
-    from medsamkit.engines.evaluate import EvaluateConfig, evaluate
     from medsamkit.io.datasets import open_dataset
     from medsamkit.models.onnx_backend import OnnxSamModel
     from medsamkit.objects import extract_objects
@@ -204,12 +209,7 @@ def run_onnx(data: str, onnx_dir: str, torch_pred, prompts: str, max_objects: in
 
     pred = Predictor(OnnxSamModel.load(onnx_dir), batch_size=32)
     out: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = EvaluateConfig(data=data, out=tmp, prompts=prompts, max_objects=max_objects, baseline=False,
-                             figures=False, show_progress=False)
-        t0 = time.perf_counter()
-        summary = evaluate(cfg, pred)
-        total = time.perf_counter() - t0
+    summary, total, _ = timed_evaluate(data, pred, prompts, max_objects)
     out["images_per_s"] = summary.get("new_images", 0) / total
     out["end_to_end_s"] = total
     enc = {"onnx": [], "torch": []}
