@@ -79,6 +79,8 @@ def test_learning_rate_schedule(iterations, lr_switch, it, expected):
         (np.full((2, 2), 0.5, dtype=np.float32), 0.5, 0.5),  # anything already in [0, 1] is kept
         (np.array([[-3.0, 0.25], [7.0, 0.5]], dtype=np.float32), 1.0, 0.0),  # other floats: min-max
         (np.full((3, 3), 700, dtype=np.uint16), 0.0, 0.0),  # constant image: zeros
+        (np.dstack([np.array([[0, 4095], [2000, 100]], np.uint16)] * 3 + [np.full((2, 2), 65535, np.uint16)]),
+         1.0, 0.0),  # RGBA: the (dropped) alpha does not set the colour range
     ],
 )
 def test_image_unit_rgb(image, expected_max, expected_min):

@@ -84,7 +84,8 @@ def unit_image(image: np.ndarray, source: object | None = None) -> np.ndarray:
     bad = ~np.isfinite(out)
     if bad.any():
         raise InputError(f"{where(source)}image contains {int(bad.sum())} NaN/inf values")
-    lo, hi = (float(out.min()), float(out.max())) if out.size else (0.0, 0.0)
+    colour = out[..., :3] if out.ndim == 3 and out.shape[-1] == 4 else out  # alpha is dropped, not scaled by
+    lo, hi = (float(colour.min()), float(colour.max())) if colour.size else (0.0, 0.0)
     if lo >= 0.0 and hi <= 1.0:
         return out
     return (out - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(out)
