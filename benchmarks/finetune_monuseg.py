@@ -52,12 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     ap.add_argument("--val-objects", type=int, default=16, help="nuclei per validation image")
     ap.add_argument("--test-images", type=int, default=None, help="test images (default: all 14)")
     ap.add_argument("--eval-objects", type=int, default=40, help="nuclei per test image (seeded choice)")
     ap.add_argument("--prompts", default="box,jitter+5,center,random1,iter3", help="training prompt modes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--progress", action="store_true", help="progress bars on stderr even when it is not a terminal")
     args = ap.parse_args(argv)
 
     root = args.data or default_root()
@@ -72,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "run"
     train = finetune(FinetuneConfig(
         data=[str(root / "train")], out=str(run), mode="decoder", prompts=args.prompts, epochs=args.epochs,
-        lr=args.lr, batch_size=args.batch_size, max_images=args.max_images, max_objects=args.max_objects,
+        lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, max_images=args.max_images, max_objects=args.max_objects,
         val_objects=args.val_objects, seed=args.seed, cache=str(out / "cache_train"),
-        show_progress=sys.stderr.isatty(),
+        show_progress=args.progress or sys.stderr.isatty(),
     ))
     t_train = time.perf_counter() - t0
 
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluate(EvaluateConfig(
             data=str(root / "test"), out=str(out / name), prompts=EVAL_MODES, model=model,
             max_images=args.test_images, max_objects=args.eval_objects, seed=args.seed, baseline=False,
-            figures=False, cache=str(out / "cache_test"), show_progress=sys.stderr.isatty(),
+            figures=False, cache=str(out / "cache_test"), show_progress=args.progress or sys.stderr.isatty(),
         ))
         return summary, time.perf_counter() - t
 

@@ -73,6 +73,35 @@ def test_changed_config_in_same_folder_is_refused(tmp_path, small_folder, predic
         evaluate(cfg, predictor)
 
 
+def test_a_new_best_pt_under_the_same_path_is_not_resumed(tmp_path, small_folder):
+    """Bug: resuming keyed on the model *path*, so a retrained RUN/best.pt silently reused the old rows."""
+    import torch
+
+    from medsamkit.engines.finetune import FinetuneConfig, recipe_of
+    from medsamkit.models import load_model
+    from medsamkit.models.finetuned import CHECKPOINT_FORMAT, apply_recipe, finetuned_state
+
+    model = load_model("litemedsam")
+    recipe = recipe_of(FinetuneConfig(data=["x"], out="y"), [])
+    apply_recipe(model, recipe)
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def save(shift: float) -> None:
+        state = {k: v + shift for k, v in finetuned_state(model, recipe).items()}
+        torch.save({"format": CHECKPOINT_FORMAT, "base_model": "litemedsam", "base_checkpoint": None,
+                    "base_sha256": "", "recipe": recipe, "model": state}, run / "best.pt")
+
+    save(0.0)
+    cfg = EvaluateConfig(data=str(small_folder), out=str(tmp_path / "ev"), prompts="box", max_objects=1,
+                         max_images=1, baseline=False, show_progress=False, figures=False, model=str(run))
+    assert evaluate(cfg)["new_images"] == 1
+    assert evaluate(cfg)["new_images"] == 0  # the same file: resumed, nothing recomputed
+    save(1e-3)  # retrained: same path, other weights
+    with pytest.raises(InputError, match="model_sha256 differ"):
+        evaluate(cfg)
+
+
 def test_size_mismatch_stops_after_writing_finished(tmp_path, small_folder, predictor):
     import shutil
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import socket
+import subprocess
+import sys
+from dataclasses import asdict
 from functools import partial
 
 import numpy as np
@@ -19,7 +23,9 @@ from medsamkit.engines.finetune import (
     TrainTile,
     epoch_batches,
     finetune,
+    lr_at,
     recipe_of,
+    resume_differences,
     split_by_image,
     split_cases,
 )
@@ -129,6 +135,26 @@ def test_epoch_batches_cover_each_object_once_per_epoch():
         assert len({(t, j) for t, b in got for j in b}) == 6
 
 
+def test_cosine_schedule_is_a_function_of_the_position():
+    cfg = FinetuneConfig(data=["x"], out="y", lr=1e-3, epochs=4, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(cfg, 0, 0, 10) == pytest.approx(1e-3)
+    assert lr_at(cfg, 2, 0, 10) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way: the mean of the ends
+    assert lr_at(cfg, 3, 9, 10) == pytest.approx(1e-4, rel=0.02)  # last step: close to the floor
+    seq = [lr_at(cfg, e, b, 10) for e in range(4) for b in range(10)]
+    assert all(a > b for a, b in zip(seq, seq[1:]))  # strictly decreasing
+    assert lr_at(FinetuneConfig(data=["x"], out="y", lr=3e-4), 3, 5, 10) == 3e-4  # constant
+
+
+def test_resume_differences_defaults_and_epochs():
+    base = asdict(FinetuneConfig(data=["x"], out="y"))
+    older = {k: v for k, v in base.items() if k not in ("lr_schedule", "min_lr_ratio")}  # older run's config
+    assert resume_differences(older, base, "constant") == []
+    assert resume_differences({**base, "epochs": 3}, base, "constant") == []  # more epochs: a plain resume
+    cosine = {**base, "lr_schedule": "cosine"}
+    assert resume_differences({**cosine, "epochs": 3}, cosine, "cosine") == ["epochs"]  # the curve would move
+    assert resume_differences(older, cosine, "cosine") == ["lr_schedule"]
+
+
 def test_steps_on_real_data_decrease_the_loss(dsb):
     model = load_model("litemedsam")
     apply_recipe(model, recipe_of(FinetuneConfig(data=["x"], out="y"), []))
@@ -216,6 +242,37 @@ def test_class_head_run_resume_ddp_and_loading(two_sets, tmp_path, monkeypatch):
     assert isinstance(loaded.mask_decoder, ClassHeadMaskDecoder) and loaded.class_names == ["A", "B"]
     summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert summary["steps"] == 2
+
+
+def _cli_finetune(prefix: list[str], out, root, **env_extra) -> subprocess.CompletedProcess:
+    """`medsamkit finetune` on set B (two images, 2 objects each, batches of 1, no validation), lr ~0."""
+    args = ["finetune", "--data", str(root / "B"), "--out", str(out), "--prompts", "box", "--epochs", "1",
+            "--lr", "1e-12", "--batch-size", "1", "--max-objects", "2", "--val-fraction", "0",
+            "--cache", str(root / "cache"), "--tile", "0"]
+    env = {**os.environ, "MEDSAMKIT_THREADS": "1", "OMP_NUM_THREADS": "1", **env_extra}
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run([sys.executable, *prefix, "-m", "medsamkit", *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_averages_the_two_ranks_batches(two_sets, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each global step takes batches b and b+1 (one per rank) and
+    logs their mean loss. With lr 1e-12 the weights do not move, so a single-process run's losses of
+    steps 1..4 are the per-batch losses at the start, and the DDP run must log (L1+L2)/2, (L3+L4)/2."""
+    single = _cli_finetune([], tmp_path / "single", two_sets)
+    assert single.returncode == 0, single.stderr[-2000:]
+    losses = _losses(tmp_path / "single")
+    assert len(losses) == 4 and len(set(losses)) == 4  # four different batches
+    ddp = _cli_finetune(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+                        tmp_path / "ddp", two_sets)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["epochs_done"] == 1  # 4 batches / 2 ranks
+    got = _losses(tmp_path / "ddp")
+    assert got == pytest.approx([(losses[0] + losses[1]) / 2, (losses[2] + losses[3]) / 2], rel=1e-5)
+    assert got[0] != pytest.approx(losses[0], rel=1e-3)  # rank 1's batch really entered the mean
+    assert (tmp_path / "ddp" / "last.pt").is_file() and (tmp_path / "ddp" / "best.pt").is_file()
 
 
 def test_load_finetuned_round_trip_gives_the_same_masks(tmp_path, dsb):

@@ -25,9 +25,11 @@ from medsamkit.cli.options import model_options
 @click.option("--save-masks", is_flag=True, help="write predicted label maps per mode")
 @click.option("--multimask", is_flag=True, help="3 candidate masks per prompt, keep the best predicted IoU")
 @click.option("--cache", type=click.Path(), default=None, help="embedding cache folder (see `embed`)")
+@click.option("--figures/--no-figures", default=True, show_default=True,
+              help="IoU-vs-clicks curve and percentile examples under OUT/figures")
 @model_options
 def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_size, baseline, save_masks,
-             multimask, cache, model_name, checkpoint, device):
+             multimask, cache, figures, model_name, checkpoint, device):
     """Evaluate a model with simulated prompts; writes per_object.csv, summary.json/.md and figures/."""
     from medsamkit.engines.evaluate import EvaluateConfig
     from medsamkit.engines.evaluate import evaluate as run
@@ -35,7 +37,7 @@ def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_s
     cfg = EvaluateConfig(data=data, out=out, prompts=prompts, model=model_name, checkpoint=checkpoint,
                          device=device, max_images=max_images, max_objects=max_objects, seed=seed,
                          min_area=min_area, tile_size=tile_size, baseline=baseline, save_masks=save_masks,
-                         multimask=multimask, cache=cache)
+                         multimask=multimask, cache=cache, figures=figures)
     summary = run_resumable(run, cfg, f"finished images are kept in {out}; rerun the same command to resume")
     click.echo(open(f"{out}/summary.md").read())
     click.echo(f"{summary['images']} images; results in {out}")

@@ -22,6 +22,9 @@ from medsamkit.cli.options import model_options
 @click.option("--classes", is_flag=True, help="add a class head (class label values, or one class per --data)")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
+              help="cosine: decay from --lr to --lr x --min-lr-ratio over all epochs (fixes --epochs for resuming)")
+@click.option("--min-lr-ratio", type=float, default=0.01, show_default=True, help="cosine schedule's final lr / --lr")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True, help="objects per step (from one tile)")
@@ -40,7 +43,7 @@ from medsamkit.cli.options import model_options
 @click.option("--lora-targets", default="qkv", show_default=True, help="comma list among qkv, proj")
 @click.option("--train-decoder", is_flag=True, help="adapter/lora: also train prompt encoder and mask decoder")
 @model_options
-def finetune(data, out, mode, prompts, classes, epochs, lr, optimizer, weight_decay, batch_size, val_fraction,
+def finetune(data, out, mode, prompts, classes, epochs, lr, lr_schedule, min_lr_ratio, optimizer, weight_decay, batch_size, val_fraction,
              seed, cache, max_images, max_objects, val_objects, max_steps, tile_size, adapter_bottleneck,
              lora_rank, lora_alpha, lora_targets, train_decoder, model_name, checkpoint, device):
     """Fine-tune on DATA with simulated prompts; writes metrics.csv, curves.png, last.pt and best.pt in OUT."""
@@ -49,6 +52,7 @@ def finetune(data, out, mode, prompts, classes, epochs, lr, optimizer, weight_de
 
     cfg = FinetuneConfig(
         data=list(data), out=out, mode=mode, prompts=prompts, classes=classes, epochs=epochs, lr=lr,
+        lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio,
         optimizer=optimizer, weight_decay=weight_decay, batch_size=batch_size, val_fraction=val_fraction,
         seed=seed, cache=cache, model=model_name, checkpoint=checkpoint, device=device, max_images=max_images,
         max_objects=max_objects, val_objects=val_objects, max_steps=max_steps, tile_size=tile_size,

@@ -43,7 +43,7 @@ OBJECT_FIELDS = [
 ]
 IMAGE_FIELDS = ["image", "objects", "skipped_small", "tiles", "embed_seconds", "decode_seconds", "baseline_seconds"]
 # fields whose change makes earlier results in the same folder incomparable
-RESULT_KEYS = ("data", "prompts", "model", "checkpoint", "seed", "min_area", "min_fraction", "tile_size",
+RESULT_KEYS = ("data", "prompts", "model", "model_sha256", "checkpoint", "seed", "min_area", "min_fraction", "tile_size",
                "tile_overlap", "multimask", "baseline")
 
 
@@ -201,6 +201,15 @@ def check_run_config(out: Path, config: dict, keys: tuple[str, ...]) -> None:
     cfg_path.write_text(json.dumps({**config, **current}, indent=2, default=str))
 
 
+def run_identity(cfg) -> dict:
+    """A run's settings for the resume check, plus the sha256 of a fine-tuned model file (so a newer
+    best.pt under the same path is a different run, not a continuation)."""
+    from medsamkit.models.registry import model_fingerprint
+
+    config = {k: v for k, v in asdict(cfg).items() if k != "show_progress"}
+    return {**config, "model_sha256": model_fingerprint(cfg.model)}
+
+
 class ResultsStore:
     """Append-only per-object / per-image CSVs with a list of finished images, so runs resume exactly."""
 
@@ -324,7 +333,7 @@ def evaluate(cfg: EvaluateConfig, predictor: Predictor | None = None,
 
     modes = parse_modes(cfg.prompts)
     out = Path(cfg.out)
-    store = ResultsStore(out, {k: v for k, v in asdict(cfg).items() if k != "show_progress"})
+    store = ResultsStore(out, run_identity(cfg))
     if predictor is None:
         predictor = Predictor(load_model(cfg.model, cfg.checkpoint, setup(cfg.device)), cfg.batch_size)
     cache = None

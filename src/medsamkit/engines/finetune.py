@@ -18,7 +18,7 @@ import os
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,8 @@ class FinetuneConfig:
     classes: bool = False
     epochs: int = 10
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # or "cosine": from lr down to lr * min_lr_ratio over all epochs
+    min_lr_ratio: float = 0.01
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     momentum: float = 0.9  # SGD only
@@ -343,10 +345,14 @@ def _truncate_csv(path: Path, keep) -> None:
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
+    """Append a row; an existing file keeps its columns (a run begun by an older version resumes cleanly)."""
+    header = None
+    if path.exists():
+        with path.open(newline="") as fh:
+            header = next(csv.reader(fh), None)
     with path.open("a", newline="") as fh:
-        w = csv.DictWriter(fh, list(row))
-        if new:
+        w = csv.DictWriter(fh, header or list(row), extrasaction="ignore")
+        if not header:
             w.writeheader()
         w.writerow(row)
 
@@ -397,11 +403,41 @@ def recipe_of(cfg: FinetuneConfig, class_names: list[str]) -> dict:
             "train_decoder": cfg.train_decoder, "classes": list(class_names)}
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(cfg: FinetuneConfig, epoch: int, batch: int, n_batches: int) -> float:
+    """The learning rate of the step taking batch `batch` of `n_batches` in epoch `epoch` (0-based).
+
+    A function of the position alone (no scheduler state), so a resumed run continues on the same curve.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (epoch + batch / max(n_batches, 1)) / cfg.epochs)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def resume_differences(old: dict, new: dict, schedule: str) -> list[str]:
+    """Settings that differ between a saved run's config and this one and would change what a step computes.
+
+    Settings missing from an older run's config count as their defaults; with a cosine schedule --epochs
+    sets the curve, so it must stay as well.
+    """
+    defaults = {f.name: f.default for f in fields(FinetuneConfig)}
+    free = RESUMABLE_CHANGES - ({"epochs"} if schedule != "constant" else set())
+    return [k for k in new if k not in free and old.get(k, defaults.get(k)) != new[k]]
+
+
 def _check_config(cfg: FinetuneConfig) -> None:
     if cfg.mode not in MODES:
         raise InputError(f"unknown --mode {cfg.mode!r}; choose one of: {', '.join(MODES)}")
     if cfg.optimizer not in ("adamw", "sgd"):
         raise InputError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
+    if cfg.lr_schedule not in SCHEDULES:
+        raise InputError(f"unknown --lr-schedule {cfg.lr_schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise InputError(f"--min-lr-ratio must be in [0, 1], got {cfg.min_lr_ratio}")
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise InputError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
@@ -507,8 +543,7 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
     resume = torch.load(last_path, map_location="cpu", weights_only=True) if last_path.exists() else None
     cfg_dict = asdict(cfg)
     if resume is not None:
-        old = resume["config"]
-        diff = [k for k in cfg_dict if k not in RESUMABLE_CHANGES and old.get(k) != cfg_dict[k]]
+        diff = resume_differences(resume["config"], cfg_dict, cfg.lr_schedule)
         if diff:
             raise InputError(f"{out}: holds a run with another configuration ({', '.join(diff)} differ); "
                              "use another --out folder")
@@ -623,6 +658,8 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
                 if rank == 0:
                     _atomic_save(checkpoint(epoch, b), out / "last.pt")
                 raise
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, epoch, b, usable)
             opt.step()
             value = loss.detach()
             if world > 1:
@@ -634,7 +671,8 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
             if rank == 0:
-                _append_csv(out / "steps.csv", {"epoch": epoch + 1, "step": step, "loss": f"{float(value):.8f}"})
+                _append_csv(out / "steps.csv", {"epoch": epoch + 1, "step": step, "loss": f"{float(value):.8f}",
+                                                "lr": f"{opt.param_groups[0]['lr']:.6g}"})
                 if cfg.save_every and step % cfg.save_every == 0:
                     _atomic_save(checkpoint(epoch, b + world), out / "last.pt")
         else:

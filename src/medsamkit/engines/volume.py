@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medsamkit.engines.evaluate import check_run_config
+from medsamkit.engines.evaluate import check_run_config, run_identity
 from medsamkit.errors import InputError
 from medsamkit.io.datasets import Dataset, VolumeCase
 from medsamkit.metrics import MetricAccumulator, dice, hd95, nsd
@@ -414,7 +414,7 @@ class EvaluateVolumeConfig:
 
 
 # settings whose change makes earlier rows in the same folder incomparable (variants are keyed by name)
-VOLUME_RESULT_KEYS = ("data", "model", "checkpoint", "window", "seed", "min_area", "margin", "min_iou",
+VOLUME_RESULT_KEYS = ("data", "model", "model_sha256", "checkpoint", "window", "seed", "min_area", "margin", "min_iou",
                       "tolerances_mm", "predictions")
 
 
@@ -547,7 +547,7 @@ def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = No
     dataset = open_volume_dataset(cfg.data, parse_window(cfg.window))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_run_config(out, {k: v for k, v in asdict(cfg).items() if k != "show_progress"}, VOLUME_RESULT_KEYS)
+    check_run_config(out, run_identity(cfg), VOLUME_RESULT_KEYS)
     vol_csv, slice_csv = out / "per_volume.csv", out / "per_slice.csv"
     done_rows = _read_csv(vol_csv)
     done = {(r["volume"], r["variant"]) for r in done_rows}

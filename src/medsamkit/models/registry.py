@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from medsamkit.errors import InputError
-from medsamkit.models.checkpoints import load_strict, read_state_dict
+from medsamkit.models.checkpoints import load_strict, read_state_dict, sha256_of
 from medsamkit.models.sam import Preprocessing, SamFamilyModel
 from medsamkit.models.sam_modules import sam_modeling
 
@@ -137,6 +137,16 @@ def get_spec(name: str) -> ModelSpec:
     if name not in MODELS:
         raise InputError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def model_fingerprint(name: str) -> str | None:
+    """sha256 of the fine-tuning checkpoint `name` names (a run folder means its best.pt); None for registry
+    models. Resumable engines record it, so results of an earlier best.pt are never mixed with a newer one's."""
+    path = Path(name)
+    if name in MODELS or not (path.suffix in (".pt", ".pth") or path.is_dir()):
+        return None
+    path = path / "best.pt" if path.is_dir() else path
+    return sha256_of(path) if path.is_file() else None
 
 
 def load_model(
