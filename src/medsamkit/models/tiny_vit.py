@@ -53,61 +53,34 @@ def _onednn_usable(op: object | None, *tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
-_FUSED_EPILOGUES = True  # GELU and residual adds inside the oneDNN kernels; the tests compare against False
-
-
-def _linear(layer: nn.Module, x: torch.Tensor, gelu: bool = False,
-            residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``layer(x)``, then GELU when ``gelu``, then ``+ residual``: a plain ``nn.Linear`` at inference runs
-    as one oneDNN kernel with the GELU or the residual add fused into it (one pass over the tokens
-    instead of two or three).
+def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply an MLP linear layer; a plain ``nn.Linear`` runs as one oneDNN kernel at inference.
 
     The eager CPU path first copies the bias into the output and then accumulates the matmul into it:
     a whole extra pass over every token. Wrapped layers are called as modules. Attention's ``qkv`` and
     ``proj`` never come here: wrapping them with zero-initialised LoRA must leave outputs bit-identical.
     """
-    tensors = (x, layer.weight) if residual is None else (x, layer.weight, residual)
-    if type(layer) is nn.Linear and _onednn_usable(_FUSED_LINEAR, *tensors):
-        if _FUSED_EPILOGUES and gelu and residual is None:
-            return _FUSED_LINEAR(x, layer.weight, layer.bias, "gelu", [None], "none")
-        if _FUSED_EPILOGUES and residual is not None and not gelu and residual.shape[-1] == layer.out_features:
-            return _FUSED_LINEAR.binary(x, residual, layer.weight, layer.bias, "add")
-        y = _FUSED_LINEAR(x, layer.weight, layer.bias, "none", [], "")
-    else:
-        y = layer(x)
-    if gelu:
-        y = F.gelu(y)
-    return y if residual is None else residual + y
+    if type(layer) is nn.Linear and _onednn_usable(_FUSED_LINEAR, x, layer.weight):
+        return _FUSED_LINEAR(x, layer.weight, layer.bias, "none", [], "")
+    return layer(x)
 
 
 _PLAIN_ONEDNN = True  # oneDNN for BN-free/plain convolutions too; the tests compare against False (eager)
 
 
 def _conv(c: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-          gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``c``'s convolution with the given weight/bias, then ``+ residual``, then GELU when ``gelu``, as one
-    oneDNN kernel at inference.
+          gelu: bool = False) -> torch.Tensor:
+    """``c``'s convolution with the given weight/bias (then GELU when ``gelu``) as one oneDNN kernel at inference.
 
-    With GELU (and the residual add) fused: one memory pass instead of two or three over the 67 MB stage-0
-    maps. Without: eager ``F.conv2d`` on a channels-last map with a contiguous (BN-folded) weight falls back
-    to the slow im2col path for 1x1 convolutions, 1.5x slower than the oneDNN kernel here.
+    With GELU fused: one memory pass instead of two over the 67 MB stage-0 maps. Without: eager
+    ``F.conv2d`` on a channels-last map with a contiguous (BN-folded) weight falls back to the slow im2col
+    path for 1x1 convolutions, 1.5x slower than the oneDNN kernel here.
     """
-    extra = ([bias] if bias is not None else []) + ([residual] if residual is not None else [])
-    if (gelu or _PLAIN_ONEDNN) and _onednn_usable(_FUSED_CONV, x, weight, *extra):
-        geometry = (list(c.padding), list(c.stride), list(c.dilation), c.groups)
-        if residual is not None and _FUSED_EPILOGUES:
-            # oneDNN fuses only ReLU after a binary post-op here, so GELU follows in place (no new map)
-            y = _FUSED_CONV.binary(x, residual, weight, bias, *geometry, "add", None, None, [], None)
-            return torch.ops.aten.gelu_(y) if gelu else y
-        attr, scalars, algorithm = ("gelu", [None], "none") if gelu and residual is None else ("none", [], "")
-        y = _FUSED_CONV(x, weight, bias, *geometry, attr, scalars, algorithm)
-        if residual is None:
-            return y
-    else:
-        y = F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
-        if residual is None:
-            return F.gelu(y) if gelu else y
-    y = y + residual
+    if (gelu or _PLAIN_ONEDNN) and _onednn_usable(_FUSED_CONV, x, weight, *([bias] if bias is not None else [])):
+        attr, scalars, algorithm = ("gelu", [None], "none") if gelu else ("none", [], "")
+        return _FUSED_CONV(x, weight, bias, list(c.padding), list(c.stride), list(c.dilation), c.groups,
+                           attr, scalars, algorithm)
+    y = F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
     return F.gelu(y) if gelu else y
 
 
@@ -121,12 +94,10 @@ class Conv2dBN(nn.Module):
         self.c = nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
 
-    def forward(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Convolution + BatchNorm (+ ``residual``), then GELU when ``gelu`` (one oneDNN kernel where possible)."""
+    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        """Convolution + BatchNorm, then GELU when ``gelu`` (fused into one oneDNN kernel where possible)."""
         if self.training:
             y = self.bn(self.c(x))
-            if residual is not None:
-                y = y + residual
             return F.gelu(y) if gelu else y
         # Folding saves a full pass over the largest activations (256 channels at 256x256); it is
         # recomputed every call so that loaded or fine-tuned weights are always the ones used.
@@ -134,7 +105,7 @@ class Conv2dBN(nn.Module):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         weight = c.weight * scale.view(-1, 1, 1, 1)
         bias = bn.bias - bn.running_mean * scale
-        return _conv(c, x, weight, bias, gelu, residual)
+        return _conv(c, x, weight, bias, gelu)
 
 
 class PatchEmbed(nn.Module):
@@ -164,9 +135,7 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(self.conv1(x, gelu=True), gelu=True)
-        if self.training and self.drop_path_rate > 0:
-            return F.gelu(drop_path(self.conv3(y), self.drop_path_rate, self.training) + x)
-        return self.conv3(y, gelu=True, residual=x)  # GELU(conv3(y) + x), fused at inference
+        return F.gelu(drop_path(self.conv3(y), self.drop_path_rate, self.training) + x)
 
 
 class PatchMerging(nn.Module):
@@ -295,12 +264,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """MLP(x), plus ``residual`` when given (added inside fc2's kernel at inference)."""
-        if self.training and self.drop.p > 0:
-            y = self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.norm(x))))))
-            return y if residual is None else residual + y
-        return _linear(self.fc2, _linear(self.fc1, self.norm(x), gelu=True), residual=residual)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(_linear(self.fc2, self.drop(F.gelu(_linear(self.fc1, self.norm(x))))))
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -334,9 +299,7 @@ class TinyViTBlock(nn.Module):
         x = x + drop_path(self.attn(x), self.drop_path_rate, self.training)
         # (B,H,W,C) -> (B,C,H,W) as a channels-last view, no copy.
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        if self.training and self.drop_path_rate > 0:
-            return x + drop_path(self.mlp(x), self.drop_path_rate, self.training)
-        return self.mlp(x, residual=x)
+        return x + drop_path(self.mlp(x), self.drop_path_rate, self.training)
 
 
 class AttentionStage(nn.Module):
