@@ -1,6 +1,6 @@
-"""LiteMedSAM encoder variants measured in one process, alternating order: the default path, the same with
-the BatchNorm folding recomputed on every call (the previous default), eager convolutions (oneDNN only where
-GELU is fused) and int8 dynamic quantisation of every Linear (torch.ao). Prints JSON: median seconds per 256x256 image, time ratios to the default (>1: slower), and the embedding's
+"""LiteMedSAM encoder variants measured in one process, alternating order: the default path, eager
+convolutions (oneDNN only where GELU is fused, the previous default) and int8 dynamic quantisation of every
+Linear (torch.ao). Prints JSON: median seconds per 256x256 image, time ratios to the default (>1: slower), and the embedding's
 max abs / relative difference to the default path.
 
 Usage: python benchmarks/encoder_paths.py [--threads 2] [--rounds 6]
@@ -36,20 +36,19 @@ def main() -> dict:
 
     def run(name: str, x: torch.Tensor) -> torch.Tensor:
         tiny_vit._PLAIN_ONEDNN = name != "eager_convs"
-        tiny_vit._CACHE_FOLDED = name != "refold_each_call"
         return (int8 if name == "int8_linear" else encoder)(x)
 
-    names = ["default", "refold_each_call", "eager_convs", "int8_linear"]
+    names = ["default", "eager_convs", "int8_linear"]
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode():
         outputs = {n: run(n, x) for n in names}  # also the warm-up
         for r in range(args.rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % 3:] + names[: r % 3]:
                 t = time.perf_counter()
                 run(name, x)
                 times[name].append(time.perf_counter() - t)
-    tiny_vit._PLAIN_ONEDNN = tiny_vit._CACHE_FOLDED = True
+    tiny_vit._PLAIN_ONEDNN = True
     ref = outputs["default"]
     med = {n: float(np.median(v)) for n, v in times.items()}
     result = {

@@ -66,7 +66,6 @@ def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 _PLAIN_ONEDNN = True  # oneDNN for BN-free/plain convolutions too; the tests compare against False (eager)
-_CACHE_FOLDED = True  # keep BN-folded conv weights between no-grad calls; benchmarks compare against False
 
 
 def _conv(c: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -94,41 +93,19 @@ class Conv2dBN(nn.Module):
         super().__init__()
         self.c = nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
-        self._folded: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
-
-    def _sources(self) -> tuple[torch.Tensor, ...]:
-        bn = self.bn
-        return self.c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var
-
-    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The convolution's weight and bias with the BatchNorm folded in (eval mode).
-
-        Without autograd the result is kept and reused while the five source tensors are the same objects
-        at the same version (any in-place change, an optimizer step or ``load_state_dict``, bumps it);
-        a new weight tensor per call costs oneDNN a weight reorder every time.
-        """
-        bn, c = self.bn, self.c
-        # exporters and compilers trace the folding itself (no cached constants in their graphs)
-        cacheable = _CACHE_FOLDED and not (
-            torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in self._sources()) if cacheable else None
-        if key is not None and self._folded is not None and self._folded[0] == key:
-            return self._folded[1], self._folded[2]
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = c.weight * scale.view(-1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale
-        if key is not None:
-            self._folded = (key, weight, bias)
-        return weight, bias
 
     def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         """Convolution + BatchNorm, then GELU when ``gelu`` (fused into one oneDNN kernel where possible)."""
         if self.training:
             y = self.bn(self.c(x))
             return F.gelu(y) if gelu else y
-        # Folding saves a full pass over the largest activations (256 channels at 256x256).
-        weight, bias = self.folded()
-        return _conv(self.c, x, weight, bias, gelu)
+        # Folding saves a full pass over the largest activations (256 channels at 256x256); it is
+        # recomputed every call so that loaded or fine-tuned weights are always the ones used.
+        bn, c = self.bn, self.c
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = c.weight * scale.view(-1, 1, 1, 1)
+        bias = bn.bias - bn.running_mean * scale
+        return _conv(c, x, weight, bias, gelu)
 
 
 class PatchEmbed(nn.Module):
