@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result = {
         "benchmark": "evaluate_rss (cold `medsamkit evaluate`, no embedding cache)",
-        "command": " ".join(cmd[1:]),
+        "command": " ".join(os.path.relpath(c) if c == str(data) else c for c in cmd[1:]),
         "threads": args.threads,
         "images": summary.get("images"), "objects": summary.get("objects"), "tiles": summary.get("tiles"),
         "peak_rss_mb": round(peak, 1),
