@@ -74,21 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "MEDSAMKIT_THREADS": str(args.threads)}
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    trace: list[dict] = []
-    per_image: dict[int, float] = {}
+    per_image: dict[int, float] = {}  # the largest sampled RSS while that many images were finished
 
     def poll() -> None:
         while child.poll() is None:
             now = rss_mb(child.pid)
             if now is not None:
                 done = finished_images(args.out)
-                trace.append({"t": round(time.perf_counter() - t0, 1), "rss_mb": round(now, 1), "images": done})
                 per_image[done] = max(per_image.get(done, 0.0), now)
             time.sleep(POLL_S)
 
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
-    stdout, stderr = child.communicate()
+    _, stderr = child.communicate()
     watcher.join()
     wall = time.perf_counter() - t0
     if child.returncode != 0:
@@ -107,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "meets_target": peak <= 1536,
         "max_sampled_rss_mb_by_finished_images": {str(k): round(v, 1) for k, v in sorted(per_image.items())},
         "wall_s": round(wall, 1),
-        "load_avg_1min_end": float(Path("/proc/loadavg").read_text().split()[0]),
+        "load_avg_1min_end": os.getloadavg()[0],
     }
     text = json.dumps(result, indent=2)
     (args.out / "rss.json").write_text(text)

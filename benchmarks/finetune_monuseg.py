@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "run"
     train = finetune(FinetuneConfig(
         data=[str(root / "train")], out=str(run), mode="decoder", prompts=args.prompts, epochs=args.epochs,
-        lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, max_images=args.max_images, max_objects=args.max_objects,
+        lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, max_images=args.max_images,
+        max_objects=args.max_objects,
         val_objects=args.val_objects, seed=args.seed, cache=str(out / "cache_train"),
         show_progress=args.progress or sys.stderr.isatty(),
     ))

@@ -148,11 +148,11 @@ def test_cosine_schedule_is_a_function_of_the_position():
 def test_resume_differences_defaults_and_epochs():
     base = asdict(FinetuneConfig(data=["x"], out="y"))
     older = {k: v for k, v in base.items() if k not in ("lr_schedule", "min_lr_ratio")}  # older run's config
-    assert resume_differences(older, base, "constant") == []
-    assert resume_differences({**base, "epochs": 3}, base, "constant") == []  # more epochs: a plain resume
+    assert resume_differences(older, base) == []
+    assert resume_differences({**base, "epochs": 3}, base) == []  # more epochs: a plain resume
     cosine = {**base, "lr_schedule": "cosine"}
-    assert resume_differences({**cosine, "epochs": 3}, cosine, "cosine") == ["epochs"]  # the curve would move
-    assert resume_differences(older, cosine, "cosine") == ["lr_schedule"]
+    assert resume_differences({**cosine, "epochs": 3}, cosine) == ["epochs"]  # the curve would move
+    assert resume_differences(older, cosine) == ["lr_schedule"]
 
 
 def test_steps_on_real_data_decrease_the_loss(dsb):
@@ -244,12 +244,12 @@ def test_class_head_run_resume_ddp_and_loading(two_sets, tmp_path, monkeypatch):
     assert summary["steps"] == 2
 
 
-def _cli_finetune(prefix: list[str], out, root, **env_extra) -> subprocess.CompletedProcess:
+def _cli_finetune(prefix: list[str], out, root) -> subprocess.CompletedProcess:
     """`medsamkit finetune` on set B (two images, 2 objects each, batches of 1, no validation), lr ~0."""
     args = ["finetune", "--data", str(root / "B"), "--out", str(out), "--prompts", "box", "--epochs", "1",
             "--lr", "1e-12", "--batch-size", "1", "--max-objects", "2", "--val-fraction", "0",
             "--cache", str(root / "cache"), "--tile", "0"]
-    env = {**os.environ, "MEDSAMKIT_THREADS": "1", "OMP_NUM_THREADS": "1", **env_extra}
+    env = {**os.environ, "MEDSAMKIT_THREADS": "1", "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     return subprocess.run([sys.executable, *prefix, "-m", "medsamkit", *args], env=env, capture_output=True,
                           text=True, timeout=600)

@@ -43,8 +43,8 @@ from medsamkit.cli.options import model_options
 @click.option("--lora-targets", default="qkv", show_default=True, help="comma list among qkv, proj")
 @click.option("--train-decoder", is_flag=True, help="adapter/lora: also train prompt encoder and mask decoder")
 @model_options
-def finetune(data, out, mode, prompts, classes, epochs, lr, lr_schedule, min_lr_ratio, optimizer, weight_decay, batch_size, val_fraction,
-             seed, cache, max_images, max_objects, val_objects, max_steps, tile_size, adapter_bottleneck,
+def finetune(data, out, mode, prompts, classes, epochs, lr, lr_schedule, min_lr_ratio, optimizer, weight_decay,
+             batch_size, val_fraction, seed, cache, max_images, max_objects, val_objects, max_steps, tile_size, adapter_bottleneck,
              lora_rank, lora_alpha, lora_targets, train_decoder, model_name, checkpoint, device):
     """Fine-tune on DATA with simulated prompts; writes metrics.csv, curves.png, last.pt and best.pt in OUT."""
     from medsamkit.engines.finetune import FinetuneConfig

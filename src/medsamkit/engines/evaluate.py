@@ -43,8 +43,8 @@ OBJECT_FIELDS = [
 ]
 IMAGE_FIELDS = ["image", "objects", "skipped_small", "tiles", "embed_seconds", "decode_seconds", "baseline_seconds"]
 # fields whose change makes earlier results in the same folder incomparable
-RESULT_KEYS = ("data", "prompts", "model", "model_sha256", "checkpoint", "seed", "min_area", "min_fraction", "tile_size",
-               "tile_overlap", "multimask", "baseline")
+RESULT_KEYS = ("data", "prompts", "model", "model_sha256", "checkpoint", "seed", "min_area", "min_fraction",
+               "tile_size", "tile_overlap", "multimask", "baseline")
 
 
 @dataclass

@@ -418,14 +418,14 @@ def lr_at(cfg: FinetuneConfig, epoch: int, batch: int, n_batches: int) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def resume_differences(old: dict, new: dict, schedule: str) -> list[str]:
+def resume_differences(old: dict, new: dict) -> list[str]:
     """Settings that differ between a saved run's config and this one and would change what a step computes.
 
     Settings missing from an older run's config count as their defaults; with a cosine schedule --epochs
     sets the curve, so it must stay as well.
     """
     defaults = {f.name: f.default for f in fields(FinetuneConfig)}
-    free = RESUMABLE_CHANGES - ({"epochs"} if schedule != "constant" else set())
+    free = RESUMABLE_CHANGES - ({"epochs"} if new.get("lr_schedule", "constant") != "constant" else set())
     return [k for k in new if k not in free and old.get(k, defaults.get(k)) != new[k]]
 
 
@@ -543,7 +543,7 @@ def _finetune(cfg, modes, out: Path, device, rank: int, world: int, load_model) 
     resume = torch.load(last_path, map_location="cpu", weights_only=True) if last_path.exists() else None
     cfg_dict = asdict(cfg)
     if resume is not None:
-        diff = resume_differences(resume["config"], cfg_dict, cfg.lr_schedule)
+        diff = resume_differences(resume["config"], cfg_dict)
         if diff:
             raise InputError(f"{out}: holds a run with another configuration ({', '.join(diff)} differ); "
                              "use another --out folder")

@@ -414,8 +414,8 @@ class EvaluateVolumeConfig:
 
 
 # settings whose change makes earlier rows in the same folder incomparable (variants are keyed by name)
-VOLUME_RESULT_KEYS = ("data", "model", "model_sha256", "checkpoint", "window", "seed", "min_area", "margin", "min_iou",
-                      "tolerances_mm", "predictions")
+VOLUME_RESULT_KEYS = ("data", "model", "model_sha256", "checkpoint", "window", "seed", "min_area", "margin",
+                      "min_iou", "tolerances_mm", "predictions")
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -113,11 +113,15 @@ def finetuned_state(model: SamFamilyModel, recipe: dict) -> dict[str, torch.Tens
     return out
 
 
+def run_checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file a fine-tuning path means: the file itself, or a run folder's best.pt."""
+    path = Path(path)
+    return path / "best.pt" if path.is_dir() else path
+
+
 def read_run_checkpoint(path: str | Path) -> dict:
     """A fine-tuning checkpoint as a dict (weights_only load); a run folder means its best.pt."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
+    path = run_checkpoint_file(path)
     if not path.is_file():
         raise InputError(f"{path}: fine-tuned checkpoint not found")
     try:

@@ -139,13 +139,20 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def names_finetuned(name: str) -> bool:
+    """True when `name` is not a registry model but a fine-tuning checkpoint file or run folder."""
+    path = Path(name)
+    return name not in MODELS and (path.suffix in (".pt", ".pth") or path.is_dir())
+
+
 def model_fingerprint(name: str) -> str | None:
     """sha256 of the fine-tuning checkpoint `name` names (a run folder means its best.pt); None for registry
     models. Resumable engines record it, so results of an earlier best.pt are never mixed with a newer one's."""
-    path = Path(name)
-    if name in MODELS or not (path.suffix in (".pt", ".pth") or path.is_dir()):
+    from medsamkit.models.finetuned import run_checkpoint_file
+
+    if not names_finetuned(name):
         return None
-    path = path / "best.pt" if path.is_dir() else path
+    path = run_checkpoint_file(name)
     return sha256_of(path) if path.is_file() else None
 
 
@@ -158,11 +165,10 @@ def load_model(
 
     `name` may also be a path to a medsamkit fine-tuning checkpoint (see engines.finetune).
     """
-    path = Path(name)
-    if name not in MODELS and (path.suffix in (".pt", ".pth") or path.is_dir()):
+    if names_finetuned(name):
         from medsamkit.models.finetuned import load_finetuned
 
-        model = load_finetuned(path)
+        model = load_finetuned(Path(name))
     else:
         spec = get_spec(name)
         if checkpoint is None:
