@@ -142,17 +142,19 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(p, t, heads, c // heads).transpose(1, 2)
 
 
-def _image_side(x: torch.Tensor, a: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
-    """a (P,R,C) against image tokens x (1 or P, N, C) plus positions pe (1,N,C): (P,R,N) = a (x + pe)^T."""
-    if x.shape[0] == 1:  # shared by every prompt: one (P*R, C) x (C, N) product
-        return torch.matmul(a, (x[0] + pe[0]).t())
-    return torch.baddbmm(torch.matmul(a, pe[0].t()), a, x.transpose(1, 2))
+def _image_side(xp: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """a (P,R,C) against image tokens with positions xp = x + pe (1 or P, N, C): (P,R,N) = a xp^T."""
+    if xp.shape[0] == 1:  # shared by every prompt: one (P*R, C) x (C, N) product
+        return torch.matmul(a, xp[0].t())
+    return torch.bmm(a, xp.transpose(1, 2))
 
 
-def _token_to_image(attn: nn.Module, q: torch.Tensor, x: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+def _token_to_image(attn: nn.Module, q: torch.Tensor, x: torch.Tensor, xp: torch.Tensor) -> torch.Tensor:
     """Official Attention(q=q, k=x+pe, v=x) of P prompt-token sets q (P,T,C) on image tokens x (1 or P,N,C).
 
-    The key/value projections are moved onto the T prompt tokens (T*heads rows instead of N image tokens).
+    ``xp`` is x + pe, formed once per layer for this call and the image-to-token one. The key/value
+    projections are moved onto the T prompt tokens (T*heads rows instead of N image tokens); measured
+    faster here even for image tokens shared by all prompts, whose projections could be shared.
     """
     heads = attn.num_heads
     p, t, c = q.shape
@@ -160,7 +162,7 @@ def _token_to_image(attn: nn.Module, q: torch.Tensor, x: torch.Tensor, pe: torch
     qh = _heads(attn.q_proj(q), heads) * d**-0.5  # (P,h,T,d)
     # The key bias adds the same q.b to every score of a row: softmax ignores it.
     a = torch.matmul(qh, attn.k_proj.weight.view(heads, d, c)).reshape(p, heads * t, c)
-    s = _image_side(x, a, pe).softmax(-1)  # (P,h*T,N)
+    s = _image_side(xp, a).softmax(-1)  # (P,h*T,N)
     sx = torch.matmul(s, x[0]) if x.shape[0] == 1 else torch.bmm(s, x)
     # Softmax rows sum to 1, so the value bias passes through unchanged.
     wv = attn.v_proj.weight.view(heads, d, c)
@@ -168,11 +170,12 @@ def _token_to_image(attn: nn.Module, q: torch.Tensor, x: torch.Tensor, pe: torch
     return attn.out_proj(out.transpose(1, 2).reshape(p, t, heads * d))
 
 
-def _image_to_token(attn: nn.Module, x: torch.Tensor, pe: torch.Tensor, k_in: torch.Tensor,
-                    v_in: torch.Tensor) -> torch.Tensor:
-    """Official Attention(q=x+pe, k=k_in, v=v_in) for image tokens x (1 or P,N,C): the (P,N,C) update.
+def _image_to_token_residual(attn: nn.Module, x: torch.Tensor, xp: torch.Tensor, k_in: torch.Tensor,
+                             v_in: torch.Tensor) -> torch.Tensor:
+    """x + official Attention(q=x+pe, k=k_in, v=v_in) for image tokens x (1 or P,N,C): (P,N,C).
 
-    The query projection is moved onto the keys and the output projection onto the values, both T tokens.
+    The query projection is moved onto the keys and the output projection onto the values, both T tokens;
+    the residual x enters the final product as its addend, so the (P,N,C) sum is one pass.
     """
     heads = attn.num_heads
     p, t, c = k_in.shape
@@ -181,10 +184,12 @@ def _image_to_token(attn: nn.Module, x: torch.Tensor, pe: torch.Tensor, k_in: to
     vh = _heads(attn.v_proj(v_in), heads)
     b = torch.matmul(kh, attn.q_proj.weight.view(heads, d, c)).reshape(p, heads * t, c)
     bias = torch.matmul(kh, attn.q_proj.bias.view(1, heads, d, 1)).view(p, heads * t, 1)
-    scores = _image_side(x, b, pe) + bias  # (P,h*T,N): softmax over each head's T tokens
+    scores = _image_side(xp, b) + bias  # (P,h*T,N): softmax over each head's T tokens
     s = scores.view(p, heads, t, -1).softmax(2).view(p, heads * t, -1)
     vo = torch.matmul(vh, attn.out_proj.weight.view(c, heads, d).permute(1, 2, 0)).reshape(p, heads * t, c)
-    return torch.baddbmm(attn.out_proj.bias.view(1, 1, c), s.transpose(1, 2), vo)
+    # Each image token's weights sum to 1 per head, so out_proj's bias is bias/heads on every value row.
+    vo = vo + attn.out_proj.bias / heads
+    return torch.baddbmm(x, s.transpose(1, 2), vo)
 
 
 def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
@@ -199,8 +204,9 @@ def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torc
     _, c, h, w = embedding.shape
     tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], 0)
     tokens = torch.cat([tokens.unsqueeze(0).expand(p, -1, -1), sparse], 1)
-    x = (embedding + dense).flatten(2).transpose(1, 2)  # (1 or P, N, C)
-    pe = image_pe.flatten(2).transpose(1, 2)  # (1,N,C)
+    # Token-major and contiguous: on the channel-major views every later (P,N,C) pass is strided, 4x slower.
+    x = (embedding + dense).flatten(2).transpose(1, 2).contiguous()  # (1 or P, N, C)
+    pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1,N,C)
     queries, qpe = tokens, tokens
     for layer in tr.layers:
         if layer.skip_first_layer_pe:
@@ -209,11 +215,12 @@ def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torc
             q = queries + qpe
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + qpe, x, pe))
+        xp = x + pe
+        queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + qpe, x, xp))
         queries = layer.norm3(queries + layer.mlp(queries))
-        upd = _image_to_token(layer.cross_attn_image_to_token, x, pe, queries + qpe, queries)
-        x = layer.norm4(x + upd)
-    queries = tr.norm_final_attn(queries + _token_to_image(tr.final_attn_token_to_image, queries + qpe, x, pe))
+        x = layer.norm4(_image_to_token_residual(layer.cross_attn_image_to_token, x, xp, queries + qpe, queries))
+    final = _token_to_image(tr.final_attn_token_to_image, queries + qpe, x, x + pe)
+    queries = tr.norm_final_attn(queries + final)
     iou = decoder.iou_prediction_head(queries[:, 0])
     sel = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
     mask_ids = range(decoder.num_mask_tokens)[sel]
