@@ -118,3 +118,26 @@ def test_fast_path_only_for_plain_official_decoder(litemedsam):
     attn.q_proj = _WrappedLinear(attn.q_proj)
     assert not fast_decoder_supported(wrapped)
     assert not fast_decoder_supported(nn.Identity())
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_fast_decode_all_tokens_equals_official(litemedsam, predictor, tile, with_mask):
+    """multimask=None (the ONNX graph): every mask token and IoU, with image tokens shared by all prompts
+    (box only) or per prompt (mask input), equals the official decoder's predict_masks."""
+    from medsamkit.models.sam import fast_mask_decode
+
+    emb = predictor.embedding.features
+    boxes = torch.from_numpy(tile[1][:5] * 1.0).float()
+    masks = None
+    if with_mask:
+        masks = torch.from_numpy(predictor.predict(boxes=tile[1][:5]).low_res_logits)
+    pe_enc, dec = litemedsam.prompt_encoder, litemedsam.mask_decoder
+    with torch.inference_mode():
+        sparse, dense = pe_enc(points=None, boxes=boxes, masks=masks)
+        low, iou = fast_mask_decode(dec, emb, pe_enc.get_dense_pe(), sparse, dense if with_mask else dense[:1], None)
+        ref, ref_iou = dec.predict_masks(emb, pe_enc.get_dense_pe(), sparse, dense)
+    assert low.shape == ref.shape == (5, dec.num_mask_tokens, 256, 256)
+    assert (low - ref).abs().max().item() < LOGIT_TOL
+    assert (iou - ref_iou).abs().max().item() < 1e-4
+    assert ((low > 0) == (ref > 0)).float().mean().item() >= MIN_AGREEMENT
+    assert (ref[:, 0] > 0).sum().item() > 0  # real masks, not two equal empty outputs
