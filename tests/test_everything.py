@@ -132,3 +132,25 @@ def test_generate_masks_recall_on_real_tile(predictor, monuseg_tile):
 def test_points_mode_needs_a_point_model(predictor):
     with pytest.raises(InputError, match="box-only"):
         ev.generate_masks(predictor, np.zeros((64, 64, 3), np.uint8), ev.EverythingConfig(proposal="points"))
+
+
+def test_window_decoding_fast_path_equals_official_modules(predictor, monuseg_tile):
+    """Per-prompt windows (crops of the embedding and of the positions) through the re-associated decoder
+    give the official transformer's logits; a wrapped (e.g. LoRA) decoder would take the official path."""
+    predictor.set_image(monuseg_tile[0])
+    boxes = torch.tensor([[10.0, 10.0, 40.0, 40.0], [100.0, 120.0, 130.0, 140.0], [200.0, 30.0, 230.0, 52.0]])
+    model = predictor.model
+    out = {}
+    try:
+        for fast in (True, False):
+            model.use_fast_decoder = fast
+            out[fast] = ev.decode_local(predictor, boxes, None, 16, False)
+    finally:
+        model.use_fast_decoder = True
+    (fast, iou_fast, origin_fast), (ref, iou_ref, origin_ref) = out[True], out[False]
+    assert fast.shape == ref.shape == (3, 1, 64, 64)
+    assert torch.equal(origin_fast, origin_ref) and origin_fast[1].tolist() != [0, 0]
+    assert (fast - ref).abs().max().item() < 1e-3
+    assert (iou_fast - iou_ref).abs().max().item() < 1e-4
+    assert ((fast > 0) == (ref > 0)).float().mean().item() >= 0.999
+    assert (ref > 0).sum().item() > 0

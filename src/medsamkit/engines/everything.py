@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from medsamkit.engines.nms import nms
 from medsamkit.errors import InputError
+from medsamkit.models.sam import fast_decoder_supported, fast_mask_decode
 from medsamkit.predictor import Predictor, as_rgb_float
 from medsamkit.tiling import grid_windows
 
@@ -252,9 +253,18 @@ def decode_local(
     sparse, _ = model.prompt_encoder(points=points, boxes=boxes, masks=None)
     pe = model.prompt_encoder.get_dense_pe()[0]
     src = feats[0][:, iy, ix].permute(1, 0, 2, 3)
-    src = src + model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
     pos = pe[:, iy, ix].permute(1, 0, 2, 3)
     dec = model.mask_decoder
+    origin = (start.float() * (model.mask_input_size[0] / grid)).long()
+    if getattr(model, "use_fast_decoder", False) and fast_decoder_supported(dec):
+        # Same outputs as the official modules below (fast_mask_decode), in chunks of about as many
+        # image tokens as SamFamilyModel.decode holds at once.
+        step = max(1, getattr(model, "decode_chunk", 8) * grid * grid // (window * window))
+        outs = [fast_mask_decode(dec, src[i : i + step], pos[i : i + step], sparse[i : i + step], no_mask, multimask)
+                for i in range(0, sparse.shape[0], step)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]), origin
+    src = src + no_mask
     out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
     tokens = torch.cat([out_tokens[None].expand(sparse.shape[0], -1, -1), sparse], dim=1)
     b, c, h, w = src.shape
@@ -267,8 +277,7 @@ def decode_local(
     masks = (hyper @ up.view(b, c, h * w)).view(b, -1, h, w)
     iou = dec.iou_prediction_head(hs[:, 0, :])
     sl = slice(1, None) if multimask else slice(0, 1)
-    up_factor = model.mask_input_size[0] / grid
-    return masks[:, sl], iou[:, sl], (start.float() * up_factor).long()
+    return masks[:, sl], iou[:, sl], origin
 
 
 @dataclass

@@ -209,9 +209,10 @@ def _image_to_token_residual(attn: nn.Module, x: torch.Tensor, xp: torch.Tensor,
 
 def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
                      dense: torch.Tensor, multimask: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official MaskDecoder forward for one image embedding (1,C,h,w) and P prompts, re-associated.
+    """The official MaskDecoder forward for P prompts on one image embedding (1,C,h,w), re-associated.
 
-    dense is (1,C,h,w) when shared by every prompt (no mask input) or (P,C,h,w). Returns low-res logits
+    dense is (1,C,h,w) when shared by every prompt (no mask input) or (P,C,h,w). The embedding and
+    image_pe may also be (P,C,h,w), one crop per prompt (windowed decoding). Returns low-res logits
     (P,M,4h,4w) and IoU (P,M) with M = 3 (multimask) or 1, as the official decoder does (None: all tokens).
     """
     tr = decoder.transformer
@@ -221,7 +222,9 @@ def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torc
     tokens = torch.cat([tokens.unsqueeze(0).expand(p, -1, -1), sparse], 1)
     # Token-major and contiguous: on the channel-major views every later (P,N,C) pass is strided, 4x slower.
     x = (embedding + dense).flatten(2).transpose(1, 2).contiguous()  # (1 or P, N, C)
-    pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1,N,C)
+    pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # (1 or P, N, C)
+    if pe.shape[0] != x.shape[0]:  # per-prompt positions: the image tokens are per prompt too
+        x = x.expand(p, -1, -1).contiguous()
     queries, qpe = tokens, tokens
     for layer in tr.layers:
         if layer.skip_first_layer_pe:
