@@ -141,3 +141,46 @@ def test_fast_decode_all_tokens_equals_official(litemedsam, predictor, tile, wit
     assert (iou - ref_iou).abs().max().item() < 1e-4
     assert ((low > 0) == (ref > 0)).float().mean().item() >= MIN_AGREEMENT
     assert (ref[:, 0] > 0).sum().item() > 0  # real masks, not two equal empty outputs
+
+
+def test_finetune_decode_all_fast_path_has_the_official_gradients(litemedsam, predictor, tile):
+    """Fine-tuning's decode_all runs the re-associated decoder under autograd: outputs and the gradient of
+    every decoder weight equal the official predict_masks (k biases, which cannot affect any output, aside)."""
+    from medsamkit.engines.finetune import decode_all
+
+    emb = predictor.embedding.features
+    boxes = torch.from_numpy(tile[1][:6] * 1.0).float()
+    dec = litemedsam.mask_decoder
+    weights = torch.linspace(-1, 1, 6 * 4 * 256 * 256).view(6, 4, 256, 256)
+    out, grads = {}, {}
+    params = [p for p in dec.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        for fast in (True, False):
+            litemedsam.use_fast_decoder = fast
+            dec.zero_grad()
+            with torch.enable_grad():
+                low, iou, _ = decode_all(litemedsam, emb, None, boxes, None)
+                ((low.sigmoid() * weights).mean() + iou.square().sum()).backward()
+            out[fast] = (low.detach(), iou.detach())
+            grads[fast] = {n: p.grad.clone() for n, p in dec.named_parameters() if p.grad is not None}
+    finally:
+        litemedsam.use_fast_decoder = True
+        dec.zero_grad()
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    assert out[True][0].shape == out[False][0].shape == (6, 4, 256, 256)
+    assert (out[True][0] - out[False][0]).abs().max().item() < LOGIT_TOL
+    assert (out[True][1] - out[False][1]).abs().max().item() < 1e-4
+    scale = max(g.abs().max().item() for g in grads[False].values())
+    compared = 0
+    for name, ref in grads[False].items():
+        if name.endswith("k_proj.bias"):
+            continue  # mathematically zero (softmax ignores a shift of all scores); absent on the fast path
+        assert name in grads[True], name
+        tol = 1e-3 * max(ref.abs().max().item(), 1e-3 * scale)
+        assert (grads[True][name] - ref).abs().max().item() <= tol, name
+        compared += 1
+    assert compared > 100 and scale > 0

@@ -38,7 +38,7 @@ from medsamkit.models.finetuned import (
     apply_recipe,
     finetuned_state,
 )
-from medsamkit.models.sam import SamFamilyModel
+from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode
 from medsamkit.objects import ImageObject, extract_objects
 from medsamkit.predictor import Predictor, as_rgb_float, preprocess
 from medsamkit.prompts import Prompt, PromptMode, initial_prompt, next_click, parse_modes, stack_prompts
@@ -225,12 +225,19 @@ def epoch_batches(tiles: list[TrainTile], cfg: FinetuneConfig, epoch: int) -> li
 
 def decode_all(model: SamFamilyModel, features: torch.Tensor, points, boxes, masks
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """All four mask outputs (P,4,m,m) (0: single-mask, 1-3: multimask), IoU (P,4), class logits or None."""
+    """All four mask outputs (P,4,m,m) (0: single-mask, 1-3: multimask), IoU (P,4), class logits or None.
+
+    A plain official decoder runs re-associated (fast_mask_decode), with or without autograd: the same
+    outputs and gradients (to float rounding) at about a third of the time of predict_masks.
+    """
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks)
     pe = model.prompt_encoder.get_dense_pe()
     dec = model.mask_decoder
     if isinstance(dec, ClassHeadMaskDecoder):
         return dec.predict_all(features, pe, sparse, dense)
+    if getattr(model, "use_fast_decoder", False) and features.shape[0] == 1 and fast_decoder_supported(dec):
+        low, iou = fast_mask_decode(dec, features, pe, sparse, dense if masks is not None else dense[:1], None)
+        return low, iou, None
     low, iou = dec.predict_masks(image_embeddings=features, image_pe=pe, sparse_prompt_embeddings=sparse,
                                  dense_prompt_embeddings=dense)
     return low, iou, None

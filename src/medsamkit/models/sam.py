@@ -266,8 +266,9 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: boo
     The eager path writes the bias into the output, accumulates the product, then runs GELU: three
     passes over the decoder's largest tensors (P x 65536 x 32); the fused kernel gives identical values.
     """
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
     if (_FUSED_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.jit.is_tracing()):
+            and not torch.jit.is_tracing() and not needs_grad):  # the oneDNN kernel has no backward
         return _FUSED_LINEAR(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
     y = F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
