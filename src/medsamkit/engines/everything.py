@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from medsamkit.engines.nms import nms
 from medsamkit.errors import InputError
-from medsamkit.models.sam import fast_decoder_supported, fast_mask_decode
+from medsamkit.models.sam import fast_decoder_supported, fast_mask_decode_chunked
 from medsamkit.predictor import Predictor, as_rgb_float
 from medsamkit.tiling import grid_windows
 
@@ -257,13 +257,12 @@ def decode_local(
     pos = pe[:, iy, ix].permute(1, 0, 2, 3)
     dec = model.mask_decoder
     origin = (start.float() * (model.mask_input_size[0] / grid)).long()
-    if getattr(model, "use_fast_decoder", False) and fast_decoder_supported(dec):
-        # Same outputs as the official modules below (fast_mask_decode), in chunks of about as many
-        # image tokens as SamFamilyModel.decode holds at once.
-        step = max(1, getattr(model, "decode_chunk", 8) * grid * grid // (window * window))
-        outs = [fast_mask_decode(dec, src[i : i + step], pos[i : i + step], sparse[i : i + step], no_mask, multimask)
-                for i in range(0, sparse.shape[0], step)]
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]), origin
+    if model.use_fast_decoder and fast_decoder_supported(dec):
+        # Same outputs as the official modules below, in chunks of about as many image tokens as
+        # SamFamilyModel.decode holds at once.
+        step = max(1, model.decode_chunk * grid * grid // (window * window))
+        logits, iou = fast_mask_decode_chunked(dec, src, pos, sparse, no_mask, multimask, step)
+        return logits, iou, origin
     src = src + no_mask
     out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
     tokens = torch.cat([out_tokens[None].expand(sparse.shape[0], -1, -1), sparse], dim=1)

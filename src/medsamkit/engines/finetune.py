@@ -235,7 +235,7 @@ def decode_all(model: SamFamilyModel, features: torch.Tensor, points, boxes, mas
     dec = model.mask_decoder
     if isinstance(dec, ClassHeadMaskDecoder):
         return dec.predict_all(features, pe, sparse, dense)
-    if getattr(model, "use_fast_decoder", False) and features.shape[0] == 1 and fast_decoder_supported(dec):
+    if model.use_fast_decoder and features.shape[0] == 1 and fast_decoder_supported(dec):
         low, iou = fast_mask_decode(dec, features, pe, sparse, dense if masks is not None else dense[:1], None)
         return low, iou, None
     low, iou = dec.predict_masks(image_embeddings=features, image_pe=pe, sparse_prompt_embeddings=sparse,

@@ -80,13 +80,9 @@ class SamFamilyModel(nn.Module):
                 and fast_decoder_supported(self.mask_decoder)):
             # Without a mask input every prompt shares the same dense embedding: pass it once. Prompts
             # go in chunks: each holds ~35 MB of (4096 x 256) maps, so 32 at once would add over 1 GB.
-            pe, n, step = self.prompt_encoder.get_dense_pe(), sparse.shape[0], self.decode_chunk
-            outs = [
-                fast_mask_decode(self.mask_decoder, embedding, pe, sparse[i : i + step],
-                                 dense[:1] if masks is None else dense[i : i + step], multimask)
-                for i in range(0, n, step)
-            ]
-            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+            return fast_mask_decode_chunked(self.mask_decoder, embedding, self.prompt_encoder.get_dense_pe(),
+                                            sparse, dense[:1] if masks is None else dense, multimask,
+                                            self.decode_chunk)
         return self.mask_decoder(
             image_embeddings=embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -247,6 +243,21 @@ def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torc
     hyper = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + j]) for j, i in enumerate(mask_ids)], 1)
     masks = _upscale_masks(decoder.output_upscaling, x, hyper, h, w)
     return masks, iou[:, sel]
+
+
+def fast_mask_decode_chunked(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor,
+                             sparse: torch.Tensor, dense: torch.Tensor, multimask: bool | None,
+                             step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fast_mask_decode over the P prompts `step` at a time (bounds peak memory); per-prompt inputs
+    (first dimension P > 1) are sliced with the prompts, shared ones (first dimension 1) passed whole."""
+    p = sparse.shape[0]
+
+    def part(t: torch.Tensor, i: int) -> torch.Tensor:
+        return t if t.shape[0] == 1 else t[i : i + step]
+
+    outs = [fast_mask_decode(decoder, part(embedding, i), part(image_pe, i), sparse[i : i + step],
+                             part(dense, i), multimask) for i in range(0, p, step)]
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
 def _find_fused_linear() -> object | None:
