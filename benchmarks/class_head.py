@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from _shared import monuseg_dir
-from medsamkit.engines.finetune import FinetuneConfig, finetune
-from medsamkit.runtime import setup
+from medsamkit.core.runtime import setup
+from medsamkit.training.finetune import FinetuneConfig, finetune
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from medsamkit import runtime
+from medsamkit.core import runtime
 from medsamkit.models import load_model, tiny_vit
 
 
@@ -46,7 +46,7 @@ def main() -> dict:
     extra: dict[str, float] = {}
     tmp = tempfile.TemporaryDirectory()
     if args.onnx:
-        from medsamkit.engines.export import export_onnx
+        from medsamkit.models.export import export_onnx
         from medsamkit.models.onnx_backend import OnnxSamModel
 
         export_onnx(model, tmp.name)

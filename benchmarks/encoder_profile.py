@@ -23,7 +23,7 @@ import torch
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from medsamkit import runtime
+from medsamkit.core import runtime
 from medsamkit.models import load_model
 
 # The ops that do the encoder's multiply-adds (everything else is layout, normalisation, activations).

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from _shared import monuseg_dir
-from medsamkit.engines.evaluate import EvaluateConfig, evaluate
-from medsamkit.engines.finetune import FinetuneConfig, finetune
-from medsamkit.runtime import setup
+from medsamkit.core.runtime import setup
+from medsamkit.evaluation.engine import EvaluateConfig, evaluate
+from medsamkit.training.finetune import FinetuneConfig, finetune
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_MODES = "box,center,random1,iter3"

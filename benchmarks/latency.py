@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from medsamkit import runtime
+from medsamkit.core import runtime
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
 

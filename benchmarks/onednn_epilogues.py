@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from medsamkit import runtime
+from medsamkit.core import runtime
 
 
 def bench(variants: dict[str, Callable[[], torch.Tensor]], reps: int) -> dict:

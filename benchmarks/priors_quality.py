@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from _shared import monuseg_dir
-from medsamkit.engines.priors import load_masks, load_priors
 from medsamkit.io.datasets import open_dataset
 from medsamkit.metrics.instance import aji
+from medsamkit.samaug.priors import load_masks, load_priors
 
 
 def masks_as_instances(records: list, shape: tuple[int, int]) -> np.ndarray:

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from _shared import monuseg_dir
-from medsamkit import runtime
-from medsamkit.engines.everything import EverythingConfig, generate_masks, instance_recall
-from medsamkit.engines.priors import boundary_prior, segmentation_prior
+from medsamkit.core import runtime
 from medsamkit.io.images import read_image, read_label
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
+from medsamkit.samaug.everything import EverythingConfig, generate_masks, instance_recall
+from medsamkit.samaug.priors import boundary_prior, segmentation_prior
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -76,13 +76,14 @@ def run_peer(data: str, prompts: str, max_objects: int, threads: int) -> dict:
     import torch.nn.functional as F
 
     from _upstream import upstream_encoder
-    from medsamkit.engines.evaluate import _case_key, _mode_key, _select_objects
+    from medsamkit.core.objects import extract_objects
+    from medsamkit.core.seeds import object_rng
+    from medsamkit.evaluation.engine import _case_key, _mode_key, _select_objects
     from medsamkit.io.datasets import open_dataset
     from medsamkit.metrics import dice
     from medsamkit.models import load_model
-    from medsamkit.objects import extract_objects
     from medsamkit.predictor import as_rgb_float, preprocess
-    from medsamkit.prompts import initial_prompt, object_rng, parse_modes
+    from medsamkit.prompts import initial_prompt, parse_modes
 
     torch.set_num_threads(threads)
     model = load_model("litemedsam", device="cpu")  # its prompt encoder and mask decoder: SAM's own modules
@@ -142,10 +143,10 @@ def run_ours(data: str, prompts: str, max_objects: int, threads: int, onnx_dir: 
     """evaluate() end to end (batched, fast decoder), then encoder/decoder micro-benchmarks."""
     import torch
 
-    from medsamkit import runtime
+    from medsamkit.core import runtime
+    from medsamkit.core.objects import extract_objects
     from medsamkit.io.datasets import open_dataset
     from medsamkit.models import load_model
-    from medsamkit.objects import extract_objects
     from medsamkit.predictor import Predictor
 
     runtime.setup("cpu", threads)
@@ -191,7 +192,7 @@ def run_ours(data: str, prompts: str, max_objects: int, threads: int, onnx_dir: 
 
 def timed_evaluate(data: str, pred, prompts: str, max_objects: int) -> tuple[dict, float, list[dict]]:
     """The evaluate engine once, into a temporary folder: (summary, wall seconds, per-object CSV rows)."""
-    from medsamkit.engines.evaluate import EvaluateConfig, evaluate
+    from medsamkit.evaluation.engine import EvaluateConfig, evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = EvaluateConfig(data=data, out=tmp, prompts=prompts, max_objects=max_objects, baseline=False,
@@ -206,9 +207,9 @@ def timed_evaluate(data: str, pred, prompts: str, max_objects: int) -> tuple[dic
 
 def run_onnx(data: str, onnx_dir: str, torch_pred, prompts: str, max_objects: int) -> dict:
     """The ONNX Runtime backend: evaluate end to end, then encoder/decoder interleaved with torch."""
+    from medsamkit.core.objects import extract_objects
     from medsamkit.io.datasets import open_dataset
     from medsamkit.models.onnx_backend import OnnxSamModel
-    from medsamkit.objects import extract_objects
     from medsamkit.predictor import Predictor
 
     pred = Predictor(OnnxSamModel.load(onnx_dir), batch_size=32)
@@ -289,8 +290,8 @@ def main() -> None:
         source = make_tiles(data, args.tiles)
         onnx_dir = None
         if args.onnx:
-            from medsamkit.engines.export import export_onnx
             from medsamkit.models import load_model
+            from medsamkit.models.export import export_onnx
 
             onnx_dir = str(Path(tmp) / "onnx")
             export_onnx(load_model("litemedsam", device="cpu"), onnx_dir)

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsamkit.engines.volume import Variant, evaluate_case
+from medsamkit.core.runtime import setup
 from medsamkit.io.builtin import load_lung_volume, lung_patients
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import parse_mode
-from medsamkit.runtime import setup
+from medsamkit.volumes.engine import Variant, evaluate_case
 
 METRICS = ("dice", "nsd_1mm", "nsd_2mm", "hd95_mm")
 

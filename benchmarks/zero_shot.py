@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from _shared import monuseg_dir
-from medsamkit.engines.evaluate import EvaluateConfig, evaluate
+from medsamkit.evaluation.engine import EvaluateConfig, evaluate
 
 MODES = "box,box+5,jitter+5,center,random1,random3,iter9"
 REFERENCE = {"lung-gtv": {"box": 0.786, "box+5": 0.841}, "monuseg": {"box": 0.861}}

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from medsamkit.engines.embed import EmbedConfig, EmbeddingCache, embed_dataset, image_windows
+from medsamkit.core.runtime import setup
+from medsamkit.core.tiling import tile_size_for
+from medsamkit.embedding.cache import EmbedConfig, EmbeddingCache, embed_dataset, image_windows
 from medsamkit.io.datasets import open_dataset
 from medsamkit.models import load_model
-from medsamkit.runtime import setup
-from medsamkit.tiling import tile_size_for
 
 setup(threads=2)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from medsamkit.engines.evaluate import EvaluateConfig, evaluate, plan_tiles
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.objects import extract_objects
+from medsamkit.evaluation.engine import EvaluateConfig, evaluate, plan_tiles
 from medsamkit.io.builtin import open_builtin
 from medsamkit.io.images import write_mask
-from medsamkit.objects import extract_objects
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,29 @@ def test_evaluate_writes_rows_and_resumes(tmp_path, small_folder, predictor):
     assert again["new_images"] == 0 and len(_rows(out)) == len(rows)
     md = (out / "summary.md").read_text()
     assert "| model | box |" in md and "iter3" in md
-    assert (out / "figures" / "click_curve.png").exists()
+    assert not (out / "figures").exists()  # bug: --no-figures still drew the click curve
+
+
+def test_figures_come_from_saved_rows_and_masks_without_a_model(tmp_path, small_folder, predictor, monkeypatch):
+    """The report never runs a model: a finished run's figures are redrawn with no predictor at all."""
+    cfg = EvaluateConfig(data=str(small_folder), out=str(tmp_path / "ev"), prompts="box,iter2",
+                         max_objects=3, max_images=1, baseline=False, show_progress=False)
+    evaluate(cfg, predictor)
+    out = tmp_path / "ev"
+    for name in ("click_curve.png", "percentile_examples.png"):
+        (out / "figures" / name).unlink()
+    import medsamkit.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run must not load a model")
+
+    monkeypatch.setattr(medsamkit.models, "load_model", no_model)
+    again = evaluate(cfg)  # nothing left to compute: no model is loaded, figures come from the files
+    assert again["new_images"] == 0
+    assert again["figures"] == ["figures/click_curve.png", "figures/percentile_examples.png"]
+    assert (out / "figures" / "percentile_examples.png").stat().st_size > 1000
+    final = [r for r in _rows(out) if r["final"] == "1"]
+    assert all(json.loads(r["prompt"])["box"] is not None for r in final if r["mode"] == "box")
 
 
 def test_changed_config_in_same_folder_is_refused(tmp_path, small_folder, predictor):
@@ -77,9 +99,9 @@ def test_a_new_best_pt_under_the_same_path_is_not_resumed(tmp_path, small_folder
     """Bug: resuming keyed on the model *path*, so a retrained RUN/best.pt silently reused the old rows."""
     import torch
 
-    from medsamkit.engines.finetune import FinetuneConfig, recipe_of
     from medsamkit.models import load_model
     from medsamkit.models.finetuned import CHECKPOINT_FORMAT, apply_recipe, finetuned_state
+    from medsamkit.training.finetune import FinetuneConfig, recipe_of
 
     model = load_model("litemedsam")
     recipe = recipe_of(FinetuneConfig(data=["x"], out="y"), [])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from medsamkit.engines import everything as ev
-from medsamkit.engines.nms import box_iou
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.samaug import everything as ev
+from medsamkit.samaug.nms import box_iou
 
 
 def test_stability_score_on_hand_made_logits():

@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.objects import extract_objects
 from medsamkit.io.images import read_image, read_label
 from medsamkit.models.onnx_backend import OnnxSamModel, prompt_arrays
-from medsamkit.objects import extract_objects
 from medsamkit.predictor import Predictor
 
 pytest.importorskip("onnxruntime")

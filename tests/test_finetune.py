@@ -17,7 +17,21 @@ import pytest
 import torch
 from PIL import Image
 
-from medsamkit.engines.finetune import (
+from medsamkit.core.errors import InputError
+from medsamkit.core.objects import extract_objects
+from medsamkit.core.runtime import setup
+from medsamkit.io.datasets import Case, open_dataset
+from medsamkit.models import load_model
+from medsamkit.models.finetuned import (
+    CHECKPOINT_FORMAT,
+    ClassHeadMaskDecoder,
+    apply_recipe,
+    finetuned_state,
+    load_finetuned,
+)
+from medsamkit.predictor import Predictor
+from medsamkit.prompts import parse_modes
+from medsamkit.training.finetune import (
     FinetuneConfig,
     Objective,
     TrainTile,
@@ -29,20 +43,6 @@ from medsamkit.engines.finetune import (
     split_by_image,
     split_cases,
 )
-from medsamkit.errors import InputError
-from medsamkit.io.datasets import Case, open_dataset
-from medsamkit.models import load_model
-from medsamkit.models.finetuned import (
-    CHECKPOINT_FORMAT,
-    ClassHeadMaskDecoder,
-    apply_recipe,
-    finetuned_state,
-    load_finetuned,
-)
-from medsamkit.objects import extract_objects
-from medsamkit.predictor import Predictor
-from medsamkit.prompts import parse_modes
-from medsamkit.runtime import setup
 
 setup(threads=2)
 QUADRANTS = {"A": [(0, 0)], "B": [(128, 0), (128, 128)]}

@@ -14,7 +14,7 @@ from pydicom.pixels import pack_bits
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.io.dicom import list_dicom_series, read_dicom_seg, read_dicom_series, read_rtstruct
 from medsamkit.io.volume import read_nifti, read_volume, write_nifti
 

@@ -9,7 +9,7 @@ import nrrd
 import numpy as np
 import pytest
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.io.volume import (
     Volume,
     check_same_grid,

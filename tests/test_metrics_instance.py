@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.metrics import aji, object_dice, object_f1, object_f1_counts, object_hausdorff
 
 A = np.array

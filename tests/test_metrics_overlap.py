@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.metrics import confusion, dice, iou
 
 

@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.metrics import hd95, nsd, surface_distances
 
 

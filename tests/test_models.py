@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.models import MODELS, load_model
 from medsamkit.models.checkpoints import read_state_dict, sha256_of
 from medsamkit.models.registry import LITEMEDSAM_SHA256, build_sam_vit

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsamkit.engines.nms import box_area, box_iou, crop_mask_iou, mask_nms, nms
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.samaug.nms import box_area, box_iou, crop_mask_iou, mask_nms, nms
 
 
 def brute_iou(a, b) -> float:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medsamkit.errors import InputError
-from medsamkit.objects import SAM_MED2D_MIN_FRACTION, ImageObject, extract_objects
+from medsamkit.core.errors import InputError
+from medsamkit.core.objects import SAM_MED2D_MIN_FRACTION, ImageObject, extract_objects
 
 
 def hand_label_map() -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.runtime import setup
 from medsamkit.models.peft import (
     AdaptedAttention,
     LoRALinear,
@@ -19,7 +20,6 @@ from medsamkit.models.peft import (
 )
 from medsamkit.models.sam_modules import sam_modeling
 from medsamkit.models.tiny_vit import TinyViT
-from medsamkit.runtime import setup
 
 setup(threads=2)
 
@@ -110,12 +110,12 @@ def test_bad_options(call, message):
 @pytest.mark.parametrize("kind", [pytest.param("adapter", marks=pytest.mark.slow), "lora"])
 def test_steps_change_only_peft_weights(kind):
     """Real LiteMedSAM weights, a real dsb-nuclei tile and object: two AdamW steps through the encoder."""
-    from medsamkit.engines.finetune import Objective
+    from medsamkit.core.objects import extract_objects
     from medsamkit.io.datasets import open_dataset
     from medsamkit.models import load_model
-    from medsamkit.objects import extract_objects
     from medsamkit.predictor import as_rgb_float, preprocess
     from medsamkit.prompts import parse_modes
+    from medsamkit.training.finetune import Objective
 
     model = load_model("litemedsam")
     opts = {"bottleneck": 16} if kind == "adapter" else {"rank": 4, "targets": ("qkv",)}

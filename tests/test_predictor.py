@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.metrics import dice
 from medsamkit.models.sam import Preprocessing
 from medsamkit.predictor import Predictor, as_rgb_float, preprocess

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from medsamkit.engines.everything import EverythingConfig, MaskRecord
-from medsamkit.engines.priors import (
+from medsamkit.core.errors import InputError
+from medsamkit.samaug.everything import EverythingConfig, MaskRecord
+from medsamkit.samaug.priors import (
     PriorsConfig,
     boundary_prior,
     compute_priors,
@@ -18,7 +19,6 @@ from medsamkit.engines.priors import (
     save_masks,
     segmentation_prior,
 )
-from medsamkit.errors import InputError
 
 
 def record(box, crop, stability, piou=0.9) -> MaskRecord:

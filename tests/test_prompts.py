@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.seeds import object_rng
 from medsamkit.prompts import (
     Prompt,
     PromptMode,
     center_point,
     initial_prompt,
     next_click,
-    object_rng,
     parse_mode,
     parse_modes,
     random_points,

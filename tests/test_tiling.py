@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsamkit.errors import InputError
-from medsamkit.objects import extract_objects
-from medsamkit.tiling import grid_windows, tile_for_object, to_window_coords, window_of
+from medsamkit.core.errors import InputError
+from medsamkit.core.objects import extract_objects
+from medsamkit.core.tiling import grid_windows, tile_for_object, to_window_coords, window_of
 
 
 @pytest.mark.parametrize(

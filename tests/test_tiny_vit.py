@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.runtime import tune_allocator
 from medsamkit.models.tiny_vit import (
     Attention,
     TinyViT,
@@ -19,7 +20,6 @@ from medsamkit.models.tiny_vit import (
     encoder_state_from_litemedsam,
     relative_offset_index,
 )
-from medsamkit.runtime import tune_allocator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tinyvit_reference.npz"
 CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"

@@ -1,4 +1,4 @@
-"""U-Net engine (medsamkit.engines.unet): crops, schedule, training, exact resume and sliding-window eval."""
+"""U-Net engine (medsamkit.samaug.unet): crops, schedule, training, exact resume and sliding-window eval."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from medsamkit.engines.unet import (
+from medsamkit.core.errors import InputError
+from medsamkit.io.images import read_image, read_label, write_mask
+from medsamkit.samaug.unet import (
     UNetConfig,
     UNetEvalConfig,
     build_unet,
@@ -22,8 +24,6 @@ from medsamkit.engines.unet import (
     sample_batch,
     train,
 )
-from medsamkit.errors import InputError
-from medsamkit.io.images import read_image, read_label, write_mask
 
 # A U-Net small enough for a few CPU iterations in a test; the engine's defaults are larger. One thread:
 # on a shared 2-core machine, 2 OpenMP threads made these tiny steps 100x slower (2 s instead of 10 ms).
@@ -92,7 +92,7 @@ def test_image_unit_rgb(image, expected_max, expected_min):
 
 def test_baseline_input_is_the_fused_input_without_priors():
     # The two arms of the SAMAug comparison must differ only by the priors.
-    from medsamkit.engines.priors import fuse
+    from medsamkit.samaug.priors import fuse
 
     image = np.random.default_rng(1).integers(0, 256, size=(9, 7, 3)).astype(np.uint8)
     zeros = np.zeros((9, 7), dtype=np.float32)
@@ -213,7 +213,7 @@ def test_training_and_eval_with_priors(small_data, tmp_path):
     (priors / "priors").mkdir(parents=True)
     np.savez_compressed(priors / "priors" / "crop.npz", seg=seg, boundary=boundary)  # priors.py file format
 
-    from medsamkit.engines.unet import load_cases
+    from medsamkit.samaug.unet import load_cases
 
     (_, x, _), = load_cases(str(small_data), str(priors))
     image = read_image(small_data / "images" / "crop.png")

@@ -1,14 +1,14 @@
-"""Three-class targets and instance recovery (medsamkit.engines.unet_targets) on hand-made label maps."""
+"""Three-class targets and instance recovery (medsamkit.samaug.unet_targets) on hand-made label maps."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from medsamkit.engines.unet_targets import class_map, instances_from_probs, three_class_target
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.io.images import read_label
 from medsamkit.metrics import aji
+from medsamkit.samaug.unet_targets import class_map, instances_from_probs, three_class_target
 
 
 def _touching_squares() -> np.ndarray:

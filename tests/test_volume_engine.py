@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from medsamkit.engines.volume import (
+from medsamkit.core.errors import InputError
+from medsamkit.io.volume import Volume, read_nifti, write_nifti
+from medsamkit.predictor import Predictor
+from medsamkit.prompts import Prompt, tight_box
+from medsamkit.volumes.engine import (
     EvaluateVolumeConfig,
     SegmentVolumeConfig,
     SliceEmbedder,
@@ -29,10 +33,6 @@ from medsamkit.engines.volume import (
     variants,
     volume_scores,
 )
-from medsamkit.errors import InputError
-from medsamkit.io.volume import Volume, read_nifti, write_nifti
-from medsamkit.predictor import Predictor
-from medsamkit.prompts import Prompt, tight_box
 
 needs_lung = pytest.mark.skipif(importlib.util.find_spec("cerr") is None,
                                 reason="pycerr (builtin:lung-gtv data) not installed")
@@ -317,8 +317,8 @@ def test_propagation_stops_where_the_mask_vanishes(lung_crop) -> None:
 
 @needs_lung
 def test_dicom_rtstruct_to_nifti_to_evaluate_is_exact(tmp_path: Path) -> None:
-    from medsamkit.engines.volume import open_volume_dataset
     from medsamkit.io.builtin import lung_patients
+    from medsamkit.volumes.engine import open_volume_dataset
 
     folder = lung_patients()[1]
     case = next(open_volume_dataset(str(folder)).items())  # DICOM CT series + its RTSTRUCT

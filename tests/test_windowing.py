@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.io.windowing import WINDOWS, apply_window, percentile_clip, range_window, window_by_name
 
 

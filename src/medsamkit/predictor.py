@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsamkit import runtime
-from medsamkit.errors import InputError, where
+from medsamkit.core import runtime
+from medsamkit.core.errors import InputError, where
 from medsamkit.models.sam import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, SamFamilyModel
 
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from medsamkit import __version__
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 
 
 class _Group(click.Group):

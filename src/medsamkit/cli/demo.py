@@ -12,7 +12,7 @@ from medsamkit.cli import main
 @click.option("--device", default=None)
 def demo(out, device):
     """Zero-shot LiteMedSAM on builtin:lung-gtv and builtin:dsb-nuclei with box and box+5 prompts."""
-    from medsamkit.engines.demo import DemoConfig, run_demo
+    from medsamkit.evaluation.demo import DemoConfig, run_demo
 
     results = run_demo(DemoConfig(out=out, device=device))
     click.echo(f"{'dataset':22s} {'prompt':8s} {'Dice mean':>9s} {'median':>7s} {'n':>5s} {'images/s':>9s}")

@@ -22,7 +22,7 @@ from medsamkit.cli.options import model_options
 @model_options
 def embed(data, out, max_images, tile_size, tile_overlap, min_area, model_name, checkpoint, device):
     """Embed every image (tiles of large images) of DATA into OUT; writes OUT/index.json."""
-    from medsamkit.engines.embed import EmbedConfig, embed_dataset
+    from medsamkit.embedding.cache import EmbedConfig, embed_dataset
 
     cfg = EmbedConfig(data=data, out=out, model=model_name, checkpoint=checkpoint, device=device,
                       tile_size=tile_size, tile_overlap=tile_overlap, max_images=max_images, min_area=min_area)

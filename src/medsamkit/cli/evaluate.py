@@ -31,8 +31,8 @@ from medsamkit.cli.options import model_options
 def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_size, baseline, save_masks,
              multimask, cache, figures, model_name, checkpoint, device):
     """Evaluate a model with simulated prompts; writes per_object.csv, summary.json/.md and figures/."""
-    from medsamkit.engines.evaluate import EvaluateConfig
-    from medsamkit.engines.evaluate import evaluate as run
+    from medsamkit.evaluation.engine import EvaluateConfig
+    from medsamkit.evaluation.engine import evaluate as run
 
     cfg = EvaluateConfig(data=data, out=out, prompts=prompts, model=model_name, checkpoint=checkpoint,
                          device=device, max_images=max_images, max_objects=max_objects, seed=seed,

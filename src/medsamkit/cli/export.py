@@ -16,9 +16,9 @@ from medsamkit.cli.options import model_options
 @model_options
 def export(out, opset, model_name, checkpoint, device):
     """Export the image encoder and the prompt decoder to ONNX (load with models.onnx_backend.OnnxSamModel)."""
-    from medsamkit.engines.export import export_onnx
+    from medsamkit.core.runtime import setup
     from medsamkit.models import load_model
-    from medsamkit.runtime import setup
+    from medsamkit.models.export import export_onnx
 
     setup()
     model = load_model(model_name, checkpoint, "cpu")  # tracing runs on CPU whatever --device says

@@ -47,8 +47,8 @@ def finetune(data, out, mode, prompts, classes, epochs, lr, lr_schedule, min_lr_
              batch_size, val_fraction, seed, cache, max_images, max_objects, val_objects, max_steps, tile_size, adapter_bottleneck,
              lora_rank, lora_alpha, lora_targets, train_decoder, model_name, checkpoint, device):
     """Fine-tune on DATA with simulated prompts; writes metrics.csv, curves.png, last.pt and best.pt in OUT."""
-    from medsamkit.engines.finetune import FinetuneConfig
-    from medsamkit.engines.finetune import finetune as run
+    from medsamkit.training.finetune import FinetuneConfig
+    from medsamkit.training.finetune import finetune as run
 
     cfg = FinetuneConfig(
         data=list(data), out=out, mode=mode, prompts=prompts, classes=classes, epochs=epochs, lr=lr,

@@ -33,8 +33,8 @@ def everything_options(fn):
 
 
 def _config(data, out, write_priors, model_name, checkpoint, device, thickness, **kw):
-    from medsamkit.engines.everything import EverythingConfig
-    from medsamkit.engines.priors import PriorsConfig
+    from medsamkit.samaug.everything import EverythingConfig
+    from medsamkit.samaug.priors import PriorsConfig
 
     everything = EverythingConfig(
         proposal=kw["proposal"],
@@ -75,7 +75,7 @@ def samaug() -> None:
 @model_options
 def masks(data, out, model_name, checkpoint, device, **kw):
     """Everything-mode masks for every image of DATA into OUT/masks/NAME.npz (resumable)."""
-    from medsamkit.engines.priors import compute_priors
+    from medsamkit.samaug.priors import compute_priors
 
     _summary(compute_priors(_config(data, out, False, model_name, checkpoint, device, 2, **kw)))
 
@@ -89,6 +89,6 @@ def masks(data, out, model_name, checkpoint, device, **kw):
 @model_options
 def priors(data, out, boundary_thickness, model_name, checkpoint, device, **kw):
     """Masks, segmentation/boundary priors (npz + 16-bit PNG) and visuals for every image of DATA."""
-    from medsamkit.engines.priors import compute_priors
+    from medsamkit.samaug.priors import compute_priors
 
     _summary(compute_priors(_config(data, out, True, model_name, checkpoint, device, boundary_thickness, **kw)))

@@ -20,7 +20,7 @@ from medsamkit.cli.options import model_options, parse_box, parse_point
 @model_options
 def segment(image, boxes, points, out, multimask, model_name, checkpoint, device):
     """Segment IMAGE with box and/or point prompts; prints per-prompt predicted IoU as JSON lines."""
-    from medsamkit.engines.segment import SegmentConfig, segment_image
+    from medsamkit.segment import SegmentConfig, segment_image
 
     cfg = SegmentConfig(
         image=image,

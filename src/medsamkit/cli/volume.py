@@ -36,8 +36,8 @@ _WINDOW_HELP = "CT window: lung, soft_tissue, bone, ... or lo,hi in HU (default:
 def segment_volume(volume, label, box_slice, prompts, propagate, three_slice, window, classes, min_area,
                    margin, min_iou, seed, out, model_name, checkpoint, device):
     """Segment VOLUME (NIfTI, NRRD, DICOM folder) and write a NIfTI label map on its grid."""
-    from medsamkit.engines.volume import SegmentVolumeConfig, run_segment_volume
-    from medsamkit.errors import InputError
+    from medsamkit.core.errors import InputError
+    from medsamkit.volumes.engine import SegmentVolumeConfig, run_segment_volume
 
     try:
         class_list = [int(c) for c in classes.split(",")] if classes else None
@@ -71,7 +71,7 @@ def segment_volume(volume, label, box_slice, prompts, propagate, three_slice, wi
 def evaluate_volume(data, prompts, propagate, three_slice, predictions, window, max_volumes, min_area, margin,
                     min_iou, seed, save_masks, out, model_name, checkpoint, device):
     """Per-volume Dice / NSD / HD95 (mm) and per-slice Dice; writes per_volume.csv, per_slice.csv, summary."""
-    from medsamkit.engines.volume import EvaluateVolumeConfig, evaluate_volumes
+    from medsamkit.volumes.engine import EvaluateVolumeConfig, evaluate_volumes
 
     cfg = EvaluateVolumeConfig(data=data, out=out, prompts=prompts, propagate=propagate, three_slice=three_slice,
                                model=model_name, checkpoint=checkpoint, device=device, window=window,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.io.datasets import Case, Dataset, VolumeCase
 
 LUNG_WINDOW_HU = (-1000.0, 400.0)  # FACTS.md reference measurement window
@@ -81,9 +81,11 @@ def lung_patients() -> list[Path]:
     return sorted(p for p in builtin_path("lung-gtv").iterdir() if p.is_dir() and p.name.startswith("pat_"))
 
 
-def load_lung_volume(folder: Path, roi: str = "GTV-1") -> VolumeCase:
-    """One lung CT series + its RTSTRUCT GTV as a windowed VolumeCase (label 1 = GTV)."""
+def load_lung_volume(folder: Path, roi: str = "GTV-1", window: str | tuple[float, float] | None = None) -> VolumeCase:
+    """One lung CT series + its RTSTRUCT GTV as a windowed VolumeCase (label 1 = GTV); ``window`` (a name or
+    (lo, hi) in HU) replaces the default lung window."""
     from medsamkit.io.dicom import read_dicom_series, read_rtstruct
+    from medsamkit.io.volume_data import to_unit_range
     from medsamkit.io.windowing import range_window
 
     vol = read_dicom_series(folder)
@@ -94,15 +96,15 @@ def load_lung_volume(folder: Path, roi: str = "GTV-1") -> VolumeCase:
     if roi not in rois:
         raise InputError(f"{rs[0]}: ROI {roi!r} not found (has: {', '.join(rois)})")
     label = rois[roi].astype(np.uint8)
-    image = range_window(vol.array, *LUNG_WINDOW_HU)
+    image = range_window(vol.array, *LUNG_WINDOW_HU) if window is None else to_unit_range(vol, window)
     return VolumeCase(
         f"lung-gtv/{folder.name}", image, label, tuple(vol.spacing), "class",
         {"volume": vol, "rtstruct": str(rs[0]), "roi": roi, "series": str(folder)},
     )
 
 
-def open_builtin(name: str) -> Dataset:
-    """Dataset for builtin:NAME."""
+def open_builtin(name: str, window: str | tuple[float, float] | None = None) -> Dataset:
+    """Dataset for builtin:NAME (``window``: CT intensity window for the volume datasets)."""
     if name not in BUILTINS:
         raise InputError(f"unknown builtin dataset {name!r}; choose one of: {', '.join(BUILTINS)}")
     info = BUILTINS[name]
@@ -111,7 +113,7 @@ def open_builtin(name: str) -> Dataset:
         return Dataset(f"builtin:{name}", [_dsb_case], info.description, "instance")
     return Dataset(
         f"builtin:{name}",
-        [lambda p=p: load_lung_volume(p) for p in lung_patients()],
+        [lambda p=p: load_lung_volume(p, window=window) for p in lung_patients()],
         info.description,
         "class",
     )

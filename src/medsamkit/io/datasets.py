@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.io.images import IMAGE_SUFFIXES, read_image, read_label
 
 
@@ -100,18 +100,25 @@ def _folder_dataset(root: Path, kind: str) -> Dataset:
     return Dataset(root.name, [loader(s) for s in stems], f"folder {root}", kind)
 
 
-def open_dataset(spec: str | Path, kind: str | None = None) -> Dataset:
-    """Open a data SPEC (see module docstring); InputError with the reason when it is not usable."""
+def open_dataset(spec: str | Path, kind: str | None = None, window: str | tuple[float, float] | None = None) -> Dataset:
+    """Open a data SPEC (see module docstring); InputError with the reason when it is not usable.
+
+    ``window`` (a CT/MR intensity window: a name or (lo, hi)) applies to volume SPECs; 2D images ignore it.
+    """
+    if isinstance(window, str) and "," in window:
+        from medsamkit.io.windowing import parse_window
+
+        window = parse_window(window)
     spec_s = str(spec)
     if spec_s.startswith("builtin:"):
         from medsamkit.io.builtin import open_builtin
 
-        return open_builtin(spec_s.split(":", 1)[1])
+        return open_builtin(spec_s.split(":", 1)[1], window)
     if "::" in spec_s:
         img, lab = spec_s.split("::", 1)
         from medsamkit.io.volume_data import volume_pair_dataset
 
-        return volume_pair_dataset([(Path(img), Path(lab))], kind or "class")
+        return volume_pair_dataset([(Path(img), Path(lab))], kind or "class", window)
     path = Path(spec_s)
     if not path.exists():
         raise InputError(f"{path}: data not found (expected a folder, a volume file or builtin:NAME)")
@@ -119,4 +126,4 @@ def open_dataset(spec: str | Path, kind: str | None = None) -> Dataset:
         return _folder_dataset(path, kind or "instance")
     from medsamkit.io.volume_data import open_volume_spec
 
-    return open_volume_spec(path, kind or "class")
+    return open_volume_spec(path, kind or "class", window)

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from skimage.draw import polygon, polygon_perimeter
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.io.volume import DICOM_FILE_SUFFIXES, LPS_TO_RAS, Volume
 
 #: Modalities that live beside image series but carry no slice of the image.

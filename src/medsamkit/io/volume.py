@@ -24,7 +24,7 @@ import nibabel as nib
 import nrrd
 import numpy as np
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 
 #: x and y change sign between DICOM/NRRD LPS and NIfTI RAS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.io.datasets import Dataset, VolumeCase
 from medsamkit.io.volume import Volume, read_label_volume, read_volume
 from medsamkit.io.windowing import percentile_clip, range_window, window_by_name

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 
 
 class Window(NamedTuple):
@@ -94,3 +94,19 @@ def percentile_clip(
     if not high > low:
         return np.zeros(values.shape, dtype=np.float32)
     return range_window(values, float(low), float(high))
+
+
+def parse_window(text: str | None) -> str | tuple[float, float] | None:
+    """A ``--window`` value: a preset name (lung, soft_tissue, bone, ...) or ``lo,hi`` in HU; None for auto."""
+    if text is None or not str(text).strip():
+        return None
+    parts = str(text).split(",")
+    if len(parts) == 1:
+        return parts[0].strip()
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise InputError(f"window {text!r} must be a name (lung, soft_tissue, bone, ...) or lo,hi") from None
+    if not hi > lo:
+        raise InputError(f"window {text!r}: upper bound must exceed lower bound")
+    return lo, hi

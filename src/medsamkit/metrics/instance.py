@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.metrics.overlap import checked_pair
 
 _DENSE_TABLE_LIMIT = 1 << 24  # joint-histogram cells beyond which the sparse (np.unique) path is cheaper

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 
 
 def checked_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:

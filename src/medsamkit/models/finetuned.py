@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.models.peft import add_adapters, add_lora, is_peft_parameter
 from medsamkit.models.sam import SamFamilyModel
 from medsamkit.models.sam_modules import sam_modeling

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.models.sam import Preprocessing
 
 

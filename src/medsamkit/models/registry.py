@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.models.checkpoints import load_strict, read_state_dict, sha256_of
 from medsamkit.models.sam import Preprocessing, SamFamilyModel
 from medsamkit.models.sam_modules import sam_modeling
@@ -184,3 +184,10 @@ def load_model(
     if device is not None:
         model.to(device)
     return model
+
+
+def run_identity(cfg) -> dict:
+    """A run's settings for the resume check, plus the sha256 of a fine-tuned model file (so a newer
+    best.pt under the same path is a different run, not a continuation)."""
+    config = {k: v for k, v in asdict(cfg).items() if k != "show_progress"}
+    return {**config, "model_sha256": model_fingerprint(cfg.model)}

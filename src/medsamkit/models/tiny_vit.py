@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsamkit.errors import InputError, where
+from medsamkit.core.errors import InputError, where
 
 __all__ = [
     "ENCODER_PREFIX",

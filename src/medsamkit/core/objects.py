@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from medsamkit.errors import InputError, where
+from medsamkit.core.errors import InputError, where
 
 # SAM-Med2D drops ground-truth masks smaller than 0.153% of the image area.
 SAM_MED2D_MIN_FRACTION = 0.00153

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsamkit.engines.nms import nms
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.tiling import grid_windows
 from medsamkit.models.sam import fast_decoder_supported, fast_mask_decode_chunked
 from medsamkit.predictor import Predictor, as_rgb_float
-from medsamkit.tiling import grid_windows
+from medsamkit.samaug.nms import nms
 
 PROPOSALS = ("auto", "blobs", "grid", "points")
 

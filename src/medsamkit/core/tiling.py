@@ -5,12 +5,13 @@ A window is ``(y0, x0, y1, x1)`` with exclusive ends, in full-image pixel coordi
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
 
-from medsamkit.errors import InputError
-from medsamkit.objects import ImageObject, Window
+from medsamkit.core.errors import InputError
+from medsamkit.core.objects import ImageObject, Window
 
 
 def _object_extent(
@@ -121,3 +122,26 @@ def tile_size_for(shape: tuple[int, int], tile_size: int | None, input_size: int
     if tile_size is not None:
         return tile_size
     return input_size if max(shape) > 2 * input_size else 0
+
+
+def plan_tiles(objects: list[ImageObject], shape: tuple[int, int], tile: int, overlap: int,
+               margin: int = 8) -> dict[Window, list[ImageObject]]:
+    """Assign each object to a grid tile containing its box grown by `margin` (else a tile of its own)."""
+    if tile <= 0 or max(shape) <= tile:
+        return {(0, 0, shape[0], shape[1]): list(objects)}
+    grid = grid_windows(shape, tile, min(overlap, tile - 1))
+    starts = np.array(grid)
+    plan: dict[Window, list[ImageObject]] = defaultdict(list)
+    for obj in objects:
+        rows, cols = obj.slices
+        r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
+        r1, c1 = min(rows.stop + margin, shape[0]), min(cols.stop + margin, shape[1])
+        fits = (starts[:, 0] <= r0) & (starts[:, 1] <= c0) & (starts[:, 2] >= r1) & (starts[:, 3] >= c1)
+        if fits.any():
+            centres = (starts[:, :2] + starts[:, 2:]) / 2
+            d = np.hypot(centres[:, 0] - (r0 + r1) / 2, centres[:, 1] - (c0 + c1) / 2)
+            d[~fits] = np.inf
+            plan[tuple(int(v) for v in grid[int(d.argmin())])].append(obj)
+        else:
+            plan[tile_for_object(obj, shape, tile)].append(obj)
+    return dict(plan)

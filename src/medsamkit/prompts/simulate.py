@@ -1,106 +1,18 @@
 """Simulated prompts from a ground-truth mask (boxes, points, iterative clicks), seeded and reproducible.
 
-Implements the prompt modes of PROTOCOLS.md: ``box``, ``box+K``, ``jitter+K``, ``center``, ``randomN``,
-``iterN`` and ``box+iterN``. Points are (x, y) = (column, row); boxes are [x0, y0, x1, y1] with inclusive
+Implements the prompt modes of docs/protocols.md (parsed in ``prompts.modes``). Points are (x, y) = (column, row); boxes are [x0, y0, x1, y1] with inclusive
 maxima (MedSAM convention).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from medsamkit.errors import InputError
-
-DEFAULT_K = 5
-VALID_FORMS = "box, box+K (box+ = box+5), jitter+K (jitter = jitter+5), center, randomN, iterN, box+iterN"
-
-_MODE_PATTERN = re.compile(
-    r"^(?:(?P<box>box)|box\+(?P<boxk>\d*)|jitter(?:\+(?P<jitk>\d*))?|(?P<center>center)"
-    r"|random(?P<randn>\d+)|iter(?P<itern>\d+)|box\+iter(?P<boxitern>\d+))$"
-)
-
-
-@dataclass(frozen=True)
-class PromptMode:
-    """A prompt protocol: ``kind`` with its parameter ``k`` (margin/jitter in px, or number of points)."""
-
-    name: str
-    kind: str
-    k: int
-
-    @property
-    def interactive(self) -> bool:
-        """True for the corrective-click modes (``iterN``, ``box+iterN``)."""
-        return self.kind in ("iter", "box+iter")
-
-    @property
-    def n_points(self) -> int:
-        """Points (or clicks) the final prompt holds."""
-        if self.kind == "center":
-            return 1
-        if self.kind in ("random", "iter", "box+iter"):
-            return self.k
-        return 0
-
-    @property
-    def n_steps(self) -> int:
-        """Model calls: N for ``iterN``, 1 + N for ``box+iterN`` (the box alone first), else 1."""
-        if self.kind == "iter":
-            return self.k
-        if self.kind == "box+iter":
-            return self.k + 1
-        return 1
-
-    @property
-    def uses_box(self) -> bool:
-        """True when the prompt carries a box."""
-        return self.kind in ("box", "box+", "jitter", "box+iter")
-
-
-def parse_mode(text: str) -> PromptMode:
-    """One prompt mode from its CLI name, e.g. ``"box+5"``, ``"random3"``, ``"box+iter3"``."""
-    name = str(text).strip().lower()
-    match = _MODE_PATTERN.match(name)
-    if match is None:
-        raise InputError(f"unknown prompt mode {text!r}; valid forms: {VALID_FORMS}")
-    groups = match.groupdict()
-    if groups["box"]:
-        return PromptMode("box", "box", 0)
-    if groups["boxk"] is not None:
-        k = int(groups["boxk"]) if groups["boxk"] else DEFAULT_K
-        return PromptMode(f"box+{k}", "box+", k)
-    if groups["center"]:
-        return PromptMode("center", "center", 1)
-    if name.startswith("jitter"):
-        k = int(groups["jitk"]) if groups["jitk"] else DEFAULT_K
-        return PromptMode(f"jitter+{k}", "jitter", k)
-    for group, kind in (("randn", "random"), ("itern", "iter"), ("boxitern", "box+iter")):
-        if groups[group] is not None:
-            n = int(groups[group])
-            if n < 1:
-                raise InputError(f"prompt mode {text!r} needs N >= 1; valid forms: {VALID_FORMS}")
-            return PromptMode(f"{kind}{n}", kind, n)
-    raise AssertionError(f"unhandled prompt mode {text!r}")  # the pattern admits nothing else
-
-
-def parse_modes(spec: str | Iterable[str]) -> list[PromptMode]:
-    """Prompt modes from a comma-separated list (or an iterable of names); duplicates are kept once."""
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    modes: list[PromptMode] = []
-    for part in parts:
-        if not str(part).strip():
-            continue
-        mode = parse_mode(part)
-        if mode not in modes:
-            modes.append(mode)
-    if not modes:
-        raise InputError(f"no prompt modes given; valid forms: {VALID_FORMS}")
-    return modes
+from medsamkit.core.errors import InputError
+from medsamkit.prompts.modes import VALID_FORMS, PromptMode, parse_mode
 
 
 @dataclass
@@ -135,27 +47,6 @@ class Prompt:
             "points": self.points.tolist(),
             "labels": self.labels.tolist(),
         }
-
-
-@dataclass
-class StepResult:
-    """One model call of a prompt mode; ``repeated`` marks steps copied after the error vanished."""
-
-    prompt: Prompt
-    mask: np.ndarray
-    predicted_iou: float
-    repeated: bool = False
-
-
-Predictor = Callable[[Prompt, np.ndarray | None], tuple[np.ndarray, np.ndarray | None, float]]
-
-
-def object_rng(seed: int, *keys: int) -> np.random.Generator:
-    """The generator for one object: ``default_rng([seed, *keys])``, e.g. keys = (image_index, object_label)."""
-    entropy = [int(seed), *(int(k) for k in keys)]
-    if any(v < 0 for v in entropy):
-        raise InputError(f"seed and keys must be non-negative integers, got {entropy}")
-    return np.random.default_rng(entropy)
 
 
 def _as_mask(mask: np.ndarray, what: str) -> np.ndarray:
@@ -272,44 +163,6 @@ def next_click(
         return None
     label = 1 if truth[rc[0], rc[1]] else 0
     return np.array([rc[1], rc[0]], dtype=np.float32), label
-
-
-def run_interactive(
-    mode: PromptMode | str,
-    truth_mask: np.ndarray,
-    predict: Predictor,
-    rng: np.random.Generator,
-    image_shape: tuple[int, ...] | None = None,
-) -> list[StepResult]:
-    """Run a prompt mode against ``predict``; one StepResult per model call (``mode.n_steps`` of them).
-
-    ``predict(prompt, mask_input) -> (mask, low_res_logits | None, predicted_iou)``. Step 1 has no mask
-    input; each later step adds ``next_click`` and passes the previous step's low-res logits. Once the
-    prediction equals the truth no click is left to give: the remaining steps repeat the last result
-    (marked ``repeated=True``) so every object yields a full 1..N curve.
-    """
-    mode = parse_mode(mode) if isinstance(mode, str) else mode
-    truth = _as_mask(truth_mask, "truth mask")
-    prompt = initial_prompt(mode, truth, rng, image_shape)
-    steps: list[StepResult] = []
-    logits: np.ndarray | None = None
-    for step in range(mode.n_steps):
-        if step > 0:
-            click = next_click(steps[-1].mask, truth, rng)
-            if click is None:
-                last = steps[-1]
-                steps.extend(
-                    StepResult(last.prompt, last.mask, last.predicted_iou, repeated=True)
-                    for _ in range(mode.n_steps - step)
-                )
-                break
-            prompt = prompt.with_click(*click)
-        mask, logits, predicted_iou = predict(prompt, logits)
-        mask = np.asarray(mask).astype(bool, copy=False)
-        if mask.shape != truth.shape:
-            raise ValueError(f"predictor returned a mask of shape {mask.shape}, truth mask is {truth.shape}")
-        steps.append(StepResult(prompt, mask, float(predicted_iou)))
-    return steps
 
 
 def stack_prompts(prompts: list[Prompt]) -> dict[str, np.ndarray]:

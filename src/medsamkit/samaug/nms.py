@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 
 
 def _as_boxes(boxes: object, what: str) -> np.ndarray:

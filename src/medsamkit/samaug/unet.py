@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medsamkit.engines.unet_targets import N_CLASSES, instances_from_probs, three_class_target
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.runtime import setup
 from medsamkit.io.datasets import Case, open_dataset
 from medsamkit.io.images import write_mask
 from medsamkit.metrics import aji, object_dice, object_f1
 from medsamkit.predictor import as_rgb_float
-from medsamkit.runtime import setup
+from medsamkit.samaug.unet_targets import N_CLASSES, instances_from_probs, three_class_target
 
 CHECKPOINT = "last.pt"
 METRICS_CSV = "metrics.csv"
@@ -37,7 +37,7 @@ class UNetConfig:
 
     data: str
     out: str
-    priors: str | None = None  # folder of SAMAug priors (medsamkit.engines.priors format); None = baseline
+    priors: str | None = None  # folder of SAMAug priors (medsamkit.samaug.priors format); None = baseline
     prior_normalisation: str = "clip"  # seg prior clipped to [0, 1] ("clip") or added raw ("none"), see fuse
     iterations: int = 2000
     lr: float = 5e-4
@@ -117,7 +117,7 @@ def build_unet(channels: tuple[int, ...] = (16, 32, 64, 128, 256), strides: tupl
 def image_unit_rgb(image: np.ndarray, source: object | None = None) -> np.ndarray:
     """float32 (H, W, 3) in [0, 1] by SAMAug fusion's intensity rule (`priors.unit_image`), so the baseline
     and the SAMAug U-Net see the same image; grey is repeated to 3 channels, alpha dropped."""
-    from medsamkit.engines.priors import unit_image
+    from medsamkit.samaug.priors import unit_image
 
     return np.ascontiguousarray(as_rgb_float(unit_image(image, source), source))
 
@@ -126,12 +126,12 @@ def network_input(image: np.ndarray, name: str, priors_dir: str | Path | None,
                   prior_normalisation: str = "clip") -> np.ndarray:
     """The U-Net's input for one image, identical at training and test time: float32 (H, W, 3).
 
-    Without priors: the image in [0, 1]. With priors: SAMAug fusion (medsamkit.engines.priors.fuse) of the
+    Without priors: the image in [0, 1]. With priors: SAMAug fusion (medsamkit.samaug.priors.fuse) of the
     image with its saved segmentation and boundary priors (seg prior clipped to [0, 1] by default).
     """
     if priors_dir is None:
         return image_unit_rgb(image, name)
-    from medsamkit.engines.priors import fuse, load_priors
+    from medsamkit.samaug.priors import fuse, load_priors
 
     seg, boundary = load_priors(priors_dir, name)
     if seg.shape != np.asarray(image).shape[:2]:

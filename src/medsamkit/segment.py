@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.runtime import setup
 from medsamkit.io.images import read_image, write_mask
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
-from medsamkit.runtime import setup
 
 
 @dataclass

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import random_walker
 
-from medsamkit.prompts import Prompt
+from medsamkit.core.objects import ImageObject
+from medsamkit.prompts import Prompt, PromptMode
+from medsamkit.prompts.objects import ObjectRun, Window, run_mode
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -51,3 +53,14 @@ def random_walker_segment(image: np.ndarray, prompt: Prompt, margin: int = 32, b
     res = random_walker(crop, seeds, beta=beta, mode="cg_j" if crop.size > 4096 else "bf", tol=1e-3)
     out[y0:y1, x0:x1] = res == 1
     return out
+
+
+def run_mode_baseline(image: np.ndarray, objects: list[ImageObject], window: Window, mode: PromptMode,
+                      seed: int, case_key: int, margin: int) -> list[ObjectRun]:
+    """The same prompt mode (same seeds, same click session) through the random-walker baseline."""
+
+    def predict(prompts: list[Prompt], mask_input: np.ndarray | None):
+        masks = np.stack([random_walker_segment(image, p, margin) for p in prompts])
+        return masks, np.full(len(prompts), np.nan), None
+
+    return run_mode(objects, window, mode, seed, case_key, predict)

@@ -28,16 +28,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medsamkit.engines.evaluate import check_run_config, run_identity
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.results import RunStore
+from medsamkit.core.seeds import object_rng
 from medsamkit.io.datasets import Dataset, VolumeCase
+from medsamkit.io.windowing import parse_window
 from medsamkit.metrics import MetricAccumulator, dice, hd95, nsd
+from medsamkit.models.registry import run_identity
 from medsamkit.predictor import Embedding, Predictor
 from medsamkit.prompts import (
     Prompt,
     PromptMode,
     initial_prompt,
-    object_rng,
     parse_mode,
     parse_modes,
     stack_prompts,
@@ -348,22 +350,6 @@ def variants(prompts: str, propagate: bool | Sequence[bool] = False,
     return [Variant(m, p, t, min_iou if p else 0.0) for t in threes for p in props for m in parse_modes(prompts)]
 
 
-def parse_window(text: str | None) -> str | tuple[float, float] | None:
-    """A ``--window`` value: a preset name (lung, soft_tissue, bone, ...) or ``lo,hi`` in HU; None for auto."""
-    if text is None or not str(text).strip():
-        return None
-    parts = str(text).split(",")
-    if len(parts) == 1:
-        return parts[0].strip()
-    try:
-        lo, hi = (float(v) for v in parts)
-    except ValueError:
-        raise InputError(f"window {text!r} must be a name (lung, soft_tissue, bone, ...) or lo,hi") from None
-    if not hi > lo:
-        raise InputError(f"window {text!r}: upper bound must exceed lower bound")
-    return lo, hi
-
-
 def parse_box_slice(text: str) -> BoxSlice:
     """``'z,x0,y0,x1,y1'`` (voxel indices: slice z of the [z, y, x] array) -> a BoxSlice."""
     try:
@@ -378,15 +364,8 @@ def parse_box_slice(text: str) -> BoxSlice:
 def open_volume_dataset(spec: str, window: str | tuple[float, float] | None = None) -> Dataset:
     """A dataset of volumes for a SPEC (builtin:lung-gtv, IMAGE::LABEL, nnU-Net folder, DICOM folder)."""
     from medsamkit.io.datasets import open_dataset
-    from medsamkit.io.volume_data import open_volume_spec, volume_pair_dataset
 
-    spec = str(spec)
-    if "::" in spec and not spec.startswith("builtin:"):
-        img, lab = spec.split("::", 1)
-        return volume_pair_dataset([(Path(img), Path(lab))], "class", window)
-    if not spec.startswith("builtin:") and Path(spec).exists():
-        return open_volume_spec(Path(spec), "class", window)
-    return open_dataset(spec)
+    return open_dataset(spec, "class" if not str(spec).startswith("builtin:") else None, window)
 
 
 @dataclass
@@ -547,7 +526,7 @@ def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = No
     dataset = open_volume_dataset(cfg.data, parse_window(cfg.window))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_run_config(out, run_identity(cfg), VOLUME_RESULT_KEYS)
+    RunStore(out, run_identity(cfg), {}, keys=VOLUME_RESULT_KEYS)  # identity only (tables: see below)
     vol_csv, slice_csv = out / "per_volume.csv", out / "per_slice.csv"
     done_rows = _read_csv(vol_csv)
     done = {(r["volume"], r["variant"]) for r in done_rows}
@@ -557,8 +536,8 @@ def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = No
     if not vol_csv.exists():
         _write_csv(vol_csv, VOLUME_FIELDS, [], append=False)
     if predictor is None and not cfg.predictions:
+        from medsamkit.core.runtime import setup
         from medsamkit.models import load_model
-        from medsamkit.runtime import setup
 
         predictor = Predictor(load_model(cfg.model, cfg.checkpoint, setup(cfg.device)))
     loaders = dataset.loaders[: cfg.max_volumes] if cfg.max_volumes is not None else dataset.loaders
@@ -635,8 +614,8 @@ def run_segment_volume(cfg: SegmentVolumeConfig, predictor: Predictor | None = N
     image01 = to_unit_range(volume, parse_window(cfg.window))
     label = read_label_volume(cfg.label, volume).array if cfg.label is not None else None
     if predictor is None:
+        from medsamkit.core.runtime import setup
         from medsamkit.models import load_model
-        from medsamkit.runtime import setup
 
         predictor = Predictor(load_model(cfg.model, cfg.checkpoint, setup(cfg.device)))
     embedder = SliceEmbedder(predictor, image01, cfg.three_slice, str(cfg.volume), show_progress=cfg.show_progress)

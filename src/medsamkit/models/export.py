@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode
 
 ENCODER_FILE = "encoder.onnx"

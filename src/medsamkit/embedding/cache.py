@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.tiling import tile_size_for
 from medsamkit.predictor import Embedding, Predictor
-from medsamkit.tiling import tile_size_for
 
 log = logging.getLogger("medsamkit.embed")
 Window = tuple[int, int, int, int]
@@ -139,9 +139,9 @@ class EmbeddingCache:
 
 def image_windows(label: np.ndarray, kind: str, tile: int, overlap: int, min_area: int = 20) -> list[Window]:
     """Every window the evaluate engine may embed for this image: the grid plus any per-object tiles."""
-    from medsamkit.engines.evaluate import plan_tiles
-    from medsamkit.objects import extract_objects
-    from medsamkit.tiling import grid_windows
+    from medsamkit.core.objects import extract_objects
+    from medsamkit.core.tiling import grid_windows
+    from medsamkit.evaluation.engine import plan_tiles
 
     shape = label.shape[:2]
     if tile <= 0 or max(shape) <= tile:
@@ -170,9 +170,9 @@ class EmbedConfig:
 
 def embed_dataset(cfg: EmbedConfig, predictor: Predictor | None = None) -> dict:
     """Precompute (or complete) the cache for every image/tile of a dataset; writes OUT/index.json."""
+    from medsamkit.core.runtime import setup
     from medsamkit.io.datasets import open_dataset
     from medsamkit.models import load_model
-    from medsamkit.runtime import setup
 
     if predictor is None:
         predictor = Predictor(load_model(cfg.model, cfg.checkpoint, setup(cfg.device)))

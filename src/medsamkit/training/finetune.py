@@ -27,9 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from medsamkit.engines.embed import EmbeddingCache
-from medsamkit.engines.evaluate import plan_tiles, run_mode_model
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
+from medsamkit.core.objects import ImageObject, extract_objects
+from medsamkit.core.tiling import tile_size_for
+from medsamkit.embedding.cache import EmbeddingCache
+from medsamkit.evaluation.engine import plan_tiles, run_mode_model
 from medsamkit.io.datasets import Case, open_dataset
 from medsamkit.metrics import dice
 from medsamkit.models.finetuned import (
@@ -39,10 +41,8 @@ from medsamkit.models.finetuned import (
     finetuned_state,
 )
 from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode
-from medsamkit.objects import ImageObject, extract_objects
 from medsamkit.predictor import Predictor, as_rgb_float, preprocess
 from medsamkit.prompts import Prompt, PromptMode, initial_prompt, next_click, parse_modes, stack_prompts
-from medsamkit.tiling import tile_size_for
 
 Window = tuple[int, int, int, int]
 MODES = ("decoder", "adapter", "lora")
@@ -528,8 +528,8 @@ def _say(cfg: FinetuneConfig, rank: int, text: str) -> None:
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train (or resume) a fine-tuning run in cfg.out; returns the summary (also RUN/summary.json)."""
+    from medsamkit.core.runtime import setup
     from medsamkit.models.registry import load_model
-    from medsamkit.runtime import setup
 
     _check_config(cfg)
     cfg.data = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)

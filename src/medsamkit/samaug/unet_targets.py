@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import find_boundaries, watershed
 
-from medsamkit.errors import InputError
+from medsamkit.core.errors import InputError
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 N_CLASSES = 3

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import csv
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from medsamkit.core.results import read_rows
 from medsamkit.prompts import PromptMode
-
-
-def _read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _stats(values: list[float]) -> dict:
@@ -136,23 +130,53 @@ def percentile_rows(rows: list[dict], mode: str, method: str = "model") -> list[
     return [(q, sel[min(int(math.floor(q / 100 * len(sel))), len(sel) - 1)]) for q in (25, 50, 75)]
 
 
-def plot_examples(cfg, modes: list[PromptMode], rows: list[dict], predictor, path: Path) -> Path | None:
-    """Per mode, the 25/50/75th-percentile objects: image crop, truth (green), prediction (red), prompts."""
+def _crop(obj_mask: np.ndarray, pad_extra: int = 12) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(obj_mask)
+    size = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    pad = size // 2 + pad_extra
+    h, w = obj_mask.shape
+    return (max(rows.min() - pad, 0), min(rows.max() + 1 + pad, h), max(cols.min() - pad, 0),
+            min(cols.max() + 1 + pad, w))
+
+
+def _draw_example(ax, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, prompt: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    from medsamkit.io.images import to_uint8_rgb
+
+    r0, r1, c0, c1 = _crop(truth)
+    ax.imshow(to_uint8_rgb(image)[r0:r1, c0:c1])
+    ax.contour(truth[r0:r1, c0:c1], levels=[0.5], colors="lime", linewidths=1)
+    if pred[r0:r1, c0:c1].any():
+        ax.contour(pred[r0:r1, c0:c1], levels=[0.5], colors="red", linewidths=1)
+    if prompt.get("box") is not None:
+        bx0, by0, bx1, by1 = np.asarray(prompt["box"]) - np.array([c0, r0, c0, r0])
+        ax.add_patch(plt.Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, color="yellow", lw=1))
+    for (px, py), lab in zip(prompt.get("points", []), prompt.get("labels", [])):
+        ax.plot(px - c0, py - r0, marker="*", color="yellow" if lab == 1 else "cyan", ms=9)
+    ax.set_xlim(-0.5, c1 - c0 - 0.5)
+    ax.set_ylim(r1 - r0 - 0.5, -0.5)
+
+
+def plot_examples(cfg, modes: list[PromptMode], rows: list[dict], mask_file, path: Path) -> Path | None:
+    """Per mode, the 25/50/75th-percentile objects: image crop, truth (green), prediction (red), prompts.
+
+    Reads the saved final label maps (``mask_file(mode, case)``) and each row's final prompt: no model runs.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medsamkit.engines.evaluate import _case_key, iter_cases, run_mode_model
-    from medsamkit.io.images import to_uint8_rgb
-    from medsamkit.objects import extract_objects
+    from medsamkit.io.datasets import open_dataset
+    from medsamkit.io.images import read_label
 
     wanted = {m.name: percentile_rows(rows, m.name) for m in modes}
     need = {r["image"] for picks in wanted.values() for _, r in picks}
     if not need:
         return None
     cases = {}
-    for case in iter_cases(cfg):
+    for case in open_dataset(cfg.data, window=cfg.window).cases(cfg.max_images):
         if case.name in need:
             cases[case.name] = case
         if len(cases) == len(need):
@@ -162,31 +186,14 @@ def plot_examples(cfg, modes: list[PromptMode], rows: list[dict], predictor, pat
         for qi, (q, row) in enumerate(wanted[mode.name]):
             ax = axes[mi][qi]
             ax.axis("off")
-            case = cases.get(row["image"])
-            if case is None:
+            case, file = cases.get(row["image"]), mask_file(mode.name, row["image"])
+            if case is None or not Path(file).exists() or not row.get("prompt"):
                 continue
-            objs = {o.label: o for o in extract_objects(case.label, case.kind, cfg.min_area, cfg.min_fraction)}
-            obj = objs[int(row["object"])]
-            window = tuple(int(v) for v in row["tile"].split(":"))
-            y0, x0, y1, x1 = window
-            predictor.set_image(case.image[y0:y1, x0:x1])
-            run = run_mode_model(predictor, [obj], window, mode, cfg.seed, _case_key(case.name), cfg.multimask)[0]
-            truth, pred, prompt = obj.mask_in(window), run.masks[-1], run.prompts[-1]
-            rs, cs = obj.slices
-            pad = max(rs.stop - rs.start, cs.stop - cs.start) // 2 + 12
-            r0, r1 = max(rs.start - y0 - pad, 0), min(rs.stop - y0 + pad, y1 - y0)
-            c0, c1 = max(cs.start - x0 - pad, 0), min(cs.stop - x0 + pad, x1 - x0)
-            ax.imshow(to_uint8_rgb(case.image[y0:y1, x0:x1])[r0:r1, c0:c1])
-            ax.contour(truth[r0:r1, c0:c1], levels=[0.5], colors="lime", linewidths=1)
-            if pred[r0:r1, c0:c1].any():
-                ax.contour(pred[r0:r1, c0:c1], levels=[0.5], colors="red", linewidths=1)
-            if prompt.box is not None:
-                bx0, by0, bx1, by1 = prompt.box - np.array([c0, r0, c0, r0])
-                ax.add_patch(plt.Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, color="yellow", lw=1))
-            for (px, py), lab in zip(prompt.points, prompt.labels):
-                ax.plot(px - c0, py - r0, marker="*", color="yellow" if lab == 1 else "cyan", ms=9)
-            ax.set_xlim(-0.5, c1 - c0 - 0.5)
-            ax.set_ylim(r1 - r0 - 0.5, -0.5)
+            y0, x0, y1, x1 = (int(v) for v in row["tile"].split(":"))
+            label = int(row["object"])
+            truth = case.label[y0:y1, x0:x1] == label
+            pred = read_label(file)[y0:y1, x0:x1] == label
+            _draw_example(ax, case.image[y0:y1, x0:x1], truth, pred, json.loads(row["prompt"]))
             ax.set_title(f"{mode.name} p{q}: Dice {float(row['dice']):.2f}", fontsize=8)
     fig.suptitle("truth green, prediction red, prompts yellow (negative clicks cyan)", fontsize=9)
     fig.tight_layout()
@@ -196,17 +203,17 @@ def plot_examples(cfg, modes: list[PromptMode], rows: list[dict], predictor, pat
     return path
 
 
-def write_reports(out: Path, modes: list[PromptMode], predictor, cfg) -> dict:
-    """Summary JSON/Markdown and figures from the CSVs in `out` (predictor None: no example figure)."""
-    rows = _read(out / "per_object.csv")
-    image_rows = _read(out / "per_image.csv")
+def write_reports(out: Path, modes: list[PromptMode], cfg, mask_file=None) -> dict:
+    """Summary JSON/Markdown from the CSVs in `out`, and (cfg.figures) the figures from rows and saved masks."""
+    rows = read_rows(out / "per_object.csv")
+    image_rows = read_rows(out / "per_image.csv")
     summary = summarise(rows, image_rows, modes)
     summary["data"], summary["model"], summary["seed"] = cfg.data, cfg.model, cfg.seed
     figs = []
-    if plot_curves(summary, out / "figures" / "click_curve.png"):
+    if cfg.figures and plot_curves(summary, out / "figures" / "click_curve.png"):
         figs.append("figures/click_curve.png")
-    if predictor is not None and rows:
-        if plot_examples(cfg, modes, rows, predictor, out / "figures" / "percentile_examples.png"):
+    if cfg.figures and mask_file is not None and rows:
+        if plot_examples(cfg, modes, rows, mask_file, out / "figures" / "percentile_examples.png"):
             figs.append("figures/percentile_examples.png")
     summary["figures"] = figs
     md = markdown(summary, f"Evaluation: {cfg.model} on {cfg.data}")

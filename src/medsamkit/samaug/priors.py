@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medsamkit.engines.everything import EverythingConfig, MaskRecord, generate_masks
-from medsamkit.errors import InputError, where
+from medsamkit.core.errors import InputError, where
+from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 
 NORMALISATIONS = ("clip", "none")
 SEG_PNG_SCALE = 1000.0

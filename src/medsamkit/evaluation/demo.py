@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsamkit.engines.evaluate import EvaluateConfig, evaluate
+from medsamkit.evaluation.engine import EvaluateConfig, evaluate
 from medsamkit.io.datasets import open_dataset
 from medsamkit.io.images import to_uint8_rgb
 
@@ -45,9 +45,9 @@ def _overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: Path,
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Evaluate each builtin dataset, write overlays and a combined Markdown report; return the summaries."""
+    from medsamkit.core.runtime import setup
     from medsamkit.models import load_model
     from medsamkit.predictor import Predictor
-    from medsamkit.runtime import setup
 
     out = Path(cfg.out)
     predictor = Predictor(load_model("litemedsam", device=setup(cfg.device)))

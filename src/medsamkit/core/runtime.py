@@ -41,7 +41,7 @@ def select_device(requested: str | None = None) -> torch.device:
     """The device to run on: the requested one, else cuda when available, else cpu."""
     if requested:
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            from medsamkit.errors import InputError
+            from medsamkit.core.errors import InputError
 
             raise InputError(f"device {requested!r} requested but CUDA is not available")
         return torch.device(requested)

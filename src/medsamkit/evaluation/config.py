@@ -1,0 +1,43 @@
+"""What `medsamkit evaluate` is asked to do (the CLI fills this in) and what identifies a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OBJECT_FIELDS = [
+    "image", "object", "area", "method", "mode", "step", "n_points", "dice", "iou", "predicted_iou",
+    "seconds", "final", "tile", "prompt",
+]
+IMAGE_FIELDS = ["image", "objects", "skipped_small", "tiles", "embed_seconds", "decode_seconds", "baseline_seconds"]
+TABLES = {"per_object": OBJECT_FIELDS, "per_image": IMAGE_FIELDS}
+# fields whose change makes earlier results in the same folder incomparable
+RESULT_KEYS = ("data", "prompts", "model", "model_sha256", "checkpoint", "seed", "min_area", "min_fraction",
+               "tile_size", "tile_overlap", "multimask", "baseline", "window", "classes")
+
+
+@dataclass
+class EvaluateConfig:
+    """Everything `medsamkit evaluate` needs; the CLI only fills this in."""
+
+    data: str
+    out: str
+    prompts: str = "box,box+5,center,random3,iter5"
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    device: str | None = None
+    max_images: int | None = None
+    max_objects: int | None = None  # per image, chosen with the seed (for quick looks at huge images)
+    seed: int = 0
+    min_area: int = 20
+    min_fraction: float = 0.0
+    tile_size: int | None = None  # None: auto (tile images larger than 2x the tile), 0: never
+    tile_overlap: int = 64
+    multimask: bool = False
+    baseline: bool = True
+    save_masks: bool = False
+    figures: bool = True
+    batch_size: int = 32
+    cache: str | None = None  # embedding cache folder (medsamkit.embedding)
+    window: str | None = None  # CT/MR intensity window for volume SPECs (name or lo,hi)
+    classes: str | None = None  # label values to evaluate (comma list); None: all
+    show_progress: bool = True

@@ -1,0 +1,203 @@
+"""Zero-shot evaluation with simulated prompts (docs/protocols.md): per-object rows, resumable, summary + figures.
+
+Large images are cut into native-resolution tiles (a grid with overlap); each object is prompted inside a
+tile that contains it whole, so its Dice on the tile equals its Dice on the full image. Every prompt mode
+runs batched over the objects of a tile through the one click session (``medsamkit.prompts``); iterative
+modes advance all objects of the tile one click per model call, feeding back each object's low-res logits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from medsamkit.core.errors import InputError
+from medsamkit.core.objects import ImageObject, extract_objects
+from medsamkit.core.results import RunStore
+from medsamkit.core.seeds import name_key
+from medsamkit.core.tiling import plan_tiles, tile_size_for
+from medsamkit.embedding.cache import EmbeddingCache
+from medsamkit.evaluation.baseline import run_mode_baseline
+from medsamkit.evaluation.config import RESULT_KEYS, TABLES, EvaluateConfig
+from medsamkit.evaluation.report import write_reports
+from medsamkit.io.datasets import Case, open_dataset
+from medsamkit.io.images import write_mask
+from medsamkit.metrics import dice, iou
+from medsamkit.models.registry import run_identity
+from medsamkit.predictor import Predictor
+from medsamkit.prompts import PromptMode, parse_modes
+from medsamkit.prompts.objects import ObjectRun, run_mode_model
+
+Window = tuple[int, int, int, int]
+
+
+def open_store(cfg: EvaluateConfig) -> RunStore:
+    """The run folder of an evaluation (refuses one that holds another configuration)."""
+    return RunStore(cfg.out, run_identity(cfg), TABLES, keys=RESULT_KEYS, case_field="image")
+
+
+def parse_classes(text: str | None) -> set[int] | None:
+    """'1,3,7' -> {1, 3, 7}; None/empty -> None (all label values)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return {int(v) for v in str(text).split(",") if v.strip()}
+    except ValueError:
+        raise InputError(f"--classes {text!r}: expected a comma list of label values, e.g. 1,2") from None
+
+
+def _rows(case: Case, window: Window, mode: PromptMode, method: str, runs: list[ObjectRun]) -> list[dict]:
+    rows = []
+    for run in runs:
+        truth = run.obj.mask_in(window)
+        for k, step in enumerate(run.steps):
+            q, p = step.predicted_iou, step.prompt
+            rows.append({
+                "image": case.name, "object": run.obj.label, "area": run.obj.area, "method": method,
+                "mode": mode.name, "step": k + 1, "n_points": len(p.points),
+                "dice": round(dice(step.mask, truth), 6), "iou": round(iou(step.mask, truth), 6),
+                "predicted_iou": "" if np.isnan(q) else round(q, 5), "seconds": round(step.seconds, 5),
+                "final": int(k == len(run.steps) - 1), "tile": ":".join(str(int(v)) for v in window),
+                "prompt": json.dumps(p.as_dict(), separators=(",", ":")) if k == len(run.steps) - 1 else "",
+            })
+    return rows
+
+
+def _select_objects(objects: list[ImageObject], limit: int | None, seed: int, key: int) -> list[ImageObject]:
+    if limit is None or len(objects) <= limit:
+        return objects
+    idx = np.sort(np.random.default_rng([seed, key]).choice(len(objects), limit, replace=False))
+    return [objects[i] for i in idx]
+
+
+def _embed(predictor: Predictor, tile_img: np.ndarray, source: str, cache) -> float:
+    t0 = time.perf_counter()
+    if cache is not None:
+        predictor.set_embedding(cache.get_or_compute(predictor, tile_img), source)
+    else:
+        predictor.set_image(tile_img, source)
+    return time.perf_counter() - t0
+
+
+def case_objects(case: Case, cfg: EvaluateConfig) -> tuple[list[ImageObject], int]:
+    """The objects of a case that the run prompts (size thresholds, --classes, --max-objects) and the
+    number skipped as too small."""
+    objs = extract_objects(case.label, case.kind, cfg.min_area, cfg.min_fraction)
+    chosen = list(objs)
+    classes = parse_classes(cfg.classes)
+    if classes is not None:
+        chosen = [o for o in chosen if o.label in classes]
+    return _select_objects(chosen, cfg.max_objects, cfg.seed, name_key(case.name)), objs.skipped_small
+
+
+def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg: EvaluateConfig,
+                  cache=None) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
+    """All modes on one image: (per-image row, per-object rows, final label maps per mode if saving)."""
+    chosen, skipped = case_objects(case, cfg)
+    key = name_key(case.name)
+    shape = case.label.shape[:2]
+    tile = tile_size_for(shape, cfg.tile_size, predictor.model.preprocessing.input_size)
+    plan = plan_tiles(chosen, shape, tile, cfg.tile_overlap) if chosen else {}
+    rows: list[dict] = []
+    keep_masks = cfg.save_masks or cfg.figures
+    saved = {m.name: np.zeros(shape, np.uint16) for m in modes} if keep_masks else {}
+    embed_s = decode_s = base_s = 0.0
+    for window, tile_objs in plan.items():
+        y0, x0, y1, x1 = window
+        tile_img = case.image[y0:y1, x0:x1]
+        embed_s += _embed(predictor, tile_img, f"{case.name}[{y0}:{y1},{x0}:{x1}]", cache)
+        for mode in modes:
+            runs = run_mode_model(predictor, tile_objs, window, mode, cfg.seed, key, cfg.multimask)
+            decode_s += sum(sum(r.seconds) for r in runs)
+            rows += _rows(case, window, mode, "model", runs)
+            for r in runs if keep_masks else ():
+                saved[mode.name][y0:y1, x0:x1][r.masks[-1]] = r.obj.label
+            if cfg.baseline:
+                margin = max(16, min(y1 - y0, x1 - x0) // 8)
+                bruns = run_mode_baseline(tile_img, tile_objs, window, mode, cfg.seed, key, margin)
+                base_s += sum(sum(r.seconds) for r in bruns)
+                rows += _rows(case, window, mode, "random_walker", bruns)
+    image_row = {"image": case.name, "objects": len(chosen), "skipped_small": skipped,
+                 "tiles": len(plan), "embed_seconds": round(embed_s, 4), "decode_seconds": round(decode_s, 4),
+                 "baseline_seconds": round(base_s, 4)}
+    return image_row, rows, saved
+
+
+def iter_cases(cfg: EvaluateConfig) -> Iterator[Case]:
+    """The dataset's 2D cases, limited to --max-images images/volumes."""
+    ds = open_dataset(cfg.data, window=cfg.window)
+    if len(ds) == 0:
+        raise InputError(f"{cfg.data}: empty dataset")
+    yield from ds.cases(cfg.max_images)
+
+
+def mask_path(out: Path, mode_name: str, case_name: str) -> Path:
+    """Where the final label map of one mode on one case is written (``--save-masks`` and figures)."""
+    return out / "masks" / mode_name / f"{case_name.replace('/', '__')}.png"
+
+
+def _predictor_for(cfg: EvaluateConfig) -> Predictor:
+    from medsamkit.core.runtime import select_device
+    from medsamkit.models import load_model
+
+    return Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)), cfg.batch_size)
+
+
+def finish(cfg: EvaluateConfig, store: RunStore, modes: list[PromptMode], interrupted: bool, n_new: int) -> dict:
+    """Summary and figures of what the store holds (a valid report after Ctrl-C too)."""
+    out = Path(cfg.out)
+    if not store.done:
+        raise InputError(f"{cfg.data}: no image with objects was evaluated")
+    summary = write_reports(out, modes, cfg, lambda mode, case: mask_path(out, mode, case))
+    summary["interrupted"] = interrupted
+    summary["new_images"] = n_new
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate(cfg: EvaluateConfig, predictor: Predictor | None = None,
+             on_image: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) an evaluation; writes CSVs, summary.json/.md and figures under cfg.out; returns the summary.
+
+    The model is loaded only when a case is left to compute: a finished run just rewrites its report.
+    """
+    modes = parse_modes(cfg.prompts)
+    out = Path(cfg.out)
+    store = open_store(cfg)
+    cache = None
+    interrupted, n_new = False, 0
+    bar = tqdm(desc="evaluate", unit="img", disable=not cfg.show_progress)
+    try:
+        for case in iter_cases(cfg):
+            if store.is_done(case.name):
+                continue
+            if predictor is None:
+                predictor = _predictor_for(cfg)
+            if cfg.cache and cache is None:
+                cache = EmbeddingCache(cfg.cache, predictor.model)
+            image_row, rows, saved = evaluate_case(case, predictor, modes, cfg, cache)
+            for mode_name, lab in saved.items():
+                write_mask(mask_path(out, mode_name, case.name), lab)
+            store.add_case(case.name, {"per_object": rows, "per_image": [image_row]})
+            n_new += 1
+            bar.update(1)
+            if on_image:
+                on_image(image_row)
+    except KeyboardInterrupt:
+        interrupted = True
+    except InputError:
+        bar.close()  # a bad case stops the run, but what was finished is reported first
+        if store.done:
+            finish(cfg, store, modes, False, n_new)
+        raise
+    finally:
+        bar.close()
+    summary = finish(cfg, store, modes, interrupted, n_new)
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary

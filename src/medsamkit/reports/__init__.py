@@ -1,1 +1,0 @@
-"""medsamkit.reports"""

@@ -1,0 +1,1 @@
+"""medsamkit.volumes"""
