@@ -12,13 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medsamkit.core.runtime import setup
 from medsamkit.core.tiling import tile_size_for
 from medsamkit.embedding.cache import EmbedConfig, EmbeddingCache, embed_dataset, image_windows
 from medsamkit.io.datasets import open_dataset
 from medsamkit.models import load_model
-
-setup(threads=2)
 
 
 @pytest.fixture(scope="module")

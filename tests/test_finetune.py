@@ -19,7 +19,6 @@ from PIL import Image
 
 from medsamkit.core.errors import InputError
 from medsamkit.core.objects import extract_objects
-from medsamkit.core.runtime import setup
 from medsamkit.io.datasets import Case, open_dataset
 from medsamkit.models import load_model
 from medsamkit.models.finetuned import (
@@ -27,8 +26,8 @@ from medsamkit.models.finetuned import (
     ClassHeadMaskDecoder,
     apply_recipe,
     finetuned_state,
-    load_finetuned,
 )
+from medsamkit.models.loading import load_finetuned
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import parse_modes
 from medsamkit.training.finetune import (
@@ -44,7 +43,6 @@ from medsamkit.training.finetune import (
     split_cases,
 )
 
-setup(threads=2)
 QUADRANTS = {"A": [(0, 0)], "B": [(128, 0), (128, 128)]}
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from medsamkit.core.errors import InputError
-from medsamkit.core.runtime import setup
 from medsamkit.models.peft import (
     AdaptedAttention,
     LoRALinear,
@@ -20,8 +19,6 @@ from medsamkit.models.peft import (
 )
 from medsamkit.models.sam_modules import sam_modeling
 from medsamkit.models.tiny_vit import TinyViT
-
-setup(threads=2)
 
 # LiteMedSAM's TinyViT has attention blocks of width 128 (x2), 160 (x6), 320 (x2).
 # adapter, bottleneck b, per block of width C: down C*b + b, up b*C + C  -> 2*C*b + b + C

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsamkit.core import runtime
 from medsamkit.core.errors import InputError, where
 from medsamkit.models.sam import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, SamFamilyModel
 
@@ -99,7 +98,6 @@ class Predictor:
     """`set_image(img)` computes the embedding once; `predict(...)` answers any number of prompts."""
 
     def __init__(self, model: SamFamilyModel, batch_size: int = 32) -> None:
-        runtime.setup()
         self.model = model.eval()
         self.batch_size = batch_size
         self.embedding: Embedding | None = None

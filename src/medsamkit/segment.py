@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from medsamkit.core.errors import InputError
-from medsamkit.core.runtime import setup
+from medsamkit.core.runtime import select_device
 from medsamkit.io.images import read_image, write_mask
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
@@ -35,7 +35,7 @@ def segment_image(cfg: SegmentConfig) -> list[dict]:
     if cfg.boxes and cfg.points and len(cfg.points) != len(cfg.boxes):
         raise InputError(f"{len(cfg.points)} points for {len(cfg.boxes)} boxes: with boxes, give one point per box")
     image = read_image(cfg.image)
-    device = setup(cfg.device)
+    device = select_device(cfg.device)
     predictor = Predictor(load_model(cfg.model, cfg.checkpoint, device))
     predictor.set_image(image, source=cfg.image)
     kwargs: dict = {"multimask": cfg.multimask}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from medsamkit.cli import main
+from medsamkit.cli.group import main
 
 
 @main.command()

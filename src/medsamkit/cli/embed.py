@@ -6,7 +6,7 @@ import json
 
 import click
 
-from medsamkit.cli import main
+from medsamkit.cli.group import main
 from medsamkit.cli.options import model_options
 
 

@@ -6,8 +6,9 @@ import json
 
 import click
 
-from medsamkit.cli import main
+from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import run_resumable
+from medsamkit.core.runtime import setup
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -53,6 +54,7 @@ def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, cr
                      lr_switch=lr_switch, batch_size=batch_size, crop=crop, seed=seed, val_images=val_images,
                      channels=_ints(channels), strides=_ints(strides), num_res_units=num_res_units, dice=dice,
                      checkpoint_every=checkpoint_every, device=device, threads=threads)
+    setup(threads=threads)
     result = run_resumable(run, cfg, f"rerun the same command to resume from {out}/last.pt")
     click.echo(f"trained to iteration {result.iterations} ({result.iterations_per_second:.2f} it/s); run in {out}")
     if result.validation:
@@ -76,5 +78,6 @@ def eval_(run_dir, data, priors, out, max_images, glas, min_size, no_masks, devi
 
     cfg = UNetEvalConfig(run=run_dir, data=data, priors=priors, out=out, max_images=max_images, glas=glas,
                          min_size=min_size, save_masks=not no_masks, device=device, threads=threads)
+    setup(threads=threads)
     summary = evaluate(cfg)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2))

@@ -141,7 +141,7 @@ def image_windows(label: np.ndarray, kind: str, tile: int, overlap: int, min_are
     """Every window the evaluate engine may embed for this image: the grid plus any per-object tiles."""
     from medsamkit.core.objects import extract_objects
     from medsamkit.core.tiling import grid_windows
-    from medsamkit.evaluation.engine import plan_tiles
+    from medsamkit.core.tiling import plan_tiles
 
     shape = label.shape[:2]
     if tile <= 0 or max(shape) <= tile:
@@ -170,12 +170,12 @@ class EmbedConfig:
 
 def embed_dataset(cfg: EmbedConfig, predictor: Predictor | None = None) -> dict:
     """Precompute (or complete) the cache for every image/tile of a dataset; writes OUT/index.json."""
-    from medsamkit.core.runtime import setup
+    from medsamkit.core.runtime import select_device
     from medsamkit.io.datasets import open_dataset
     from medsamkit.models import load_model
 
     if predictor is None:
-        predictor = Predictor(load_model(cfg.model, cfg.checkpoint, setup(cfg.device)))
+        predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
     cache = EmbeddingCache(cfg.out, predictor.model)
     index_path = Path(cfg.out) / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}

@@ -45,12 +45,12 @@ def _overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: Path,
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Evaluate each builtin dataset, write overlays and a combined Markdown report; return the summaries."""
-    from medsamkit.core.runtime import setup
+    from medsamkit.core.runtime import select_device
     from medsamkit.models import load_model
     from medsamkit.predictor import Predictor
 
     out = Path(cfg.out)
-    predictor = Predictor(load_model("litemedsam", device=setup(cfg.device)))
+    predictor = Predictor(load_model("litemedsam", device=select_device(cfg.device)))
     results, sections = {}, ["# medsamkit demo: bundled LiteMedSAM, zero-shot, box prompts", ""]
     for spec in cfg.datasets:
         sub = out / spec.replace("builtin:", "")

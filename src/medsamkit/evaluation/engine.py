@@ -28,7 +28,7 @@ from medsamkit.evaluation.report import write_reports
 from medsamkit.io.datasets import Case, open_dataset
 from medsamkit.io.images import write_mask
 from medsamkit.metrics import dice, iou
-from medsamkit.models.registry import run_identity
+from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import PromptMode, parse_modes
 from medsamkit.prompts.objects import ObjectRun, run_mode_model

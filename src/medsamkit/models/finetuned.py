@@ -1,8 +1,8 @@
 """Fine-tuned models: the class-head mask decoder, applying a recorded fine-tuning recipe, loading a run.
 
-A run checkpoint (engines.finetune) stores only what differs from the base model (decoder, prompt
+A run checkpoint (medsamkit.training) stores only what differs from the base model (decoder, prompt
 encoder, PEFT and class-head weights) with the recipe; `load_finetuned` rebuilds the base model from the
-registry, re-applies the recipe and loads those weights strictly.
+registry (``models.loading``), and `apply_finetuned` re-applies the recipe to it and loads those weights strictly.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from medsamkit.core.errors import InputError
+from medsamkit.models.checkpoints import load_strict
 from medsamkit.models.peft import add_adapters, add_lora, is_peft_parameter
 from medsamkit.models.sam import SamFamilyModel
 from medsamkit.models.sam_modules import sam_modeling
@@ -135,38 +136,29 @@ def read_run_checkpoint(path: str | Path) -> dict:
     return obj
 
 
-def load_finetuned(path: str | Path, device: str | torch.device | None = None) -> SamFamilyModel:
-    """Rebuild the base model, re-apply the recorded recipe and load the run's weights strictly (eval mode)."""
-    from medsamkit.models.checkpoints import load_strict, sha256_of
-    from medsamkit.models.registry import load_model
-
-    ckpt = read_run_checkpoint(path)
-    base, base_ckpt = ckpt["base_model"], ckpt.get("base_checkpoint") or None
-    if base_ckpt is not None:
-        if not Path(base_ckpt).is_file():
-            raise InputError(f"{ckpt['path']}: base checkpoint {base_ckpt} not found")
-        if sha256_of(base_ckpt) != ckpt["base_sha256"]:
-            raise InputError(f"{ckpt['path']}: base checkpoint {base_ckpt} differs from the one fine-tuned")
-    else:
-        from medsamkit.models.registry import get_spec
-
-        pinned = get_spec(base).sha256
-        if pinned and ckpt.get("base_sha256") and pinned != ckpt["base_sha256"]:
-            raise InputError(f"{ckpt['path']}: fine-tuned from other {base} weights (sha256 differs)")
-    model = load_model(base, base_ckpt)
+def apply_finetuned(model: SamFamilyModel, ckpt: dict) -> SamFamilyModel:
+    """Apply a fine-tuning checkpoint (``read_run_checkpoint``) to the base model it names, handed in
+    already loaded: re-apply the recipe, load the run's weights strictly, record what it answers (eval mode)."""
     recipe = ckpt["recipe"]
     apply_recipe(model, recipe)
     state = ckpt["model"]
     # strict over exactly the saved part: every trained tensor present, nothing else, same shapes
-    load_strict(_StateView(finetuned_state(model, recipe)), state, ckpt["path"], f"{base} + {recipe['mode']} run")
+    load_strict(_StateView(finetuned_state(model, recipe)), state, ckpt["path"],
+                f"{ckpt['base_model']} + {recipe['mode']} run")
     model.load_state_dict(state, strict=False)
     for p in model.parameters():
         p.requires_grad_(False)
     model.finetuned_from = ckpt["path"]
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model
+    model.point_prompts = bool(model.point_prompts or trained_on_points(ckpt))
+    return model.eval()
+
+
+def trained_on_points(ckpt: dict) -> bool:
+    """Whether the run was trained with point prompts (its recorded prompt modes include clicks/points)."""
+    from medsamkit.prompts.modes import parse_modes
+
+    prompts = ckpt["recipe"].get("prompts") or (ckpt.get("config") or {}).get("prompts") or ""
+    return bool(prompts) and any(m.n_points > 0 for m in parse_modes(prompts))
 
 
 class _StateView(nn.Module):

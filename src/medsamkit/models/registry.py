@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from medsamkit.core.errors import InputError
-from medsamkit.models.checkpoints import load_strict, read_state_dict, sha256_of
 from medsamkit.models.sam import Preprocessing, SamFamilyModel
 from medsamkit.models.sam_modules import sam_modeling
 
@@ -143,51 +142,3 @@ def names_finetuned(name: str) -> bool:
     """True when `name` is not a registry model but a fine-tuning checkpoint file or run folder."""
     path = Path(name)
     return name not in MODELS and (path.suffix in (".pt", ".pth") or path.is_dir())
-
-
-def model_fingerprint(name: str) -> str | None:
-    """sha256 of the fine-tuning checkpoint `name` names (a run folder means its best.pt); None for registry
-    models. Resumable engines record it, so results of an earlier best.pt are never mixed with a newer one's."""
-    from medsamkit.models.finetuned import run_checkpoint_file
-
-    if not names_finetuned(name):
-        return None
-    path = run_checkpoint_file(name)
-    return sha256_of(path) if path.is_file() else None
-
-
-def load_model(
-    name: str = "litemedsam",
-    checkpoint: str | Path | None = None,
-    device: str | torch.device | None = None,
-) -> SamFamilyModel:
-    """Build a registry model and load its weights strictly (bundled, or the user's checkpoint), in eval mode.
-
-    `name` may also be a path to a medsamkit fine-tuning checkpoint (see engines.finetune).
-    """
-    if names_finetuned(name):
-        from medsamkit.models.finetuned import load_finetuned
-
-        model = load_finetuned(Path(name))
-    else:
-        spec = get_spec(name)
-        if checkpoint is None:
-            if spec.bundled is None:
-                raise InputError(f"{name}: weights are not bundled; pass --checkpoint PATH to {spec.source}")
-            checkpoint, sha = spec.bundled(), spec.sha256
-        else:
-            sha = None
-        state = read_state_dict(checkpoint, expected_sha256=sha)
-        model = spec.build()
-        load_strict(model, state, str(checkpoint), name)
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model
-
-
-def run_identity(cfg) -> dict:
-    """A run's settings for the resume check, plus the sha256 of a fine-tuned model file (so a newer
-    best.pt under the same path is a different run, not a continuation)."""
-    config = {k: v for k, v in asdict(cfg).items() if k != "show_progress"}
-    return {**config, "model_sha256": model_fingerprint(cfg.model)}

@@ -48,6 +48,9 @@ class SamFamilyModel(nn.Module):
         # Inference (no autograd) goes through fast_mask_decode when the decoder is the official one.
         self.use_fast_decoder = True
         self.decode_chunk = 8  # prompts per fast-decoder pass (bounds peak memory)
+        # Whether point prompts give meaningful masks: from the registry, or from what a fine-tuned
+        # checkpoint was trained with (a box-only LiteMedSAM fine-tuned on clicks keeps its name).
+        self.point_prompts = True
 
     @property
     def device(self) -> torch.device:

@@ -95,11 +95,9 @@ def stability_score(logits: torch.Tensor | np.ndarray, offset: float = 1.0, thre
 
 
 def model_takes_points(predictor: Predictor) -> bool:
-    """Whether the registry marks the predictor's model as point-capable (unknown models: box-only)."""
-    from medsamkit.models.registry import MODELS
-
-    spec = MODELS.get(getattr(predictor.model, "name", ""))
-    return bool(spec.point_prompts) if spec is not None else False
+    """Whether the predictor's model answers point prompts: point-capable registry models, and fine-tuned
+    runs trained with points (the model records it; a fine-tuned LiteMedSAM keeps the name `litemedsam`)."""
+    return bool(getattr(predictor.model, "point_prompts", False))
 
 
 def resolve_proposal(predictor: Predictor, cfg: EverythingConfig) -> str:

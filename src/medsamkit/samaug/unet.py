@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from medsamkit.core.errors import InputError
-from medsamkit.core.runtime import setup
+from medsamkit.core.runtime import select_device
 from medsamkit.io.datasets import Case, open_dataset
 from medsamkit.io.images import write_mask
 from medsamkit.metrics import aji, object_dice, object_f1
@@ -275,7 +275,7 @@ def train(cfg: UNetConfig) -> TrainResult:
     factor = int(np.prod(cfg.strides))
     if cfg.crop % factor:
         raise InputError(f"crop {cfg.crop} must be a multiple of the U-Net's total stride {factor}")
-    device = setup(cfg.device, cfg.threads)
+    device = select_device(cfg.device)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / CHECKPOINT
@@ -427,7 +427,7 @@ def _summary(rows: list[dict], glas: bool) -> dict:
 
 def evaluate(cfg: UNetEvalConfig) -> dict:
     """Segment every image of a SPEC with a trained run; writes per_image.csv, summary.json, masks/*.png."""
-    device = setup(cfg.device, cfg.threads)
+    device = select_device(cfg.device)
     model, train_cfg = load_run(cfg.run, device)
     if train_cfg.get("priors") and not cfg.priors:
         raise InputError(f"{cfg.run}: this U-Net was trained with SAMAug priors; pass --priors for the test images")

@@ -528,14 +528,14 @@ def _say(cfg: FinetuneConfig, rank: int, text: str) -> None:
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train (or resume) a fine-tuning run in cfg.out; returns the summary (also RUN/summary.json)."""
-    from medsamkit.core.runtime import setup
-    from medsamkit.models.registry import load_model
+    from medsamkit.core.runtime import select_device
+    from medsamkit.models.loading import load_model
 
     _check_config(cfg)
     cfg.data = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
     modes = parse_modes(cfg.prompts)
     out = Path(cfg.out)
-    device = setup(cfg.device)
+    device = select_device(cfg.device)
     rank, world, device, created_group = _distributed(device)
     try:
         return _finetune(cfg, modes, out, device, rank, world, load_model)

@@ -34,7 +34,7 @@ from medsamkit.core.seeds import object_rng
 from medsamkit.io.datasets import Dataset, VolumeCase
 from medsamkit.io.windowing import parse_window
 from medsamkit.metrics import MetricAccumulator, dice, hd95, nsd
-from medsamkit.models.registry import run_identity
+from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Embedding, Predictor
 from medsamkit.prompts import (
     Prompt,
@@ -536,10 +536,10 @@ def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = No
     if not vol_csv.exists():
         _write_csv(vol_csv, VOLUME_FIELDS, [], append=False)
     if predictor is None and not cfg.predictions:
-        from medsamkit.core.runtime import setup
+        from medsamkit.core.runtime import select_device
         from medsamkit.models import load_model
 
-        predictor = Predictor(load_model(cfg.model, cfg.checkpoint, setup(cfg.device)))
+        predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
     loaders = dataset.loaders[: cfg.max_volumes] if cfg.max_volumes is not None else dataset.loaders
     for load in tqdm(loaders, desc="volumes", disable=not cfg.show_progress):
         case = load()
@@ -614,10 +614,10 @@ def run_segment_volume(cfg: SegmentVolumeConfig, predictor: Predictor | None = N
     image01 = to_unit_range(volume, parse_window(cfg.window))
     label = read_label_volume(cfg.label, volume).array if cfg.label is not None else None
     if predictor is None:
-        from medsamkit.core.runtime import setup
+        from medsamkit.core.runtime import select_device
         from medsamkit.models import load_model
 
-        predictor = Predictor(load_model(cfg.model, cfg.checkpoint, setup(cfg.device)))
+        predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
     embedder = SliceEmbedder(predictor, image01, cfg.three_slice, str(cfg.volume), show_progress=cfg.show_progress)
     start = time.perf_counter()
     pred = segment_volume(embedder, image01, label, box_slice, cfg.prompts, cfg.propagate or box_slice is not None,
