@@ -37,3 +37,56 @@ def model_options(fn):
     fn = click.option("--model", "model_name", default="litemedsam", show_default=True,
                       help="registry name (see `medsamkit models`) or a fine-tuned run checkpoint")(fn)
     return fn
+
+
+# --- one flag per concept, shared by every verb where it applies (README: verbs x options) -----------------
+
+
+def classes_option(fn):
+    """--classes: the label values to process (comma list; default all)."""
+    return click.option("--classes", default=None,
+                        help="label values to process, comma list (e.g. 1,3); default: all")(fn)
+
+
+def window_option(fn):
+    """--window: the CT/MR intensity window of volume data (a preset name or lo,hi)."""
+    return click.option("--window", default=None,
+                        help="intensity window for volumes: lung, soft_tissue, bone, brain, ... or lo,hi "
+                             "(default: CT soft tissue / MR percentiles; builtin:lung-gtv: lung)")(fn)
+
+
+def tile_options(fn):
+    """--tile / --tile-overlap: native-resolution tiles of large images (same values as `embed` used)."""
+    fn = click.option("--tile-overlap", type=int, default=64, show_default=True,
+                      help="overlap of the tile grid in px (use the value the cache was built with)")(fn)
+    fn = click.option("--tile", "tile_size", type=int, default=None,
+                      help="tile size in px at native resolution (default: auto, 0: whole image)")(fn)
+    return fn
+
+
+def max_images_option(fn):
+    """--max-images: process at most N images / volumes."""
+    return click.option("--max-images", type=int, default=None, help="at most N images / volumes")(fn)
+
+
+def cache_option(fn):
+    """--cache: the embedding cache folder (see `medsamkit embed`)."""
+    return click.option("--cache", type=click.Path(), default=None,
+                        help="embedding cache folder (see `embed`)")(fn)
+
+
+def save_masks_option(fn):
+    """--save-masks: write the predicted label maps."""
+    return click.option("--save-masks", is_flag=True, help="write predicted label maps")(fn)
+
+
+def multimask_option(fn):
+    """--multimask: three candidates per prompt, the best predicted IoU kept."""
+    return click.option("--multimask", is_flag=True,
+                        help="3 candidate masks per prompt, keep the best predicted IoU")(fn)
+
+
+def prompts_option(default: str):
+    """--prompts: a comma list of prompt modes (box, box+K, jitter+K, center, randomN, iterN, box+iterN)."""
+    return click.option("--prompts", default=default, show_default=True,
+                        help="comma list of prompt modes: box, box+K, jitter+K, center, randomN, iterN, box+iterN")
