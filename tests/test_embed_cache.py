@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from medsamkit.core.tiling import tile_size_for
-from medsamkit.embedding.cache import EmbedConfig, EmbeddingCache, embed_dataset, image_windows
+from medsamkit.embedding.cache import EmbeddingCache
+from medsamkit.embedding.precompute import EmbedConfig, embed_dataset, image_windows
 from medsamkit.io.datasets import open_dataset
 from medsamkit.models import load_model
 
@@ -135,3 +136,24 @@ def test_windows_cover_the_grid():
     windows = image_windows(label, "instance", 256, 64)
     # grid starts 0, 192, 344 (last tile flush with the border) on each axis: 9 windows, no extra tiles
     assert len(windows) == 9 and (0, 0, 256, 256) in windows and (344, 344, 600, 600) in windows
+
+
+def test_evaluate_reads_a_cache_built_with_another_tile_overlap(tmp_path, predictor):
+    """Bug: `embed --tile-overlap` existed on no sibling verb, so a cache built with overlap 32 was never read
+    by evaluate (fixed 64). Now the same flag reaches evaluate's tile plan: nothing is re-embedded."""
+    from medsamkit.evaluation.config import EvaluateConfig
+    from medsamkit.evaluation.engine import evaluate
+
+    cache = tmp_path / "cache"
+    embed_dataset(EmbedConfig(data="builtin:dsb-nuclei", out=str(cache), tile_size=256, tile_overlap=32,
+                              show_progress=False), predictor)
+    built = sorted(p.name for p in cache.glob("*.npz"))
+    assert len(built) >= 4
+    cfg = EvaluateConfig(data="builtin:dsb-nuclei", out=str(tmp_path / "ev"), prompts="box", max_objects=12,
+                         tile_size=256, tile_overlap=32, baseline=False, figures=False, cache=str(cache),
+                         show_progress=False)
+    evaluate(cfg, predictor)
+    assert sorted(p.name for p in cache.glob("*.npz")) == built  # every tile came from the cache
+    cfg64 = EvaluateConfig(**{**cfg.__dict__, "out": str(tmp_path / "ev64"), "tile_overlap": 64})
+    evaluate(cfg64, predictor)
+    assert len(list(cache.glob("*.npz"))) > len(built)  # another overlap is another plan: new tiles

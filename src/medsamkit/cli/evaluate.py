@@ -6,38 +6,49 @@ import click
 
 from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import run_resumable
-from medsamkit.cli.options import model_options
+from medsamkit.cli.options import (
+    cache_option,
+    classes_option,
+    max_images_option,
+    model_options,
+    multimask_option,
+    prompts_option,
+    save_masks_option,
+    tile_options,
+    window_option,
+)
 
 
 @main.command()
 @click.option("--data", required=True, help="data SPEC: folder with images/+labels/, volume, or builtin:NAME")
-@click.option("--prompts", default="box,box+5,center,random3,iter5", show_default=True,
-              help="comma list of prompt modes: box, box+K, jitter+K, center, randomN, iterN, box+iterN")
+@prompts_option("box,box+5,center,random3,iter5")
 @click.option("--out", required=True, type=click.Path(), help="results folder (rerun to resume)")
-@click.option("--max-images", type=int, default=None, help="evaluate at most N images / volumes")
+@max_images_option
 @click.option("--max-objects", type=int, default=None, help="at most N objects per image (seeded choice)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--min-area", type=int, default=20, show_default=True, help="skip (and count) smaller objects")
-@click.option("--tile", "tile_size", type=int, default=None,
-              help="tile size in px at native resolution (default: auto, 0: whole image)")
+@tile_options
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="also run the random-walker baseline with the same prompts")
-@click.option("--save-masks", is_flag=True, help="write predicted label maps per mode")
-@click.option("--multimask", is_flag=True, help="3 candidate masks per prompt, keep the best predicted IoU")
-@click.option("--cache", type=click.Path(), default=None, help="embedding cache folder (see `embed`)")
+@save_masks_option
+@multimask_option
+@cache_option
+@classes_option
+@window_option
 @click.option("--figures/--no-figures", default=True, show_default=True,
               help="IoU-vs-clicks curve and percentile examples under OUT/figures")
 @model_options
-def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_size, baseline, save_masks,
-             multimask, cache, figures, model_name, checkpoint, device):
+def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_size, tile_overlap, baseline,
+             save_masks, multimask, cache, classes, window, figures, model_name, checkpoint, device):
     """Evaluate a model with simulated prompts; writes per_object.csv, summary.json/.md and figures/."""
-    from medsamkit.evaluation.engine import EvaluateConfig
+    from medsamkit.evaluation.config import EvaluateConfig
     from medsamkit.evaluation.engine import evaluate as run
 
     cfg = EvaluateConfig(data=data, out=out, prompts=prompts, model=model_name, checkpoint=checkpoint,
                          device=device, max_images=max_images, max_objects=max_objects, seed=seed,
-                         min_area=min_area, tile_size=tile_size, baseline=baseline, save_masks=save_masks,
-                         multimask=multimask, cache=cache, figures=figures)
+                         min_area=min_area, tile_size=tile_size, tile_overlap=tile_overlap, baseline=baseline,
+                         save_masks=save_masks, multimask=multimask, cache=cache, classes=classes, window=window,
+                         figures=figures)
     summary = run_resumable(run, cfg, f"finished images are kept in {out}; rerun the same command to resume")
     click.echo(open(f"{out}/summary.md").read())
     click.echo(f"{summary['images']} images; results in {out}")

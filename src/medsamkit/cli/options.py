@@ -29,9 +29,13 @@ def parse_point(text: str) -> tuple[list[float], int]:
     return vals[:2], int(vals[2]) if len(vals) == 3 else 1
 
 
-def model_options(fn):
-    """--model / --checkpoint / --device, shared by every verb that runs a model."""
-    fn = click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")(fn)
+def model_options(fn=None, device: bool = True):
+    """--model / --checkpoint / --device, shared by every verb that runs a model (``device=False``: a verb
+    whose work does not depend on the device, e.g. ONNX export, which traces on the CPU)."""
+    if fn is None:
+        return lambda f: model_options(f, device)
+    if device:
+        fn = click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")(fn)
     fn = click.option("--checkpoint", type=click.Path(), default=None,
                       help="weights file for models that are not bundled")(fn)
     fn = click.option("--model", "model_name", default="litemedsam", show_default=True,

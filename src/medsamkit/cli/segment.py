@@ -7,7 +7,7 @@ import json
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.options import model_options, parse_box, parse_point
+from medsamkit.cli.options import model_options, multimask_option, parse_box, parse_point
 
 
 @main.command()
@@ -16,7 +16,7 @@ from medsamkit.cli.options import model_options, parse_box, parse_point
 @click.option("--point", "points", multiple=True,
               help="x,y[,label]; with boxes: one per box, in order; without: all points form ONE prompt")
 @click.option("-o", "--out", type=click.Path(), required=True, help="output mask (PNG or .npy)")
-@click.option("--multimask/--single-mask", default=False, help="let the model propose 3 masks, keep the best")
+@multimask_option
 @model_options
 def segment(image, boxes, points, out, multimask, model_name, checkpoint, device):
     """Segment IMAGE with box and/or point prompts; prints per-prompt predicted IoU as JSON lines."""

@@ -1,4 +1,4 @@
-"""Image-embedding cache on disk (one checked .npz per image/tile) and `medsamkit embed` precomputation.
+"""The image-embedding cache on disk: one checked .npz per image/tile, the only embedding cache of the project.
 
 An entry's key covers the image bytes, shape and dtype, the model name, a fingerprint of the encoder
 weights and the preprocessing, so a cached embedding is only ever reused for exactly the same input.
@@ -9,23 +9,18 @@ deleted and recomputed, never silently used.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from medsamkit.core.atomic import save_npz_atomic
 from medsamkit.core.errors import InputError
-from medsamkit.core.tiling import tile_size_for
 from medsamkit.predictor import Embedding, Predictor
 
-log = logging.getLogger("medsamkit.embed")
-Window = tuple[int, int, int, int]
+log = logging.getLogger("medsamkit.embedding")
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -112,16 +107,12 @@ class EmbeddingCache:
         return Embedding(torch.from_numpy(features), original, input_size)
 
     def save(self, key: str, embedding: Embedding) -> Path:
-        """Write one entry atomically (temporary file in the same folder, then rename)."""
+        """Write one entry atomically: several processes writing the same key each rename a whole file."""
         features = embedding.features.detach().float().cpu().numpy()
-        path = self.path(key)
-        tmp = self.folder / f".{key}.{os.getpid()}.tmp"
-        with tmp.open("wb") as fh:
-            np.savez(fh, features=features, key=np.array(key), checksum=np.array(_features_checksum(features)),
-                     original_size=np.array(embedding.original_size, dtype=np.int64),
-                     input_size=np.array(embedding.input_size, dtype=np.int64))
-        os.replace(tmp, path)
-        return path
+        return save_npz_atomic(self.path(key), compressed=False, features=features, key=np.array(key),
+                               checksum=np.array(_features_checksum(features)),
+                               original_size=np.array(embedding.original_size, dtype=np.int64),
+                               input_size=np.array(embedding.input_size, dtype=np.int64))
 
     def get_or_compute(self, predictor: Predictor, image: np.ndarray, source: object | None = None) -> Embedding:
         """The cached embedding of `image`, computing and storing it on a miss (features float32 on CPU)."""
@@ -135,75 +126,3 @@ class EmbeddingCache:
         self.stats["computed"] += 1
         features = emb.features.detach().float().cpu().clone()  # an ordinary tensor (not an inference one)
         return Embedding(features, tuple(emb.original_size), tuple(emb.input_size))
-
-
-def image_windows(label: np.ndarray, kind: str, tile: int, overlap: int, min_area: int = 20) -> list[Window]:
-    """Every window the evaluate engine may embed for this image: the grid plus any per-object tiles."""
-    from medsamkit.core.objects import extract_objects
-    from medsamkit.core.tiling import grid_windows
-    from medsamkit.core.tiling import plan_tiles
-
-    shape = label.shape[:2]
-    if tile <= 0 or max(shape) <= tile:
-        return [(0, 0, int(shape[0]), int(shape[1]))]
-    windows = [tuple(int(v) for v in w) for w in grid_windows(shape, tile, min(overlap, tile - 1))]
-    objects = list(extract_objects(label, kind, min_area))
-    extra = [w for w in plan_tiles(objects, shape, tile, overlap) if w not in windows] if objects else []
-    return windows + sorted(extra)
-
-
-@dataclass
-class EmbedConfig:
-    """Everything `medsamkit embed` needs."""
-
-    data: str
-    out: str
-    model: str = "litemedsam"
-    checkpoint: str | None = None
-    device: str | None = None
-    tile_size: int | None = None
-    tile_overlap: int = 64
-    max_images: int | None = None
-    min_area: int = 20
-    show_progress: bool = True
-
-
-def embed_dataset(cfg: EmbedConfig, predictor: Predictor | None = None) -> dict:
-    """Precompute (or complete) the cache for every image/tile of a dataset; writes OUT/index.json."""
-    from medsamkit.core.runtime import select_device
-    from medsamkit.io.datasets import open_dataset
-    from medsamkit.models import load_model
-
-    if predictor is None:
-        predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
-    cache = EmbeddingCache(cfg.out, predictor.model)
-    index_path = Path(cfg.out) / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    images = index.setdefault("images", {})
-    index.update(model=predictor.model.name, encoder_fingerprint=encoder_fingerprint(predictor.model),
-                 preprocessing=repr(predictor.model.preprocessing))
-    ds = open_dataset(cfg.data)
-    if len(ds) == 0:
-        raise InputError(f"{cfg.data}: empty dataset")
-    n_tiles = 0
-    bar = tqdm(ds.cases(cfg.max_images), desc="embed", unit="img", disable=not cfg.show_progress)
-    for case in bar:
-        shape = case.image.shape[:2]
-        tile = tile_size_for(shape, cfg.tile_size, predictor.model.preprocessing.input_size)
-        entry = {}
-        for y0, x0, y1, x1 in image_windows(case.label, case.kind, tile, cfg.tile_overlap, cfg.min_area):
-            tile_img = case.image[y0:y1, x0:x1]
-            key = cache.key(tile_img)
-            if cache.load(key) is None:
-                cache.save(key, predictor.embed(tile_img, f"{case.name}[{y0}:{y1},{x0}:{x1}]"))
-                cache.stats["computed"] += 1
-            else:
-                cache.stats["hits"] += 1
-            entry[f"{y0}:{x0}:{y1}:{x1}"] = key
-            n_tiles += 1
-        images[case.name] = {"shape": list(shape), "tiles": entry}
-        tmp = index_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        os.replace(tmp, index_path)  # the index stays valid if interrupted
-        bar.set_postfix(computed=cache.stats["computed"], cached=cache.stats["hits"])
-    return {"images": len(images), "tiles": n_tiles, **cache.stats, "index": str(index_path)}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medsamkit.evaluation.engine import EvaluateConfig, evaluate
+from medsamkit.evaluation.config import EvaluateConfig
+from medsamkit.evaluation.engine import evaluate
 from medsamkit.io.datasets import open_dataset
 from medsamkit.io.images import to_uint8_rgb
 
@@ -20,6 +21,8 @@ class DemoConfig:
     out: str = "demo-out"
     datasets: tuple[str, ...] = ("builtin:lung-gtv", "builtin:dsb-nuclei")
     prompts: str = "box,box+5"
+    model: str = "litemedsam"
+    checkpoint: str | None = None
     device: str | None = None
     show_progress: bool = True
 
@@ -50,12 +53,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     from medsamkit.predictor import Predictor
 
     out = Path(cfg.out)
-    predictor = Predictor(load_model("litemedsam", device=select_device(cfg.device)))
-    results, sections = {}, ["# medsamkit demo: bundled LiteMedSAM, zero-shot, box prompts", ""]
+    predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
+    results, sections = {}, [f"# medsamkit demo: {cfg.model}, zero-shot, box prompts", ""]
     for spec in cfg.datasets:
         sub = out / spec.replace("builtin:", "")
         t0 = time.perf_counter()
-        ecfg = EvaluateConfig(data=spec, out=str(sub), prompts=cfg.prompts, baseline=False, save_masks=True,
+        ecfg = EvaluateConfig(data=spec, out=str(sub), prompts=cfg.prompts, model=cfg.model,
+                              checkpoint=cfg.checkpoint, baseline=False, save_masks=True,
                               show_progress=cfg.show_progress)
         summary = evaluate(ecfg, predictor)
         summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
