@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from medsamkit.core import runtime
-from medsamkit.models import load_model, tiny_vit
+from medsamkit.models import load_model, onednn
 
 
 def main() -> dict:
@@ -58,7 +58,7 @@ def main() -> dict:
         paths["torch_compile"] = torch.compile(encoder)
 
     def run(name: str, x: torch.Tensor) -> torch.Tensor:
-        tiny_vit._PLAIN_ONEDNN = name != "eager_convs"
+        onednn.PLAIN_CONVS = name != "eager_convs"
         return paths[name](x)
 
     names = list(paths)
@@ -77,7 +77,7 @@ def main() -> dict:
                 t = time.perf_counter()
                 run(name, x)
                 times[name].append(time.perf_counter() - t)
-    tiny_vit._PLAIN_ONEDNN = True
+    onednn.PLAIN_CONVS = True
     ref = outputs["default"]
     med = {n: float(np.median(v)) for n, v in times.items()}
     result = {

@@ -288,19 +288,19 @@ def test_bad_input_raises_input_error(shape: tuple[int, ...], dtype: torch.dtype
 def test_onednn_plain_convolutions_match_eager(litemedsam, monkeypatch):
     # Plain (no GELU) convolutions and the neck run as oneDNN kernels at inference; eager F.conv2d is the
     # reference. Both paths must give the same embedding up to float reordering.
-    from medsamkit.models import tiny_vit
+    from medsamkit.models import onednn
 
-    if tiny_vit._FUSED_CONV is None:
+    if onednn.FUSED_CONV is None:
         pytest.skip("this torch build has no oneDNN")
     calls = []
-    kernel = tiny_vit._FUSED_CONV
-    monkeypatch.setattr(tiny_vit, "_FUSED_CONV", lambda *a: calls.append(a[-3]) or kernel(*a))
+    kernel = onednn.FUSED_CONV
+    monkeypatch.setattr(onednn, "FUSED_CONV", lambda *a: calls.append(a[-3]) or kernel(*a))
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         fast = litemedsam.image_encoder(x)
         n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in litemedsam.image_encoder.modules())
         assert len(calls) == n_convs and "none" in calls and "gelu" in calls  # every conv took the kernel
-        monkeypatch.setattr(tiny_vit, "_PLAIN_ONEDNN", False)
+        monkeypatch.setattr(onednn, "PLAIN_CONVS", False)
         eager = litemedsam.image_encoder(x)
     assert fast.shape == eager.shape == (1, 256, 64, 64)
     assert float((fast - eager).abs().max()) < 2e-5

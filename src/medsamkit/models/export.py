@@ -61,16 +61,16 @@ class PromptDecoder(nn.Module):
 @contextlib.contextmanager
 def _eager_kernels() -> Iterator[None]:
     """oneDNN fused kernels are not ONNX operators: trace the plain torch path they replace."""
-    from medsamkit.models import tiny_vit
+    from medsamkit.models import onednn
 
-    saved = {n: getattr(tiny_vit, n) for n in ("_FUSED_CONV", "_FUSED_LINEAR") if hasattr(tiny_vit, n)}
+    saved = {n: getattr(onednn, n) for n in ("FUSED_CONV", "FUSED_LINEAR")}
     for n in saved:
-        setattr(tiny_vit, n, None)
+        setattr(onednn, n, None)
     try:
         yield
     finally:
         for n, v in saved.items():
-            setattr(tiny_vit, n, v)
+            setattr(onednn, n, v)
 
 
 def export_onnx(model: SamFamilyModel, out: str | Path, opset: int = OPSET, name: str | None = None) -> dict:

@@ -155,7 +155,7 @@ def apply_finetuned(model: SamFamilyModel, ckpt: dict) -> SamFamilyModel:
 
 def trained_on_points(ckpt: dict) -> bool:
     """Whether the run was trained with point prompts (its recorded prompt modes include clicks/points)."""
-    from medsamkit.prompts.modes import parse_modes
+    from medsamkit.core.prompt_modes import parse_modes
 
     prompts = ckpt["recipe"].get("prompts") or (ckpt.get("config") or {}).get("prompts") or ""
     return bool(prompts) and any(m.n_points > 0 for m in parse_modes(prompts))

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsamkit.models import onednn
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -263,29 +265,7 @@ def fast_mask_decode_chunked(decoder: nn.Module, embedding: torch.Tensor, image_
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
-def _find_fused_linear() -> object | None:
-    """oneDNN's linear + bias + activation kernel, or None in builds without oneDNN."""
-    try:
-        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_FUSED_LINEAR = _find_fused_linear()
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool) -> torch.Tensor:
-    """x (R,in) @ weight(out,in)^T + bias, then exact GELU when asked: one oneDNN pass on CPU float32.
-
-    The eager path writes the bias into the output, accumulates the product, then runs GELU: three
-    passes over the decoder's largest tensors (P x 65536 x 32); the fused kernel gives identical values.
-    """
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
-    if (_FUSED_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.jit.is_tracing() and not needs_grad):  # the oneDNN kernel has no backward
-        return _FUSED_LINEAR(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
-    y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
+_linear = onednn.linear
 
 
 def _upscale_masks(ups: nn.Sequential, x: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsamkit.core.errors import InputError, where
+from medsamkit.models import onednn
 
 __all__ = [
     "ENCODER_PREFIX",
@@ -32,56 +33,18 @@ LITEMEDSAM_IMG_SIZE = 256
 LITEMEDSAM_EMBED_CHANS = 256
 
 
-def _find_onednn_op(name: str) -> object | None:
-    """A oneDNN kernel with fused bias/activation (the ones torch.compile uses on CPU), None without oneDNN."""
-    try:
-        return getattr(torch.ops.mkldnn, name) if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_FUSED_CONV = _find_onednn_op("_convolution_pointwise")
-_FUSED_LINEAR = _find_onednn_op("_linear_pointwise")
-
-
-def _onednn_usable(op: object | None, *tensors: torch.Tensor) -> bool:
-    """True when a oneDNN inference kernel may replace the eager ops: float32 CPU tensors and no autograd."""
-    if op is None or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False  # exporters (TorchScript tracing, torch.export) and compilers need standard aten ops
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False  # these kernels have no backward
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-
-
 def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply an MLP linear layer; a plain ``nn.Linear`` runs as one oneDNN kernel at inference.
 
-    The eager CPU path first copies the bias into the output and then accumulates the matmul into it:
-    a whole extra pass over every token. Wrapped layers are called as modules. Attention's ``qkv`` and
-    ``proj`` never come here: wrapping them with zero-initialised LoRA must leave outputs bit-identical.
+    Wrapped layers are called as modules. Attention's ``qkv`` and ``proj`` never come here: wrapping them
+    with zero-initialised LoRA must leave outputs bit-identical.
     """
-    if type(layer) is nn.Linear and _onednn_usable(_FUSED_LINEAR, x, layer.weight):
-        return _FUSED_LINEAR(x, layer.weight, layer.bias, "none", [], "")
+    if type(layer) is nn.Linear:
+        return onednn.linear(x, layer.weight, layer.bias)
     return layer(x)
 
 
-_PLAIN_ONEDNN = True  # oneDNN for BN-free/plain convolutions too; the tests compare against False (eager)
-
-
-def _conv(c: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-          gelu: bool = False) -> torch.Tensor:
-    """``c``'s convolution with the given weight/bias (then GELU when ``gelu``) as one oneDNN kernel at inference.
-
-    With GELU fused: one memory pass instead of two over the 67 MB stage-0 maps. Without: eager
-    ``F.conv2d`` on a channels-last map with a contiguous (BN-folded) weight falls back to the slow im2col
-    path for 1x1 convolutions, 1.5x slower than the oneDNN kernel here.
-    """
-    if (gelu or _PLAIN_ONEDNN) and _onednn_usable(_FUSED_CONV, x, weight, *([bias] if bias is not None else [])):
-        attr, scalars, algorithm = ("gelu", [None], "none") if gelu else ("none", [], "")
-        return _FUSED_CONV(x, weight, bias, list(c.padding), list(c.stride), list(c.dilation), c.groups,
-                           attr, scalars, algorithm)
-    y = F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
-    return F.gelu(y) if gelu else y
+_conv = onednn.conv
 
 
 class Conv2dBN(nn.Module):

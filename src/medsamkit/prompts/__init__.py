@@ -1,6 +1,6 @@
 """Prompts: the protocol's modes, prompts simulated from a truth mask, and the one click session."""
 
-from medsamkit.prompts.modes import VALID_FORMS, PromptMode, parse_mode, parse_modes
+from medsamkit.core.prompt_modes import VALID_FORMS, PromptMode, parse_mode, parse_modes
 from medsamkit.prompts.session import ClickSession, StepResult, run_interactive
 from medsamkit.prompts.simulate import (
     Prompt,

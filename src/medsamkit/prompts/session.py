@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medsamkit.prompts.modes import PromptMode, parse_mode
+from medsamkit.core.prompt_modes import PromptMode, parse_mode
 from medsamkit.prompts.simulate import Prompt, initial_prompt, next_click
 
 # predict_batch(prompts, mask_inputs or None) -> (masks (P,H,W) bool, predicted IoU (P,), low-res logits or None)

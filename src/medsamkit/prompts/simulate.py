@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsamkit.core.errors import InputError
-from medsamkit.prompts.modes import VALID_FORMS, PromptMode, parse_mode
+from medsamkit.core.prompt_modes import VALID_FORMS, PromptMode, parse_mode
 
 
 @dataclass
