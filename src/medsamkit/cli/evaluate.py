@@ -9,6 +9,8 @@ from medsamkit.cli.interrupt import run_resumable
 from medsamkit.cli.options import (
     cache_option,
     classes_option,
+    dask_config,
+    dask_options,
     max_images_option,
     model_options,
     multimask_option,
@@ -38,8 +40,10 @@ from medsamkit.cli.options import (
 @click.option("--figures/--no-figures", default=True, show_default=True,
               help="IoU-vs-clicks curve and percentile examples under OUT/figures")
 @model_options
+@dask_options
 def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_size, tile_overlap, baseline,
-             save_masks, multimask, cache, classes, window, figures, model_name, checkpoint, device):
+             save_masks, multimask, cache, classes, window, figures, model_name, checkpoint, device, workers,
+             threads_per_worker, scheduler):
     """Evaluate a model with simulated prompts; writes per_object.csv, summary.json/.md and figures/."""
     from medsamkit.evaluation.config import EvaluateConfig
     from medsamkit.evaluation.engine import evaluate as run
@@ -49,6 +53,17 @@ def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_s
                          min_area=min_area, tile_size=tile_size, tile_overlap=tile_overlap, baseline=baseline,
                          save_masks=save_masks, multimask=multimask, cache=cache, classes=classes, window=window,
                          figures=figures)
+    dask = dask_config(workers, threads_per_worker, scheduler)
+    if dask is not None:
+        from functools import partial
+
+        from medsamkit.distributed.evaluate import evaluate_on_cluster
+
+        run = partial(evaluate_on_cluster, dask=dask)
     summary = run_resumable(run, cfg, f"finished images are kept in {out}; rerun the same command to resume")
     click.echo(open(f"{out}/summary.md").read())
     click.echo(f"{summary['images']} images; results in {out}")
+    for line in summary.get("failed", []):
+        click.echo(f"error: {line}", err=True)
+    if summary.get("failed"):
+        raise SystemExit(2)

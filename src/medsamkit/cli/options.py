@@ -94,3 +94,23 @@ def prompts_option(default: str):
     """--prompts: a comma list of prompt modes (box, box+K, jitter+K, center, randomN, iterN, box+iterN)."""
     return click.option("--prompts", default=default, show_default=True,
                         help="comma list of prompt modes: box, box+K, jitter+K, center, randomN, iterN, box+iterN")
+
+
+def dask_options(fn):
+    """--workers / --threads-per-worker / --scheduler: run the cases as tasks on Dask (docs/architecture.md)."""
+    fn = click.option("--scheduler", default=None,
+                      help="address of a running Dask scheduler (tcp://host:8786), e.g. from dask-jobqueue")(fn)
+    fn = click.option("--threads-per-worker", type=int, default=1, show_default=True,
+                      help="torch threads (and concurrent tasks) per Dask worker")(fn)
+    fn = click.option("--workers", type=int, default=None,
+                      help="run on a local Dask cluster of N worker processes (one task per image/volume)")(fn)
+    return fn
+
+
+def dask_config(workers: int | None, threads_per_worker: int, scheduler: str | None):
+    """The DaskConfig of the three flags, or None when neither --workers nor --scheduler is given (no Dask)."""
+    if workers is None and not scheduler:
+        return None
+    from medsamkit.distributed.cluster import DaskConfig
+
+    return DaskConfig(workers=workers, threads_per_worker=threads_per_worker, scheduler=scheduler)

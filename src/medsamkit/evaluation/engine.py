@@ -25,7 +25,7 @@ from medsamkit.embedding.cache import EmbeddingCache
 from medsamkit.evaluation.baseline import run_mode_baseline
 from medsamkit.evaluation.config import RESULT_KEYS, TABLES, EvaluateConfig
 from medsamkit.evaluation.report import write_reports
-from medsamkit.io.datasets import Case, open_dataset
+from medsamkit.io.datasets import Case, Dataset, open_dataset
 from medsamkit.io.images import write_mask
 from medsamkit.metrics import dice, iou
 from medsamkit.models.loading import run_identity
@@ -128,12 +128,19 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
     return image_row, rows, saved
 
 
-def iter_cases(cfg: EvaluateConfig) -> Iterator[Case]:
-    """The dataset's 2D cases, limited to --max-images images/volumes."""
+def iter_dataset(cfg: EvaluateConfig) -> Dataset:
+    """The dataset of a run, cut to --max-images images/volumes (InputError when empty)."""
     ds = open_dataset(cfg.data, window=cfg.window)
     if len(ds) == 0:
         raise InputError(f"{cfg.data}: empty dataset")
-    yield from ds.cases(cfg.max_images)
+    if cfg.max_images is not None:
+        ds = Dataset(ds.name, ds.loaders[: cfg.max_images], ds.description, ds.kind)
+    return ds
+
+
+def iter_cases(cfg: EvaluateConfig) -> Iterator[Case]:
+    """The dataset's 2D cases, limited to --max-images images/volumes."""
+    yield from iter_dataset(cfg).cases()
 
 
 def mask_path(out: Path, mode_name: str, case_name: str) -> Path:

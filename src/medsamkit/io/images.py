@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsamkit.core.atomic import write_atomic
 from medsamkit.core.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".npy")
@@ -59,19 +60,17 @@ def read_label(path: str | Path) -> np.ndarray:
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:
-    """Write a label/mask as PNG (uint8 when labels fit, else uint16) or .npy; returns the path."""
+    """Write a label/mask as PNG (uint8 when labels fit, else uint16) or .npy, atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     mask = np.asarray(mask)
     if path.suffix.lower() == ".npy":
-        np.save(path, mask)
-        return path
+        return write_atomic(path, lambda fh: np.save(fh, mask))
     from PIL import Image
 
     top = int(mask.max()) if mask.size else 0
     arr = mask.astype(np.uint8 if top < 256 else np.uint16)
-    Image.fromarray(arr).save(path)
-    return path
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")  # the format the name asks for
+    return write_atomic(path, lambda fh: Image.fromarray(arr).save(fh, format=fmt))
 
 
 def to_uint8_rgb(image: np.ndarray) -> np.ndarray:

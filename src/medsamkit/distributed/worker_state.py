@@ -1,0 +1,46 @@
+"""What a worker process keeps between tasks: one predictor per (model, checkpoint, file sha256, device),
+one embedding cache object per folder, one opened dataset per SPEC. A worker holds the model + one case."""
+
+from __future__ import annotations
+
+from medsamkit.embedding.cache import EmbeddingCache
+from medsamkit.io.datasets import Dataset, open_dataset
+from medsamkit.predictor import Predictor
+
+_PREDICTORS: dict[tuple, Predictor] = {}
+_CACHES: dict[tuple, EmbeddingCache] = {}
+_DATASETS: dict[tuple, Dataset] = {}
+
+
+def worker_predictor(model: str, checkpoint: str | None, device: str | None, batch_size: int = 32) -> Predictor:
+    """The worker's predictor for a model, loaded on first use (a retrained best.pt is a new entry)."""
+    from medsamkit.core.runtime import select_device
+    from medsamkit.models import load_model
+    from medsamkit.models.loading import model_fingerprint
+
+    key = (model, checkpoint, model_fingerprint(model), device)
+    if key not in _PREDICTORS:
+        _PREDICTORS.clear()  # one model per worker
+        _CACHES.clear()
+        _PREDICTORS[key] = Predictor(load_model(model, checkpoint, select_device(device)), batch_size)
+    predictor = _PREDICTORS[key]
+    predictor.batch_size = batch_size
+    return predictor
+
+
+def worker_cache(folder: str | None, predictor: Predictor) -> EmbeddingCache | None:
+    """The worker's embedding cache for ``folder`` (None: no cache)."""
+    if not folder:
+        return None
+    key = (folder, id(predictor.model))
+    if key not in _CACHES:
+        _CACHES[key] = EmbeddingCache(folder, predictor.model)
+    return _CACHES[key]
+
+
+def worker_dataset(spec: str, window: str | None = None, kind: str | None = None) -> Dataset:
+    """The worker's opened dataset (loaders only; cases are read when a task asks for one)."""
+    key = (spec, window, kind)
+    if key not in _DATASETS:
+        _DATASETS[key] = open_dataset(spec, kind, window)
+    return _DATASETS[key]

@@ -1,0 +1,128 @@
+"""Dask runs give the same rows as a local run: real LiteMedSAM on builtin:lung-gtv slices, a real local
+cluster of worker processes, a worker killed mid-run, the driver killed and resumed, concurrent cache writes."""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsamkit.distributed.cluster import DaskConfig
+from medsamkit.distributed.evaluate import evaluate_on_cluster
+from medsamkit.evaluation.config import EvaluateConfig
+from medsamkit.evaluation.engine import evaluate
+
+TIMING = {"seconds", "embed_seconds", "decode_seconds", "baseline_seconds"}
+
+
+def _sorted_rows(path: Path) -> list[tuple]:
+    with path.open(newline="") as fh:
+        rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(fh)]
+    return sorted(tuple(sorted(r.items())) for r in rows)
+
+
+def _cfg(out: Path, **kw) -> EvaluateConfig:
+    base = dict(data="builtin:lung-gtv", out=str(out), prompts="box,box+iter2", max_images=2, baseline=False,
+                figures=False, show_progress=False)
+    return EvaluateConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, predictor):
+    out = tmp_path_factory.mktemp("local") / "ev"
+    summary = evaluate(_cfg(out), predictor)
+    return out, summary
+
+
+def test_two_workers_give_the_rows_and_summary_of_one_process(tmp_path, local_run):
+    local_out, local_summary = local_run
+    out = tmp_path / "dask"
+    summary = evaluate_on_cluster(_cfg(out), DaskConfig(workers=2))
+    assert summary["failed"] == []
+    assert _sorted_rows(out / "per_object.csv") == _sorted_rows(local_out / "per_object.csv")
+    assert summary["images"] == local_summary["images"] and summary["objects"] == local_summary["objects"]
+    assert [r["dice"] for r in summary["table"]] == [r["dice"] for r in local_summary["table"]]
+    again = evaluate_on_cluster(_cfg(out), DaskConfig(workers=1))  # all done: nothing recomputed
+    assert again["new_images"] == 0
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, local_run):
+    local_out, _ = local_run
+    out = tmp_path / "dask"
+    killed = []
+
+    def kill_a_worker(_row):
+        if killed:
+            return
+        import distributed
+
+        client = distributed.get_client()
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+
+    summary = evaluate_on_cluster(_cfg(out, max_images=3), DaskConfig(workers=2), on_case=kill_a_worker)
+    assert killed and summary["failed"] == []
+    rows = _sorted_rows(out / "per_object.csv")
+    assert len(rows) == len(set(rows))
+    reference = tmp_path / "ref"
+    evaluate(_cfg(reference, max_images=3))
+    assert rows == _sorted_rows(reference / "per_object.csv")
+
+
+def test_a_killed_driver_resumes_on_the_cluster_and_ends_identical(tmp_path, local_run):
+    local_out, _ = local_run
+    out = tmp_path / "dask"
+    cmd = [sys.executable, "-m", "medsamkit", "evaluate", "--data", "builtin:lung-gtv", "--prompts", "box,box+iter2",
+           "--max-images", "2", "--no-baseline", "--no-figures", "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    done = out / "done.txt"
+    while time.time() < deadline and (not done.exists() or len(done.read_text().split()) < 2):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local cluster die at once
+    proc.wait()
+    n_before = len(done.read_text().split())
+    assert n_before >= 2
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _sorted_rows(out / "per_object.csv") == _sorted_rows(local_out / "per_object.csv")
+
+
+def _write_entry(folder: str, seed: int, barrier) -> None:
+    import torch
+
+    from medsamkit.embedding.cache import EmbeddingCache
+    from medsamkit.models import load_model
+    from medsamkit.predictor import Embedding
+
+    cache = EmbeddingCache(folder, load_model("litemedsam"))
+    features = torch.from_numpy(np.random.default_rng(0).random((1, 256, 64, 64), dtype=np.float32))
+    barrier.wait()
+    for _ in range(20):
+        cache.save("k" * 64, Embedding(features, (256, 256), (256, 256)))
+
+
+def test_two_processes_writing_the_same_cache_entry_leave_one_valid_entry(tmp_path, litemedsam):
+    from medsamkit.embedding.cache import EmbeddingCache
+
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_write_entry, args=(str(tmp_path), i, barrier)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k" * 64 + ".npz"]  # no temporary file left
+    entry = EmbeddingCache(tmp_path, litemedsam).load("k" * 64)
+    assert entry is not None and tuple(entry.features.shape) == (1, 256, 64, 64)
