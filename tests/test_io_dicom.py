@@ -16,7 +16,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetSt
 
 from medsamkit.core.errors import InputError
 from medsamkit.io.dicom import list_dicom_series, read_dicom_seg, read_dicom_series, read_rtstruct
-from medsamkit.io.volume import read_nifti, read_volume, write_nifti
+from medsamkit.io.nifti_nrrd import read_nifti, write_nifti
+from medsamkit.io.volume_reader import read_volume
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 
 from medsamkit.core.errors import InputError
-from medsamkit.io.volume import (
-    Volume,
-    check_same_grid,
-    read_label_volume,
-    read_nifti,
-    read_nrrd,
-    read_volume,
-    write_nifti,
-    write_nrrd,
-)
+from medsamkit.io.nifti_nrrd import read_nifti, read_nrrd, write_nifti, write_nrrd
+from medsamkit.io.volume import Volume, check_same_grid
+from medsamkit.io.volume_reader import read_label_volume, read_volume
 
 # A sphere of radius 6 mm on a (z, y, x) = (3, 1, 0.5) mm grid, centred on voxel (10, 15, 20).
 SHAPE_ZYX = (20, 30, 40)

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from medsamkit.core.errors import InputError
-from medsamkit.io.volume import Volume, read_nifti, write_nifti
+from medsamkit.io.nifti_nrrd import read_nifti, write_nifti
+from medsamkit.io.volume import Volume
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import Prompt, tight_box
 from medsamkit.volumes.engine import (

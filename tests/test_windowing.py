@@ -133,3 +133,51 @@ def test_percentile_clip_bad_inputs() -> None:
         percentile_clip(np.zeros((4, 4)), mask=np.zeros((4, 4), bool))
     with pytest.raises(InputError, match="lo < hi"):
         percentile_clip(np.zeros((4, 4)), lo=60, hi=40)
+
+
+# --- --window on builtin volumes -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lung_default():
+    """pat_1 of builtin:lung-gtv opened with the default window, and its HU volume."""
+    import importlib.util
+
+    if importlib.util.find_spec("cerr") is None:
+        pytest.skip("pycerr (builtin:lung-gtv data) not installed")
+    from medsamkit.io.datasets import open_dataset
+
+    case = next(open_dataset("builtin:lung-gtv").items())
+    return case, case.meta["volume"].array
+
+
+def _first_case(window: str):
+    from medsamkit.io.datasets import open_dataset
+
+    return next(open_dataset("builtin:lung-gtv", window=window).items())
+
+
+def test_window_name_reaches_builtin_lung_volume(lung_default) -> None:
+    from medsamkit.io.volume_data import to_unit_range
+
+    default, hu = lung_default
+    np.testing.assert_array_equal(default.image, range_window(hu, -1000.0, 400.0))  # the builtin's lung window
+    bone = _first_case("bone")
+    assert bone.name == default.name
+    np.testing.assert_array_equal(bone.image, window_by_name(hu, "bone"))
+    np.testing.assert_array_equal(bone.image, to_unit_range(default.meta["volume"], "bone"))
+    # the served 2D slices carry the window too
+    bone_slice, default_slice = next(bone.slices()), next(default.slices())
+    assert bone_slice.name == default_slice.name
+    assert np.abs(bone_slice.image - default_slice.image).max() > 0.1
+
+
+def test_window_lo_hi_string_reaches_builtin_lung_volume(lung_default) -> None:
+    default, hu = lung_default
+    same = _first_case("-1000,400")
+    np.testing.assert_array_equal(same.image, default.image)
+    narrow = _first_case("-200, 300")
+    np.testing.assert_array_equal(narrow.image, range_window(hu, -200.0, 300.0))
+    assert not np.array_equal(narrow.image, default.image)
+    with pytest.raises(InputError, match="must be a name"):
+        _first_case("-200,x")

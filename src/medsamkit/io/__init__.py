@@ -1,1 +1,7 @@
-"""medsamkit.io"""
+"""Reading data: 2D images, 3D volumes (NIfTI / NRRD / DICOM) and data SPECs opened as datasets of cases.
+
+Imports flow one way, from the entry point down to the leaf types:
+`datasets` (open_dataset) -> `builtin`, `image_folder`, `nnunet`, `volume_data` -> `cases`, `volume_reader`
+-> `nifti_nrrd`, `dicom` (series, rtstruct, seg -> grid, files) -> `volume` (the Volume type), `windowing`,
+`images`.
+"""

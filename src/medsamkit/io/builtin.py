@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medsamkit.core.errors import InputError
-from medsamkit.io.datasets import Case, Dataset, VolumeCase
+from medsamkit.io.cases import Case, Dataset, VolumeCase
 
 LUNG_WINDOW_HU = (-1000.0, 400.0)  # FACTS.md reference measurement window
 
@@ -84,7 +84,8 @@ def lung_patients() -> list[Path]:
 def load_lung_volume(folder: Path, roi: str = "GTV-1", window: str | tuple[float, float] | None = None) -> VolumeCase:
     """One lung CT series + its RTSTRUCT GTV as a windowed VolumeCase (label 1 = GTV); ``window`` (a name or
     (lo, hi) in HU) replaces the default lung window."""
-    from medsamkit.io.dicom import read_dicom_series, read_rtstruct
+    from medsamkit.io.dicom.rtstruct import read_rtstruct
+    from medsamkit.io.dicom.series import read_dicom_series
     from medsamkit.io.volume_data import to_unit_range
     from medsamkit.io.windowing import range_window
 

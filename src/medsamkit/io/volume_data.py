@@ -1,7 +1,8 @@
-"""Volume data SPECs as datasets: an IMAGE::LABEL pair, an nnU-Net folder (imagesTr/labelsTr), a DICOM folder.
+"""Volume data SPECs as datasets: IMAGE::LABEL volume pairs and DICOM series folders with RTSTRUCT / SEG labels.
 
-Intensities are mapped to [0,1] for prompting: CT (DICOM modality CT, or a minimum below -500 HU) with the
-`soft_tissue` window unless a window is named, anything else with 0.5-99.5 percentile clipping.
+Intensities are mapped to [0,1] for prompting by `to_unit_range`: CT (DICOM modality CT, or a minimum below
+-500 HU) with the `soft_tissue` window unless a window is named, anything else with 0.5-99.5 percentile
+clipping. nnU-Net folders (`medsamkit.io.nnunet`) use the same mapping.
 """
 
 from __future__ import annotations
@@ -11,18 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from medsamkit.core.errors import InputError
-from medsamkit.io.datasets import Dataset, VolumeCase
-from medsamkit.io.volume import Volume, read_label_volume, read_volume
-from medsamkit.io.windowing import percentile_clip, range_window, window_by_name
-
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr")
-
-
-def _is_volume_file(path: Path) -> bool:
-    return any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES)
+from medsamkit.io.cases import Dataset, VolumeCase
+from medsamkit.io.volume import Volume
+from medsamkit.io.volume_reader import read_label_volume, read_volume
+from medsamkit.io.windowing import WindowChoice, percentile_clip, range_window, window_by_name
 
 
-def to_unit_range(vol: Volume, window: str | tuple[float, float] | None = None) -> np.ndarray:
+def to_unit_range(vol: Volume, window: WindowChoice = None) -> np.ndarray:
     """Map a volume's intensities to float32 [0,1]: a named or (lo, hi) window, else CT / percentile rule."""
     arr = vol.array.astype(np.float32)
     if isinstance(window, tuple):
@@ -33,25 +29,16 @@ def to_unit_range(vol: Volume, window: str | tuple[float, float] | None = None) 
     return window_by_name(arr, "soft_tissue") if is_ct else percentile_clip(arr)
 
 
-def _integer_labels(label: Volume) -> np.ndarray:
-    arr = label.array
-    if not np.issubdtype(arr.dtype, np.integer):
-        if np.isnan(arr).any() or np.any(arr != np.round(arr)):
-            raise InputError(f"{label.source}: label volume must hold integer labels")
-        arr = arr.astype(np.int32)
-    return arr
-
-
-def load_volume_pair(image: Path, label: Path, kind: str = "class", window=None) -> VolumeCase:
+def load_volume_pair(image: Path, label: Path, kind: str = "class", window: WindowChoice = None) -> VolumeCase:
     """Read an image volume and its label volume (same grid, else InputError naming both)."""
     vol = read_volume(image)
     lab = read_label_volume(label, vol)
     name = image.name.split(".")[0]
-    return VolumeCase(name, to_unit_range(vol, window), _integer_labels(lab), tuple(vol.spacing), kind,
+    return VolumeCase(name, to_unit_range(vol, window), lab.array, tuple(vol.spacing), kind,
                       {"volume": vol, "label_path": str(label)})
 
 
-def volume_pair_dataset(pairs: list[tuple[Path, Path]], kind: str = "class", window=None) -> Dataset:
+def volume_pair_dataset(pairs: list[tuple[Path, Path]], kind: str = "class", window: WindowChoice = None) -> Dataset:
     """A dataset over explicit (image, label) volume pairs."""
     for img, lab in pairs:
         for p in (img, lab):
@@ -61,26 +48,12 @@ def volume_pair_dataset(pairs: list[tuple[Path, Path]], kind: str = "class", win
                    f"{len(pairs)} volume pairs", kind)
 
 
-def _nnunet_pairs(root: Path) -> list[tuple[Path, Path]]:
-    images = sorted(p for p in (root / "imagesTr").iterdir() if _is_volume_file(p))
-    pairs = []
-    for img in images:
-        stem = img.name.split(".")[0]
-        case = stem[:-5] if stem[-5:-4] == "_" and stem[-4:].isdigit() else stem  # nnU-Net: CASE_0000
-        ext = img.name[len(stem):]
-        lab = root / "labelsTr" / f"{case}{ext}"
-        if not lab.exists():
-            raise InputError(f"{img}: no label {lab.name} in labelsTr/")
-        pairs.append((img, lab))
-    if not pairs:
-        raise InputError(f"{root}: imagesTr/ holds no NIfTI/NRRD volumes")
-    return pairs
-
-
-def _dicom_case(folder: Path, kind: str, window) -> VolumeCase:
+def _dicom_case(folder: Path, kind: str, window: WindowChoice) -> VolumeCase:
     import pydicom
 
-    from medsamkit.io.dicom import read_dicom_seg, read_dicom_series, read_rtstruct
+    from medsamkit.io.dicom.rtstruct import read_rtstruct
+    from medsamkit.io.dicom.seg import read_dicom_seg
+    from medsamkit.io.dicom.series import read_dicom_series
 
     vol = read_dicom_series(folder)
     label = np.zeros(vol.array.shape, dtype=np.uint8)
@@ -107,13 +80,6 @@ def _dicom_case(folder: Path, kind: str, window) -> VolumeCase:
                       {"volume": vol, "classes": {i + 1: n for i, n in enumerate(names)}})
 
 
-def open_volume_spec(path: Path, kind: str = "class", window=None) -> Dataset:
-    """Dataset for a volume SPEC path (nnU-Net folder, DICOM folder); single files need IMAGE::LABEL."""
-    if path.is_dir() and (path / "imagesTr").is_dir() and (path / "labelsTr").is_dir():
-        return volume_pair_dataset(_nnunet_pairs(path), kind, window)
-    if path.is_dir():
-        return Dataset(path.name, [lambda: _dicom_case(path, kind, window)], f"DICOM series {path}", kind)
-    if _is_volume_file(path):
-        raise InputError(f"{path}: a single volume needs its label: use --data IMAGE::LABEL")
-    raise InputError(f"{path}: not a data SPEC (images/+labels/ folder, imagesTr/+labelsTr/, DICOM folder, "
-                     "IMAGE::LABEL volumes, or builtin:NAME)")
+def dicom_folder_dataset(folder: Path, kind: str = "class", window: WindowChoice = None) -> Dataset:
+    """A one-volume dataset for a DICOM series folder whose RTSTRUCT / SEG files give the labels."""
+    return Dataset(folder.name, [lambda: _dicom_case(folder, kind, window)], f"DICOM series {folder}", kind)

@@ -34,6 +34,9 @@ class Window(NamedTuple):
     width: float
 
 
+#: A window as `parse_window` returns it: a preset name, (lo, hi) in HU, or None for the automatic rule.
+WindowChoice = str | tuple[float, float] | None
+
 WINDOWS: dict[str, Window] = {
     "lung": Window(-600.0, 1500.0),
     "mediastinum": Window(40.0, 400.0),
@@ -96,7 +99,7 @@ def percentile_clip(
     return range_window(values, float(low), float(high))
 
 
-def parse_window(text: str | None) -> str | tuple[float, float] | None:
+def parse_window(text: str | None) -> WindowChoice:
     """A ``--window`` value: a preset name (lung, soft_tissue, bone, ...) or ``lo,hi`` in HU; None for auto."""
     if text is None or not str(text).strip():
         return None

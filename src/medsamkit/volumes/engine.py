@@ -502,7 +502,7 @@ def mask_file_name(volume_name: str) -> str:
 
 def _read_prediction(cfg: EvaluateVolumeConfig, case: VolumeCase, n_volumes: int) -> np.ndarray:
     """The user's label map for ``case``: the file itself (one-volume data) or FOLDER/<volume>.nii.gz."""
-    from medsamkit.io.volume import read_label_volume
+    from medsamkit.io.volume_reader import read_label_volume
 
     path = Path(cfg.predictions)
     if path.is_dir():
@@ -556,7 +556,7 @@ def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = No
             volume_rows, per_slice, preds = evaluate_case(predictor, case, todo, cfg.seed, cfg.min_area,
                                                           cfg.margin, cfg.tolerances_mm)
         if cfg.save_masks and "volume" in case.meta:
-            from medsamkit.io.volume import write_nifti
+            from medsamkit.io.nifti_nrrd import write_nifti
 
             for name, pred in preds.items():
                 safe = name.replace("/", "_").replace(":", "_")
@@ -602,8 +602,9 @@ def run_segment_volume(cfg: SegmentVolumeConfig, predictor: Predictor | None = N
 
     With a label, the summary also gives each class's per-volume Dice against it.
     """
-    from medsamkit.io.volume import read_label_volume, read_volume, write_nifti
+    from medsamkit.io.nifti_nrrd import write_nifti
     from medsamkit.io.volume_data import to_unit_range
+    from medsamkit.io.volume_reader import read_label_volume, read_volume
 
     if not str(cfg.out).lower().endswith((".nii", ".nii.gz")):
         raise InputError(f"{cfg.out}: output must be a NIfTI file (.nii or .nii.gz)")
