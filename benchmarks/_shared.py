@@ -1,5 +1,6 @@
 """Where the benchmark scripts find the project's shared/ data: $MEDSAMKIT_SHARED, else shared/ beside (or
-inside) the checkout. One rule for every script and for the test suite (tests/conftest.py imports it)."""
+inside) the checkout. One rule for every script; the test suite applies the same search order in
+tests/shared_data.py (tests never import from benchmarks/)."""
 
 from __future__ import annotations
 

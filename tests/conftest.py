@@ -1,32 +1,25 @@
-"""Shared test fixtures: real data locations (skip with a reason when absent), small real crops."""
+"""Shared test fixtures: real data locations (tests/shared_data.py: skip when absent, fail under CI=true),
+the bundled model, small real crops."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # one rule for where shared/ is: benchmarks/_shared.py
-from _shared import monuseg_dir  # noqa: E402
+from shared_data import require_data
 
 
 @pytest.fixture(scope="session")
 def monuseg_root() -> Path:
-    """MoNuSeg 2018 (train/test with images/ + labels/); skips when shared/ is not beside the repo."""
-    root = monuseg_dir()
-    if root is None:
-        pytest.skip("MoNuSeg data not found: set MEDSAMKIT_SHARED or place shared/ beside the checkout")
-    return root
+    """MoNuSeg 2018 (train/test with images/ + labels/) from shared/data/monuseg."""
+    return require_data("monuseg", "MoNuSeg data", probe="test/images")
 
 
 def _has(pkg: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(pkg) is not None
-
-
 
 
 @pytest.fixture(scope="session")

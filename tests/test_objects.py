@@ -1,8 +1,6 @@
-"""Objects from label maps: ids, areas, boxes, thresholds, class mode, input errors, MoNuSeg speed."""
+"""Objects from label maps: ids, areas, boxes, thresholds, class mode, input errors, a MoNuSeg label."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -138,15 +136,12 @@ def test_bad_options_raise(kwargs, message):
         extract_objects(hand_label_map(), **kwargs)
 
 
-def test_monuseg_label_fast_and_complete(monuseg_root):
+def test_monuseg_label_complete(monuseg_root):
+    # Timing of extract_objects on this label: benchmarks/metrics_speed.py (no wall-clock limits in tests).
     path = sorted((monuseg_root / "test" / "labels").glob("*.png"))[0]
     lab = np.array(Image.open(path))
     ids, counts = np.unique(lab[lab > 0], return_counts=True)
-    extract_objects(lab)  # warm-up (imports, page cache)
-    start = time.perf_counter()
     objs = extract_objects(lab)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.3, f"extract_objects took {elapsed:.3f} s"
     assert objs.labels == ids.tolist()
     assert [o.area for o in objs] == counts.tolist()
     assert sum(o.crop.size for o in objs) < lab.size  # crops only, never full-size masks

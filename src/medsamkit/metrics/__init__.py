@@ -1,7 +1,8 @@
 """Segmentation metrics on numpy arrays: overlap (Dice, IoU), surface (HD95, NSD), instance (AJI, GlaS).
 
-Definitions follow PROTOCOLS.md "Metrics"; every function documents its empty-mask convention, and
-``MetricAccumulator`` counts the both-empty cases behind a mean so reports can state them.
+Every metric takes the prediction first and the truth second, named ``pred`` and ``truth`` (MONAI's
+order). Definitions follow docs/protocols.md "Metrics"; every function documents its empty-mask
+convention, and ``MetricAccumulator`` counts the both-empty cases behind a mean so reports can state them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Instance-level metrics on label maps: AJI (Kumar 2017, MoNuSeg) and GlaS object F1 / Dice / Hausdorff.
 
+Every function takes the prediction first and the truth second (``pred``, ``truth``), as the overlap and
+surface metrics do (MONAI's order). GlaS rules follow the challenge's official evaluation code
+(F1score.m, ObjectDice.m, ObjectHausdorff.m); docs/protocols.md states them.
+
 Label maps are integer arrays (any dtype; bool = one object; float only if integer-valued) where 0 is
 background and every other id is one object, even when its pixels are not connected. Ids need not be
 contiguous; "smallest label" in tie rules refers to the original ids. All pairwise overlaps come from
@@ -88,20 +92,21 @@ def _first_per_group(group: np.ndarray, order: np.ndarray) -> np.ndarray:
     return order[starts]
 
 
-def _prepare(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+def _prepare(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Check the pair and relabel both maps; returns (truth ids, prediction ids, n_truth, n_pred)."""
     pred, truth = checked_pair(pred, truth)
     t, n_truth = _relabel(truth, "truth")
     p, n_pred = _relabel(pred, "prediction")
     return t, p, n_truth, n_pred
 
 
-def aji(truth_instances: np.ndarray, pred_instances: np.ndarray) -> float:
-    """Aggregated Jaccard Index of one image (PROTOCOLS.md); 1.0 when both maps are empty.
+def aji(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Aggregated Jaccard Index of one image (docs/protocols.md); 1.0 when both maps are empty.
 
     Each truth object picks the prediction of largest IoU (ties: smallest id; may repeat; none without
     overlap). Exactly one map empty gives 0.0 (no intersection over a positive denominator).
     """
-    t, p, n_truth, n_pred = _prepare(truth_instances, pred_instances)
+    t, p, n_truth, n_pred = _prepare(pred, truth)
     if n_truth == 0 and n_pred == 0:
         return 1.0
     ov = _overlaps(t, p, n_truth, n_pred)
@@ -142,36 +147,35 @@ def _partners(
     return pred_partner, pred_overlap, truth_partner, truth_overlap
 
 
-def object_f1_counts(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
-    """GlaS object detection counts ``(tp, fp, fn)``.
+def object_f1_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """GlaS object detection counts ``(tp, fp, fn)``, as the official F1score.m counts them.
 
-    A prediction is TP when its partner G exists and covers more than half of G; FP = the other
-    predictions; FN = truth objects that are nobody's partner (a partner with <= 50% overlap is not FN).
+    A prediction is TP when its partner G exists and |S∩G| > |G|/2; FP = n_pred - TP; FN = n_truth - TP
+    (a truth object whose only partner covers half of it or less IS a false negative).
     """
-    t, p, n_truth, n_pred = _prepare(truth, pred)
+    t, p, n_truth, n_pred = _prepare(pred, truth)
     ov = _overlaps(t, p, n_truth, n_pred)
     pred_partner, pred_overlap, _, _ = _partners(ov, n_truth, n_pred)
     has_partner = pred_partner[1:] > 0
     tp = int(np.count_nonzero(has_partner & (2 * pred_overlap[1:] > ov.truth_area[pred_partner[1:]])))
-    is_partner = np.zeros(n_truth + 1, dtype=bool)
-    is_partner[pred_partner[1:][has_partner]] = True
-    fn = int(n_truth - np.count_nonzero(is_partner[1:]))
-    return tp, n_pred - tp, fn
+    # Two disjoint predictions cannot each cover more than half of one G, so tp <= n_truth.
+    return tp, n_pred - tp, n_truth - tp
 
 
-def object_f1(truth: np.ndarray, pred: np.ndarray) -> float:
+def object_f1(pred: np.ndarray, truth: np.ndarray) -> float:
     """GlaS object F1 = 2TP / (2TP + FP + FN); 1.0 when both maps are empty, 0.0 when exactly one is."""
-    tp, fp, fn = object_f1_counts(truth, pred)
+    tp, fp, fn = object_f1_counts(pred, truth)
     denom = 2 * tp + fp + fn
     return 1.0 if denom == 0 else 2 * tp / denom
 
 
-def object_dice(truth: np.ndarray, pred: np.ndarray) -> float:
+def object_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """GlaS object Dice: area-weighted Dice of each object with its partner, averaged over both maps.
 
     1.0 when both maps are empty, 0.0 when exactly one is; an object without a partner scores 0.
+    Symmetric in its two arguments, like the official ObjectDice.m.
     """
-    t, p, n_truth, n_pred = _prepare(truth, pred)
+    t, p, n_truth, n_pred = _prepare(pred, truth)
     if n_truth == 0 or n_pred == 0:
         return 1.0 if n_truth == n_pred else 0.0
     ov = _overlaps(t, p, n_truth, n_pred)
@@ -237,13 +241,13 @@ class _HausdorffPairs:
         return float(best)
 
 
-def object_hausdorff(truth: np.ndarray, pred: np.ndarray) -> float:
+def object_hausdorff(pred: np.ndarray, truth: np.ndarray) -> float:
     """GlaS object Hausdorff (pixels): area-weighted Hausdorff of each object with its partner, both maps.
 
     An object without an overlapping partner is paired with the other map's object at the smallest
-    Hausdorff distance. 0.0 when both maps are empty, inf when exactly one is.
+    Hausdorff distance. 0.0 when both maps are empty, inf when exactly one is. Symmetric in its arguments.
     """
-    t, p, n_truth, n_pred = _prepare(truth, pred)
+    t, p, n_truth, n_pred = _prepare(pred, truth)
     if n_truth == 0 or n_pred == 0:
         return 0.0 if n_truth == n_pred else float("inf")
     ov = _overlaps(t, p, n_truth, n_pred)
