@@ -10,6 +10,14 @@ import pytest
 from shared_data import require_data
 
 
+def pytest_sessionstart(session) -> None:
+    """The test session is an entry point: it sets threads and the allocator once (docs/facts.md), as the
+    CLI does; no test module changes them at import time."""
+    from medsamkit.core.runtime import setup
+
+    setup(threads=2)
+
+
 @pytest.fixture(scope="session")
 def monuseg_root() -> Path:
     """MoNuSeg 2018 (train/test with images/ + labels/) from shared/data/monuseg."""

@@ -30,7 +30,7 @@ def _sorted_rows(path: Path) -> list[tuple]:
 
 
 def _cfg(out: Path, **kw) -> EvaluateConfig:
-    base = dict(data="builtin:lung-gtv", out=str(out), prompts="box,box+iter2", max_images=2, baseline=False,
+    base = dict(data="builtin:lung-gtv", out=str(out), prompts="box,box+iter2", max_images=1, baseline=False,
                 figures=False, show_progress=False)
     return EvaluateConfig(**{**base, **kw})
 

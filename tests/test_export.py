@@ -52,7 +52,6 @@ def test_export_files_and_metadata(exported):
 
 
 def test_onnxruntime_masks_agree_with_torch(exported, litemedsam, tile):
-    torch.set_num_threads(2)
     image, boxes = tile
     ref = Predictor(litemedsam).set_image(image)
     ort = Predictor(OnnxSamModel.load(exported[0], threads=2)).set_image(image)

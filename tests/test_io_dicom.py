@@ -473,7 +473,7 @@ def test_phantom_gtv_matches_its_contours(phantom: dict, patient: int) -> None:
 
 
 def test_phantom_slice_counts(phantom: dict) -> None:
-    """FACTS.md: 68 axial GTV slices with >= 20 px across the 4 patients.
+    """docs/facts.md: 68 axial GTV slices with >= 20 px across the 4 patients.
 
     All 68 contoured slices carry GTV. With pixel centres, one (pat_4, z = -467.5 mm) has 18 px: its
     polygon area is 19.5 px, so it falls below 20; the count of 68 needs the contour line's pixels too.

@@ -158,7 +158,6 @@ def test_ball_radius_difference_is_the_surface_distance():
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_matches_monai_on_random_blobs():
     torch = pytest.importorskip("torch")
-    torch.set_num_threads(2)
     from monai.metrics import compute_hausdorff_distance, compute_surface_dice
     from scipy import ndimage
 

@@ -20,7 +20,7 @@ def test_bundled_weights_checksum_and_size(weights_path):
 
 def test_litemedsam_strict_load_param_counts(litemedsam, weights_path):
     counts = litemedsam.count_parameters()
-    # FACTS.md: TinyViT encoder 5.74 M, mask decoder 4.06 M
+    # docs/facts.md: TinyViT encoder 5.74 M, mask decoder 4.06 M
     assert counts["image_encoder"] == 5_726_740
     assert counts["mask_decoder"] == 4_058_340
     state = read_state_dict(weights_path)

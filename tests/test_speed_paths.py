@@ -28,7 +28,6 @@ def tile(monuseg_root):
 
 @pytest.fixture(scope="module")
 def predictor(litemedsam, tile):
-    torch.set_num_threads(2)
     return Predictor(litemedsam).set_image(tile[0], "monuseg tile")
 
 

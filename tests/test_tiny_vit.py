@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from medsamkit.core.errors import InputError
-from medsamkit.core.runtime import tune_allocator
 from medsamkit.models.tiny_vit import (
     Attention,
     TinyViT,
@@ -65,8 +64,6 @@ def litemedsam_state() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def encoder(litemedsam_state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    torch.set_num_threads(2)
-    tune_allocator()  # 2-6x on this encoder's large activations (FACTS.md)
     model = build_litemedsam_encoder()
     model.load_state_dict(encoder_state_from_litemedsam(litemedsam_state), strict=True)
     return model.eval()

@@ -67,7 +67,7 @@ def test_unknown_window_lists_valid_names() -> None:
     [(-2000, 0.0), (-1000, 0.0), (-650, 0.25), (-300, 0.5), (50, 0.75), (400, 1.0), (1000, 1.0)],
 )
 def test_range_window_lung_ct_range(hu: float, expected: float) -> None:
-    # FACTS.md's [-1000, 400] HU window for the lung CT calibration
+    # docs/facts.md's [-1000, 400] HU window for the lung CT calibration
     assert range_window(np.array([hu], dtype=np.float32), -1000, 400)[0] == pytest.approx(expected)
 
 

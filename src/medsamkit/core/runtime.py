@@ -2,7 +2,7 @@
 
 Why the allocator: on CPU, torch frees and re-maps the encoder's large activations on every call; with
 glibc's default thresholds each of those is an mmap/munmap plus page faults, which made the LiteMedSAM
-encoder 2-6x slower here (FACTS.md). Raising the mmap and trim thresholds keeps the memory in the heap.
+encoder 2-6x slower here (docs/facts.md). Raising the mmap and trim thresholds keeps the memory in the heap.
 Users can opt out with MEDSAMKIT_NO_MALLOPT=1.
 """
 

@@ -55,36 +55,59 @@ class EmbedConfig:
     show_progress: bool = True
 
 
+def embed_case(case, predictor: Predictor, cache: EmbeddingCache, cfg: EmbedConfig) -> dict:
+    """Embed (or verify in the cache) every window of one 2D case; its index entry {shape, tiles: {window: key}}."""
+    shape = case.image.shape[:2]
+    tile = tile_size_for(shape, cfg.tile_size, predictor.model.preprocessing.input_size)
+    entry = {}
+    for y0, x0, y1, x1 in image_windows(case.label, case.kind, tile, cfg.tile_overlap, cfg.min_area):
+        tile_img = case.image[y0:y1, x0:x1]
+        key = cache.key(tile_img)
+        if cache.load(key) is None:
+            cache.save(key, predictor.embed(tile_img, f"{case.name}[{y0}:{y1},{x0}:{x1}]"))
+            cache.stats["computed"] += 1
+        else:
+            cache.stats["hits"] += 1
+        entry[f"{y0}:{x0}:{y1}:{x1}"] = key
+    return {"shape": list(shape), "tiles": entry}
+
+
+class CacheIndex:
+    """OUT/index.json: which windows of which case are in the cache, rewritten atomically after each case."""
+
+    def __init__(self, folder: str | Path, model) -> None:
+        self.path = Path(folder) / "index.json"
+        self.index = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.images = self.index.setdefault("images", {})
+        self.index.update(model=model.name, encoder_fingerprint=encoder_fingerprint(model),
+                          preprocessing=repr(model.preprocessing))
+
+    def add(self, name: str, entry: dict) -> None:
+        """Record one case's windows and rewrite the index (it stays valid if the run is interrupted)."""
+        self.images[name] = entry
+        write_json_atomic(self.path, self.index, indent=1)
+
+
+def open_embed_dataset(cfg: EmbedConfig):
+    """The dataset `embed` runs over (InputError when empty)."""
+    ds = open_dataset(cfg.data, window=cfg.window)
+    if len(ds) == 0:
+        raise InputError(f"{cfg.data}: empty dataset")
+    return ds
+
+
 def embed_dataset(cfg: EmbedConfig, predictor: Predictor | None = None) -> dict:
     """Precompute (or complete) the cache for every image/tile of a dataset; writes OUT/index.json."""
     if predictor is None:
         predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
     cache = EmbeddingCache(cfg.out, predictor.model)
-    index_path = Path(cfg.out) / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    images = index.setdefault("images", {})
-    index.update(model=predictor.model.name, encoder_fingerprint=encoder_fingerprint(predictor.model),
-                 preprocessing=repr(predictor.model.preprocessing))
-    ds = open_dataset(cfg.data, window=cfg.window)
-    if len(ds) == 0:
-        raise InputError(f"{cfg.data}: empty dataset")
+    index = CacheIndex(cfg.out, predictor.model)
     n_tiles = 0
-    bar = tqdm(ds.cases(cfg.max_images), desc="embed", unit="img", disable=not cfg.show_progress)
+    bar = tqdm(open_embed_dataset(cfg).cases(cfg.max_images), desc="embed", unit="img",
+               disable=not cfg.show_progress)
     for case in bar:
-        shape = case.image.shape[:2]
-        tile = tile_size_for(shape, cfg.tile_size, predictor.model.preprocessing.input_size)
-        entry = {}
-        for y0, x0, y1, x1 in image_windows(case.label, case.kind, tile, cfg.tile_overlap, cfg.min_area):
-            tile_img = case.image[y0:y1, x0:x1]
-            key = cache.key(tile_img)
-            if cache.load(key) is None:
-                cache.save(key, predictor.embed(tile_img, f"{case.name}[{y0}:{y1},{x0}:{x1}]"))
-                cache.stats["computed"] += 1
-            else:
-                cache.stats["hits"] += 1
-            entry[f"{y0}:{x0}:{y1}:{x1}"] = key
-            n_tiles += 1
-        images[case.name] = {"shape": list(shape), "tiles": entry}
-        write_json_atomic(index_path, index, indent=1)  # the index stays valid if interrupted
+        entry = embed_case(case, predictor, cache, cfg)
+        index.add(case.name, entry)
+        n_tiles += len(entry["tiles"])
         bar.set_postfix(computed=cache.stats["computed"], cached=cache.stats["hits"])
-    return {"images": len(images), "tiles": n_tiles, **cache.stats, "index": str(index_path)}
+    return {"images": len(index.images), "tiles": n_tiles, **cache.stats, "index": str(index.path)}

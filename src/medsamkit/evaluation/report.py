@@ -205,7 +205,8 @@ def plot_examples(cfg, modes: list[PromptMode], rows: list[dict], mask_file, pat
 
 def write_reports(out: Path, modes: list[PromptMode], cfg, mask_file=None) -> dict:
     """Summary JSON/Markdown from the CSVs in `out`, and (cfg.figures) the figures from rows and saved masks."""
-    rows = read_rows(out / "per_object.csv")
+    # sorted, so the summary of a run does not depend on the order its cases finished (distributed runs)
+    rows = sorted(read_rows(out / "per_object.csv"), key=lambda r: (r["image"], r["method"], r["mode"], int(r["object"]), int(r["step"])))
     image_rows = read_rows(out / "per_image.csv")
     summary = summarise(rows, image_rows, modes)
     summary["data"], summary["model"], summary["seed"] = cfg.data, cfg.model, cfg.seed

@@ -15,7 +15,7 @@ import numpy as np
 from medsamkit.core.errors import InputError
 from medsamkit.io.cases import Case, Dataset, VolumeCase
 
-LUNG_WINDOW_HU = (-1000.0, 400.0)  # FACTS.md reference measurement window
+LUNG_WINDOW_HU = (-1000.0, 400.0)  # docs/facts.md reference measurement window
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 `import segment_anything` runs a package __init__ that imports the predictor and the automatic mask
 generator, which need torchvision; `segment_anything.modeling` itself needs only torch. Where torchvision
 is not importable (CPU torch 2.13 here), the parent package is registered as a bare module whose
-__path__ is the installed folder, so that its __init__ never runs (FACTS.md).
+__path__ is the installed folder, so that its __init__ never runs (docs/facts.md).
 """
 
 from __future__ import annotations
