@@ -1,4 +1,4 @@
-# One install entry point shared by the README, CI and users (DESIGN.md: the install order cannot be
+# One install entry point shared by the README, CI and users (docs/architecture.md: the install order cannot be
 # expressed in pyproject alone). torch is installed in the same pip call as everything that depends on
 # it, so pip takes the pinned build instead of pulling another one.
 PY ?= python3

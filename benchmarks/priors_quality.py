@@ -48,7 +48,7 @@ def main() -> dict:
                      "pixel_precision": tp / max(float(sup.sum()), 1.0),
                      "pixel_recall": tp / max(float(fg.sum()), 1.0),
                      "pixel_dice": 2 * tp / max(float(sup.sum() + fg.sum()), 1.0),
-                     "sam_masks_aji": aji(truth, masks_as_instances(records, shape))})
+                     "sam_masks_aji": aji(masks_as_instances(records, shape), truth)})
     keys = ["pixel_precision", "pixel_recall", "pixel_dice", "sam_masks_aji"]
     result = {"images": len(rows),
               "mean": {k: round(statistics.fmean(r[k] for r in rows), 4) for k in keys},

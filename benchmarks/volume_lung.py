@@ -1,6 +1,6 @@
 """Per-volume Dice / NSD of LiteMedSAM on builtin:lung-gtv: slice-wise box, box+5, propagation, 1 vs 3 slices.
 
-Usage: python benchmarks/volume_lung.py [--out DIR] [--patients pat_2,pat_3] [--threads 2]
+Usage: python benchmarks/volume_lung.py [--out DIR] [--patients pat_2,pat_3] [--threads 2] [--cache DIR]
 Writes DIR/per_volume.jsonl (one line per volume and variant, resumable) and prints the summary JSON.
 Embeddings are shared between the variants of a volume, so each slice is encoded once per input kind.
 """
@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from medsamkit.core.runtime import setup
+from medsamkit.embedding.cache import EmbeddingCache
 from medsamkit.io.builtin import load_lung_volume, lung_patients
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import parse_mode
-from medsamkit.volumes.engine import Variant, evaluate_case
+from medsamkit.volumes import evaluate_case
+from medsamkit.volumes.variants import Variant
 
 METRICS = ("dice", "nsd_1mm", "nsd_2mm", "hd95_mm")
 
@@ -34,7 +36,8 @@ def main() -> None:
     parser.add_argument("--min-area", type=int, default=20)
     parser.add_argument("--min-iou", type=float, nargs="*", default=[0.6, 0.8],
                         help="extra propagation variants stopping below these predicted IoUs")
-    parser.add_argument("--embed-store", default=None, help="folder to save / reuse slice embeddings")
+    parser.add_argument("--cache", "--embed-store", dest="cache", default=None,
+                        help="embedding cache folder: slice embeddings saved, checked and reused")
     args = parser.parse_args()
 
     device = setup("cpu", threads=args.threads)
@@ -49,6 +52,7 @@ def main() -> None:
     lines = out / "per_volume.jsonl"
     rows = [json.loads(t) for t in lines.read_text().splitlines()] if lines.exists() else []
     done = {r["volume"] for r in rows}
+    cache = EmbeddingCache(args.cache, predictor.model) if args.cache else None
     patients = lung_patients()
     if args.patients:
         by_name = {p.name: p for p in patients}
@@ -58,8 +62,7 @@ def main() -> None:
             continue
         case = load_lung_volume(folder)
         start = time.perf_counter()
-        store = Path(args.embed_store) / folder.name if args.embed_store else None
-        volume_rows, _, _ = evaluate_case(predictor, case, runs, min_area=args.min_area, embed_store=store)
+        volume_rows, _, _ = evaluate_case(predictor, case, runs, min_area=args.min_area, cache=cache)
         print(f"{case.name}: {time.perf_counter() - start:.0f} s", flush=True)
         with lines.open("a") as f:
             for row in volume_rows:

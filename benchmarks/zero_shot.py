@@ -1,7 +1,7 @@
 """Zero-shot LiteMedSAM with simulated prompts on builtin:lung-gtv and the MoNuSeg test split (issue 3).
 
 Prints JSON: per dataset, the summary table (Dice/IoU mean/median/n per prompt mode, model and random-walker
-baseline), the IoU-by-clicks curve (iter9 steps 1..9 = iter1..iter9), and the FACTS.md reference values.
+baseline), the IoU-by-clicks curve (iter9 steps 1..9 = iter1..iter9), and the docs/facts.md reference values.
 Usage: python benchmarks/zero_shot.py [--out runs/zero_shot] [--monuseg PATH] [--max-images 3] [--max-objects 60]
 Resumable: rerun with the same --out to continue.
 """

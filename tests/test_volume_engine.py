@@ -15,25 +15,22 @@ from click.testing import CliRunner
 from medsamkit.core.errors import InputError
 from medsamkit.io.nifti_nrrd import read_nifti, write_nifti
 from medsamkit.io.volume import Volume
+from medsamkit.io.windowing import parse_window
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import Prompt, tight_box
-from medsamkit.volumes.engine import (
+from medsamkit.volumes import (
     EvaluateVolumeConfig,
     SegmentVolumeConfig,
     SliceEmbedder,
     evaluate_volumes,
-    largest_slice,
-    mask_file_name,
-    parse_box_slice,
-    parse_window,
-    propagate_from,
     run_segment_volume,
     segment_volume,
     slice_input,
-    slice_rows,
-    variants,
-    volume_scores,
 )
+from medsamkit.volumes.masks import mask_file_name
+from medsamkit.volumes.propagate import largest_slice, parse_box_slice, propagate_from
+from medsamkit.volumes.scores import slice_rows, volume_scores
+from medsamkit.volumes.variants import variants
 
 needs_lung = pytest.mark.skipif(importlib.util.find_spec("cerr") is None,
                                 reason="pycerr (builtin:lung-gtv data) not installed")
@@ -319,7 +316,7 @@ def test_propagation_stops_where_the_mask_vanishes(lung_crop) -> None:
 @needs_lung
 def test_dicom_rtstruct_to_nifti_to_evaluate_is_exact(tmp_path: Path) -> None:
     from medsamkit.io.builtin import lung_patients
-    from medsamkit.volumes.engine import open_volume_dataset
+    from medsamkit.volumes import open_volume_dataset
 
     folder = lung_patients()[1]
     case = next(open_volume_dataset(str(folder)).items())  # DICOM CT series + its RTSTRUCT

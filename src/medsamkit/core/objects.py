@@ -155,3 +155,13 @@ def extract_objects(
         label = int(lookup[index]) if lookup is not None else compact_id
         objects.append(ImageObject(label, (slices[0], slices[1]), crop, area))
     return ObjectSet(objects, skipped, kind, shape)
+
+
+def parse_classes(text: str | None) -> set[int] | None:
+    """'1,3,7' -> {1, 3, 7}; None/empty -> None (all label values)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return {int(v) for v in str(text).split(",") if v.strip()}
+    except ValueError:
+        raise InputError(f"--classes {text!r}: expected a comma list of label values, e.g. 1,2") from None

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medsamkit.core.errors import InputError
-from medsamkit.core.objects import ImageObject, extract_objects
+from medsamkit.core.objects import ImageObject, extract_objects, parse_classes
 from medsamkit.core.results import RunStore
 from medsamkit.core.seeds import name_key
 from medsamkit.core.tiling import plan_tiles, tile_size_for
@@ -39,16 +39,6 @@ Window = tuple[int, int, int, int]
 def open_store(cfg: EvaluateConfig) -> RunStore:
     """The run folder of an evaluation (refuses one that holds another configuration)."""
     return RunStore(cfg.out, run_identity(cfg), TABLES, keys=RESULT_KEYS, case_field="image")
-
-
-def parse_classes(text: str | None) -> set[int] | None:
-    """'1,3,7' -> {1, 3, 7}; None/empty -> None (all label values)."""
-    if text is None or not str(text).strip():
-        return None
-    try:
-        return {int(v) for v in str(text).split(",") if v.strip()}
-    except ValueError:
-        raise InputError(f"--classes {text!r}: expected a comma list of label values, e.g. 1,2") from None
 
 
 def _rows(case: Case, window: Window, mode: PromptMode, method: str, runs: list[ObjectRun]) -> list[dict]:

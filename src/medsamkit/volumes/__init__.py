@@ -1,1 +1,23 @@
-"""medsamkit.volumes"""
+"""3D volumes with a 2D SAM-family model: slice-wise prompting, box propagation, 3-slice input, volumetric
+scores (`medsamkit segment-volume`, `medsamkit evaluate-volume`)."""
+
+from medsamkit.volumes.evaluate import (
+    EvaluateVolumeConfig,
+    evaluate_case,
+    evaluate_volumes,
+    open_volume_dataset,
+)
+from medsamkit.volumes.segment import SegmentVolumeConfig, run_segment_volume, segment_volume
+from medsamkit.volumes.slices import SliceEmbedder, slice_input
+
+__all__ = [
+    "EvaluateVolumeConfig",
+    "SegmentVolumeConfig",
+    "SliceEmbedder",
+    "evaluate_case",
+    "evaluate_volumes",
+    "open_volume_dataset",
+    "run_segment_volume",
+    "segment_volume",
+    "slice_input",
+]
