@@ -156,28 +156,21 @@ class VolumeRun:
 
     def run(self, case: VolumeCase, n_volumes: int) -> bool:
         """Evaluate one volume (the variants it still needs) and record it; False when nothing was left."""
-        cfg = self.cfg
         todo = self.todo(case)
         if todo is None:
             return False
-        if not present_classes(case.label, self.classes):
-            if not self.store.is_done(case.name):
-                self.store.add_case(case.name, {})  # nothing to evaluate: done without rows
+        rows = compute_volume(self.cfg, case, todo, n_volumes, lambda: (self.predictor(), self.cache), self.classes)
+        return self.record(case.name, rows)
+
+    def record(self, name: str, rows: dict) -> bool:
+        """Append one volume's rows (from ``compute_volume``, here or on a worker); False when it had none."""
+        if not rows:
+            if not self.store.is_done(name):
+                self.store.add_case(name, {})  # nothing to evaluate: done without rows
             return False
-        if cfg.predictions:
-            pred = read_prediction(cfg.predictions, case, n_volumes, cfg.data)
-            volume_rows, per_slice = score_case(case, pred, cfg.tolerances_mm, classes=self.classes)
-            preds: dict = {}
-        else:
-            volume_rows, per_slice, preds = evaluate_case(self.predictor(), case, todo, cfg.seed, cfg.min_area,
-                                                          cfg.margin, cfg.tolerances_mm, self.cache, self.classes)
-        if cfg.save_masks and "volume" in case.meta:
-            for name, pred in preds.items():
-                write_label_map(pred, variant_folder(cfg.out, name) / mask_file_name(case.name),
-                                like=case.meta["volume"])
         # slice rows first: volume rows are what marks a variant finished
-        self.store.add_case(case.name, {"per_slice": _formatted(per_slice), "per_volume": _formatted(volume_rows)})
-        self.finished |= {(r["volume"], r["variant"]) for r in volume_rows}
+        self.store.add_case(name, {"per_slice": rows["per_slice"], "per_volume": rows["per_volume"]})
+        self.finished |= {(r["volume"], r["variant"]) for r in rows["per_volume"]}
         return True
 
     def finish(self, interrupted: bool, n_new: int) -> dict:
@@ -191,6 +184,26 @@ class VolumeRun:
         write_json_atomic(out / "summary.json", summary)
         write_text_atomic(out / "summary.md", summary_markdown(summary["results"], f"Volume evaluation: {cfg.data}"))
         return summary
+
+
+def compute_volume(cfg: EvaluateVolumeConfig, case: VolumeCase, todo: list[Variant], n_volumes: int,
+                   model: Callable[[], tuple[Predictor, EmbeddingCache | None]], classes: list[int] | None) -> dict:
+    """The rows of one volume for the variants ``todo`` (masks saved with --save-masks); {} when none of the
+    chosen classes is present. ``model()`` gives the predictor and embedding cache (loaded on first need)."""
+    if not present_classes(case.label, classes):
+        return {}
+    if cfg.predictions:
+        pred = read_prediction(cfg.predictions, case, n_volumes, cfg.data)
+        volume_rows, per_slice = score_case(case, pred, cfg.tolerances_mm, classes=classes)
+        preds: dict = {}
+    else:
+        predictor, cache = model()
+        volume_rows, per_slice, preds = evaluate_case(predictor, case, todo, cfg.seed, cfg.min_area, cfg.margin,
+                                                      cfg.tolerances_mm, cache, classes)
+    if cfg.save_masks and "volume" in case.meta:
+        for name, pred in preds.items():
+            write_label_map(pred, variant_folder(cfg.out, name) / mask_file_name(case.name), like=case.meta["volume"])
+    return {"per_slice": _formatted(per_slice), "per_volume": _formatted(volume_rows)}
 
 
 def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = None,
