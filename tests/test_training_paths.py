@@ -142,3 +142,21 @@ def test_a_config_saved_with_classes_as_the_head_flag_resumes():
     del old["class_head"]
     assert resume_differences(old, new) == []
     assert resume_differences({**old, "classes": False}, new) == ["class_head"]
+
+
+def test_window_reaches_the_volume_data():
+    """--window is the intensity window the volume slices are trained on (as on every verb)."""
+    import importlib.util
+
+    from medsamkit.training.data import load_cases
+
+    if importlib.util.find_spec("cerr") is None:
+        pytest.skip("pycerr (builtin:lung-gtv data) not installed")
+    slices = {w: load_cases(FinetuneConfig(data=["builtin:lung-gtv"], out="y", max_images=1, window=w))[0]
+              for w in ("lung", "bone")}
+    assert len(slices["lung"]) == len(slices["bone"]) > 0
+    lung, bone = slices["lung"][0], slices["bone"][0]
+    assert lung.name == bone.name and np.array_equal(lung.label, bone.label)
+    assert np.abs(lung.image - bone.image).max() > 0.1
+    with pytest.raises(InputError):
+        load_cases(FinetuneConfig(data=["builtin:lung-gtv"], out="y", max_images=1, window="nonsense"))
