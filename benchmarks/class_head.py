@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _shared import monuseg_dir
 from medsamkit.core.runtime import setup
-from medsamkit.training.finetune import FinetuneConfig, finetune
+from medsamkit.training import FinetuneConfig, finetune
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     setup(threads=args.threads)
     cfg = FinetuneConfig(data=["builtin:lung-gtv", monuseg], out=str(args.out / "run"), mode="decoder",
-                         classes=True, epochs=args.epochs, max_objects=args.max_objects,
+                         class_head=True, epochs=args.epochs, max_objects=args.max_objects,
                          val_objects=args.val_objects, seed=args.seed,
                          cache=args.cache or str(args.out / "cache"), show_progress=sys.stderr.isatty())
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ import torch
 from _shared import monuseg_dir
 from medsamkit.core.runtime import setup
 from medsamkit.evaluation.engine import EvaluateConfig, evaluate
-from medsamkit.training.finetune import FinetuneConfig, finetune
+from medsamkit.training import FinetuneConfig, finetune
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_MODES = "box,center,random1,iter3"

@@ -101,7 +101,7 @@ def test_a_new_best_pt_under_the_same_path_is_not_resumed(tmp_path, small_folder
 
     from medsamkit.models import load_model
     from medsamkit.models.finetuned import CHECKPOINT_FORMAT, apply_recipe, finetuned_state
-    from medsamkit.training.finetune import FinetuneConfig, recipe_of
+    from medsamkit.training.config import FinetuneConfig, recipe_of
 
     model = load_model("litemedsam")
     recipe = recipe_of(FinetuneConfig(data=["x"], out="y"), [])

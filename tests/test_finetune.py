@@ -30,18 +30,10 @@ from medsamkit.models.finetuned import (
 from medsamkit.models.loading import load_finetuned
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import parse_modes
-from medsamkit.training.finetune import (
-    FinetuneConfig,
-    Objective,
-    TrainTile,
-    epoch_batches,
-    finetune,
-    lr_at,
-    recipe_of,
-    resume_differences,
-    split_by_image,
-    split_cases,
-)
+from medsamkit.training import FinetuneConfig, finetune
+from medsamkit.training.config import lr_at, recipe_of, resume_differences
+from medsamkit.training.data import TrainTile, epoch_batches, split_by_image, split_cases
+from medsamkit.training.objective import Objective
 
 QUADRANTS = {"A": [(0, 0)], "B": [(128, 0), (128, 128)]}
 
@@ -70,7 +62,7 @@ def two_sets(tmp_path_factory, dsb):
 
 
 def _cfg(root, out, **kw) -> FinetuneConfig:
-    base = dict(data=[str(root / "A"), str(root / "B")], out=str(out), prompts="box,iter2", classes=True,
+    base = dict(data=[str(root / "A"), str(root / "B")], out=str(out), prompts="box,iter2", class_head=True,
                 epochs=5, lr=1e-4, batch_size=1, max_objects=1, val_objects=1, val_fraction=0.34,
                 cache=str(root / "cache"), show_progress=False)
     base.update(kw)
@@ -180,7 +172,7 @@ def _free_port() -> int:
 
 def test_resume_reproduces_the_next_step(two_sets, tmp_path):
     """Set B alone (two images, no validation): an interrupted run resumed gives the same losses."""
-    cfg = partial(_cfg, two_sets, data=[str(two_sets / "B")], classes=False, val_fraction=0.0, prompts="iter2")
+    cfg = partial(_cfg, two_sets, data=[str(two_sets / "B")], class_head=False, val_fraction=0.0, prompts="iter2")
     whole = finetune(cfg(tmp_path / "whole", max_steps=2))
     assert (whole["train_images"], whole["val_images"], whole["epochs_done"]) == (2, 0, 1)
     assert 0 < whole["embed_seconds"] <= whole["seconds"]  # decoder mode filled the cache first
@@ -308,7 +300,7 @@ def test_load_finetuned_round_trip_gives_the_same_masks(tmp_path, dsb):
 @pytest.mark.parametrize(("change", "message"), [
     ({"mode": "full"}, "unknown --mode"),
     ({"optimizer": "lbfgs"}, "unknown --optimizer"),
-    ({"data": ["builtin:dsb-nuclei"], "classes": True}, "--classes needs"),
+    ({"data": ["builtin:dsb-nuclei"], "class_head": True}, "--class-head needs"),
     ({"val_fraction": 1.0}, "--val-fraction"),
 ])
 def test_bad_configuration(tmp_path, two_sets, change, message):
@@ -328,8 +320,8 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, two_sets):
                                "--mode", "full"])
     assert res.exit_code == 2 and "'full' is not one of" in res.output
     res = runner.invoke(main, ["finetune", "--data", str(two_sets / "A"), "--out", str(tmp_path / "r"),
-                               "--classes"])
+                               "--class-head"])
     assert res.exit_code == 2
-    assert res.output.strip().splitlines()[-1].startswith("error: A: --classes needs")
+    assert res.output.strip().splitlines()[-1].startswith("error: A: --class-head needs")
     res = runner.invoke(main, ["embed", "--help"])
     assert res.exit_code == 0 and "--tile-overlap" in res.output

@@ -112,7 +112,7 @@ def test_steps_change_only_peft_weights(kind):
     from medsamkit.models import load_model
     from medsamkit.predictor import as_rgb_float, preprocess
     from medsamkit.prompts import parse_modes
-    from medsamkit.training.finetune import Objective
+    from medsamkit.training.objective import Objective
 
     model = load_model("litemedsam")
     opts = {"bottleneck": 16} if kind == "adapter" else {"rank": 4, "targets": ("qkv",)}

@@ -145,7 +145,7 @@ def test_fast_decode_all_tokens_equals_official(litemedsam, predictor, tile, wit
 def test_finetune_decode_all_fast_path_has_the_official_gradients(litemedsam, predictor, tile):
     """Fine-tuning's decode_all runs the re-associated decoder under autograd: outputs and the gradient of
     every decoder weight equal the official predict_masks (k biases, which cannot affect any output, aside)."""
-    from medsamkit.training.finetune import decode_all
+    from medsamkit.training.objective import decode_all
 
     emb = predictor.embedding.features
     boxes = torch.from_numpy(tile[1][:6] * 1.0).float()

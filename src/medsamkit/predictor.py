@@ -233,10 +233,20 @@ class Predictor:
         """Low-res logits (P,C,m,m) -> boolean masks (P,C,H,W) at the original resolution."""
         emb = self.embedding
         s = self.model.preprocessing.input_size
-        x = low_res.float()
-        if x.shape[-1] != s:
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-        nh, nw = emb.input_size
-        x = x[..., :nh, :nw]
-        x = F.interpolate(x, size=emb.original_size, mode="bilinear", align_corners=False)
-        return x > 0
+        return upscale_logits(low_res.float(), s, emb.input_size, emb.original_size) > 0
+
+
+def upscale_logits(low: torch.Tensor, input_size: int, resized: tuple[int, int],
+                   shape: tuple[int, int]) -> torch.Tensor:
+    """Low-res logits (P,C,m,m) -> logits (P,C,H,W) on the image of `shape` (unthresholded, differentiable).
+
+    Up to the model input (S,S), crop the resized image's (h, w), then resize to the image: the one mapping
+    of masks out of the model, shared by the predictor and fine-tuning's losses.
+    """
+    x = low
+    if x.shape[-1] != input_size:
+        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    x = x[..., : resized[0], : resized[1]]
+    if tuple(x.shape[-2:]) != tuple(shape):
+        x = F.interpolate(x, size=tuple(shape), mode="bilinear", align_corners=False)
+    return x

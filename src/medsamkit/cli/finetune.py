@@ -8,18 +8,27 @@ import click
 
 from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import run_resumable
-from medsamkit.cli.options import model_options
+from medsamkit.cli.options import (
+    cache_option,
+    classes_option,
+    max_images_option,
+    model_options,
+    prompts_option,
+    tile_options,
+    window_option,
+)
 
 
 @main.command()
 @click.option("--data", "data", multiple=True, required=True,
-              help="data SPEC; repeat to train on several data sets (with --classes: one class per set)")
+              help="data SPEC; repeat to train on several data sets (with --class-head: one class per set)")
 @click.option("--out", required=True, type=click.Path(), help="run folder (rerun the same command to resume)")
 @click.option("--mode", type=click.Choice(["decoder", "adapter", "lora"]), default="decoder", show_default=True,
               help="decoder: train prompt encoder + mask decoder on cached embeddings; adapter/lora: PEFT encoder")
-@click.option("--prompts", default="box,jitter+5,center,random1,iter3", show_default=True,
-              help="prompt modes drawn per object: box, box+K, jitter+K, center, randomN, iterN, box+iterN")
-@click.option("--classes", is_flag=True, help="add a class head (class label values, or one class per --data)")
+@prompts_option("box,jitter+5,center,random1,iter3")
+@click.option("--class-head", is_flag=True, help="add a class head (class label values, or one class per --data)")
+@classes_option
+@window_option
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True)
 @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True,
@@ -28,14 +37,15 @@ from medsamkit.cli.options import model_options
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True, help="objects per step (from one tile)")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="images held out, per --data set (whole patient volumes for 3D data)")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="images held out, per --data set (whole patient volumes for 3D data)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--cache", type=click.Path(), default=None, help="embedding cache folder (default RUN/embeddings)")
-@click.option("--max-images", type=int, default=None, help="use at most N images per data set")
+@cache_option
+@max_images_option
 @click.option("--max-objects", type=int, default=None, help="objects per training image and epoch (seeded)")
 @click.option("--val-objects", type=int, default=32, show_default=True, help="objects per validation image")
 @click.option("--max-steps", type=int, default=None, help="stop after N steps in total (resumable)")
-@click.option("--tile", "tile_size", type=int, default=None, help="tile size (default: as evaluate, 0: none)")
+@tile_options
 @click.option("--bottleneck", "adapter_bottleneck", type=int, default=32, show_default=True,
               help="adapter bottleneck width")
 @click.option("--lora-rank", type=int, default=4, show_default=True)
@@ -43,21 +53,15 @@ from medsamkit.cli.options import model_options
 @click.option("--lora-targets", default="qkv", show_default=True, help="comma list among qkv, proj")
 @click.option("--train-decoder", is_flag=True, help="adapter/lora: also train prompt encoder and mask decoder")
 @model_options
-def finetune(data, out, mode, prompts, classes, epochs, lr, lr_schedule, min_lr_ratio, optimizer, weight_decay,
-             batch_size, val_fraction, seed, cache, max_images, max_objects, val_objects, max_steps, tile_size, adapter_bottleneck,
-             lora_rank, lora_alpha, lora_targets, train_decoder, model_name, checkpoint, device):
-    """Fine-tune on DATA with simulated prompts; writes metrics.csv, curves.png, last.pt and best.pt in OUT."""
-    from medsamkit.training.finetune import FinetuneConfig
-    from medsamkit.training.finetune import finetune as run
+def finetune(data, out, model_name, **options):
+    """Fine-tune on DATA with simulated prompts; writes metrics.csv, curves.png, last.pt and best.pt in OUT.
 
-    cfg = FinetuneConfig(
-        data=list(data), out=out, mode=mode, prompts=prompts, classes=classes, epochs=epochs, lr=lr,
-        lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio,
-        optimizer=optimizer, weight_decay=weight_decay, batch_size=batch_size, val_fraction=val_fraction,
-        seed=seed, cache=cache, model=model_name, checkpoint=checkpoint, device=device, max_images=max_images,
-        max_objects=max_objects, val_objects=val_objects, max_steps=max_steps, tile_size=tile_size,
-        adapter_bottleneck=adapter_bottleneck, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_targets=lora_targets, train_decoder=train_decoder,
-    )
+    Decoder mode reads and fills the embedding cache (--cache, default OUT/embeddings); give the --tile and
+    --tile-overlap that `embed` used so its cached tiles are found.
+    """
+    from medsamkit.training import FinetuneConfig
+    from medsamkit.training import finetune as run
+
+    cfg = FinetuneConfig(data=list(data), out=out, model=model_name, **options)
     summary = run_resumable(run, cfg, f"rerun the same command to resume from {out}/last.pt")
     click.echo(json.dumps(summary, indent=2, default=str))

@@ -1,0 +1,124 @@
+"""The settings of a fine-tuning run: FinetuneConfig, its checks, the recipe it stores, the learning-rate
+schedule and the rule deciding which settings a resumed run may change."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from medsamkit.core.errors import InputError
+
+MODES = ("decoder", "adapter", "lora")
+SCHEDULES = ("constant", "cosine")
+# options that may change between a run and its resumption (they do not change what a step computes)
+RESUMABLE_CHANGES = {"epochs", "max_steps", "save_every", "show_progress", "device", "cache"}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything `medsamkit finetune` needs; the CLI only fills this in."""
+
+    data: list[str]
+    out: str
+    mode: str = "decoder"
+    prompts: str = "box,jitter+5,center,random1,iter3"
+    class_head: bool = False  # add a class head (class label values, or one class per --data)
+    classes: str | None = None  # label values to train on (comma list); None: all
+    window: str | None = None  # CT/MR intensity window of volume SPECs (a name or lo,hi)
+    epochs: int = 10
+    lr: float = 1e-4
+    lr_schedule: str = "constant"  # or "cosine": from lr down to lr * min_lr_ratio over all epochs
+    min_lr_ratio: float = 0.01
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # SGD only
+    batch_size: int = 16  # objects per step, all from one tile
+    val_fraction: float = 0.2
+    seed: int = 0
+    cache: str | None = None  # embedding cache folder (decoder mode); default RUN/embeddings
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    device: str | None = None
+    max_images: int | None = None  # per dataset
+    max_objects: int | None = None  # per training image and epoch, drawn anew each epoch
+    val_objects: int | None = 32  # per validation image, fixed
+    max_steps: int | None = None  # stop after this many steps in total (a later call with more resumes)
+    save_every: int = 50  # steps between RUN/last.pt saves inside an epoch
+    min_area: int = 20
+    tile_size: int | None = None  # None: the evaluate engine's rule
+    tile_overlap: int = 64  # the tile grid's overlap: the value `embed --tile-overlap` used for the cache
+    adapter_bottleneck: int = 32
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    lora_targets: str = "qkv"
+    train_decoder: bool = False  # adapter/lora: also train the prompt encoder and mask decoder
+    show_progress: bool = True
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """InputError naming the flag when a setting is out of range."""
+    if cfg.mode not in MODES:
+        raise InputError(f"unknown --mode {cfg.mode!r}; choose one of: {', '.join(MODES)}")
+    if cfg.optimizer not in ("adamw", "sgd"):
+        raise InputError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
+    if cfg.lr_schedule not in SCHEDULES:
+        raise InputError(f"unknown --lr-schedule {cfg.lr_schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise InputError(f"--min-lr-ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise InputError("--epochs, --batch-size and --lr must be positive")
+    if cfg.tile_overlap < 0:
+        raise InputError(f"--tile-overlap must be >= 0, got {cfg.tile_overlap}")
+    if cfg.model.endswith((".pt", ".pth")) or Path(cfg.model).is_dir():
+        raise InputError(f"{cfg.model}: fine-tune a registry model (continue a run with the same --out instead)")
+
+
+def recipe_of(cfg: FinetuneConfig, class_names: list[str]) -> dict:
+    """The plain-dict recipe stored in checkpoints and re-applied by models.finetuned.load_finetuned."""
+    return {"mode": cfg.mode, "adapter_bottleneck": cfg.adapter_bottleneck, "lora_rank": cfg.lora_rank,
+            "lora_alpha": cfg.lora_alpha, "lora_targets": [t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
+            "train_decoder": cfg.train_decoder, "classes": list(class_names)}
+
+
+def base_sha256(cfg: FinetuneConfig) -> str:
+    """sha256 of the base weights: the registry's pinned value for bundled weights, else the file's."""
+    from medsamkit.models.checkpoints import sha256_of
+    from medsamkit.models.registry import get_spec
+
+    if cfg.checkpoint:
+        return sha256_of(cfg.checkpoint)
+    return get_spec(cfg.model).sha256 or ""
+
+
+def lr_at(cfg: FinetuneConfig, epoch: int, batch: int, n_batches: int) -> float:
+    """The learning rate of the step taking batch `batch` of `n_batches` in epoch `epoch` (0-based).
+
+    A function of the position alone (no scheduler state), so a resumed run continues on the same curve.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (epoch + batch / max(n_batches, 1)) / cfg.epochs)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def _current_names(old: dict) -> dict:
+    """A saved config in today's field names: before `class_head`, `classes` was the class-head flag."""
+    if isinstance(old.get("classes"), bool):
+        return {**old, "class_head": old["classes"], "classes": None}
+    return old
+
+
+def resume_differences(old: dict, new: dict) -> list[str]:
+    """Settings that differ between a saved run's config and this one and would change what a step computes.
+
+    Settings missing from an older run's config count as their defaults; with a cosine schedule --epochs
+    sets the curve, so it must stay as well.
+    """
+    old = _current_names(old)
+    defaults = {f.name: f.default for f in fields(FinetuneConfig)}
+    free = RESUMABLE_CHANGES - ({"epochs"} if new.get("lr_schedule", "constant") != "constant" else set())
+    return [k for k in new if k not in free and old.get(k, defaults.get(k)) != new[k]]
