@@ -1,6 +1,6 @@
 """Simulated prompts from a ground-truth mask (boxes, points, iterative clicks), seeded and reproducible.
 
-Implements the prompt modes of docs/protocols.md (parsed in ``prompts.modes``). Points are (x, y) = (column, row); boxes are [x0, y0, x1, y1] with inclusive
+Implements the prompt modes of docs/protocols.md (parsed in ``core.prompt_modes``). Points are (x, y) = (column, row); boxes are [x0, y0, x1, y1] with inclusive
 maxima (MedSAM convention).
 """
 

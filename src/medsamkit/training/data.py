@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medsamkit.core.errors import InputError
-from medsamkit.core.objects import ImageObject, extract_objects
+from medsamkit.core.objects import ImageObject, extract_objects, parse_classes
 from medsamkit.core.seeds import name_key
 from medsamkit.core.tiling import plan_tiles, tile_size_for
-from medsamkit.evaluation.engine import parse_classes
 from medsamkit.io.datasets import Case, open_dataset
 from medsamkit.training.config import FinetuneConfig
 

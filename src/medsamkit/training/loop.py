@@ -23,9 +23,9 @@ from tqdm import tqdm
 import medsamkit.training.distributed as distributed
 from medsamkit.core.atomic import write_json_atomic
 from medsamkit.core.errors import InputError
+from medsamkit.core.objects import parse_classes
 from medsamkit.core.results import RunStore
 from medsamkit.embedding.cache import EmbeddingCache
-from medsamkit.evaluation.engine import parse_classes
 from medsamkit.io.datasets import Case
 from medsamkit.models.finetuned import apply_recipe
 from medsamkit.models.sam import SamFamilyModel
