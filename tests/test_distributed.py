@@ -23,6 +23,20 @@ from medsamkit.evaluation.engine import evaluate
 TIMING = {"seconds", "embed_seconds", "decode_seconds", "baseline_seconds"}
 
 
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory):
+    """Two real 160x200 crops of builtin:dsb-nuclei as an images/ + labels/ folder dataset."""
+    from medsamkit.io.builtin import open_builtin
+    from medsamkit.io.images import write_mask
+
+    case = next(open_builtin("dsb-nuclei").cases())
+    root = tmp_path_factory.mktemp("dsb")
+    for i, (y, x) in enumerate([(0, 0), (300, 250)]):
+        write_mask(root / "images" / f"crop{i}.png", (case.image[y:y + 160, x:x + 200] / case.image.max() * 255))
+        write_mask(root / "labels" / f"crop{i}.png", case.label[y:y + 160, x:x + 200])
+    return root
+
+
 def _sorted_rows(path: Path) -> list[tuple]:
     with path.open(newline="") as fh:
         rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(fh)]
@@ -54,6 +68,7 @@ def test_two_workers_give_the_rows_and_summary_of_one_process(tmp_path, local_ru
     assert again["new_images"] == 0
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, local_run):
     local_out, _ = local_run
     out = tmp_path / "dask"
@@ -79,6 +94,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, local_ru
     assert rows == _sorted_rows(reference / "per_object.csv")
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_on_the_cluster_and_ends_identical(tmp_path, local_run):
     local_out, _ = local_run
     out = tmp_path / "dask"
@@ -96,6 +112,37 @@ def test_a_killed_driver_resumes_on_the_cluster_and_ends_identical(tmp_path, loc
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-2000:]
     assert _sorted_rows(out / "per_object.csv") == _sorted_rows(local_out / "per_object.csv")
+
+
+def test_evaluate_volume_on_two_workers_gives_the_rows_of_one_process(tmp_path):
+    from medsamkit.distributed.volumes import evaluate_volumes_on_cluster
+    from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
+
+    def cfg(out):
+        return EvaluateVolumeConfig(data="builtin:lung-gtv", out=str(out), prompts="box", max_images=2,
+                                    show_progress=False)
+
+    local = evaluate_volumes(cfg(tmp_path / "local"))
+    summary = evaluate_volumes_on_cluster(cfg(tmp_path / "dask"), DaskConfig(workers=2))
+    assert summary["failed"] == [] and summary["volumes"] == local["volumes"] == 2
+    for table in ("per_volume.csv", "per_slice.csv"):
+        assert _sorted_rows(tmp_path / "dask" / table) == _sorted_rows(tmp_path / "local" / table)
+
+
+def test_bad_input_in_one_case_is_reported_once_and_the_run_goes_on(tmp_path, small_folder):
+    from medsamkit.io.images import write_mask
+
+    broken = tmp_path / "data"
+    for sub in ("images", "labels"):
+        (broken / sub).mkdir(parents=True)
+        for f in (small_folder / sub).iterdir():
+            (broken / sub / f.name).write_bytes(f.read_bytes())
+    write_mask(broken / "labels" / "crop1.png", np.ones((7, 9), np.uint8))  # label/image size mismatch
+    cfg = EvaluateConfig(data=str(broken), out=str(tmp_path / "ev"), prompts="box", baseline=False,
+                         figures=False, show_progress=False)
+    summary = evaluate_on_cluster(cfg, DaskConfig(workers=1))
+    assert len(summary["failed"]) == 1 and "crop1" in summary["failed"][0]
+    assert summary["images"] == 1
 
 
 def _write_entry(folder: str, seed: int, barrier) -> None:

@@ -11,6 +11,8 @@ from medsamkit.cli.interrupt import run_resumable
 from medsamkit.cli.options import (
     cache_option,
     classes_option,
+    dask_config,
+    dask_options,
     max_images_option,
     model_options,
     prompts_option,
@@ -74,8 +76,10 @@ def segment_volume(volume, label, box_slice, prompts, propagate, three_slice, wi
 @save_masks_option
 @click.option("--out", required=True, type=click.Path(), help="results folder (rerun to resume)")
 @model_options
+@dask_options
 def evaluate_volume(data, prompts, propagate, three_slice, predictions, window, classes, max_images, max_volumes,
-                    min_area, margin, min_iou, seed, cache, save_masks, out, model_name, checkpoint, device):
+                    min_area, margin, min_iou, seed, cache, save_masks, out, model_name, checkpoint, device,
+                    workers, threads_per_worker, scheduler):
     """Per-volume Dice / NSD / HD95 (mm) and per-slice Dice; writes per_volume.csv, per_slice.csv, summary
     (predicted label maps under OUT/masks/ with --save-masks)."""
     from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
@@ -85,7 +89,18 @@ def evaluate_volume(data, prompts, propagate, three_slice, predictions, window, 
                                max_images=max_images if max_images is not None else max_volumes, classes=classes,
                                seed=seed, min_area=min_area, margin=margin, min_iou=min_iou, save_masks=save_masks,
                                predictions=predictions, cache=cache)
-    summary = run_resumable(evaluate_volumes, cfg,
-                            f"finished volumes are kept in {out}; rerun the same command to resume")
+    run = evaluate_volumes
+    dask = dask_config(workers, threads_per_worker, scheduler)
+    if dask is not None:
+        from functools import partial
+
+        from medsamkit.distributed.volumes import evaluate_volumes_on_cluster
+
+        run = partial(evaluate_volumes_on_cluster, dask=dask)
+    summary = run_resumable(run, cfg, f"finished volumes are kept in {out}; rerun the same command to resume")
     click.echo(open(f"{out}/summary.md").read())
     click.echo(f"{summary['volumes']} volumes; results in {out}")
+    for line in summary.get("failed", []):
+        click.echo(f"error: {line}", err=True)
+    if summary.get("failed"):
+        raise SystemExit(2)
