@@ -8,6 +8,7 @@ import torch
 
 from medsamkit.core.errors import InputError
 from medsamkit.samaug import everything as ev
+from medsamkit.samaug import proposals
 from medsamkit.samaug.nms import box_iou
 
 
@@ -29,24 +30,24 @@ def test_stability_score_on_hand_made_logits():
 
 
 def test_grid_layouts():
-    boxes = ev.grid_boxes((256, 256), (16, 24, 32), 16)
+    boxes = proposals.grid_boxes((256, 256), (16, 24, 32), 16)
     assert boxes.shape == (768, 4)  # 16 x 16 centres x 3 sizes (the naive grid of FACTS.md)
     assert boxes[0].tolist() == [0, 0, 15, 15]  # centre (8, 8), side 16
     assert boxes[:, [0, 1]].min() == 0 and boxes[:, [2, 3]].max() == 255
-    pts = ev.point_grid((100, 200), 4)
+    pts = proposals.point_grid((100, 200), 4)
     assert pts.shape == (16, 2)
     assert pts[0].tolist() == [25.0, 12.5] and pts[-1].tolist() == [175.0, 87.5]
 
 
 def test_expand_boxes_pads_and_clips():
-    got = ev.expand_boxes(np.array([[1, 2, 5, 6]]), (0, 3), (8, 7))
+    got = proposals.expand_boxes(np.array([[1, 2, 5, 6]]), (0, 3), (8, 7))
     assert got.tolist() == [[1, 2, 5, 6], [0, 0, 6, 7]]
 
 
 def test_assign_to_windows_picks_the_most_central_tile():
     windows = [(0, 0, 256, 256), (0, 208, 256, 464)]  # (y0, x0, y1, x1)
     boxes = np.array([[10, 10, 30, 30], [240, 100, 260, 120], [400, 5, 420, 20]])
-    assert ev.assign_to_windows(boxes, windows).tolist() == [0, 1, 1]
+    assert proposals.assign_to_windows(boxes, windows).tolist() == [0, 1, 1]
 
 
 LEFT, RIGHT = (0, 0, 256, 256), (0, 208, 256, 464)  # (y0, x0, y1, x1) tiles of a 256 x 464 image
@@ -71,7 +72,7 @@ def test_blob_proposals_find_dark_discs_on_bright_background():
     image = np.full((64, 80), 220, np.uint8)
     image[(yy - 15) ** 2 + (xx - 12) ** 2 <= 25] = 40  # disc radius 5 at (x 12, y 15)
     image[(yy - 40) ** 2 + (xx - 50) ** 2 <= 36] = 40  # disc radius 6 at (x 50, y 40)
-    boxes = ev.blob_proposals(image)
+    boxes = proposals.blob_proposals(image)
     boxes = boxes[np.argsort(boxes[:, 0])]
     assert len(boxes) == 2
     np.testing.assert_allclose(boxes, [[7, 10, 17, 20], [44, 34, 56, 46]], atol=1)

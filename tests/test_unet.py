@@ -13,17 +13,9 @@ import torch
 
 from medsamkit.core.errors import InputError
 from medsamkit.io.images import read_image, read_label, write_mask
-from medsamkit.samaug.unet import (
-    UNetConfig,
-    UNetEvalConfig,
-    build_unet,
-    evaluate,
-    image_unit_rgb,
-    load_run,
-    predict_probs,
-    sample_batch,
-    train,
-)
+from medsamkit.samaug.unet import build_unet, image_unit_rgb, load_run, sample_batch
+from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate, predict_probs
+from medsamkit.samaug.unet_train import UNetConfig, train
 
 # A U-Net small enough for a few CPU iterations in a test; the engine's defaults are larger. One thread:
 # on a shared 2-core machine, 2 OpenMP threads made these tiny steps 100x slower (2 s instead of 10 ms).

@@ -47,8 +47,8 @@ def unet() -> None:
 def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, crop, seed, val_images, channels,
           strides, num_res_units, dice, checkpoint_every, device, threads):
     """Train (or resume) a U-Net; writes RUN/last.pt, metrics.csv, loss.png."""
-    from medsamkit.samaug.unet import UNetConfig
-    from medsamkit.samaug.unet import train as run
+    from medsamkit.samaug.unet_train import UNetConfig
+    from medsamkit.samaug.unet_train import train as run
 
     cfg = UNetConfig(data=data, out=out, priors=priors, iterations=iterations, lr=lr, lr_after=lr_after,
                      lr_switch=lr_switch, batch_size=batch_size, crop=crop, seed=seed, val_images=val_images,
@@ -74,7 +74,7 @@ def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, cr
 @click.option("--threads", type=int, default=None, help="CPU threads (default: env MEDSAMKIT_THREADS, else all)")
 def eval_(run_dir, data, priors, out, max_images, glas, min_size, no_masks, device, threads):
     """Sliding-window segmentation + AJI per image; writes per_image.csv, summary.json, masks/."""
-    from medsamkit.samaug.unet import UNetEvalConfig, evaluate
+    from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate
 
     cfg = UNetEvalConfig(run=run_dir, data=data, priors=priors, out=out, max_images=max_images, glas=glas,
                          min_size=min_size, save_masks=not no_masks, device=device, threads=threads)
