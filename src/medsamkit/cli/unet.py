@@ -8,6 +8,7 @@ import click
 
 from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import run_resumable
+from medsamkit.cli.options import max_images_option
 from medsamkit.core.runtime import setup
 
 
@@ -66,7 +67,7 @@ def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, cr
 @click.option("--data", required=True, help="test SPEC: folder with images/ + labels/ (instance maps)")
 @click.option("--priors", type=click.Path(), default=None, help="priors of the test images (SAMAug runs)")
 @click.option("--out", type=click.Path(), default=None, help="results folder (default: RUN/eval-<data>)")
-@click.option("--max-images", type=int, default=None)
+@max_images_option
 @click.option("--glas", is_flag=True, help="also GlaS object F1 and object Dice")
 @click.option("--min-size", type=int, default=10, show_default=True, help="smallest nucleus seed in pixels")
 @click.option("--no-masks", is_flag=True, help="do not write predicted instance PNGs")
