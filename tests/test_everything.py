@@ -9,6 +9,7 @@ import torch
 from medsamkit.core.errors import InputError
 from medsamkit.samaug import everything as ev
 from medsamkit.samaug import proposals
+from medsamkit.samaug.everything import EverythingConfig
 from medsamkit.samaug.nms import box_iou
 
 
@@ -155,3 +156,58 @@ def test_window_decoding_fast_path_equals_official_modules(predictor, monuseg_ti
     assert (iou_fast - iou_ref).abs().max().item() < 1e-4
     assert ((fast > 0) == (ref > 0)).float().mean().item() >= 0.999
     assert (ref > 0).sum().item() > 0
+
+
+@pytest.fixture(scope="module")
+def dsb_crop_folder(tmp_path_factory):
+    """A one-image data set: a 128x128 crop of builtin:dsb-nuclei as 8-bit PNG with its uint16 labels."""
+    from PIL import Image
+
+    from medsamkit.io.datasets import open_dataset
+    from medsamkit.io.images import write_mask
+
+    case = next(open_dataset("builtin:dsb-nuclei").cases())
+    lo, hi = np.percentile(case.image, [0.5, 99.5])
+    u8 = (np.clip((case.image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    root = tmp_path_factory.mktemp("dsb_points")
+    (root / "images").mkdir()
+    Image.fromarray(u8[:128, 128:256]).save(root / "images" / "crop.png")
+    write_mask(root / "labels" / "crop.png", case.label[:128, 128:256].astype(np.uint16))
+    return root
+
+
+def test_points_mode_takes_a_litemedsam_fine_tuned_with_points(dsb_crop_folder, tmp_path, predictor):
+    """Bug 3: point support comes from the model, not its registry name. A LiteMedSAM decoder fine-tuned with
+    point prompts keeps the name `litemedsam` yet answers points, so `samaug masks --proposal points` runs it;
+    the bundled LiteMedSAM (box-only) is refused with a one-line InputError."""
+    from medsamkit.models import load_model
+    from medsamkit.samaug.priors import PriorsConfig, compute_priors, load_masks
+    from medsamkit.training.finetune import FinetuneConfig, finetune
+
+    run = tmp_path / "run"
+    finetune(FinetuneConfig(data=[str(dsb_crop_folder)], out=str(run), prompts="center,random1", epochs=1,
+                            max_steps=2, batch_size=2, max_objects=2, val_fraction=0.0, show_progress=False))
+    tuned = load_model(str(run / "best.pt"))
+    assert tuned.name == "litemedsam" and tuned.point_prompts
+    assert predictor.model.name == "litemedsam" and not predictor.model.point_prompts
+
+    # Two steps do not teach the IoU head to trust point masks (it predicts ~0.1-0.2), so the quality
+    # filters are opened: this checks that points mode decodes the fine-tuned model, not how well.
+    points = EverythingConfig(proposal="points", points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0)
+    cfg = PriorsConfig(data=str(dsb_crop_folder), out=str(tmp_path / "masks"), model=str(run / "best.pt"),
+                       everything=points, write_priors=False, progress=False)
+    index = compute_priors(cfg)  # loads the model from its run checkpoint, as `--model RUN/best.pt` does
+    records, shape = load_masks(tmp_path / "masks" / "masks" / "crop.npz")
+    assert index["images"][0]["masks"] == len(records) > 0 and shape == (128, 128)
+    assert all(points.min_area <= r.area <= points.max_area for r in records)
+
+    bundled = PriorsConfig(data=str(dsb_crop_folder), out=str(tmp_path / "bundled"), everything=points,
+                           write_priors=False, progress=False)
+    with pytest.raises(InputError, match=r"^model 'litemedsam' is box-only: use --proposal blobs or grid"):
+        compute_priors(bundled, predictor)
+
+
+def test_whole_image_as_one_tile():
+    assert EverythingConfig(tile_size=0).tile_size == 0
+    with pytest.raises(InputError, match="tile size 16"):
+        EverythingConfig(tile_size=16)
