@@ -132,12 +132,17 @@ def test_resume_continues_at_the_checkpoint_with_identical_losses(small_data, tm
     cfg = dict(data=str(small_data), checkpoint_every=2, lr_switch=3, **TINY)
     straight = train(UNetConfig(out=str(tmp_path / "a"), iterations=4, **cfg))
     first = train(UNetConfig(out=str(tmp_path / "b"), iterations=2, **cfg))
+    # a crash after the log rows of iteration 3 were written but before its checkpoint: the row is cut
+    with (tmp_path / "b" / "metrics.csv").open("a") as fh:
+        fh.write("3,9.99,0.0005,0.1\n")
     resumed = train(UNetConfig(out=str(tmp_path / "b"), iterations=4, **cfg))
     assert first.losses == straight.losses[:2]
     assert resumed.start_iteration == 2
     assert resumed.losses == straight.losses[2:]  # bit-identical, across the lr switch at 3
     with (tmp_path / "b" / "metrics.csv").open() as fh:
-        assert [int(r["iteration"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
+        rows = list(csv.DictReader(fh))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["loss"]) for r in rows] == straight.losses
     # rerunning a finished run does nothing
     again = train(UNetConfig(out=str(tmp_path / "b"), iterations=4, **cfg))
     assert again.losses == [] and again.start_iteration == 4
@@ -146,7 +151,7 @@ def test_resume_continues_at_the_checkpoint_with_identical_losses(small_data, tm
     same = train(UNetConfig(out=str(tmp_path / "b"), iterations=4, **{**cfg, "data": rel}))
     assert same.start_iteration == 4
     # a different experiment in the same folder is refused
-    with pytest.raises(InputError, match="seed"):
+    with pytest.raises(InputError, match=r"b: holds results of a different configuration \(seed differ\); use another"):
         train(UNetConfig(out=str(tmp_path / "b"), iterations=8, **{**cfg, "seed": 1}))
 
 
