@@ -32,7 +32,7 @@ def test_stability_score_on_hand_made_logits():
 
 def test_grid_layouts():
     boxes = proposals.grid_boxes((256, 256), (16, 24, 32), 16)
-    assert boxes.shape == (768, 4)  # 16 x 16 centres x 3 sizes (the naive grid of FACTS.md)
+    assert boxes.shape == (768, 4)  # 16 x 16 centres x 3 sizes (the naive grid of docs/facts.md)
     assert boxes[0].tolist() == [0, 0, 15, 15]  # centre (8, 8), side 16
     assert boxes[:, [0, 1]].min() == 0 and boxes[:, [2, 3]].max() == 255
     pts = proposals.point_grid((100, 200), 4)
@@ -118,7 +118,7 @@ def test_generate_masks_recall_on_real_tile(predictor, monuseg_tile):
     image, label = monuseg_tile
     cfg = ev.EverythingConfig()
     records = ev.generate_masks(predictor, image, cfg)
-    # Measured 0.758 (25/33 nuclei, 49 masks) with the defaults; the naive box grid found 0.35 (FACTS.md).
+    # Measured 0.758 (25/33 nuclei, 49 masks) with the defaults; the naive box grid found 0.35 (docs/facts.md).
     assert ev.instance_recall(records, label) >= 0.68
     assert 30 <= len(records) <= 80
     boxes = np.array([r.box for r in records])

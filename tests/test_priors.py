@@ -1,4 +1,5 @@
-"""SAMAug priors: hand-made masks -> exact prior maps, fusion shapes/dtypes/normalisation, saved files, resume."""
+"""SAMAug priors: hand-made masks -> exact prior maps, fusion shapes/dtypes/normalisation, saved files, resume and
+refusal through the run store, the CLI."""
 
 from __future__ import annotations
 

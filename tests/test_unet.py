@@ -1,4 +1,5 @@
-"""U-Net engine (medsamkit.samaug.unet): crops, schedule, training, exact resume and sliding-window eval."""
+"""U-Net engine (medsamkit.samaug.unet, unet_train, unet_eval): inputs, crops, schedule, training that learns on
+real crops, exact resume through the run store, and sliding-window eval."""
 
 from __future__ import annotations
 
