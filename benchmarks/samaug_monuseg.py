@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from _shared import monuseg_dir
-from medsamkit.samaug.unet import UNetConfig, UNetEvalConfig, evaluate, train
+from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate
+from medsamkit.samaug.unet_train import UNetConfig, train
 
 PAPER_AJI = {"baseline_aji": 58.36, "samaug_aji": 64.30}  # U-Net, 50k iterations, AJI x 100
 

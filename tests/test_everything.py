@@ -8,6 +8,8 @@ import torch
 
 from medsamkit.core.errors import InputError
 from medsamkit.samaug import everything as ev
+from medsamkit.samaug import proposals
+from medsamkit.samaug.everything import EverythingConfig
 from medsamkit.samaug.nms import box_iou
 
 
@@ -29,24 +31,24 @@ def test_stability_score_on_hand_made_logits():
 
 
 def test_grid_layouts():
-    boxes = ev.grid_boxes((256, 256), (16, 24, 32), 16)
+    boxes = proposals.grid_boxes((256, 256), (16, 24, 32), 16)
     assert boxes.shape == (768, 4)  # 16 x 16 centres x 3 sizes (the naive grid of docs/facts.md)
     assert boxes[0].tolist() == [0, 0, 15, 15]  # centre (8, 8), side 16
     assert boxes[:, [0, 1]].min() == 0 and boxes[:, [2, 3]].max() == 255
-    pts = ev.point_grid((100, 200), 4)
+    pts = proposals.point_grid((100, 200), 4)
     assert pts.shape == (16, 2)
     assert pts[0].tolist() == [25.0, 12.5] and pts[-1].tolist() == [175.0, 87.5]
 
 
 def test_expand_boxes_pads_and_clips():
-    got = ev.expand_boxes(np.array([[1, 2, 5, 6]]), (0, 3), (8, 7))
+    got = proposals.expand_boxes(np.array([[1, 2, 5, 6]]), (0, 3), (8, 7))
     assert got.tolist() == [[1, 2, 5, 6], [0, 0, 6, 7]]
 
 
 def test_assign_to_windows_picks_the_most_central_tile():
     windows = [(0, 0, 256, 256), (0, 208, 256, 464)]  # (y0, x0, y1, x1)
     boxes = np.array([[10, 10, 30, 30], [240, 100, 260, 120], [400, 5, 420, 20]])
-    assert ev.assign_to_windows(boxes, windows).tolist() == [0, 1, 1]
+    assert proposals.assign_to_windows(boxes, windows).tolist() == [0, 1, 1]
 
 
 LEFT, RIGHT = (0, 0, 256, 256), (0, 208, 256, 464)  # (y0, x0, y1, x1) tiles of a 256 x 464 image
@@ -71,7 +73,7 @@ def test_blob_proposals_find_dark_discs_on_bright_background():
     image = np.full((64, 80), 220, np.uint8)
     image[(yy - 15) ** 2 + (xx - 12) ** 2 <= 25] = 40  # disc radius 5 at (x 12, y 15)
     image[(yy - 40) ** 2 + (xx - 50) ** 2 <= 36] = 40  # disc radius 6 at (x 50, y 40)
-    boxes = ev.blob_proposals(image)
+    boxes = proposals.blob_proposals(image)
     boxes = boxes[np.argsort(boxes[:, 0])]
     assert len(boxes) == 2
     np.testing.assert_allclose(boxes, [[7, 10, 17, 20], [44, 34, 56, 46]], atol=1)
@@ -154,3 +156,59 @@ def test_window_decoding_fast_path_equals_official_modules(predictor, monuseg_ti
     assert (iou_fast - iou_ref).abs().max().item() < 1e-4
     assert ((fast > 0) == (ref > 0)).float().mean().item() >= 0.999
     assert (ref > 0).sum().item() > 0
+
+
+@pytest.fixture(scope="module")
+def dsb_crop_folder(tmp_path_factory):
+    """A one-image data set: a 128x128 crop of builtin:dsb-nuclei as 8-bit PNG with its uint16 labels."""
+    from PIL import Image
+
+    from medsamkit.io.datasets import open_dataset
+    from medsamkit.io.images import write_mask
+
+    case = next(open_dataset("builtin:dsb-nuclei").cases())
+    lo, hi = np.percentile(case.image, [0.5, 99.5])
+    u8 = (np.clip((case.image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    root = tmp_path_factory.mktemp("dsb_points")
+    (root / "images").mkdir()
+    Image.fromarray(u8[:128, 128:256]).save(root / "images" / "crop.png")
+    write_mask(root / "labels" / "crop.png", case.label[:128, 128:256].astype(np.uint16))
+    return root
+
+
+def test_points_mode_takes_a_litemedsam_fine_tuned_with_points(dsb_crop_folder, tmp_path, predictor):
+    """Bug 3: point support comes from the model, not its registry name. A LiteMedSAM decoder fine-tuned with
+    point prompts keeps the name `litemedsam` yet answers points, so `samaug masks --proposal points` runs it;
+    the bundled LiteMedSAM (box-only) is refused with a one-line InputError."""
+    from medsamkit.training.finetune import FinetuneConfig, finetune
+
+    from medsamkit.models import load_model
+    from medsamkit.samaug.priors import PriorsConfig, compute_priors, load_masks
+
+    run = tmp_path / "run"
+    finetune(FinetuneConfig(data=[str(dsb_crop_folder)], out=str(run), prompts="center,random1", epochs=1,
+                            max_steps=2, batch_size=2, max_objects=2, val_fraction=0.0, show_progress=False))
+    tuned = load_model(str(run / "best.pt"))
+    assert tuned.name == "litemedsam" and tuned.point_prompts
+    assert predictor.model.name == "litemedsam" and not predictor.model.point_prompts
+
+    # Two steps do not teach the IoU head to trust point masks (it predicts ~0.1-0.2), so the quality
+    # filters are opened: this checks that points mode decodes the fine-tuned model, not how well.
+    points = EverythingConfig(proposal="points", points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0)
+    cfg = PriorsConfig(data=str(dsb_crop_folder), out=str(tmp_path / "masks"), model=str(run / "best.pt"),
+                       everything=points, write_priors=False, progress=False)
+    index = compute_priors(cfg)  # loads the model from its run checkpoint, as `--model RUN/best.pt` does
+    records, shape = load_masks(tmp_path / "masks" / "masks" / "crop.npz")
+    assert index["images"][0]["masks"] == len(records) > 0 and shape == (128, 128)
+    assert all(points.min_area <= r.area <= points.max_area for r in records)
+
+    bundled = PriorsConfig(data=str(dsb_crop_folder), out=str(tmp_path / "bundled"), everything=points,
+                           write_priors=False, progress=False)
+    with pytest.raises(InputError, match=r"^model 'litemedsam' is box-only: use --proposal blobs or grid"):
+        compute_priors(bundled, predictor)
+
+
+def test_whole_image_as_one_tile():
+    assert EverythingConfig(tile_size=0).tile_size == 0
+    with pytest.raises(InputError, match="tile size 16"):
+        EverythingConfig(tile_size=16)

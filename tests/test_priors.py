@@ -1,13 +1,16 @@
-"""SAMAug priors: hand-made masks -> exact prior maps, fusion shapes/dtypes/normalisation, saved files, resume."""
+"""SAMAug priors: hand-made masks -> exact prior maps, fusion shapes/dtypes/normalisation, saved files, resume and
+refusal through the run store, the CLI."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from medsamkit.core.errors import InputError
+from medsamkit.core.results import read_rows
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord
 from medsamkit.samaug.priors import (
     PriorsConfig,
@@ -171,6 +174,53 @@ def test_compute_priors_files_match_saved_masks_and_resume(nuclei_folder, tmp_pa
     assert fourth["images"][0]["skipped"] is False
     np.testing.assert_array_equal(load_priors(out, "crop")[0], seg)  # deterministic: the same masks again
 
+    # The run store: one row per finished image (a redone image replaces its row), the image marked done.
+    rows = read_rows(out / "images.csv")
+    assert [r["name"] for r in rows] == ["crop"] and int(rows[0]["masks"]) == len(records)
+    assert (out / "done.txt").read_text().split() == ["crop", "crop", "crop"]
+    # More images, another device or a masks-only rerun are the same run: the image is skipped.
+    assert compute_priors(replace(cfg, max_images=5, device="cpu"), predictor)["images"][0]["skipped"] is True
+    assert compute_priors(replace(cfg, write_priors=False), predictor)["images"][0]["skipped"] is True
+    # Settings that change the files are refused in one line naming them, and the folder is left as it was.
+    config = (out / "config.json").read_text()
+    refused = {
+        "everything.min_area": replace(cfg, everything=EverythingConfig(min_area=30)),
+        "boundary_thickness": replace(cfg, boundary_thickness=3),
+        "model": replace(cfg, model="medsam"),
+    }
+    for key, other in refused.items():
+        with pytest.raises(InputError, match=rf"holds results of a different configuration \({key} differ\)"):
+            compute_priors(other, predictor)
+    assert (out / "config.json").read_text() == config
+
+
+def test_cli_masks_then_priors_on_one_folder(nuclei_folder, tmp_path):
+    """`samaug masks` then `samaug priors` (the whole image as one tile, at most one image): the priors run
+    reuses the saved masks; a rerun with another tile size is refused with the store's one-line message."""
+    from click.testing import CliRunner
+
+    import medsamkit.cli.samaug  # noqa: F401  (registers `samaug` on `main`)
+    from medsamkit.cli import main
+
+    out = tmp_path / "o"
+    common = ["--data", str(nuclei_folder), "--out", str(out), "--tile", "0", "--max-images", "1"]
+    runner = CliRunner()
+    res = runner.invoke(main, ["samaug", "masks", *common])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["computed"] == 1  # after the progress bar
+    assert not (out / "priors").exists()
+    stamp = (out / "masks" / "crop.npz").stat().st_mtime_ns
+    res = runner.invoke(main, ["samaug", "priors", *common])
+    assert res.exit_code == 0, res.output
+    assert (out / "masks" / "crop.npz").stat().st_mtime_ns == stamp  # masks reused, not recomputed
+    records, shape = load_masks(out / "masks" / "crop.npz")
+    np.testing.assert_array_equal(load_priors(out, "crop")[0], segmentation_prior(records, shape))
+    assert json.loads((out / "config.json").read_text())["everything"]["tile_size"] == 0
+    res = runner.invoke(main, ["samaug", "priors", "--data", str(nuclei_folder), "--out", str(out)])
+    assert res.exit_code == 2
+    assert res.output.strip() == (f"error: {out}: holds results of a different configuration "
+                                  "(everything.tile_size differ); use another --out folder")
+
 
 def test_load_priors_missing(tmp_path):
     with pytest.raises(InputError, match="no priors"):
@@ -195,3 +245,5 @@ def test_cli_reports_bad_data_in_one_line(tmp_path):
     assert result.output.strip() == f"error: {missing}: data not found (expected a folder, a volume file or builtin:NAME)"
     result = runner.invoke(main, ["samaug", "masks", "--help"])
     assert result.exit_code == 0 and "--stability-thresh" in result.output
+    for flag in ("--tile", "--tile-overlap", "--max-images", "--window", "--model", "--checkpoint", "--device"):
+        assert flag in result.output

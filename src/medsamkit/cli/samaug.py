@@ -7,11 +7,11 @@ import json
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.options import model_options
+from medsamkit.cli.options import max_images_option, model_options, window_option
 
 
 def everything_options(fn):
-    """The key everything-mode flags (defaults: engines.everything.EverythingConfig)."""
+    """The key everything-mode flags (defaults: samaug.everything.EverythingConfig)."""
     options = [
         click.option("--proposal", type=click.Choice(["auto", "blobs", "grid", "points"]), default="auto",
                      show_default=True,
@@ -21,15 +21,18 @@ def everything_options(fn):
         click.option("--box-nms-thresh", type=float, default=0.5, show_default=True),
         click.option("--min-area", type=int, default=20, show_default=True, help="pixels"),
         click.option("--max-area", type=int, default=3000, show_default=True, help="pixels; 0 = no limit"),
-        click.option("--tile-size", type=int, default=256, show_default=True),
-        click.option("--tile-overlap", type=int, default=48, show_default=True),
+        # cli/options.py's tile_options carries the embedding cache's overlap (64); everything mode's tiles
+        # overlap by 48 (more than a large nucleus), so the same flags are declared here with its defaults.
+        click.option("--tile", "--tile-size", "tile_size", type=int, default=256, show_default=True,
+                     help="tile size in px at native resolution (0: the whole image as one tile)"),
+        click.option("--tile-overlap", type=int, default=48, show_default=True,
+                     help="overlap of the tile grid in px (more than the largest object)"),
         click.option("--points-per-side", type=int, default=32, show_default=True, help="points mode, per tile"),
         click.option("--full-decoder", is_flag=True, help="decode on the whole embedding (slower; no windows)"),
-        click.option("--max-images", type=int, default=None, help="only the first N images"),
     ]
     for opt in reversed(options):
         fn = opt(fn)
-    return fn
+    return max_images_option(window_option(fn))
 
 
 def _config(data, out, write_priors, model_name, checkpoint, device, thickness, **kw):
@@ -50,7 +53,7 @@ def _config(data, out, write_priors, model_name, checkpoint, device, thickness, 
     )
     return PriorsConfig(
         data=data, out=out, model=model_name, checkpoint=checkpoint, device=device, everything=everything,
-        max_images=kw["max_images"], write_priors=write_priors, boundary_thickness=thickness,
+        max_images=kw["max_images"], window=kw["window"], write_priors=write_priors, boundary_thickness=thickness,
     )
 
 

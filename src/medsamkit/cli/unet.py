@@ -8,6 +8,7 @@ import click
 
 from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import run_resumable
+from medsamkit.cli.options import max_images_option
 from medsamkit.core.runtime import setup
 
 
@@ -47,8 +48,8 @@ def unet() -> None:
 def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, crop, seed, val_images, channels,
           strides, num_res_units, dice, checkpoint_every, device, threads):
     """Train (or resume) a U-Net; writes RUN/last.pt, metrics.csv, loss.png."""
-    from medsamkit.samaug.unet import UNetConfig
-    from medsamkit.samaug.unet import train as run
+    from medsamkit.samaug.unet_train import UNetConfig
+    from medsamkit.samaug.unet_train import train as run
 
     cfg = UNetConfig(data=data, out=out, priors=priors, iterations=iterations, lr=lr, lr_after=lr_after,
                      lr_switch=lr_switch, batch_size=batch_size, crop=crop, seed=seed, val_images=val_images,
@@ -66,7 +67,7 @@ def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, cr
 @click.option("--data", required=True, help="test SPEC: folder with images/ + labels/ (instance maps)")
 @click.option("--priors", type=click.Path(), default=None, help="priors of the test images (SAMAug runs)")
 @click.option("--out", type=click.Path(), default=None, help="results folder (default: RUN/eval-<data>)")
-@click.option("--max-images", type=int, default=None)
+@max_images_option
 @click.option("--glas", is_flag=True, help="also GlaS object F1 and object Dice")
 @click.option("--min-size", type=int, default=10, show_default=True, help="smallest nucleus seed in pixels")
 @click.option("--no-masks", is_flag=True, help="do not write predicted instance PNGs")
@@ -74,7 +75,7 @@ def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, cr
 @click.option("--threads", type=int, default=None, help="CPU threads (default: env MEDSAMKIT_THREADS, else all)")
 def eval_(run_dir, data, priors, out, max_images, glas, min_size, no_masks, device, threads):
     """Sliding-window segmentation + AJI per image; writes per_image.csv, summary.json, masks/."""
-    from medsamkit.samaug.unet import UNetEvalConfig, evaluate
+    from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate
 
     cfg = UNetEvalConfig(run=run_dir, data=data, priors=priors, out=out, max_images=max_images, glas=glas,
                          min_size=min_size, save_masks=not no_masks, device=device, threads=threads)

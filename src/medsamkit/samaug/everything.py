@@ -9,6 +9,8 @@ on a window of the embedding around each box (`decode_local`: ~4x cheaper per pr
 Blob proposals are made once on the whole image and each is decoded in the tile holding it most centrally;
 masks touching a tile edge inside the image are dropped (a neighbouring tile holds that region whole).
 
+The prompt layouts themselves live in ``medsamkit.samaug.proposals``.
+
 Stability score: IoU of (logits > +offset) and (logits > -offset), computed on the mask logits at TILE
 resolution (the decoder's low-res logits resampled to the tile's pixels), as SAM does on full-res logits.
 """
@@ -27,6 +29,7 @@ from medsamkit.core.tiling import grid_windows
 from medsamkit.models.sam import fast_decoder_supported, fast_mask_decode_chunked
 from medsamkit.predictor import Predictor, as_rgb_float
 from medsamkit.samaug.nms import nms
+from medsamkit.samaug.proposals import assign_to_windows, blob_proposals, expand_boxes, grid_boxes, point_grid
 
 PROPOSALS = ("auto", "blobs", "grid", "points")
 
@@ -62,7 +65,7 @@ class EverythingConfig:
     box_nms_thresh: float = 0.5  # SAMAug paper, within and across tiles
     min_area: int = 20  # pixels; smaller masks are noise at MoNuSeg's 40x
     max_area: int | None = 3000  # pixels; None keeps any size
-    tile_size: int = 256  # native-resolution tiles
+    tile_size: int = 256  # native-resolution tiles; 0: the whole image as one tile (resized by the model)
     tile_overlap: int = 48  # > a large nucleus, so every object lies whole inside some tile
     points_per_side: int = 32  # points mode, per tile
     grid_box_sizes: tuple[int, ...] = (16, 24, 32)  # grid mode: box sides in pixels
@@ -78,7 +81,8 @@ class EverythingConfig:
             raise InputError(f"unknown proposal {self.proposal!r}; choose one of: {', '.join(PROPOSALS)}")
         if not 0 <= self.pred_iou_thresh <= 1 or not 0 <= self.stability_thresh <= 1:
             raise InputError("pred-IoU and stability thresholds must be in [0, 1]")
-        if self.tile_size < 32 or not 0 <= self.tile_overlap < self.tile_size:
+        whole = self.tile_size == 0
+        if not whole and (self.tile_size < 32 or not 0 <= self.tile_overlap < self.tile_size):
             raise InputError(f"tile size {self.tile_size} / overlap {self.tile_overlap} not usable")
 
 
@@ -105,112 +109,6 @@ def resolve_proposal(predictor: Predictor, cfg: EverythingConfig) -> str:
     if cfg.proposal != "auto":
         return cfg.proposal
     return "points" if model_takes_points(predictor) else "blobs"
-
-
-# --- proposals -----------------------------------------------------------------------------------------
-def _unit_rgb(image: np.ndarray) -> np.ndarray:
-    """float (H,W,3) in [0,1]: integer images by their dtype range, float images min-max scaled."""
-    arr = np.asarray(image)
-    rgb = as_rgb_float(arr)
-    if np.issubdtype(arr.dtype, np.integer):
-        return rgb / float(np.iinfo(arr.dtype).max)
-    lo, hi = float(rgb.min()), float(rgb.max())
-    return (rgb - lo) / max(hi - lo, 1e-8)
-
-
-def stain_signal(image: np.ndarray) -> np.ndarray:
-    """Per-pixel 'nucleus-ness' in [0,1]: haematoxylin density (colour) or the minority intensity (grey)."""
-    from skimage.color import rgb2hed
-
-    rgb = _unit_rgb(image)
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] >= 3 and not np.allclose(rgb[..., 0], rgb[..., 1]):
-        signal = rgb2hed(rgb)[..., 0]
-    else:
-        grey = rgb[..., 0]
-        lo, hi = np.percentile(grey, (1, 99))
-        # Objects are the minority: a bright background (brightfield) means dark objects, else bright (fluorescence).
-        signal = 1.0 - grey if np.median(grey) > (lo + hi) / 2 else grey
-    lo, hi = np.percentile(signal, (1, 99.5))
-    return np.clip((signal - lo) / max(hi - lo, 1e-8), 0, 1).astype(np.float32)
-
-
-def blob_proposals(image: np.ndarray, min_distance: int = 4, min_area: int = 10) -> np.ndarray:
-    """Boxes (K,4) [x0,y0,x1,y1] inclusive of candidate nuclei: Otsu on the smoothed stain signal, then a
-    distance-transform watershed splits touching blobs (one box per watershed region)."""
-    from scipy import ndimage as ndi
-    from skimage.feature import peak_local_max
-    from skimage.filters import gaussian, threshold_otsu
-    from skimage.segmentation import watershed
-
-    signal = gaussian(stain_signal(image), sigma=1.0)
-    foreground = signal > threshold_otsu(signal)
-    blobs, n = ndi.label(ndi.binary_fill_holes(foreground))
-    foreground = (np.bincount(blobs.ravel(), minlength=n + 1) >= min_area)[blobs] & (blobs > 0)
-    if not foreground.any():
-        return np.zeros((0, 4), dtype=np.int64)
-    distance = gaussian(ndi.distance_transform_edt(foreground), sigma=1.0)
-    blobs, _ = ndi.label(foreground)
-    peaks = peak_local_max(distance, min_distance=min_distance, labels=blobs, exclude_border=False)
-    markers = np.zeros(foreground.shape, dtype=np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    regions = watershed(-distance, markers, mask=foreground)
-    boxes = [
-        (s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1)
-        for s in ndi.find_objects(regions)
-        if s is not None
-    ]
-    return np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-
-
-def expand_boxes(boxes: np.ndarray, pads: tuple[int, ...], shape: tuple[int, int]) -> np.ndarray:
-    """Each box grown by each of `pads` pixels on every side (all of pads[0] first), clipped to the image."""
-    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    out = [b + np.array([-p, -p, p, p]) for p in pads]
-    res = np.concatenate(out) if out else np.zeros((0, 4), dtype=np.int64)
-    h, w = shape[:2]
-    res[:, [0, 2]] = np.clip(res[:, [0, 2]], 0, w - 1)
-    res[:, [1, 3]] = np.clip(res[:, [1, 3]], 0, h - 1)
-    return res.astype(np.int64)
-
-
-def grid_boxes(shape: tuple[int, int], sizes: tuple[int, ...], stride: int) -> np.ndarray:
-    """The naive multi-scale box grid of a tile: boxes of each side in `sizes` centred every `stride` px."""
-    h, w = shape[:2]
-    out = []
-    for size in sizes:
-        ys = np.arange(stride // 2, h, stride)
-        xs = np.arange(stride // 2, w, stride)
-        cy, cx = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
-        half = size / 2
-        out.append(np.stack([cx - half, cy - half, cx + half - 1, cy + half - 1], axis=1))
-    b = np.round(np.concatenate(out)).astype(np.int64)
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w - 1)
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, h - 1)
-    return b
-
-
-def point_grid(shape: tuple[int, int], per_side: int) -> np.ndarray:
-    """SAM's point grid: `per_side`^2 points (x, y) at cell centres of the tile."""
-    h, w = shape[:2]
-    offs = (np.arange(per_side) + 0.5) / per_side
-    ys, xs = np.meshgrid(offs * h, offs * w, indexing="ij")
-    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
-
-
-def assign_to_windows(boxes: np.ndarray, windows: list[tuple[int, int, int, int]]) -> np.ndarray:
-    """For each box, the window containing it with the largest margin (so its mask is not cut by a border)."""
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    w = np.asarray(windows, dtype=np.int64)  # (T, 4) y0, x0, y1, x1 exclusive
-    b = np.asarray(boxes, dtype=np.int64)
-    margin = np.minimum.reduce([
-        b[:, None, 0] - w[None, :, 1],
-        b[:, None, 1] - w[None, :, 0],
-        w[None, :, 3] - 1 - b[:, None, 2],
-        w[None, :, 2] - 1 - b[:, None, 3],
-    ])
-    return margin.argmax(axis=1)
 
 
 # --- decoding ------------------------------------------------------------------------------------------
@@ -424,7 +322,10 @@ def generate_masks(
     if mode == "points" and not model_takes_points(predictor):
         raise InputError(f"model {predictor.model.name!r} is box-only: use --proposal blobs or grid, not points")
     shape = arr.shape[:2]
-    windows = grid_windows(shape, cfg.tile_size, cfg.tile_overlap)
+    if cfg.tile_size == 0:
+        windows = [(0, 0, int(shape[0]), int(shape[1]))]
+    else:
+        windows = grid_windows(shape, cfg.tile_size, cfg.tile_overlap)
     prompts = _tile_prompts(shape, windows, mode, cfg, arr)
     records: list[MaskRecord] = []
     for t, (win, (tile_prompts, kind)) in enumerate(zip(windows, prompts, strict=True)):

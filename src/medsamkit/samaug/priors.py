@@ -6,19 +6,22 @@ Outputs of `compute_priors` (per image NAME, "/" in case names becomes "__"):
   priors/NAME_seg.png       uint16 = round(seg * 1000) (milli-units, clipped at 65535)
   priors/NAME_boundary.png  uint16 = boundary * 65535
   visuals/NAME.png  image | seg prior | boundary prior | fused (the paper's Fig. 2 layout)
-  index.json        settings and one entry per finished image
+  config.json, images.csv, done.txt   the run store (medsamkit.core.results.RunStore): settings checked on
+                    resume, one row per finished image, the finished images
+  index.json        settings and one entry per finished image (a view of images.csv)
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medsamkit.core.atomic import save_npz_atomic, write_atomic, write_json_atomic
 from medsamkit.core.errors import InputError, where
+from medsamkit.core.results import RunStore
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 
 NORMALISATIONS = ("clip", "none")
@@ -128,11 +131,9 @@ def fuse(
 def save_masks(path: Path, records: list[MaskRecord], shape: tuple[int, int]) -> Path:
     """Write records as one npz: `bits` (all crops' pixels row-major, packed), `boxes` (N,4) int32 inclusive,
     `area`, `predicted_iou`, `stability_score` (N,) and `shape` (H, W)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     flat = np.concatenate([r.crop.ravel() for r in records]) if records else np.zeros(0, dtype=bool)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
+    save_npz_atomic(  # a half-written file never looks finished to a resumed run
+        path,
         bits=np.packbits(flat),
         nbits=np.int64(flat.size),
         boxes=np.array([r.box for r in records], dtype=np.int32).reshape(-1, 4),
@@ -141,7 +142,6 @@ def save_masks(path: Path, records: list[MaskRecord], shape: tuple[int, int]) ->
         stability_score=np.array([r.stability_score for r in records], dtype=np.float32),
         shape=np.array(shape[:2], dtype=np.int64),
     )
-    tmp.replace(path)  # atomic: a half-written file never looks finished to a resumed run
     return path
 
 
@@ -166,16 +166,18 @@ def load_masks(path: str | Path) -> tuple[list[MaskRecord], tuple[int, int]]:
     return records, shape
 
 
-def _save_priors(folder: Path, name: str, seg: np.ndarray, boundary: np.ndarray) -> None:
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """``array`` (uint8/uint16, grey or RGB) as a PNG, written atomically (a resumed run never sees half of one)."""
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, lambda fh: Image.fromarray(array).save(fh, format="PNG"))
+
+
+def _save_priors(folder: Path, name: str, seg: np.ndarray, boundary: np.ndarray) -> None:
     seg16 = np.clip(np.round(seg * SEG_PNG_SCALE), 0, 65535).astype(np.uint16)
-    Image.fromarray(seg16).save(folder / f"{name}_seg.png")
-    Image.fromarray(boundary.astype(np.uint16) * np.uint16(65535)).save(folder / f"{name}_boundary.png")
-    tmp = folder / f"{name}.tmp.npz"
-    np.savez_compressed(tmp, seg=seg.astype(np.float32), boundary=boundary.astype(np.uint8))
-    tmp.replace(folder / f"{name}.npz")
+    write_png(folder / f"{name}_seg.png", seg16)
+    write_png(folder / f"{name}_boundary.png", boundary.astype(np.uint16) * np.uint16(65535))
+    save_npz_atomic(folder / f"{name}.npz", seg=seg.astype(np.float32), boundary=boundary.astype(np.uint8))
 
 
 def _priors_file(priors_dir: Path, image_name: str) -> Path:
@@ -213,6 +215,12 @@ def visual_panel(image: np.ndarray, seg: np.ndarray, boundary: np.ndarray, fused
 
 
 # --- engine ---------------------------------------------------------------------------------------------
+IMAGES = "images"  # the run's case table: RUN/images.csv, one row per finished image
+IMAGE_FIELDS = ["name", "masks", "seg_prior_max", "boundary_fraction", "seconds"]
+MASK_KEYS = ("data", "window", "model", "checkpoint", "model_sha256")  # what the saved masks depend on
+PRIOR_KEYS = ("boundary_thickness", "normalisation")  # what the priors and visuals add
+
+
 @dataclass
 class PriorsConfig:
     """What `medsamkit samaug masks|priors` runs: data SPEC -> out folder (see the module docstring)."""
@@ -224,10 +232,40 @@ class PriorsConfig:
     device: str | None = None
     everything: EverythingConfig = field(default_factory=EverythingConfig)
     max_images: int | None = None
+    window: str | None = None  # CT/MR intensity window for volume SPECs (name or lo,hi)
     write_priors: bool = True  # False: masks only (`samaug masks`)
     boundary_thickness: int = 2
     normalisation: str = "clip"  # for the fused image in visuals/ (the U-Net engine fuses on the fly)
     progress: bool = True
+
+
+def priors_identity(cfg: PriorsConfig) -> dict:
+    """The settings a run folder records in config.json. A masks-only run leaves out the prior settings, so
+    `samaug masks` then `samaug priors` (or the reverse) on one folder keeps the priors' settings on record."""
+    from medsamkit.models.loading import model_fingerprint
+
+    identity = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "out")}
+    if not cfg.write_priors:
+        for key in ("write_priors", *PRIOR_KEYS):
+            identity.pop(key)
+    return {**identity, "model_sha256": model_fingerprint(cfg.model)}
+
+
+def identity_differences(old: dict, new: dict) -> list[str]:
+    """Settings whose change makes a folder's files another run's: the masks' settings always, the priors'
+    settings when both runs write priors (max_images and device never: more images is a plain resume)."""
+    diff = [k for k in MASK_KEYS if old.get(k) != new.get(k)]
+    before, now = old.get("everything") or {}, new.get("everything") or {}
+    diff += [f"everything.{k}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    if old.get("write_priors") and new.get("write_priors"):
+        diff += [k for k in PRIOR_KEYS if old.get(k) != new.get(k)]
+    return diff
+
+
+def open_run(cfg: PriorsConfig) -> RunStore:
+    """The output folder of `cfg` (refuses one made with other settings, in the one-line RunStore words)."""
+    return RunStore(cfg.out, priors_identity(cfg), {IMAGES: IMAGE_FIELDS}, differences=identity_differences,
+                    case_field="name")
 
 
 def _outputs(out: Path, name: str, cfg: PriorsConfig) -> list[Path]:
@@ -262,67 +300,76 @@ def _saved_masks(path: Path, shape: tuple[int, int]) -> list[MaskRecord] | None:
     return records if saved_shape == tuple(shape) else None
 
 
+def _image_outputs(cfg: PriorsConfig, out: Path, name: str, image: np.ndarray, predictor) -> tuple[dict, object]:
+    """Masks (reused when a valid file exists), priors and visual of one image; its table row and the
+    predictor (loaded on first need, so a folder of finished images loads no model)."""
+    start = time.perf_counter()
+    shape = image.shape[:2]
+    records = _saved_masks(out / "masks" / f"{name}.npz", shape)  # e.g. from an earlier `samaug masks`
+    if records is None:
+        if predictor is None:
+            from medsamkit.models.loading import load_model
+            from medsamkit.predictor import Predictor
+
+            predictor = Predictor(load_model(cfg.model, cfg.checkpoint, cfg.device))
+        records = generate_masks(predictor, image, cfg.everything)
+        save_masks(out / "masks" / f"{name}.npz", records, shape)
+    row = {"name": name, "masks": len(records)}
+    if cfg.write_priors:
+        seg = segmentation_prior(records, shape)
+        bnd = boundary_prior(records, shape, cfg.boundary_thickness)
+        _save_priors(out / "priors", name, seg, bnd)
+        fused = fuse(image, seg, bnd, cfg.normalisation)
+        write_png(out / "visuals" / f"{name}.png", visual_panel(image, seg, bnd, fused))
+        row["seg_prior_max"] = round(float(seg.max()), 4)
+        row["boundary_fraction"] = round(float(bnd.mean()), 4)
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    return row, predictor
+
+
+def _entry(row: dict[str, str], skipped: bool) -> dict:
+    """An index.json entry from a table row (numbers back from their CSV text)."""
+    entry: dict = {"name": row["name"], "masks": int(row["masks"]), "skipped": skipped}
+    for key in ("seg_prior_max", "boundary_fraction", "seconds"):
+        if row.get(key) not in (None, ""):
+            entry[key] = float(row[key])
+    return entry
+
+
+def _write_index(store: RunStore, cfg: PriorsConfig, skipped: set[str]) -> dict:
+    """index.json: the settings and one entry per finished image (a view of the run's images table)."""
+    entries = [_entry(r, r["name"] in skipped) for r in store.rows(IMAGES)]
+    index = {"settings": asdict(cfg), "images": sorted(entries, key=lambda e: e["name"])}
+    write_json_atomic(store.out / "index.json", index)
+    return index
+
+
 def compute_priors(cfg: PriorsConfig, predictor=None) -> dict:
     """Everything-mode masks (and priors, visuals) for every image of `cfg.data`; returns the index dict.
 
-    Resumable: images whose outputs exist and load are skipped (reported as "skipped" in the index); an
-    image with a valid masks file but missing priors reuses the masks (`samaug masks` then `samaug priors`).
+    Resumable: images marked done whose outputs exist and load are skipped (reported as "skipped" in the
+    index); an image with a valid masks file but missing priors reuses the masks (`samaug masks` then
+    `samaug priors`). A folder made with other settings is refused.
     """
     from tqdm import tqdm
 
     from medsamkit.io.datasets import open_dataset
-    from medsamkit.io.images import write_mask
 
     if cfg.normalisation not in NORMALISATIONS:
         raise InputError(f"unknown normalisation {cfg.normalisation!r}; choose one of: {', '.join(NORMALISATIONS)}")
-    dataset = open_dataset(cfg.data)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    index_path = out / "index.json"
-    entries: dict[str, dict] = {}
-    if index_path.is_file():
-        try:
-            entries = {e["name"]: e for e in json.loads(index_path.read_text()).get("images", [])}
-        except (ValueError, KeyError, TypeError):
-            entries = {}
+    dataset = open_dataset(cfg.data, window=cfg.window)
+    store = open_run(cfg)
+    out = store.out
+    skipped: set[str] = set()
     total = len(dataset) if cfg.max_images is None else min(len(dataset), cfg.max_images)
     bar = tqdm(dataset.cases(cfg.max_images), total=total, desc="samaug", unit="img", disable=not cfg.progress)
     for case in bar:
         name = case.name.replace("/", "__")
-        if _finished(out, name, cfg):
-            entries.setdefault(name, {"name": name})["skipped"] = True
+        if store.is_done(name) and _finished(out, name, cfg):
+            skipped.add(name)
             continue
-        start = time.perf_counter()
-        shape = case.image.shape[:2]
-        records = _saved_masks(out / "masks" / f"{name}.npz", shape)  # e.g. from an earlier `samaug masks`
-        if records is None:
-            if predictor is None:
-                from medsamkit.models import load_model
-                from medsamkit.predictor import Predictor
-
-                predictor = Predictor(load_model(cfg.model, cfg.checkpoint, cfg.device))
-            records = generate_masks(predictor, case.image, cfg.everything)
-            save_masks(out / "masks" / f"{name}.npz", records, shape)
-        entry = {"name": name, "masks": len(records), "skipped": False}
-        if cfg.write_priors:
-            seg = segmentation_prior(records, shape)
-            bnd = boundary_prior(records, shape, cfg.boundary_thickness)
-            _save_priors(out / "priors", name, seg, bnd)
-            fused = fuse(case.image, seg, bnd, cfg.normalisation)
-            write_mask(out / "visuals" / f"{name}.png", visual_panel(case.image, seg, bnd, fused))
-            entry["seg_prior_max"] = round(float(seg.max()), 4)
-            entry["boundary_fraction"] = round(float(bnd.mean()), 4)
-        entry["seconds"] = round(time.perf_counter() - start, 2)
-        entries[name] = entry
-        _write_index(index_path, cfg, entries)
-    index = _write_index(index_path, cfg, entries)
-    return index
-
-
-def _write_index(path: Path, cfg: PriorsConfig, entries: dict[str, dict]) -> dict:
-    settings = asdict(cfg)
-    index = {"settings": settings, "images": sorted(entries.values(), key=lambda e: e["name"])}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(index, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return index
+        row, predictor = _image_outputs(cfg, out, name, case.image, predictor)
+        store.keep_rows(IMAGES, lambda r, name=name: r["name"] != name)  # a redone image replaces its row
+        store.add_case(name, {IMAGES: [row]})
+        _write_index(store, cfg, skipped)
+    return _write_index(store, cfg, skipped)
