@@ -173,3 +173,24 @@ def test_two_processes_writing_the_same_cache_entry_leave_one_valid_entry(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k" * 64 + ".npz"]  # no temporary file left
     entry = EmbeddingCache(tmp_path, litemedsam).load("k" * 64)
     assert entry is not None and tuple(entry.features.shape) == (1, 256, 64, 64)
+
+
+def test_samaug_priors_on_two_workers_are_byte_identical(tmp_path, small_folder):
+    from medsamkit.distributed.priors import priors_on_cluster
+    from medsamkit.samaug.everything import EverythingConfig
+    from medsamkit.samaug.priors import PriorsConfig, compute_priors
+
+    def cfg(out):
+        return PriorsConfig(data=str(small_folder), out=str(out), everything=EverythingConfig(), progress=False)
+
+    compute_priors(cfg(tmp_path / "local"))
+    index = priors_on_cluster(cfg(tmp_path / "dask"), DaskConfig(workers=2))
+    assert index["failed"] == [] and len(index["images"]) == 2
+    files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / "priors").rglob("*") if p.is_file())
+    assert files
+    for rel in files:
+        assert (tmp_path / "dask" / rel).read_bytes() == (tmp_path / "local" / rel).read_bytes(), rel
+    for rel in (p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / "masks").rglob("*.npz")):
+        a, b = np.load(tmp_path / "local" / rel), np.load(tmp_path / "dask" / rel)
+        assert sorted(a.files) == sorted(b.files)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)

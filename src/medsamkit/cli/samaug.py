@@ -7,7 +7,7 @@ import json
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.options import max_images_option, model_options, window_option
+from medsamkit.cli.options import dask_config, dask_options, max_images_option, model_options, window_option
 
 
 def everything_options(fn):
@@ -57,6 +57,21 @@ def _config(data, out, write_priors, model_name, checkpoint, device, thickness, 
     )
 
 
+def _run(cfg, workers, threads_per_worker, scheduler) -> dict:
+    """compute_priors here, or on Dask with --workers / --scheduler."""
+    dask = dask_config(workers, threads_per_worker, scheduler)
+    if dask is None:
+        from medsamkit.samaug.priors import compute_priors
+
+        return compute_priors(cfg)
+    from medsamkit.distributed.priors import priors_on_cluster
+
+    index = priors_on_cluster(cfg, dask)
+    for line in index["failed"]:
+        click.echo(f"error: {line}", err=True)
+    return index
+
+
 def _summary(index: dict) -> None:
     images = index["images"]
     done = [e for e in images if not e.get("skipped")]
@@ -76,11 +91,14 @@ def samaug() -> None:
 @click.option("--out", required=True, type=click.Path(), help="output folder (masks/, index.json)")
 @everything_options
 @model_options
-def masks(data, out, model_name, checkpoint, device, **kw):
+@dask_options
+def masks(data, out, model_name, checkpoint, device, workers, threads_per_worker, scheduler, **kw):
     """Everything-mode masks for every image of DATA into OUT/masks/NAME.npz (resumable)."""
-    from medsamkit.samaug.priors import compute_priors
-
-    _summary(compute_priors(_config(data, out, False, model_name, checkpoint, device, 2, **kw)))
+    cfg = _config(data, out, False, model_name, checkpoint, device, 2, **kw)
+    index = _run(cfg, workers, threads_per_worker, scheduler)
+    _summary(index)
+    if index.get("failed"):
+        raise SystemExit(2)
 
 
 @samaug.command()
@@ -90,8 +108,12 @@ def masks(data, out, model_name, checkpoint, device, **kw):
               help="outer boundary dilated by a disk of radius thickness-1")
 @everything_options
 @model_options
-def priors(data, out, boundary_thickness, model_name, checkpoint, device, **kw):
+@dask_options
+def priors(data, out, boundary_thickness, model_name, checkpoint, device, workers, threads_per_worker, scheduler,
+           **kw):
     """Masks, segmentation/boundary priors (npz + 16-bit PNG) and visuals for every image of DATA."""
-    from medsamkit.samaug.priors import compute_priors
-
-    _summary(compute_priors(_config(data, out, True, model_name, checkpoint, device, boundary_thickness, **kw)))
+    cfg = _config(data, out, True, model_name, checkpoint, device, boundary_thickness, **kw)
+    index = _run(cfg, workers, threads_per_worker, scheduler)
+    _summary(index)
+    if index.get("failed"):
+        raise SystemExit(2)

@@ -275,7 +275,7 @@ def _outputs(out: Path, name: str, cfg: PriorsConfig) -> list[Path]:
     return paths
 
 
-def _finished(out: Path, name: str, cfg: PriorsConfig) -> bool:
+def outputs_finished(out: Path, name: str, cfg: PriorsConfig) -> bool:
     """Whether all outputs of an image exist and its npz files load (a resumed run skips it)."""
     paths = _outputs(out, name, cfg)
     if not all(p.is_file() for p in paths):
@@ -300,7 +300,7 @@ def _saved_masks(path: Path, shape: tuple[int, int]) -> list[MaskRecord] | None:
     return records if saved_shape == tuple(shape) else None
 
 
-def _image_outputs(cfg: PriorsConfig, out: Path, name: str, image: np.ndarray, predictor) -> tuple[dict, object]:
+def image_outputs(cfg: PriorsConfig, out: Path, name: str, image: np.ndarray, predictor) -> tuple[dict, object]:
     """Masks (reused when a valid file exists), priors and visual of one image; its table row and the
     predictor (loaded on first need, so a folder of finished images loads no model)."""
     start = time.perf_counter()
@@ -336,7 +336,7 @@ def _entry(row: dict[str, str], skipped: bool) -> dict:
     return entry
 
 
-def _write_index(store: RunStore, cfg: PriorsConfig, skipped: set[str]) -> dict:
+def write_index(store: RunStore, cfg: PriorsConfig, skipped: set[str]) -> dict:
     """index.json: the settings and one entry per finished image (a view of the run's images table)."""
     entries = [_entry(r, r["name"] in skipped) for r in store.rows(IMAGES)]
     index = {"settings": asdict(cfg), "images": sorted(entries, key=lambda e: e["name"])}
@@ -365,11 +365,11 @@ def compute_priors(cfg: PriorsConfig, predictor=None) -> dict:
     bar = tqdm(dataset.cases(cfg.max_images), total=total, desc="samaug", unit="img", disable=not cfg.progress)
     for case in bar:
         name = case.name.replace("/", "__")
-        if store.is_done(name) and _finished(out, name, cfg):
+        if store.is_done(name) and outputs_finished(out, name, cfg):
             skipped.add(name)
             continue
-        row, predictor = _image_outputs(cfg, out, name, case.image, predictor)
+        row, predictor = image_outputs(cfg, out, name, case.image, predictor)
         store.keep_rows(IMAGES, lambda r, name=name: r["name"] != name)  # a redone image replaces its row
         store.add_case(name, {IMAGES: [row]})
-        _write_index(store, cfg, skipped)
-    return _write_index(store, cfg, skipped)
+        write_index(store, cfg, skipped)
+    return write_index(store, cfg, skipped)
