@@ -14,7 +14,7 @@ import torch
 from medsamkit.core.errors import InputError
 from medsamkit.core.objects import extract_objects
 from medsamkit.core.seeds import name_key
-from medsamkit.embedding.cache import image_windows
+from medsamkit.embedding.precompute import image_windows
 from medsamkit.io.datasets import open_dataset
 from medsamkit.predictor import upscale_logits
 from medsamkit.prompts import ClickSession, parse_mode
@@ -105,7 +105,7 @@ def test_cli_tile_overlap_reads_an_embed_cache_and_classes_filter(tmp_path, dsb_
 
     import medsamkit.cli.finetune  # noqa: F401  (registers the verb)
     from medsamkit.cli import main
-    from medsamkit.embedding.cache import EmbedConfig, embed_dataset
+    from medsamkit.embedding.precompute import EmbedConfig, embed_dataset
 
     cache = tmp_path / "cache"
     embed_dataset(EmbedConfig(data="builtin:dsb-nuclei", out=str(cache), tile_size=256, tile_overlap=32))
