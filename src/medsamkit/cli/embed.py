@@ -7,6 +7,7 @@ import json
 import click
 
 from medsamkit.cli.group import main
+from medsamkit.cli.interrupt import report_failures
 from medsamkit.cli.options import (
     dask_config,
     dask_options,
@@ -43,7 +44,4 @@ def embed(data, out, max_images, tile_size, tile_overlap, window, min_area, mode
 
     result = embed_on_cluster(cfg, dask)
     click.echo(json.dumps(result))
-    for line in result["failed"]:
-        click.echo(f"error: {line}", err=True)
-    if result["failed"]:
-        raise SystemExit(2)
+    report_failures(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.interrupt import run_resumable
+from medsamkit.cli.interrupt import print_report, run_batch
 from medsamkit.cli.options import (
     cache_option,
     classes_option,
@@ -53,17 +53,12 @@ def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_s
                          min_area=min_area, tile_size=tile_size, tile_overlap=tile_overlap, baseline=baseline,
                          save_masks=save_masks, multimask=multimask, cache=cache, classes=classes, window=window,
                          figures=figures)
-    dask = dask_config(workers, threads_per_worker, scheduler)
-    if dask is not None:
-        from functools import partial
+    summary = run_batch(run, cfg, f"finished images are kept in {out}; rerun the same command to resume",
+                        dask_config(workers, threads_per_worker, scheduler), _cluster)
+    print_report(out, f"{summary['images']} images; results in {out}", summary)
 
-        from medsamkit.distributed.evaluate import evaluate_on_cluster
 
-        run = partial(evaluate_on_cluster, dask=dask)
-    summary = run_resumable(run, cfg, f"finished images are kept in {out}; rerun the same command to resume")
-    click.echo(open(f"{out}/summary.md").read())
-    click.echo(f"{summary['images']} images; results in {out}")
-    for line in summary.get("failed", []):
-        click.echo(f"error: {line}", err=True)
-    if summary.get("failed"):
-        raise SystemExit(2)
+def _cluster():
+    from medsamkit.distributed.evaluate import evaluate_on_cluster
+
+    return evaluate_on_cluster

@@ -7,6 +7,7 @@ import json
 import click
 
 from medsamkit.cli.group import main
+from medsamkit.cli.interrupt import report_failures
 from medsamkit.cli.options import dask_config, dask_options, max_images_option, model_options, window_option
 
 
@@ -66,10 +67,7 @@ def _run(cfg, workers, threads_per_worker, scheduler) -> dict:
         return compute_priors(cfg)
     from medsamkit.distributed.priors import priors_on_cluster
 
-    index = priors_on_cluster(cfg, dask)
-    for line in index["failed"]:
-        click.echo(f"error: {line}", err=True)
-    return index
+    return priors_on_cluster(cfg, dask)
 
 
 def _summary(index: dict) -> None:
@@ -97,8 +95,7 @@ def masks(data, out, model_name, checkpoint, device, workers, threads_per_worker
     cfg = _config(data, out, False, model_name, checkpoint, device, 2, **kw)
     index = _run(cfg, workers, threads_per_worker, scheduler)
     _summary(index)
-    if index.get("failed"):
-        raise SystemExit(2)
+    report_failures(index)
 
 
 @samaug.command()
@@ -115,5 +112,4 @@ def priors(data, out, boundary_thickness, model_name, checkpoint, device, worker
     cfg = _config(data, out, True, model_name, checkpoint, device, boundary_thickness, **kw)
     index = _run(cfg, workers, threads_per_worker, scheduler)
     _summary(index)
-    if index.get("failed"):
-        raise SystemExit(2)
+    report_failures(index)

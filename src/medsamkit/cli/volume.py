@@ -7,7 +7,7 @@ import json
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.interrupt import run_resumable
+from medsamkit.cli.interrupt import print_report, run_batch
 from medsamkit.cli.options import (
     cache_option,
     classes_option,
@@ -89,18 +89,12 @@ def evaluate_volume(data, prompts, propagate, three_slice, predictions, window, 
                                max_images=max_images if max_images is not None else max_volumes, classes=classes,
                                seed=seed, min_area=min_area, margin=margin, min_iou=min_iou, save_masks=save_masks,
                                predictions=predictions, cache=cache)
-    run = evaluate_volumes
-    dask = dask_config(workers, threads_per_worker, scheduler)
-    if dask is not None:
-        from functools import partial
+    summary = run_batch(evaluate_volumes, cfg, f"finished volumes are kept in {out}; rerun the same command to resume",
+                        dask_config(workers, threads_per_worker, scheduler), _cluster)
+    print_report(out, f"{summary['volumes']} volumes; results in {out}", summary)
 
-        from medsamkit.distributed.volumes import evaluate_volumes_on_cluster
 
-        run = partial(evaluate_volumes_on_cluster, dask=dask)
-    summary = run_resumable(run, cfg, f"finished volumes are kept in {out}; rerun the same command to resume")
-    click.echo(open(f"{out}/summary.md").read())
-    click.echo(f"{summary['volumes']} volumes; results in {out}")
-    for line in summary.get("failed", []):
-        click.echo(f"error: {line}", err=True)
-    if summary.get("failed"):
-        raise SystemExit(2)
+def _cluster():
+    from medsamkit.distributed.volumes import evaluate_volumes_on_cluster
+
+    return evaluate_volumes_on_cluster
