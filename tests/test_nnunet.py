@@ -180,7 +180,8 @@ def test_channels_on_different_grids_are_refused(tmp_path: Path) -> None:
 
 def test_volume_engine_scores_both_cases(tmp_path: Path) -> None:
     """evaluate-volume on the folder sees two volumes (given predictions: no model), on the label's grid."""
-    from medsamkit.volumes.engine import EvaluateVolumeConfig, evaluate_volumes, mask_file_name
+    from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
+    from medsamkit.volumes.masks import mask_file_name
 
     root = make_nnunet(tmp_path / "d")
     preds = tmp_path / "preds"
@@ -198,7 +199,7 @@ def test_volume_engine_scores_both_cases(tmp_path: Path) -> None:
 def test_volume_engine_prompts_channel_zero(litemedsam, tmp_path: Path) -> None:
     """The model is prompted on channel 0 of a case (the squares): both classes found."""
     from medsamkit.predictor import Predictor
-    from medsamkit.volumes.engine import EvaluateVolumeConfig, evaluate_volumes
+    from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
 
     root = make_nnunet(tmp_path / "d")
     cfg = EvaluateVolumeConfig(data=str(root), out=str(tmp_path / "out"), prompts="box", max_volumes=1,

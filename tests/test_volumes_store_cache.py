@@ -132,13 +132,13 @@ def test_cli_evaluate_volume_classes_on_a_two_label_nifti(squares, tmp_path: Pat
 
 @pytest.fixture()
 def two_volumes(tmp_path: Path) -> tuple[Path, Path]:
-    """An nnU-Net folder of two volumes (a_0000, b_0000) and a folder of their exact label maps."""
+    """An nnU-Net folder of two volumes (cases a and b, one channel file each) and a folder of their exact label maps."""
     root, preds = tmp_path / "nnunet", tmp_path / "preds"
     for d in (root / "imagesTr", root / "labelsTr", preds):
         d.mkdir(parents=True)
     for name, shift in (("a", 0), ("b", 4)):
         lab = _squares(root / "imagesTr" / f"{name}_0000.nii.gz", root / "labelsTr" / f"{name}.nii.gz", shift)
-        (preds / mask_file_name(f"{name}_0000")).write_bytes((root / "labelsTr" / f"{name}.nii.gz").read_bytes())
+        (preds / mask_file_name(name)).write_bytes((root / "labelsTr" / f"{name}.nii.gz").read_bytes())
         assert lab.max() == 5
     return root, preds
 
@@ -153,23 +153,23 @@ def test_ctrl_c_keeps_finished_volumes_and_resume_drops_unfinished_rows(two_volu
 
     with pytest.raises(KeyboardInterrupt):
         evaluate_volumes(cfg, on_volume=interrupt)
-    assert {r["volume"] for r in _rows(out / "per_volume.csv")} == {"a_0000"}
-    assert (out / "done.txt").read_text() == "a_0000\n"
+    assert {r["volume"] for r in _rows(out / "per_volume.csv")} == {"a"}
+    assert (out / "done.txt").read_text() == "a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["volumes"] == 1
     # A crash inside volume b left some of its rows without marking it done: they are dropped, not kept twice.
     with (out / "per_slice.csv").open("a") as fh:
-        fh.write("b_0000,predictions,2,0,400,400,1.0\n")
+        fh.write("b,predictions,2,0,400,400,1.0\n")
     seen: list[str] = []
     summary = evaluate_volumes(cfg, on_volume=seen.append)
-    assert seen == ["b_0000"] and summary["volumes"] == 2 and summary["interrupted"] is False
+    assert seen == ["b"] and summary["volumes"] == 2 and summary["interrupted"] is False
     slices = _rows(out / "per_slice.csv")
     assert len(slices) == 2 * 2 * 3  # 2 volumes x 2 classes x 3 slices, each once
     assert [(r["volume"], r["class"]) for r in _rows(out / "per_volume.csv")] == [
-        ("a_0000", "2"), ("a_0000", "5"), ("b_0000", "2"), ("b_0000", "5")]
+        ("a", "2"), ("a", "5"), ("b", "2"), ("b", "5")]
     # A finished folder is only reported again; other settings are refused with the differing key named.
     before = (out / "per_volume.csv").read_text()
-    assert evaluate_volumes(cfg, on_volume=seen.append)["new_volumes"] == 0 and seen == ["b_0000"]
+    assert evaluate_volumes(cfg, on_volume=seen.append)["new_volumes"] == 0 and seen == ["b"]
     assert (out / "per_volume.csv").read_text() == before
     cfg.window = "0,500"
     with pytest.raises(InputError, match=r"\(window differ\)"):
