@@ -1,0 +1,56 @@
+"""One flag per concept: every verb where a concept applies spells it the same way (the README's verbs x
+options table), and no verb offers a flag for a concept it ignores."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from medsamkit.cli import main
+
+# concept flags -> the verbs that must have them (and no other verb may)
+TABLE = {
+    "--model": {"segment", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
+                "evaluate-volume", "export", "demo"},
+    "--device": {"segment", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
+                 "evaluate-volume", "demo", "unet train", "unet eval"},
+    "--prompts": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
+    "--classes": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
+    "--window": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
+                 "evaluate-volume"},
+    "--max-images": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "evaluate-volume",
+                     "unet eval"},
+    "--tile": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors"},
+    "--tile-overlap": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors"},
+    "--cache": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
+    "--save-masks": {"evaluate", "evaluate-volume"},
+    "--multimask": {"segment", "evaluate"},
+    "--workers": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume"},
+    "--scheduler": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume"},
+    "--class-head": {"finetune"},
+}
+
+
+def _verbs(group: click.Group, prefix: str = ""):
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            yield from _verbs(cmd, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", cmd
+
+
+VERBS = dict(_verbs(main))
+
+
+def _flags(cmd: click.Command) -> set[str]:
+    return {o for p in cmd.params if not getattr(p, "hidden", False) for o in p.opts if o.startswith("--")}
+
+
+@pytest.mark.parametrize("flag", sorted(TABLE))
+def test_a_concept_has_one_flag_on_exactly_the_verbs_it_applies_to(flag):
+    have = {name for name, cmd in VERBS.items() if flag in _flags(cmd)}
+    assert have == TABLE[flag]
+
+
+def test_every_verb_in_the_table_exists():
+    assert set().union(*TABLE.values()) <= set(VERBS)
