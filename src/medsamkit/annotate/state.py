@@ -100,7 +100,7 @@ class ImageAnnotation:
         self._apply(change, True)
         self.undo_stack.append(change)
         self.redo_stack.clear()
-        return self.records.get(change.object_id)
+        return copy.deepcopy(self.records.get(change.object_id))
 
     def commit(self, mask: np.ndarray, record: dict) -> dict:
         """Paint ``mask`` as a new object on top of the others; returns its record."""
