@@ -21,7 +21,6 @@ from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
 from medsamkit.core.objects import extract_objects  # noqa: E402
 from medsamkit.io.datasets import open_dataset  # noqa: E402
 from medsamkit.metrics import dice  # noqa: E402
-from medsamkit.predictor import Predictor  # noqa: E402
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

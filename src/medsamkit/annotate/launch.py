@@ -54,6 +54,7 @@ def serve(cfg: AnnotateConfig) -> None:
     server = uvicorn.Server(config)
     try:
         sock = config.bind_socket()
+        sock.listen(128)  # connections made right after the URL is printed wait instead of being refused
     except OSError as exc:
         raise InputError(f"cannot listen on {cfg.host}:{cfg.port} ({exc.strerror}); try --port") from None
     print(f"medsamkit annotate: {session_url(cfg.host, cfg.port, token)}", flush=True)
