@@ -7,6 +7,8 @@ killed at any moment resumes exactly on reopening. The server (``annotate.server
 from __future__ import annotations
 
 import base64
+import functools
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +83,17 @@ def label_rgba(label: np.ndarray) -> np.ndarray:
     return out
 
 
+def _serialised(method):
+    """Run a state-changing method under the workspace lock (the server answers requests on several threads)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Workspace:
     """The session: ``ImageSource`` + ``Segmenter`` + per-image ``ImageAnnotation`` saved by ``AnnotationStore``."""
 
@@ -94,6 +107,7 @@ class Workspace:
         self.states: dict[str, ImageAnnotation] = {}
         self.sessions: dict[ViewKey, PromptSession] = {}
         self.proposals: dict[ViewKey, list] = {}
+        self._lock = threading.RLock()
         self.current = self.store.load_session().get("current")
         if self.current not in self.source.entries:
             self.current = self.source.ids[0]
@@ -112,6 +126,7 @@ class Workspace:
         pixels = self.source.view(image, axis, slice_index)
         return (image, axis, slice_index), pixels
 
+    @_serialised
     def state(self, image: str) -> ImageAnnotation:
         """The image's objects: saved ones, else its labels/ map as editable objects, else none."""
         if image not in self.states:
@@ -173,6 +188,7 @@ class Workspace:
         return {"class": names[k], "probability": round(float(probs[k]), 4),
                 "probabilities": {n: round(float(p), 4) for n, p in zip(names, probs)}}
 
+    @_serialised
     def clear(self, image: str, axis: int = 0, slice_index: int | None = None) -> dict:
         """Forget the current prompts of a view (Esc)."""
         key, _ = self.view(image, axis, slice_index)
@@ -190,6 +206,7 @@ class Workspace:
             raise InputError(f"unknown class {name!r}; classes: {', '.join(self.classes)}")
         return name
 
+    @_serialised
     def commit(self, image: str, axis: int, slice_index: int | None, candidate: int | None,
                class_name: str | None) -> dict:
         """The current answer's candidate becomes a new object (class: given, else suggested, else first)."""
@@ -216,11 +233,13 @@ class Workspace:
         self.clear(image, axis, slice_index)
         return {**self._save(image), "committed": committed}
 
+    @_serialised
     def delete(self, image: str, object_id: int) -> dict:
         """Delete an object."""
         self.state(image).delete(object_id)
         return self._save(image)
 
+    @_serialised
     def update(self, image: str, object_id: int, class_name: str | None = None, hidden: bool | None = None) -> dict:
         """Rename an object's class and/or hide or show it."""
         fields: dict = {}
@@ -231,11 +250,13 @@ class Workspace:
         self.state(image).update(object_id, **fields)
         return self._save(image)
 
+    @_serialised
     def undo(self, image: str) -> dict:
         """Undo the image's last change."""
         change = self.state(image).undo()
         return {**self._save(image), "undone": None if change is None else change.kind}
 
+    @_serialised
     def redo(self, image: str) -> dict:
         """Redo the image's last undone change."""
         change = self.state(image).redo()
@@ -253,6 +274,7 @@ class Workspace:
                 for i, r in enumerate(records)]
         return {"image": image, "proposals": rows, "seconds": round(time.perf_counter() - t0, 3)}
 
+    @_serialised
     def accept(self, image: str, axis: int, slice_index: int | None, indices: list[int] | None,
                class_name: str | None) -> dict:
         """Commit proposals (``indices``, or every one left when None) as objects, one change each."""
@@ -275,6 +297,7 @@ class Workspace:
             left[int(i)] = None
         return {**self._save(image), "accepted": accepted}
 
+    @_serialised
     def reject(self, image: str, axis: int, slice_index: int | None, indices: list[int] | None) -> dict:
         """Drop proposals (``indices``, or all when None)."""
         key, _ = self.view(image, axis, slice_index)
