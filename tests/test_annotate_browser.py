@@ -129,7 +129,7 @@ def test_drag_commit_reload_and_file_on_disk(page):
     label = np.asarray(Image.open(folder / "annotations" / "nuclei.png"))
     assert label.dtype == np.uint16 and (label == 1).sum() > 50
     ys, xs = np.nonzero(label == 1)
-    assert 215 <= xs.min() and xs.max() <= 262 and 262 <= ys.min() and ys.max() <= 308
+    assert 211 <= xs.min() and xs.max() <= 266 and 258 <= ys.min() and ys.max() <= 312  # inside the box (+4 px)
 
     for box in ((300, 112, 345, 160), (118, 380, 160, 425)):  # two more objects for the screenshot
         drag_box(driver, box)
@@ -144,3 +144,42 @@ def test_drag_commit_reload_and_file_on_disk(page):
     docs.mkdir(exist_ok=True)
     shot.quantize(colors=128).save(docs / "annotate.png", optimize=True)
     assert (docs / "annotate.png").stat().st_size < 400_000
+
+
+def test_clicks_undo_redo_and_next_image(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver, server, _ = page
+    driver.get(server.url)
+    wait_for(driver, "document.getElementById('status').textContent.startsWith('ready')")
+    n_objects = wait_for(driver, "document.querySelectorAll('#objects li').length")
+    body = driver.find_element(By.TAG_NAME, "body")
+    overlay = driver.find_element(By.ID, "overlay")
+    ActionChains(driver).move_to_element(overlay).click().perform()  # a point without a box
+    assert "box prompts only" in wait_for(driver, "document.getElementById('notice').textContent")
+    assert driver.execute_script("return app.prompt.points.length") == 0  # the refused click is dropped
+    drag_box(driver, (402, 236, 446, 282))
+    wait_for(driver, "app.answer !== null")
+    first = driver.execute_script("return app.answer.masks[0]")
+    scale, vx, vy, w, h = driver.execute_script(
+        "const v = MskView.view, o = MskView.overlay; return [v.scale, v.x, v.y, o.width, o.height]")
+    ActionChains(driver).move_to_element_with_offset(overlay, int(410 * scale + vx - w / 2),
+                                                     int(240 * scale + vy - h / 2)).context_click().perform()
+    wait_for(driver, "app.answer && app.answer.mask_prompted")
+    (x, y, label), = driver.execute_script("return app.prompt.points")
+    assert label == 0 and abs(x - 410) < 2 and abs(y - 240) < 2  # right click: a negative point there
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()  # undo the click
+    wait_for(driver, "app.answer && !app.answer.mask_prompted && app.prompt.points.length === 0")
+    assert driver.execute_script("return app.answer.masks[0]") == first
+    body.send_keys(Keys.ESCAPE)
+    wait_for(driver, "app.answer === null")
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()  # undo a commit
+    wait_for(driver, f"document.querySelectorAll('#objects li').length === {n_objects - 1}")
+    ActionChains(driver).key_down(Keys.CONTROL).key_down(Keys.SHIFT).send_keys("z").key_up(Keys.SHIFT) \
+        .key_up(Keys.CONTROL).perform()
+    wait_for(driver, f"document.querySelectorAll('#objects li').length === {n_objects}")
+    body.send_keys(Keys.ARROW_RIGHT)
+    wait_for(driver, "document.getElementById('image-name').textContent.startsWith('nuclei_crop.png')")
+    wait_for(driver, "document.getElementById('status').textContent.startsWith('ready')")

@@ -29,6 +29,7 @@ from medsamkit.prompts.simulate import Prompt, stack_prompts
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 
 ViewKey = tuple[str, int, int | None]  # (image id, axis, slice)
+ANSWERS_KEPT = 48  # per view: enough to undo a long click session
 
 
 @dataclass
@@ -144,8 +145,10 @@ class Segmenter:
             seconds = time.perf_counter() - t0
         answer = Answer(prompt, pred.masks[0], pred.iou[0], pred.low_res_logits[0], seconds, parent is not None)
         answers[(sig, multimask)] = answer
-        while len(answers) > 256:
+        while len(answers) > ANSWERS_KEPT:  # full-resolution candidates: keep the recent ones only
             answers.popitem(last=False)
+        for stale in [k for k in self._answers if k not in self._futures]:
+            del self._answers[stale]
         return answer
 
     def forget_prompts(self, key: ViewKey) -> None:
