@@ -158,7 +158,7 @@ def test_clicks_undo_redo_and_next_image(page):
     body = driver.find_element(By.TAG_NAME, "body")
     overlay = driver.find_element(By.ID, "overlay")
     ActionChains(driver).move_to_element(overlay).click().perform()  # a point without a box
-    assert "box prompts only" in wait_for(driver, "document.getElementById('notice').textContent")
+    wait_for(driver, "document.getElementById('notice').textContent.includes('box prompts only')")
     assert driver.execute_script("return app.prompt.points.length") == 0  # the refused click is dropped
     drag_box(driver, (402, 236, 446, 282))
     wait_for(driver, "app.answer !== null")
