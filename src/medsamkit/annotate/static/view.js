@@ -138,7 +138,7 @@ const MskView = (() => {
     const src = (await pixelsOf(b64Blob(b64))).data;
     layers.mask = paint(view.width, view.height, (d) => {
       for (let i = 0; i < src.length; i += 4) {
-        if (src[i] > 127) { d[i] = 60; d[i + 1] = 200; d[i + 2] = 255; d[i + 3] = 130; }
+        if (src[i] > 127) { d[i] = 40; d[i + 1] = 220; d[i + 2] = 255; d[i + 3] = 160; }
       }
     });
     draw();
@@ -153,7 +153,7 @@ const MskView = (() => {
         if (!id || hidden.has(id)) continue;
         if (!palette.has(id)) palette.set(id, colour(id));
         const [r, g, b] = palette.get(id);
-        d[i] = r; d[i + 1] = g; d[i + 2] = b; d[i + 3] = id === selected ? 200 : 95;
+        d[i] = r; d[i + 1] = g; d[i + 2] = b; d[i + 3] = id === selected ? 220 : 140;
       }
     });
     draw();
