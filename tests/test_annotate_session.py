@@ -92,3 +92,22 @@ def test_undoing_a_click_answers_the_earlier_mask(client):
     back = client.post("/api/predict", json={"image": DSB, "box": box}).json()
     assert two["mask_prompted"] and back["masks"] == one["masks"] and back["iou"] == one["iou"]
     assert client.post("/api/clear", json={"image": DSB}).json()["cleared"]
+
+
+def test_a_chosen_candidate_feeds_its_logits_to_the_next_click(client, predictor):
+    case = next(open_dataset("builtin:dsb-nuclei").cases())
+    predictor.set_image(case.image)
+    box, click = [200, 250, 270, 320], [236.0, 284.0, 1]
+    first = client.post("/api/predict", json={"image": DSB, "box": box, "multimask": True}).json()
+    other = (first["best"] + 1) % 3
+    reply = client.post("/api/predict", json={"image": DSB, "box": box, "points": [click], "multimask": True,
+                                              "mask_from": other}).json()
+    assert reply["mask_from"] == other
+    logits = predictor.predict(boxes=np.array(box), multimask=True).low_res_logits[0, other]
+    ref = predictor.predict(boxes=np.array(box), points=np.array([click[:2]]), point_labels=np.array([1]),
+                            mask_input=logits[None, None], multimask=True)
+    for k in range(3):
+        assert np.array_equal(decode(reply["masks"][k]), ref.masks[0, k])
+    bad = client.post("/api/predict", json={"image": DSB, "box": box, "points": [click], "multimask": True,
+                                            "mask_from": 5})
+    assert bad.status_code == 400 and "mask_from" in bad.json()["error"]

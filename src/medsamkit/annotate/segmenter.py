@@ -41,7 +41,12 @@ class Answer:
     iou: np.ndarray
     logits: np.ndarray  # (C, m, m) low-res logits of every candidate
     seconds: float
-    mask_prompted: bool  # the previous logits went in as the mask prompt
+    mask_from: int | None  # the previous answer's candidate whose logits went in as mask prompt
+
+    @property
+    def mask_prompted(self) -> bool:
+        """True when the previous answer's logits went in as the mask prompt."""
+        return self.mask_from is not None
 
     def best(self) -> int:
         """Index of the candidate with the highest predicted IoU."""
@@ -121,30 +126,39 @@ class Segmenter:
         future = self._futures.get(key)
         return future is not None and future.done() and future.exception() is None
 
-    def predict(self, key: ViewKey, pixels: np.ndarray, prompt: Prompt, multimask: bool) -> Answer:
-        """Candidates for ``prompt`` on a view (see the module docstring for the click semantics)."""
+    def predict(self, key: ViewKey, pixels: np.ndarray, prompt: Prompt, multimask: bool,
+                mask_from: int | None = None) -> Answer:
+        """Candidates for ``prompt`` on a view (see the module docstring for the click semantics).
+
+        ``mask_from``: which candidate of the previous answer feeds its logits back (default: the best
+        predicted IoU, as ``ClickSession``); the person may have picked another of the three.
+        """
         if prompt.box is None and len(prompt.points) == 0:
             raise InputError("no prompt: give a box or at least one point")
         if prompt.box is None and not self.point_prompts:
             raise InputError(f"model {self.model.name!r} takes box prompts only: drag a box first, "
                              "then click inside it to correct")
         answers = self._answers.setdefault(key, OrderedDict())
-        sig = prompt_signature(prompt)
-        cached = answers.get((sig, multimask))
-        if cached is not None:
+        parent = answers.get((parent_signature(prompt), multimask)) if len(prompt.points) else None
+        choice = None if parent is None else (parent.best() if mask_from is None else int(mask_from))
+        if parent is not None and not 0 <= choice < len(parent.logits):
+            raise InputError(f"mask_from {choice}: the previous answer has {len(parent.logits)} candidates")
+        sig = (prompt_signature(prompt), multimask)
+        cached = answers.get(sig)
+        if cached is not None and cached.mask_from == choice:
+            answers.move_to_end(sig)
             return cached
         embedding: Embedding = self.embedding(key, pixels).result()
-        parent = answers.get((parent_signature(prompt), multimask)) if len(prompt.points) else None
         kwargs = stack_prompts([prompt])
         if parent is not None:
-            kwargs["mask_input"] = parent.logits[parent.best()][None, None]
+            kwargs["mask_input"] = parent.logits[choice][None, None]
         with self._lock:
             t0 = time.perf_counter()
             self.predictor.set_embedding(embedding, key[0])
             pred = self.predictor.predict(multimask=multimask, **kwargs)
             seconds = time.perf_counter() - t0
-        answer = Answer(prompt, pred.masks[0], pred.iou[0], pred.low_res_logits[0], seconds, parent is not None)
-        answers[(sig, multimask)] = answer
+        answer = Answer(prompt, pred.masks[0], pred.iou[0], pred.low_res_logits[0], seconds, choice)
+        answers[sig] = answer
         while len(answers) > ANSWERS_KEPT:  # full-resolution candidates: keep the recent ones only
             answers.popitem(last=False)
         for stale in [k for k in self._answers if k not in self._futures]:

@@ -11,8 +11,10 @@ Coordinates are image pixels: boxes [x0, y0, x1, y1], points [x, y, label] (labe
   background, for the next image) -> ``{"ready", "seconds"}``.
 - ``POST /api/predict`` ``{"image", "slice": null, "axis": 0, "box": [x0,y0,x1,y1] | null,
   "points": [[x, y, 1|0], ...], "multimask": bool}`` -> ``{"masks": [base64 PNG, full resolution, one per
-  candidate], "iou": [...], "best", "mask_prompted", "seconds"}`` (+ ``class_suggestion`` with a class head).
-  A prompt that adds one click to the previous one gets the previous low-res logits as mask prompt.
+  candidate], "iou": [...], "best", "mask_prompted", "mask_from", "seconds"}`` (+ ``class_suggestion``
+  with a class head).
+  A prompt that adds one click to the previous one gets the previous low-res logits as mask prompt (of the
+  candidate ``"mask_from": k`` when given, else of the best predicted IoU).
 - ``POST /api/clear`` ``{"image", "slice", "axis"}``: forget the current prompts (Esc).
 - ``POST /api/commit`` ``{"image", "slice", "axis", "candidate": int | null, "class": str | null}``: the last
   answer's candidate becomes an object -> the object list (every change is saved at once).
@@ -67,6 +69,7 @@ class PredictRequest(View):
     points: list[Annotated[list[float], Field(min_length=3, max_length=3)]] = Field(default_factory=list,
                                                                                     max_length=200)
     multimask: bool = False
+    mask_from: int | None = None
 
 
 class CommitRequest(View):
@@ -195,7 +198,7 @@ def _model_routes(app: FastAPI, ws: Workspace) -> None:
     @app.post("/api/predict")
     def predict(req: PredictRequest) -> dict:
         """Candidate masks for a box and/or clicks."""
-        return ws.predict(req.image, req.axis, req.slice, req.box, req.points, req.multimask)
+        return ws.predict(req.image, req.axis, req.slice, req.box, req.points, req.multimask, req.mask_from)
 
     @app.post("/api/clear")
     def clear(req: View) -> dict:

@@ -95,7 +95,8 @@ def _serialised(method):
 
 
 class Workspace:
-    """The session: ``ImageSource`` + ``Segmenter`` + per-image ``ImageAnnotation`` saved by ``AnnotationStore``."""
+    """The session: ``ImageSource`` + ``Segmenter`` + per-image ``ImageAnnotation`` saved by
+    ``AnnotationStore``."""
 
     def __init__(self, cfg: AnnotateConfig, segmenter: Segmenter | None = None) -> None:
         self.cfg = cfg
@@ -159,20 +160,22 @@ class Workspace:
                 self.store.save_session(image)
         return {"image": image, "ready": future.done(), "seconds": round(time.perf_counter() - t0, 4)}
 
-    def predict(self, image: str, axis: int, slice_index: int | None, box, points, multimask: bool) -> dict:
+    def predict(self, image: str, axis: int, slice_index: int | None, box, points, multimask: bool,
+                mask_from: int | None = None) -> dict:
         """Masks for a box and/or clicks (x, y, 1|0) on a view; see ``Segmenter.predict``."""
         key, pixels = self.view(image, axis, slice_index)
         pts = np.asarray(points or [], dtype=np.float32).reshape(-1, 3)
         prompt = Prompt(box=box, points=pts[:, :2], labels=pts[:, 2].astype(np.int32))
         t0 = time.perf_counter()
-        answer = self.segmenter.predict(key, pixels, prompt, multimask)
+        answer = self.segmenter.predict(key, pixels, prompt, multimask, mask_from)
         session = self.sessions.get(key) or PromptSession(time.time())
         session.clicks = len(prompt.points) + (prompt.box is not None)
         session.answer = answer
         self.sessions[key] = session
         reply = {"masks": [encode_png(m.astype(np.uint8) * 255) for m in answer.masks],
                  "iou": [round(float(q), 4) for q in answer.iou], "best": answer.best(),
-                 "mask_prompted": answer.mask_prompted, "seconds": round(time.perf_counter() - t0, 4)}
+                 "mask_prompted": answer.mask_prompted, "mask_from": answer.mask_from,
+                 "seconds": round(time.perf_counter() - t0, 4)}
         suggestion = self.suggest_class(key, pixels, answer)
         if suggestion is not None:
             reply["class_suggestion"] = suggestion
@@ -240,7 +243,8 @@ class Workspace:
         return self._save(image)
 
     @_serialised
-    def update(self, image: str, object_id: int, class_name: str | None = None, hidden: bool | None = None) -> dict:
+    def update(self, image: str, object_id: int, class_name: str | None = None,
+               hidden: bool | None = None) -> dict:
         """Rename an object's class and/or hide or show it."""
         fields: dict = {}
         if class_name is not None:
@@ -291,7 +295,8 @@ class Workspace:
             mask = rec.mask(pixels.shape[:2])
             if mask.any():
                 accepted.append(state.commit(mask, {
-                    "class": cls, "prompt": None, "source": "everything", "predicted_iou": round(rec.predicted_iou, 4),
+                    "class": cls, "prompt": None, "source": "everything",
+                    "predicted_iou": round(rec.predicted_iou, 4),
                     **self.segmenter.identity, "seconds": 0.0, "clicks": 0, "axis": axis, "slice": slice_index,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})["id"])
             left[int(i)] = None

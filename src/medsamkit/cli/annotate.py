@@ -29,7 +29,8 @@ def annotate(source, out, host, port, classes, no_token, model_name, checkpoint,
         from medsamkit.annotate.launch import serve
         from medsamkit.annotate.workspace import AnnotateConfig
     except ImportError as exc:  # the server's packages are the `annotate` extra
-        raise InputError(f"annotate needs {exc.name}: pip install 'medsamkit[annotate]' (make install does)") from None
+        raise InputError(f"annotate needs {exc.name}: pip install 'medsamkit[annotate]' "
+                         "(make install does)") from None
 
     names = [c.strip() for c in (classes or "").split(",") if c.strip()]
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,

@@ -145,7 +145,8 @@ async function predict() {
   MskView.setPrompt({ ...app.prompt, drag: null });
   if (!app.prompt.box && !app.prompt.points.length) { app.answer = null; MskView.clearMask(); renderCandidates(); return; }
   const seq = ++app.seq;
-  const body = { ...view(), box: app.prompt.box, points: app.prompt.points, multimask: $("multimask").checked };
+  const body = { ...view(), box: app.prompt.box, points: app.prompt.points, multimask: $("multimask").checked,
+    mask_from: app.prompt.maskFrom ?? null };
   if (!app.ready) status("embedding... the mask follows", true);
   try {
     const res = await api("/api/predict", body);
@@ -262,7 +263,9 @@ window.addEventListener("mouseup", (e) => {
   const moved = Math.hypot(e.clientX - drag.x, e.clientY - drag.y) > 4;
   if (mode === "box" && moved) { pushPrompt({ box: boxFrom(drag.start, end), points: [] }); return; }
   const [x, y] = clampPoint(end);
-  pushPrompt({ box: app.prompt.box, points: [...app.prompt.points, [x, y, mode === "box" ? 1 : 0]] });
+  // the click refines the candidate on screen: its logits go back in as the mask prompt
+  const maskFrom = app.answer ? app.candidate : null;
+  pushPrompt({ box: app.prompt.box, points: [...app.prompt.points, [x, y, mode === "box" ? 1 : 0]], maskFrom });
 });
 
 function clampPoint([x, y]) {
