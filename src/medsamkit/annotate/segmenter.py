@@ -92,6 +92,8 @@ class Segmenter:
         self._futures: OrderedDict[ViewKey, Future] = OrderedDict()
         self._answers: dict[ViewKey, OrderedDict[tuple, Answer]] = {}
         self._lock = threading.Lock()  # the predictor holds one embedding at a time
+        # the futures have their own lock: opening an image must not wait for a long everything-mode run
+        self._futures_lock = threading.Lock()
         self._keep = keep
 
     @classmethod
@@ -111,7 +113,7 @@ class Segmenter:
 
     def embedding(self, key: ViewKey, pixels: np.ndarray) -> Future:
         """The embedding of a view as a future (started on the worker when new; cached on disk)."""
-        with self._lock:
+        with self._futures_lock:
             future = self._futures.get(key)
             if future is None or (future.done() and future.exception() is not None):
                 future = self._worker.submit(self.cache.get_or_compute, self.predictor, pixels, key[0])

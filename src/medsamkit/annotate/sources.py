@@ -8,6 +8,7 @@ issue) will expose one view per slice along an axis, so the server addresses vie
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class ImageSource:
         self.entries: dict[str, ImageEntry] = {e.id: e for e in entries}
         self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
         self._keep = keep
+        self._lock = threading.Lock()  # requests arrive on several server threads
 
     @property
     def ids(self) -> list[str]:
@@ -145,15 +147,18 @@ class ImageSource:
             raise InputError(f"image {image_id!r} is 2D: slice must be null, got {slice_index}")
         if entry.kind == "image" and axis != 0:
             raise InputError(f"image {image_id!r} is 2D: axis must be 0, got {axis}")
-        if image_id not in self._pixels:
-            pixels = entry.load_image()
-            if tuple(pixels.shape[:2]) != tuple(entry.shape[:2]):
-                raise InputError(f"{entry.name}: image changed size since the session started")
-            self._pixels[image_id] = pixels
-            while len(self._pixels) > self._keep:
-                self._pixels.popitem(last=False)
-        self._pixels.move_to_end(image_id)
-        return self._pixels[image_id]
+        with self._lock:
+            pixels = self._pixels.get(image_id)
+            if pixels is None:
+                pixels = entry.load_image()
+                if tuple(pixels.shape[:2]) != tuple(entry.shape[:2]):
+                    raise InputError(f"{entry.name}: image changed size since the session started")
+                self._pixels[image_id] = pixels
+                while len(self._pixels) > self._keep:
+                    self._pixels.popitem(last=False)
+            else:
+                self._pixels.move_to_end(image_id)
+            return pixels
 
     def label(self, image_id: str) -> np.ndarray | None:
         """The label map shipped with the image (labels/ or the SPEC's), or None."""
