@@ -178,6 +178,9 @@ def test_token_is_required(make_client):
     assert client.get(f"/api/info?token={TOKEN}").status_code == 200
     assert client.get("/api/info", headers=AUTH).status_code == 200
     assert client.get("/").status_code == 200 and b"annotate.js" in client.get("/").content
+    schema = client.get("/openapi.json").json()  # the API documents itself at /docs
+    assert {"/api/info", "/api/predict", "/api/commit", "/api/undo"} <= set(schema["paths"])
+    assert "Bearer TOKEN" in schema["info"]["description"] and client.get("/docs").status_code == 200
     open_client = make_client(token=None)
     assert open_client.get("/api/info").status_code == 200
 
