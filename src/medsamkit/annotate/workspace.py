@@ -224,7 +224,9 @@ class Workspace:
         suggestion = self.suggest_class(key, pixels, answer)
         chosen = self._check_class(class_name)
         if chosen is None:
-            chosen = suggestion["class"] if suggestion else (self.classes[0] if self.classes else None)
+            suggested = suggestion["class"] if suggestion else None
+            usable = suggested is not None and (not self.classes or suggested in self.classes)
+            chosen = suggested if usable else (self.classes[0] if self.classes else None)
         record = {"class": chosen, "prompt": answer.prompt.as_dict(), "candidate": index,
                   "predicted_iou": round(float(answer.iou[index]), 4), **self.segmenter.identity,
                   "seconds": round(time.time() - session.started, 2), "clicks": session.clicks,
