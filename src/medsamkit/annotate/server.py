@@ -61,10 +61,14 @@ class View(BaseModel):
 
 
 class OpenRequest(View):
+    """Embed a view; ``wait`` false returns at once (the next image, in the background)."""
+
     wait: bool = True
 
 
 class PredictRequest(View):
+    """A box and/or clicks [x, y, 1|0] on a view; ``mask_from``: the previous candidate to refine."""
+
     box: list[float] | None = Field(default=None, min_length=4, max_length=4)
     points: list[Annotated[list[float], Field(min_length=3, max_length=3)]] = Field(default_factory=list,
                                                                                     max_length=200)
@@ -73,25 +77,35 @@ class PredictRequest(View):
 
 
 class CommitRequest(View):
+    """Commit a candidate of the last answer (default: the best) with a class."""
+
     candidate: int | None = None
     class_: str | None = Field(default=None, alias="class")
 
 
 class ObjectRequest(BaseModel):
+    """One object of an image."""
+
     image: str
     object: int
 
 
 class UpdateRequest(ObjectRequest):
+    """New class and/or hidden flag of an object."""
+
     class_: str | None = Field(default=None, alias="class")
     hidden: bool | None = None
 
 
 class ImageRequest(BaseModel):
+    """An image by id."""
+
     image: str
 
 
 class ProposalRequest(View):
+    """Everything-mode proposals by index (null: all that are left)."""
+
     indices: list[int] | None = None
     class_: str | None = Field(default=None, alias="class")
 
