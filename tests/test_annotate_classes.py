@@ -1,6 +1,7 @@
 """Class suggestions from a fine-tuned class head: a one-epoch class-head run (two real DSB crop sets, as
 tests/test_finetune.py makes them) loaded by `annotate --model RUN`; predict proposes a class with its
-probability, a commit without a class takes it, and the record names the run's checkpoint sha256."""
+probability, a commit without a class takes it, and the record names the run's checkpoint sha256; trained
+with clicks, the run takes point prompts without a box."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def class_head_run(tmp_path_factory, weights_path):
             root / name / "labels" / f"{name}.png")
     run = root / "run"
     torch.manual_seed(0)
-    finetune(FinetuneConfig(data=[str(root / "A"), str(root / "B")], out=str(run), prompts="box", classes=True,
+    finetune(FinetuneConfig(data=[str(root / "A"), str(root / "B")], out=str(run), prompts="box,iter2", classes=True,
                             epochs=1, batch_size=1, max_objects=1, val_fraction=0.0,
                             cache=str(root / "cache"), device="cpu", show_progress=False))
     return run, root
@@ -60,5 +61,10 @@ def test_class_head_suggests_and_commit_takes_the_suggestion(class_head_run, tmp
     assert committed["class"] == suggestion["class"] == committed["suggested_class"]
     assert committed["suggested_probability"] == suggestion["probability"]
     assert committed["checkpoint_sha256"] == model_fingerprint(str(run)) and committed["model"] == str(run)
+    # trained with clicks, the run answers points without a box (LiteMedSAM alone refuses them)
+    assert info["point_prompts"] is True and "points" in info["prompts"]
+    cx, cy = (obj.box()[:2] + obj.box()[2:]) / 2
+    points_only = client.post("/api/predict", json={"image": "A", "points": [[float(cx), float(cy), 1]]})
+    assert points_only.status_code == 200 and "class_suggestion" in points_only.json()
     bad = client.post("/api/objects/update", json={"image": "A", "object": committed["id"], "class": "C"})
     assert bad.status_code == 400 and "unknown class" in bad.json()["error"]
