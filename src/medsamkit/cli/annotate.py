@@ -21,7 +21,9 @@ from medsamkit.core.errors import InputError
 @click.option("--no-token", "no_token", is_flag=True, help="do not require the session token (loopback only!)")
 @model_options
 def annotate(source, out, host, port, classes, no_token, model_name, checkpoint, device):
-    """Serve a page to annotate the 2D images of FOLDER (optional labels/ to correct) or a data SPEC.
+    """Annotate 2D images in a local web page (box + clicks, objects, autosave).
+
+    FOLDER holds 2D images (optional labels/ to correct); any 2D data SPEC works (builtin:dsb-nuclei).
 
     Prints one line `medsamkit annotate: http://127.0.0.1:PORT/?token=TOKEN`, then serves until Ctrl-C.
     """
