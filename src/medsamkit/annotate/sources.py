@@ -1,0 +1,165 @@
+"""The images an annotation session works on, addressed by id only: a folder of 2D images (with an
+optional labels/ folder to correct) or any 2D data SPEC that ``open_dataset`` reads.
+
+A view of an image is (image id, axis, slice): 2D images have one view, slice None; volumes (a later
+issue) will expose one view per slice along an axis, so the server addresses views this way from the start.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsamkit.core.errors import InputError
+from medsamkit.io.images import IMAGE_SUFFIXES, read_image, read_label
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class ImageEntry:
+    """One image of the session: its id (also its file stem under --out), display name and loaders."""
+
+    id: str
+    name: str
+    shape: tuple[int, ...]
+    load_image: Callable[[], np.ndarray]
+    load_label: Callable[[], np.ndarray | None]
+    kind: str = "image"  # "image" (2D) or "volume" (a later issue)
+
+    def describe(self) -> dict:
+        """The entry as the API lists it."""
+        return {"id": self.id, "name": self.name, "kind": self.kind, "shape": list(self.shape)}
+
+
+def safe_id(name: str, taken: set[str]) -> str:
+    """A file-system-safe, unique id for an image name (no separators, no leading dots)."""
+    base = _UNSAFE.sub("_", name).strip("._") or "image"
+    ident, n = base, 1
+    while ident in taken:
+        n += 1
+        ident = f"{base}-{n}"
+    taken.add(ident)
+    return ident
+
+
+def _header_shape(path: Path) -> tuple[int, ...]:
+    """(H, W) of an image file without decoding its pixels where the format allows it."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+            channel_first = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
+            return tuple(int(v) for v in (shape[1:3] if channel_first else shape[:2]))
+        if suffix != ".npy":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return int(im.height), int(im.width)
+    except Exception as exc:  # a broken file is the user's, reported with its name
+        raise InputError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    return tuple(read_image(path).shape[:2])
+
+
+def _folder_entries(folder: Path) -> list[ImageEntry]:
+    """A plain folder of images (or its images/ subfolder), labels from labels/ with the same stem."""
+    img_dir = folder / "images" if (folder / "images").is_dir() else folder
+    lab_dir = folder / "labels"
+    labels = {p.stem: p for p in sorted(lab_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES} \
+        if lab_dir.is_dir() else {}
+    files = [p for p in sorted(img_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise InputError(f"{folder}: no images (PNG/TIF/JPG/BMP) found")
+    taken: set[str] = set()
+    entries = []
+    for path in files:
+        label = labels.get(path.stem)
+        entries.append(ImageEntry(
+            safe_id(path.stem, taken), path.name, _header_shape(path),
+            lambda p=path: read_image(p),
+            (lambda q=label: read_label(q)) if label is not None else (lambda: None),
+        ))
+    return entries
+
+
+def _dataset_entries(spec: str) -> list[ImageEntry]:
+    """Entries of a data SPEC (builtin:NAME, images/+labels/ folder) through ``open_dataset``."""
+    from medsamkit.io.datasets import VolumeCase, open_dataset
+
+    dataset = open_dataset(spec)
+    taken: set[str] = set()
+    entries = []
+    for load in dataset.loaders:
+        case = load()
+        if isinstance(case, VolumeCase):
+            raise InputError(f"{spec}: holds volumes; annotate works on 2D images for now")
+
+        def image(load=load):
+            return load().image
+
+        def label(load=load):
+            return load().label
+
+        entries.append(ImageEntry(safe_id(case.name, taken), case.name, tuple(case.image.shape[:2]),
+                                  image, label))
+    return entries
+
+
+class ImageSource:
+    """The session's images by id, with a small cache of decoded pixels (the current and next images)."""
+
+    def __init__(self, spec: str | Path, keep: int = 4) -> None:
+        self.spec = str(spec)
+        path = Path(self.spec)
+        if not self.spec.startswith("builtin:") and not path.exists():
+            raise InputError(f"{path}: not found (expected a folder of images or a data SPEC)")
+        plain_folder = path.is_dir() and not ((path / "images").is_dir() and (path / "labels").is_dir())
+        entries = _folder_entries(path) if plain_folder else _dataset_entries(self.spec)
+        self.entries: dict[str, ImageEntry] = {e.id: e for e in entries}
+        self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._keep = keep
+        self._lock = threading.Lock()  # requests arrive on several server threads
+
+    @property
+    def ids(self) -> list[str]:
+        """Image ids in list order."""
+        return list(self.entries)
+
+    def entry(self, image_id: str) -> ImageEntry:
+        """The entry of ``image_id``; KeyError (a 404 for the server) when there is none."""
+        if not isinstance(image_id, str) or image_id not in self.entries:
+            raise KeyError(image_id)
+        return self.entries[image_id]
+
+    def view(self, image_id: str, axis: int = 0, slice_index: int | None = None) -> np.ndarray:
+        """The 2D pixels of one view; InputError for an axis/slice a 2D image does not have."""
+        entry = self.entry(image_id)
+        if entry.kind == "image" and slice_index is not None:
+            raise InputError(f"image {image_id!r} is 2D: slice must be null, got {slice_index}")
+        if entry.kind == "image" and axis != 0:
+            raise InputError(f"image {image_id!r} is 2D: axis must be 0, got {axis}")
+        with self._lock:
+            pixels = self._pixels.get(image_id)
+            if pixels is None:
+                pixels = entry.load_image()
+                if tuple(pixels.shape[:2]) != tuple(entry.shape[:2]):
+                    raise InputError(f"{entry.name}: image changed size since the session started")
+                self._pixels[image_id] = pixels
+                while len(self._pixels) > self._keep:
+                    self._pixels.popitem(last=False)
+            else:
+                self._pixels.move_to_end(image_id)
+            return pixels
+
+    def label(self, image_id: str) -> np.ndarray | None:
+        """The label map shipped with the image (labels/ or the SPEC's), or None."""
+        return self.entry(image_id).load_label()

@@ -1,0 +1,167 @@
+"""One image's annotation: an instance label map (later objects painted on top) plus each object's record,
+with undo/redo of every change (commit, delete, rename, hide).
+
+The label map IS the state: what is saved is exactly what is shown, so reopening resumes exactly. Each
+change keeps only the pixels it touched (flat indices and their previous values), not a copy of the map.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medsamkit.core.errors import InputError
+
+MAX_OBJECTS = 65535  # the instance PNG is uint16
+
+
+@dataclass
+class Change:
+    """One undoable change: pixels (flat indices) with their values before and after, records before/after."""
+
+    kind: str
+    object_id: int
+    pixels: np.ndarray
+    before_values: np.ndarray
+    after_values: np.ndarray
+    before_record: dict | None
+    after_record: dict | None
+
+
+@dataclass
+class ImageAnnotation:
+    """Objects of one image: ``label`` (H, W) uint16 instance ids and ``records[id]`` (class, prompts, ...)."""
+
+    label: np.ndarray
+    records: dict[int, dict] = field(default_factory=dict)
+    undo_stack: list[Change] = field(default_factory=list)
+    redo_stack: list[Change] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> ImageAnnotation:
+        """No objects yet."""
+        return cls(np.zeros(shape[:2], dtype=np.uint16))
+
+    @classmethod
+    def from_label_map(cls, label: np.ndarray, records: dict[int, dict] | None = None,
+                       default_class: str | None = None, source: str = "labels") -> ImageAnnotation:
+        """Editable objects from an instance label map (ids kept; above 65535 they are renumbered)."""
+        arr = np.asarray(label)
+        if arr.ndim != 2:
+            raise InputError(f"{source}: label map must be 2D, got shape {arr.shape}")
+        values = np.unique(arr)
+        values = values[values != 0]
+        if values.size and (values.min() < 0 or values.max() > MAX_OBJECTS):
+            if values.size > MAX_OBJECTS:
+                raise InputError(f"{source}: more than {MAX_OBJECTS} objects")
+            arr = np.searchsorted(values, arr) + (arr != 0)
+            arr[label == 0] = 0
+            values = np.arange(1, values.size + 1)
+        state = cls(arr.astype(np.uint16))
+        areas = np.bincount(state.label.ravel(), minlength=int(values.max(initial=0)) + 1)
+        for v in values.tolist():
+            rec = dict((records or {}).get(v) or {"class": default_class, "source": source, "prompts": []})
+            rec.update(id=v, area=int(areas[v]))
+            rec.setdefault("hidden", False)
+            state.records[v] = rec
+        return state
+
+    @property
+    def next_id(self) -> int:
+        """The id a new object gets."""
+        top = max(self.records, default=0)
+        if top >= MAX_OBJECTS:
+            raise InputError(f"an image holds at most {MAX_OBJECTS} objects")
+        return top + 1
+
+    def objects(self) -> list[dict]:
+        """Records in id order (what the API lists)."""
+        return [self.records[k] for k in sorted(self.records)]
+
+    def _apply(self, change: Change, forward: bool) -> None:
+        values = change.after_values if forward else change.before_values
+        self.label.ravel()[change.pixels] = values
+        record = change.after_record if forward else change.before_record
+        if record is None:
+            self.records.pop(change.object_id, None)
+        else:
+            self.records[change.object_id] = copy.deepcopy(record)
+        self._refresh_areas(change)
+
+    def _refresh_areas(self, change: Change) -> None:
+        touched = set(np.unique(change.before_values).tolist()) | set(np.unique(change.after_values).tolist())
+        for oid in touched - {0}:
+            if oid in self.records:
+                self.records[oid]["area"] = int((self.label == oid).sum())
+
+    def _do(self, change: Change) -> dict | None:
+        self._apply(change, True)
+        self.undo_stack.append(change)
+        self.redo_stack.clear()
+        return copy.deepcopy(self.records.get(change.object_id))
+
+    def commit(self, mask: np.ndarray, record: dict) -> dict:
+        """Paint ``mask`` as a new object on top of the others; returns its record."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.label.shape:
+            raise InputError(f"mask shape {mask.shape} does not match the image {self.label.shape}")
+        if not mask.any():
+            raise InputError("the mask is empty: nothing to commit")
+        oid = self.next_id
+        pixels = np.flatnonzero(mask)
+        before = self.label.ravel()[pixels].copy()
+        rec = {**record, "id": oid, "hidden": False, "area": int(pixels.size)}
+        change = Change("commit", oid, pixels, before, np.full(pixels.size, oid, np.uint16), None, rec)
+        return self._do(change)
+
+    def record_of(self, object_id: int) -> dict:
+        """The record of an object; KeyError when there is none."""
+        if object_id not in self.records:
+            raise KeyError(object_id)
+        return self.records[object_id]
+
+    def delete(self, object_id: int) -> None:
+        """Remove an object (its pixels become background)."""
+        before_record = copy.deepcopy(self.record_of(object_id))
+        pixels = np.flatnonzero(self.label == object_id)
+        change = Change("delete", object_id, pixels, np.full(pixels.size, object_id, np.uint16),
+                        np.zeros(pixels.size, np.uint16), before_record, None)
+        self._do(change)
+
+    def update(self, object_id: int, **fields: object) -> dict:
+        """Change an object's class or hidden flag (undoable)."""
+        before_record = copy.deepcopy(self.record_of(object_id))
+        after = {**before_record, **fields}
+        none = np.zeros(0, np.int64)
+        return self._do(Change("update", object_id, none, none.astype(np.uint16), none.astype(np.uint16),
+                               before_record, after))
+
+    def undo(self) -> Change | None:
+        """Revert the last change; None when there is nothing to undo."""
+        if not self.undo_stack:
+            return None
+        change = self.undo_stack.pop()
+        self._apply(change, False)
+        self.redo_stack.append(change)
+        return change
+
+    def redo(self) -> Change | None:
+        """Re-apply the last undone change; None when there is nothing to redo."""
+        if not self.redo_stack:
+            return None
+        change = self.redo_stack.pop()
+        self._apply(change, True)
+        self.undo_stack.append(change)
+        return change
+
+    def class_map(self, classes: list[str]) -> np.ndarray | None:
+        """(H, W) class index map (1 = first of ``classes``), or None when no object has a listed class."""
+        lookup = np.zeros(max(self.records, default=0) + 1, dtype=np.uint16)
+        for oid, rec in self.records.items():
+            if rec.get("class") in classes:
+                lookup[oid] = classes.index(rec["class"]) + 1
+        if not lookup.any():
+            return None
+        return lookup[self.label]

@@ -1,0 +1,315 @@
+"""An annotation session without HTTP: the images, the model, each image's objects and their files.
+
+Every change (commit, delete, rename, hide, undo, redo, accepted proposal) is saved at once, so a session
+killed at any moment resumes exactly on reopening. The server (``annotate.server``) only translates HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medsamkit.annotate.segmenter import Answer, Segmenter, ViewKey
+from medsamkit.annotate.sources import ImageSource
+from medsamkit.annotate.state import ImageAnnotation
+from medsamkit.annotate.storage import AnnotationStore, png_bytes
+from medsamkit.core.errors import InputError
+from medsamkit.prompts.simulate import Prompt
+
+CONTRASTS = {"auto": (0.5, 99.5), "minmax": (0.0, 100.0), "high": (2.0, 98.0), "soft": (0.0, 99.9)}
+
+
+@dataclass
+class AnnotateConfig:
+    """Inputs of `medsamkit annotate`."""
+
+    source: str
+    out: str | None = None
+    model: str = "litemedsam"
+    checkpoint: str | None = None
+    device: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8765
+    classes: list[str] = field(default_factory=list)
+    token: bool = True
+
+
+def default_out(source: str) -> Path:
+    """FOLDER/annotations for a folder; ./annotations for a builtin or file SPEC."""
+    path = Path(source)
+    return path / "annotations" if path.is_dir() else Path("annotations")
+
+
+@dataclass
+class PromptSession:
+    """The prompts of the object being made on one view: when it started, how many clicks, the last answer."""
+
+    started: float
+    clicks: int = 0
+    answer: Answer | None = None
+
+
+def encode_png(array: np.ndarray) -> str:
+    """base64 PNG (what the API returns for masks)."""
+    return base64.b64encode(png_bytes(array)).decode("ascii")
+
+
+def display_pixels(pixels: np.ndarray, contrast: str = "auto") -> np.ndarray:
+    """An 8-bit copy of a view for the page, scaled between the preset's percentiles."""
+    if contrast not in CONTRASTS:
+        raise InputError(f"unknown contrast {contrast!r}; choose one of: {', '.join(CONTRASTS)}")
+    img = np.asarray(pixels, dtype=np.float32)
+    if img.ndim == 3:
+        img = img[..., :3]
+    lo_q, hi_q = CONTRASTS[contrast]
+    lo, hi = np.percentile(img, [lo_q, hi_q])
+    out = np.clip((img - lo) / max(float(hi - lo), 1e-8), 0, 1) * 255
+    return out.round().astype(np.uint8)
+
+
+def label_rgba(label: np.ndarray) -> np.ndarray:
+    """Instance ids packed into an opaque RGBA image (id = R + 256 G) the page decodes exactly."""
+    out = np.empty(label.shape + (4,), dtype=np.uint8)
+    out[..., 0] = label & 0xFF
+    out[..., 1] = label >> 8
+    out[..., 2] = 0
+    out[..., 3] = 255
+    return out
+
+
+def _serialised(method):
+    """Run a state-changing method under the workspace lock (the server answers requests on several threads)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+class Workspace:
+    """The session: ``ImageSource`` + ``Segmenter`` + per-image ``ImageAnnotation`` saved by
+    ``AnnotationStore``."""
+
+    def __init__(self, cfg: AnnotateConfig, segmenter: Segmenter | None = None) -> None:
+        self.cfg = cfg
+        self.source = ImageSource(cfg.source)
+        self.store = AnnotationStore(cfg.out or default_out(cfg.source))
+        self.segmenter = segmenter or Segmenter.load(cfg.model, cfg.checkpoint, cfg.device,
+                                                     self.store.embedding_folder)
+        self.classes = list(cfg.classes) or self.segmenter.class_names
+        self.states: dict[str, ImageAnnotation] = {}
+        self.sessions: dict[ViewKey, PromptSession] = {}
+        self.proposals: dict[ViewKey, list] = {}
+        self._lock = threading.RLock()
+        self.current = self.store.load_session().get("current")
+        if self.current not in self.source.entries:
+            self.current = self.source.ids[0]
+
+    # --- reading -------------------------------------------------------------------------------------
+    def info(self) -> dict:
+        """Model, prompt kinds, classes, images and where the person was."""
+        kinds = ["box", "box+points"] + (["points"] if self.segmenter.point_prompts else [])
+        return {"model": self.segmenter.identity, "prompts": kinds, "point_prompts": self.segmenter.point_prompts,
+                "class_head": bool(self.segmenter.class_names), "classes": self.classes,
+                "images": [e.describe() for e in self.source.entries.values()], "current": self.current,
+                "out": str(self.store.out)}
+
+    def view(self, image: str, axis: int = 0, slice_index: int | None = None) -> tuple[ViewKey, np.ndarray]:
+        """The key and pixels of a view (KeyError for an unknown image, InputError for a bad slice)."""
+        pixels = self.source.view(image, axis, slice_index)
+        return (image, axis, slice_index), pixels
+
+    @_serialised
+    def state(self, image: str) -> ImageAnnotation:
+        """The image's objects: saved ones, else its labels/ map as editable objects, else none."""
+        if image not in self.states:
+            entry = self.source.entry(image)
+            state = self.store.load(image, entry.shape)
+            if state is None:
+                label = self.source.label(image)
+                default = self.classes[0] if self.classes else None
+                state = (ImageAnnotation.from_label_map(label, default_class=default, source=f"{entry.name} labels")
+                         if label is not None else ImageAnnotation.empty(entry.shape))
+            self.states[image] = state
+        return self.states[image]
+
+    def objects(self, image: str) -> dict:
+        """Objects of an image plus whether undo/redo are possible."""
+        state = self.state(image)
+        return {"image": image, "objects": state.objects(), "can_undo": bool(state.undo_stack),
+                "can_redo": bool(state.redo_stack)}
+
+    # --- model ---------------------------------------------------------------------------------------
+    def open(self, image: str, axis: int = 0, slice_index: int | None = None, wait: bool = True) -> dict:
+        """Start (or finish, with ``wait``) the embedding of a view; the person's position is saved."""
+        key, pixels = self.view(image, axis, slice_index)
+        t0 = time.perf_counter()
+        future = self.segmenter.embedding(key, pixels)
+        if wait:
+            future.result()
+            if self.current != image:
+                self.current = image
+                self.store.save_session(image)
+        return {"image": image, "ready": future.done(), "seconds": round(time.perf_counter() - t0, 4)}
+
+    def predict(self, image: str, axis: int, slice_index: int | None, box, points, multimask: bool,
+                mask_from: int | None = None) -> dict:
+        """Masks for a box and/or clicks (x, y, 1|0) on a view; see ``Segmenter.predict``."""
+        key, pixels = self.view(image, axis, slice_index)
+        pts = np.asarray(points or [], dtype=np.float32).reshape(-1, 3)
+        prompt = Prompt(box=box, points=pts[:, :2], labels=pts[:, 2].astype(np.int32))
+        t0 = time.perf_counter()
+        answer = self.segmenter.predict(key, pixels, prompt, multimask, mask_from)
+        session = self.sessions.get(key) or PromptSession(time.time())
+        session.clicks = len(prompt.points) + (prompt.box is not None)
+        session.answer = answer
+        self.sessions[key] = session
+        reply = {"masks": [encode_png(m.astype(np.uint8) * 255) for m in answer.masks],
+                 "iou": [round(float(q), 4) for q in answer.iou], "best": answer.best(),
+                 "mask_prompted": answer.mask_prompted, "mask_from": answer.mask_from,
+                 "seconds": round(time.perf_counter() - t0, 4)}
+        suggestion = self.suggest_class(key, pixels, answer)
+        if suggestion is not None:
+            reply["class_suggestion"] = suggestion
+        return reply
+
+    def suggest_class(self, key: ViewKey, pixels: np.ndarray, answer: Answer) -> dict | None:
+        """The class head's most likely class for an answer's prompt, with its probability."""
+        probs = self.segmenter.class_probabilities(key, pixels, answer)
+        if probs is None:
+            return None
+        names = self.segmenter.class_names
+        k = int(np.argmax(probs))
+        return {"class": names[k], "probability": round(float(probs[k]), 4),
+                "probabilities": {n: round(float(p), 4) for n, p in zip(names, probs)}}
+
+    @_serialised
+    def clear(self, image: str, axis: int = 0, slice_index: int | None = None) -> dict:
+        """Forget the current prompts of a view (Esc)."""
+        key, _ = self.view(image, axis, slice_index)
+        self.sessions.pop(key, None)
+        self.segmenter.forget_prompts(key)
+        return {"image": image, "cleared": True}
+
+    # --- changes (each saved at once) ----------------------------------------------------------------
+    def _save(self, image: str) -> dict:
+        self.store.save(image, self.source.entry(image).name, self.state(image), self.classes)
+        return self.objects(image)
+
+    def _check_class(self, name: str | None) -> str | None:
+        if name is not None and self.classes and name not in self.classes:
+            raise InputError(f"unknown class {name!r}; classes: {', '.join(self.classes)}")
+        return name
+
+    @_serialised
+    def commit(self, image: str, axis: int, slice_index: int | None, candidate: int | None,
+               class_name: str | None) -> dict:
+        """The current answer's candidate becomes a new object (class: given, else suggested, else first)."""
+        key, pixels = self.view(image, axis, slice_index)
+        session = self.sessions.get(key)
+        if session is None or session.answer is None:
+            raise InputError("nothing to commit: prompt the model first")
+        answer = session.answer
+        index = answer.best() if candidate is None else int(candidate)
+        if not 0 <= index < len(answer.masks):
+            raise InputError(f"candidate {index} does not exist (0..{len(answer.masks) - 1})")
+        suggestion = self.suggest_class(key, pixels, answer)
+        chosen = self._check_class(class_name)
+        if chosen is None:
+            suggested = suggestion["class"] if suggestion else None
+            usable = suggested is not None and (not self.classes or suggested in self.classes)
+            chosen = suggested if usable else (self.classes[0] if self.classes else None)
+        record = {"class": chosen, "prompt": answer.prompt.as_dict(), "candidate": index,
+                  "predicted_iou": round(float(answer.iou[index]), 4), **self.segmenter.identity,
+                  "seconds": round(time.time() - session.started, 2), "clicks": session.clicks,
+                  "axis": axis, "slice": slice_index, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if suggestion is not None:
+            record["suggested_class"] = suggestion["class"]
+            record["suggested_probability"] = suggestion["probability"]
+        committed = self.state(image).commit(answer.masks[index], record)
+        self.clear(image, axis, slice_index)
+        return {**self._save(image), "committed": committed}
+
+    @_serialised
+    def delete(self, image: str, object_id: int) -> dict:
+        """Delete an object."""
+        self.state(image).delete(object_id)
+        return self._save(image)
+
+    @_serialised
+    def update(self, image: str, object_id: int, class_name: str | None = None,
+               hidden: bool | None = None) -> dict:
+        """Rename an object's class and/or hide or show it."""
+        fields: dict = {}
+        if class_name is not None:
+            fields["class"] = self._check_class(class_name)
+        if hidden is not None:
+            fields["hidden"] = bool(hidden)
+        self.state(image).update(object_id, **fields)
+        return self._save(image)
+
+    @_serialised
+    def undo(self, image: str) -> dict:
+        """Undo the image's last change."""
+        change = self.state(image).undo()
+        return {**self._save(image), "undone": None if change is None else change.kind}
+
+    @_serialised
+    def redo(self, image: str) -> dict:
+        """Redo the image's last undone change."""
+        change = self.state(image).redo()
+        return {**self._save(image), "redone": None if change is None else change.kind}
+
+    # --- everything mode -----------------------------------------------------------------------------
+    def everything(self, image: str, axis: int = 0, slice_index: int | None = None) -> dict:
+        """Everything-mode proposals for a view, kept until accepted or rejected."""
+        key, pixels = self.view(image, axis, slice_index)
+        t0 = time.perf_counter()
+        records = self.segmenter.everything(pixels)
+        self.proposals[key] = list(records)
+        rows = [{"index": i, "box": list(r.box), "mask": encode_png(r.crop.astype(np.uint8) * 255),
+                 "iou": round(r.predicted_iou, 4), "stability": round(r.stability_score, 4)}
+                for i, r in enumerate(records)]
+        return {"image": image, "proposals": rows, "seconds": round(time.perf_counter() - t0, 3)}
+
+    @_serialised
+    def accept(self, image: str, axis: int, slice_index: int | None, indices: list[int] | None,
+               class_name: str | None) -> dict:
+        """Commit proposals (``indices``, or every one left when None) as objects, one change each."""
+        key, pixels = self.view(image, axis, slice_index)
+        left = self.proposals.get(key, [])
+        chosen = range(len(left)) if indices is None else indices
+        cls = self._check_class(class_name) or (self.classes[0] if self.classes else None)
+        state = self.state(image)
+        accepted = []
+        for i in chosen:
+            if not 0 <= int(i) < len(left) or left[int(i)] is None:
+                raise InputError(f"proposal {i} does not exist or was already used")
+            rec = left[int(i)]
+            mask = rec.mask(pixels.shape[:2])
+            if mask.any():
+                accepted.append(state.commit(mask, {
+                    "class": cls, "prompt": None, "source": "everything",
+                    "predicted_iou": round(rec.predicted_iou, 4),
+                    **self.segmenter.identity, "seconds": 0.0, "clicks": 0, "axis": axis, "slice": slice_index,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})["id"])
+            left[int(i)] = None
+        return {**self._save(image), "accepted": accepted}
+
+    @_serialised
+    def reject(self, image: str, axis: int, slice_index: int | None, indices: list[int] | None) -> dict:
+        """Drop proposals (``indices``, or all when None)."""
+        key, _ = self.view(image, axis, slice_index)
+        left = self.proposals.get(key, [])
+        for i in range(len(left)) if indices is None else indices:
+            if 0 <= int(i) < len(left):
+                left[int(i)] = None
+        return {"image": image, "left": sum(r is not None for r in left)}

@@ -1,0 +1,43 @@
+"""`medsamkit annotate`: a local web page to segment and correct objects with a prompted model."""
+
+from __future__ import annotations
+
+import click
+
+from medsamkit.cli.group import main
+from medsamkit.cli.options import model_options
+from medsamkit.core.errors import InputError
+
+
+@main.command()
+@click.argument("source", metavar="FOLDER_OR_SPEC")
+@click.option("--out", type=click.Path(), default=None,
+              help="annotation folder (default: FOLDER/annotations; ./annotations for builtin:NAME)")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="interface to listen on; anything but loopback exposes the server (the token protects it)")
+@click.option("--port", type=int, default=8765, show_default=True, help="TCP port")
+@click.option("--classes", default=None,
+              help="class names to annotate, comma list (e.g. tumour,node); default: the model's class head")
+@click.option("--no-token", "no_token", is_flag=True, help="do not require the session token (loopback only!)")
+@model_options
+def annotate(source, out, host, port, classes, no_token, model_name, checkpoint, device):
+    """Annotate 2D images in a local web page (box + clicks, objects, autosave).
+
+    FOLDER holds 2D images (optional labels/ to correct); any 2D data SPEC works (builtin:dsb-nuclei).
+
+    Prints one line `medsamkit annotate: http://127.0.0.1:PORT/?token=TOKEN`, then serves until Ctrl-C.
+    """
+    try:
+        from medsamkit.annotate.launch import serve
+        from medsamkit.annotate.workspace import AnnotateConfig
+    except ImportError as exc:  # the server's packages are the `annotate` extra
+        raise InputError(f"annotate needs {exc.name}: pip install 'medsamkit[annotate]' "
+                         "(make install does)") from None
+
+    names = [c.strip() for c in (classes or "").split(",") if c.strip()]
+    cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
+                         host=host, port=port, classes=names, token=not no_token)
+    try:
+        serve(cfg)
+    except KeyboardInterrupt:
+        click.echo("medsamkit annotate: stopped", err=True)

@@ -1,0 +1,187 @@
+"""The annotation page in a real headless Chromium against a real uvicorn: drag a box, see the overlay
+change, Enter commits, the object is listed, survives a reload and is in the label file on disk.
+With MEDSAMKIT_SCREENSHOT=1 it also refreshes docs/annotate.png (the README's screenshot). Skips without chromium/chromedriver, except
+under CI=true, where it fails (CI installs them with `make browser`)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _browser() -> tuple[str, str]:
+    chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver = shutil.which("chromedriver")
+    missing = [n for n, p in (("chromium", chrome), ("chromedriver", driver)) if p is None]
+    if missing or importlib_missing("selenium"):
+        reason = f"browser test needs {', '.join(missing) or 'selenium'} (`make browser` installs them)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return chrome, driver
+
+
+def importlib_missing(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is None
+
+
+@pytest.fixture(scope="module")
+def page(litemedsam, tmp_path_factory):
+    """(driver, server, folder): the page of a folder of two DSB images, opened with its token."""
+    chrome, driver_path = _browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from medsamkit.annotate.launch import BackgroundServer
+    from medsamkit.annotate.segmenter import Segmenter, model_identity
+    from medsamkit.annotate.workspace import AnnotateConfig, Workspace
+    from medsamkit.io.datasets import open_dataset
+
+    folder = tmp_path_factory.mktemp("browser")
+    image = next(open_dataset("builtin:dsb-nuclei").cases()).image.astype(np.float32)
+    u8 = (np.clip((image - image.min()) / (np.percentile(image, 99.7) - image.min()), 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(u8).save(folder / "nuclei.png")
+    Image.fromarray(u8[:256, :256]).save(folder / "nuclei_crop.png")
+    out = folder / "annotations"
+    ws = Workspace(AnnotateConfig(str(folder), classes=["nucleus"]),
+                   Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None)))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,700"):
+        opts.add_argument(arg)
+    with BackgroundServer(ws, token="browser-token") as server:
+        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+        try:
+            yield driver, server, folder
+        finally:
+            driver.quit()
+
+
+def wait_for(driver, script: str, timeout: float = 90.0):
+    """Poll a JavaScript expression until it is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(f"return {script}")
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+OVERLAY_ALPHA = """
+const c = document.getElementById('overlay');
+const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let s = 0; for (let i = 3; i < d.length; i += 4) s += d[i]; return s;
+"""
+
+
+def drag_box(driver, box):
+    """Drag on the overlay from image pixel (x0, y0) to (x1, y1), as a person would."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    overlay = driver.find_element(By.ID, "overlay")
+    scale, vx, vy, w, h = driver.execute_script(
+        "const v = MskView.view, o = MskView.overlay; return [v.scale, v.x, v.y, o.width, o.height]")
+
+    def offset(x, y):
+        return int(x * scale + vx - w / 2), int(y * scale + vy - h / 2)
+
+    (ax, ay), (bx, by) = offset(*box[:2]), offset(*box[2:])
+    ActionChains(driver).move_to_element_with_offset(overlay, ax, ay).click_and_hold() \
+        .move_by_offset((bx - ax) // 2, (by - ay) // 2).move_by_offset(bx - ax - (bx - ax) // 2, by - ay - (by - ay) // 2) \
+        .release().perform()
+
+
+def test_drag_commit_reload_and_file_on_disk(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver, server, folder = page
+    driver.get(server.url)
+    wait_for(driver, "document.getElementById('status').textContent.startsWith('ready')")
+    assert driver.find_elements(By.CSS_SELECTOR, "#objects li") == []
+    before = driver.execute_script(OVERLAY_ALPHA)
+    drag_box(driver, (215, 262, 262, 308))
+    wait_for(driver, "app.answer !== null")
+    assert driver.execute_script(OVERLAY_ALPHA) > before + 1000  # the candidate mask is drawn
+    assert wait_for(driver, "performance.getEntriesByName('release-to-overlay').length") == 1
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)
+    wait_for(driver, "document.querySelectorAll('#objects li').length === 1")
+    text = driver.find_element(By.CSS_SELECTOR, "#objects li").text
+    assert "#1" in text
+
+    driver.refresh()
+    wait_for(driver, "document.getElementById('status').textContent.startsWith('ready')")
+    wait_for(driver, "document.querySelectorAll('#objects li').length === 1")
+    label = np.asarray(Image.open(folder / "annotations" / "nuclei.png"))
+    assert label.dtype == np.uint16 and (label == 1).sum() > 50
+    ys, xs = np.nonzero(label == 1)
+    assert 211 <= xs.min() and xs.max() <= 266 and 258 <= ys.min() and ys.max() <= 312  # inside the box (+4 px)
+
+    for box in ((300, 112, 345, 160), (118, 380, 160, 425)):  # two more objects for the screenshot
+        drag_box(driver, box)
+        wait_for(driver, "app.answer !== null")
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)
+        time.sleep(0.5)
+    wait_for(driver, "document.querySelectorAll('#objects li').length === 3")
+    drag_box(driver, (402, 236, 446, 282))
+    wait_for(driver, "app.answer !== null")
+    shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    # the README's screenshot is refreshed on request only, so test runs leave the checkout clean
+    target = REPO / "docs" / "annotate.png" if os.environ.get("MEDSAMKIT_SCREENSHOT") == "1" else folder / "shot.png"
+    target.parent.mkdir(exist_ok=True)
+    shot.quantize(colors=256).save(target, optimize=True)
+    assert target.stat().st_size < 400_000 and Image.open(target).size == shot.size
+
+
+def test_clicks_undo_redo_and_next_image(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver, server, _ = page
+    driver.get(server.url)
+    wait_for(driver, "document.getElementById('status').textContent.startsWith('ready')")
+    n_objects = wait_for(driver, "document.querySelectorAll('#objects li').length")
+    body = driver.find_element(By.TAG_NAME, "body")
+    overlay = driver.find_element(By.ID, "overlay")
+    ActionChains(driver).move_to_element(overlay).click().perform()  # a point without a box
+    wait_for(driver, "document.getElementById('notice').textContent.includes('box prompts only')")
+    assert driver.execute_script("return app.prompt.points.length") == 0  # the refused click is dropped
+    drag_box(driver, (402, 236, 446, 282))
+    wait_for(driver, "app.answer !== null")
+    first = driver.execute_script("return app.answer.masks[0]")
+    scale, vx, vy, w, h = driver.execute_script(
+        "const v = MskView.view, o = MskView.overlay; return [v.scale, v.x, v.y, o.width, o.height]")
+    ActionChains(driver).move_to_element_with_offset(overlay, int(410 * scale + vx - w / 2),
+                                                     int(240 * scale + vy - h / 2)).context_click().perform()
+    wait_for(driver, "app.answer && app.answer.mask_prompted")
+    (x, y, label), = driver.execute_script("return app.prompt.points")
+    assert label == 0 and abs(x - 410) < 2 and abs(y - 240) < 2  # right click: a negative point there
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()  # undo the click
+    wait_for(driver, "app.answer && !app.answer.mask_prompted && app.prompt.points.length === 0")
+    assert driver.execute_script("return app.answer.masks[0]") == first
+    body.send_keys(Keys.ESCAPE)
+    wait_for(driver, "app.answer === null")
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()  # undo a commit
+    wait_for(driver, f"document.querySelectorAll('#objects li').length === {n_objects - 1}")
+    ActionChains(driver).key_down(Keys.CONTROL).key_down(Keys.SHIFT).send_keys("z").key_up(Keys.SHIFT) \
+        .key_up(Keys.CONTROL).perform()
+    wait_for(driver, f"document.querySelectorAll('#objects li').length === {n_objects}")
+    body.send_keys(Keys.ARROW_RIGHT)
+    wait_for(driver, "document.getElementById('image-name').textContent.startsWith('nuclei_crop.png')")
+    wait_for(driver, "document.getElementById('status').textContent.startsWith('ready')")
