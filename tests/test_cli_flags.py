@@ -11,11 +11,12 @@ from medsamkit.cli import main
 # concept flags -> the verbs that must have them (and no other verb may)
 TABLE = {
     "--model": {"segment", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
-                "evaluate-volume", "export", "demo"},
+                "evaluate-volume", "export", "demo", "annotate"},
     "--device": {"segment", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
-                 "evaluate-volume", "demo", "unet train", "unet eval"},
+                 "evaluate-volume", "demo", "unet train", "unet eval", "annotate"},
     "--prompts": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
-    "--classes": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
+    # label values to process; on `annotate` the class names a person assigns (the interface)
+    "--classes": {"evaluate", "finetune", "segment-volume", "evaluate-volume", "annotate"},
     "--window": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
                  "evaluate-volume"},
     "--max-images": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "evaluate-volume",
