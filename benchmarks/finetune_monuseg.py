@@ -24,7 +24,8 @@ import torch
 
 from _shared import monuseg_dir
 from medsamkit.core.runtime import setup
-from medsamkit.evaluation.engine import EvaluateConfig, evaluate
+from medsamkit.evaluation.config import EvaluateConfig
+from medsamkit.evaluation.engine import evaluate
 from medsamkit.training import FinetuneConfig, finetune
 
 REPO = Path(__file__).resolve().parents[1]

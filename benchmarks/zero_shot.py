@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from _shared import monuseg_dir
-from medsamkit.evaluation.engine import EvaluateConfig, evaluate
+from medsamkit.evaluation.config import EvaluateConfig
+from medsamkit.evaluation.engine import evaluate
 
 MODES = "box,box+5,jitter+5,center,random1,random3,iter9"
 REFERENCE = {"lung-gtv": {"box": 0.786, "box+5": 0.841}, "monuseg": {"box": 0.861}}

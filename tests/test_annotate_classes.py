@@ -19,7 +19,7 @@ from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
 from medsamkit.core.objects import extract_objects  # noqa: E402
 from medsamkit.io.datasets import open_dataset  # noqa: E402
 from medsamkit.models.loading import model_fingerprint  # noqa: E402
-from medsamkit.training.finetune import FinetuneConfig, finetune  # noqa: E402
+from medsamkit.training import FinetuneConfig, finetune  # noqa: E402
 
 
 @pytest.fixture(scope="module")

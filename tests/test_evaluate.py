@@ -11,7 +11,9 @@ from click.testing import CliRunner
 
 from medsamkit.core.errors import InputError
 from medsamkit.core.objects import extract_objects
-from medsamkit.evaluation.engine import EvaluateConfig, evaluate, plan_tiles
+from medsamkit.core.tiling import plan_tiles
+from medsamkit.evaluation.config import EvaluateConfig
+from medsamkit.evaluation.engine import evaluate
 from medsamkit.io.builtin import open_builtin
 from medsamkit.io.images import write_mask
 

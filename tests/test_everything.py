@@ -180,10 +180,9 @@ def test_points_mode_takes_a_litemedsam_fine_tuned_with_points(dsb_crop_folder, 
     """Bug 3: point support comes from the model, not its registry name. A LiteMedSAM decoder fine-tuned with
     point prompts keeps the name `litemedsam` yet answers points, so `samaug masks --proposal points` runs it;
     the bundled LiteMedSAM (box-only) is refused with a one-line InputError."""
-    from medsamkit.training.finetune import FinetuneConfig, finetune
-
     from medsamkit.models import load_model
     from medsamkit.samaug.priors import PriorsConfig, compute_priors, load_masks
+    from medsamkit.training import FinetuneConfig, finetune
 
     run = tmp_path / "run"
     finetune(FinetuneConfig(data=[str(dsb_crop_folder)], out=str(run), prompts="center,random1", epochs=1,

@@ -120,5 +120,5 @@ def test_every_verb_resumes_its_own_folder_and_refuses_another_configuration(tmp
     open_run(out, 0)  # the same settings: a resume
     with pytest.raises(InputError) as err:
         open_run(out, 1)
-    assert re.fullmatch(re.escape(str(out)) + r": holds results of a different configuration \([a-z_, ]+ differ\); "
+    assert re.fullmatch(re.escape(str(out)) + r": holds results of a different configuration \([a-z_., ]+ differ\); "
                         r"use another --out folder", str(err.value))
