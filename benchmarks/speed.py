@@ -193,7 +193,7 @@ def run_ours(data: str, prompts: str, max_objects: int, threads: int, onnx_dir: 
 def timed_evaluate(data: str, pred, prompts: str, max_objects: int) -> tuple[dict, float, list[dict]]:
     """The evaluate engine once, into a temporary folder: (summary, wall seconds, per-object CSV rows)."""
     from medsamkit.evaluation.config import EvaluateConfig
-from medsamkit.evaluation.engine import evaluate
+    from medsamkit.evaluation.engine import evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = EvaluateConfig(data=data, out=tmp, prompts=prompts, max_objects=max_objects, baseline=False,
