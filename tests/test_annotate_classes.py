@@ -37,7 +37,7 @@ def class_head_run(tmp_path_factory, weights_path):
             root / name / "labels" / f"{name}.png")
     run = root / "run"
     torch.manual_seed(0)
-    finetune(FinetuneConfig(data=[str(root / "A"), str(root / "B")], out=str(run), prompts="box,iter2", classes=True,
+    finetune(FinetuneConfig(data=[str(root / "A"), str(root / "B")], out=str(run), prompts="box,iter2", class_head=True,
                             epochs=1, batch_size=1, max_objects=1, val_fraction=0.0,
                             cache=str(root / "cache"), device="cpu", show_progress=False))
     return run, root

@@ -202,7 +202,7 @@ def test_volume_engine_prompts_channel_zero(litemedsam, tmp_path: Path) -> None:
     from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
 
     root = make_nnunet(tmp_path / "d")
-    cfg = EvaluateVolumeConfig(data=str(root), out=str(tmp_path / "out"), prompts="box", max_volumes=1,
+    cfg = EvaluateVolumeConfig(data=str(root), out=str(tmp_path / "out"), prompts="box", max_images=1,
                                show_progress=False)
     evaluate_volumes(cfg, Predictor(litemedsam))
     rows = list(csv.DictReader((tmp_path / "out" / "per_volume.csv").open()))
