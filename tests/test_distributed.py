@@ -51,8 +51,16 @@ def _cfg(out: Path, **kw) -> EvaluateConfig:
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, predictor):
+    """The one-process result, on one thread like each worker (float kernels then agree bit for bit)."""
+    import torch
+
     out = tmp_path_factory.mktemp("local") / "ev"
-    summary = evaluate(_cfg(out), predictor)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = evaluate(_cfg(out), predictor)
+    finally:
+        torch.set_num_threads(threads)
     return out, summary
 
 
@@ -68,9 +76,43 @@ def test_two_workers_give_the_rows_and_summary_of_one_process(tmp_path, local_ru
     assert again["new_images"] == 0
 
 
+@pytest.fixture(scope="module")
+def six_crops(tmp_path_factory):
+    """Six real 128x128 crops of builtin:dsb-nuclei (six tasks) as an images/ + labels/ folder."""
+    from medsamkit.io.builtin import open_builtin
+    from medsamkit.io.images import write_mask
+
+    case = next(open_builtin("dsb-nuclei").cases())
+    root = tmp_path_factory.mktemp("crops")
+    for i in range(6):
+        y, x = 128 * (i // 3), 128 * (i % 3)
+        write_mask(root / "images" / f"crop{i}.png", (case.image[y:y + 128, x:x + 128] / case.image.max() * 255))
+        write_mask(root / "labels" / f"crop{i}.png", case.label[y:y + 128, x:x + 128])
+    return root
+
+
+def _crops_cfg(root, out) -> EvaluateConfig:
+    return EvaluateConfig(data=str(root), out=str(out), prompts="box,box+iter2", max_objects=6, baseline=False,
+                          figures=False, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def crops_reference(six_crops, tmp_path_factory, predictor):
+    """The one-process result, on one thread like each worker (float kernels then agree bit for bit)."""
+    import torch
+
+    out = tmp_path_factory.mktemp("ref") / "ev"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evaluate(_crops_cfg(six_crops, out), predictor)
+    finally:
+        torch.set_num_threads(threads)
+    return _sorted_rows(out / "per_object.csv")
+
+
 @pytest.mark.slow
-def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, local_run):
-    local_out, _ = local_run
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, six_crops, crops_reference):
     out = tmp_path / "dask"
     killed = []
 
@@ -79,39 +121,36 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, local_ru
             return
         import distributed
 
-        client = distributed.get_client()
-        pids = client.run(os.getpid)
+        pids = distributed.get_client().run(os.getpid)
         victim = sorted(pids.values())[0]
         os.kill(victim, signal.SIGKILL)
         killed.append(victim)
 
-    summary = evaluate_on_cluster(_cfg(out, max_images=3), DaskConfig(workers=2), on_case=kill_a_worker)
-    assert killed and summary["failed"] == []
+    summary = evaluate_on_cluster(_crops_cfg(six_crops, out), DaskConfig(workers=2), on_case=kill_a_worker)
+    assert killed and summary["failed"] == [] and summary["images"] == 6
     rows = _sorted_rows(out / "per_object.csv")
     assert len(rows) == len(set(rows))
-    reference = tmp_path / "ref"
-    evaluate(_cfg(reference, max_images=3))
-    assert rows == _sorted_rows(reference / "per_object.csv")
+    assert rows == crops_reference
 
 
 @pytest.mark.slow
-def test_a_killed_driver_resumes_on_the_cluster_and_ends_identical(tmp_path, local_run):
-    local_out, _ = local_run
+def test_a_killed_driver_resumes_on_the_cluster_and_ends_identical(tmp_path, six_crops, crops_reference):
     out = tmp_path / "dask"
-    cmd = [sys.executable, "-m", "medsamkit", "evaluate", "--data", "builtin:lung-gtv", "--prompts", "box,box+iter2",
-           "--max-images", "2", "--no-baseline", "--no-figures", "--out", str(out), "--workers", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    done = out / "done.txt"
-    while time.time() < deadline and (not done.exists() or len(done.read_text().split()) < 2):
-        time.sleep(0.5)
+    base = [sys.executable, "-m", "medsamkit", "evaluate", "--data", str(six_crops), "--prompts", "box,box+iter2",
+            "--max-objects", "6", "--no-baseline", "--no-figures", "--out", str(out)]
+    proc = subprocess.Popen(base + ["--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # one worker: the cases finish one by one
+    deadline, done = time.time() + 300, out / "done.txt"
+    while time.time() < deadline and (not done.exists() or not done.read_text().strip()):
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local cluster die at once
     proc.wait()
     n_before = len(done.read_text().split())
-    assert n_before >= 2
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert 1 <= n_before < 6
+    result = subprocess.run(base + ["--workers", "2"], capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert _sorted_rows(out / "per_object.csv") == _sorted_rows(local_out / "per_object.csv")
+    assert len(done.read_text().split()) == 6
+    assert _sorted_rows(out / "per_object.csv") == crops_reference
 
 
 def test_evaluate_volume_on_two_workers_gives_the_rows_of_one_process(tmp_path):
