@@ -1,7 +1,10 @@
 """Zero-shot evaluation with simulated prompts (docs/protocols.md): per-object rows, resumable, summary + figures.
 
-Large images are cut into native-resolution tiles (a grid with overlap); each object is prompted inside a
-tile that contains it whole, so its Dice on the tile equals its Dice on the full image. Every prompt mode
+Each object is prompted in its view (``core.tiling``: the whole image resized to the model input unless the
+object is too small there, then a native-resolution tile holding it with context; ``--tile N`` tiles every
+object, ``--tile 0`` none). A tile contains its objects whole, so Dice on the tile equals Dice on the full
+image. The random-walker baseline runs on a crop around each prompt (``evaluation.baseline``); the
+neighbourhood of point prompts is 1/8 of the view's shorter side (at least 16 px). Every prompt mode
 runs batched over the objects of a tile through the one click session (``medsamkit.prompts``); iterative
 modes advance all objects of the tile one click per model call, feeding back each object's low-res logits.
 """
