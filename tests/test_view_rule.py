@@ -105,3 +105,32 @@ def test_embed_precomputes_every_window_evaluate_uses(constructed):
     label, objs = constructed
     windows = image_windows(label, "instance", tile_size_for(label.shape, None, INPUT), 64)
     assert set(plan_tiles(objs, label.shape, tile_size_for(label.shape, None, INPUT), 64)) <= set(windows)
+
+
+def test_evaluate_prompts_each_object_in_its_view(tmp_path, predictor):
+    """builtin:dsb-nuclei upscaled 4x (2048 px): nuclei of 6-17 px at model scale, viewed by the rule."""
+    import csv
+
+    from medsamkit.evaluation.engine import EvaluateConfig, evaluate
+    from medsamkit.io.images import write_mask
+
+    case = next(open_builtin("dsb-nuclei").cases())
+    big = np.kron(case.label.astype(np.uint16), np.ones((4, 4), np.uint16))
+    image = np.kron(case.image / case.image.max() * 255, np.ones((4, 4)))
+    write_mask(tmp_path / "data" / "images" / "big.png", image)
+    write_mask(tmp_path / "data" / "labels" / "big.png", big)
+    cfg = EvaluateConfig(data=str(tmp_path / "data"), out=str(tmp_path / "ev"), prompts="box", max_objects=8,
+                         baseline=False, figures=False, show_progress=False)
+    summary = evaluate(cfg, predictor)
+    with open(tmp_path / "ev" / "per_object.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    objs = {o.label: o for o in extract_objects(big, "instance", 20)}
+    views = set()
+    for r in rows:
+        obj, window = objs[int(r["object"])], tuple(int(v) for v in r["tile"].split(":"))
+        whole = model_scale_side(obj, big.shape, INPUT) >= WHOLE_VIEW_MIN_SIDE
+        views.add(whole)
+        assert (window == (0, 0, 2048, 2048)) == whole
+        if not whole:
+            _assert_tile_with_context(window, obj, big.shape)
+    assert views == {True, False} and summary["tiles"] == len({r["tile"] for r in rows})

@@ -104,7 +104,7 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
     chosen, skipped = case_objects(case, cfg)
     key = name_key(case.name)
     shape = case.label.shape[:2]
-    tile = tile_size_for(shape, cfg.tile_size, predictor.model.preprocessing.input_size)
+    tile = tile_size_for(shape, cfg.tile_size, predictor.model.preprocessing.input_size, cfg.view_min_side)
     plan = plan_tiles(chosen, shape, tile, cfg.tile_overlap) if chosen else {}
     rows: list[dict] = []
     keep_masks = cfg.save_masks or cfg.figures
