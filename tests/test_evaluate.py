@@ -59,6 +59,9 @@ def test_evaluate_writes_rows_and_resumes(tmp_path, small_folder, predictor):
     assert ("model", "iter3") in modes and ("random_walker", "box") in modes
     box = [float(r["dice"]) for r in rows if r["mode"] == "box" and r["method"] == "model"]
     assert np.median(box) > 0.6
+    times = summary["methods"]  # the baseline's time is reported apart from the model's
+    assert times["random_walker"]["seconds"] > 0 and times["random_walker"]["prompts"] == 2 * 4 * 5
+    assert times["model"]["seconds"] >= times["model"]["encoder_seconds"] > 0
     again = evaluate(cfg, predictor)
     assert again["new_images"] == 0 and len(_rows(out)) == len(rows)
     md = (out / "summary.md").read_text()

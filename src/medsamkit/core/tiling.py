@@ -1,6 +1,13 @@
-"""Windows on large images: a native-resolution tile around one object, or a grid covering the image.
+"""Views of objects on large images: the whole image, a native-resolution tile around one object, or a grid.
 
 A window is ``(y0, x0, y1, x1)`` with exclusive ends, in full-image pixel coordinates.
+
+The view rule (``tile_size_for`` + ``plan_tiles``, shared by evaluate, embed, finetune): an explicit tile
+size tiles every object; 0 never tiles; auto (None) gives each object the whole image resized to the model
+input, unless its longer side at model scale (``side * input_size / max(H, W)``) is below
+``WHOLE_VIEW_MIN_SIDE``: then a native-resolution tile containing it with context of half its side on every
+side. Images at most twice the model input always keep the whole view. The threshold was measured with
+``benchmarks/view_rule.py`` (results in ``benchmarks/results/view_rule.json``).
 """
 
 from __future__ import annotations
@@ -116,32 +123,75 @@ def to_window_coords(box: np.ndarray, window: Window) -> np.ndarray:
     return (arr.reshape(-1, 2) - offset).reshape(arr.shape)
 
 
-def tile_size_for(shape: tuple[int, int], tile_size: int | None, input_size: int) -> int:
-    """Tile size to use for an image: the requested one; None = auto (tiles of the model input size when the
-    image is more than twice as large, else the whole image, i.e. 0); 0 = never tile."""
+# Longer side, in px at model scale, from which an object keeps the whole-image view under the auto rule.
+# Measured (benchmarks/view_rule.py): MoNuSeg nuclei (4-15 px at model scale) need native tiles, GlaS glands
+# (median 46 px) lose Dice in tiles; this value sits between the two.
+WHOLE_VIEW_MIN_SIDE = 16.0
+
+
+class AutoTile(int):
+    """The tile size the auto rule chose for an image: ``plan_tiles`` then views each object whole-image
+    unless it is smaller than ``min_side`` px at model scale (then a native tile of this size, with context)."""
+
+    input_size: int
+    min_side: float
+
+    def __new__(cls, size: int, input_size: int, min_side: float = WHOLE_VIEW_MIN_SIDE) -> AutoTile:
+        tile = super().__new__(cls, size)
+        tile.input_size, tile.min_side = int(input_size), float(min_side)
+        return tile
+
+
+def model_scale_side(obj: ImageObject, shape: tuple[int, int], input_size: int) -> float:
+    """The object's longer side in px once the whole image is resized to the model input."""
+    rows, cols = obj.slices
+    return max(rows.stop - rows.start, cols.stop - cols.start) * input_size / max(shape[0], shape[1])
+
+
+def tile_size_for(shape: tuple[int, int], tile_size: int | None, input_size: int,
+                  min_side: float = WHOLE_VIEW_MIN_SIDE) -> int:
+    """Tile size to use for an image: the requested one (0 = never tile); None = auto, i.e. the whole image
+    (0) up to twice the model input, else an ``AutoTile`` (per-object view, see the module docstring)."""
     if tile_size is not None:
         return tile_size
-    return input_size if max(shape) > 2 * input_size else 0
+    return AutoTile(input_size, input_size, min_side) if max(shape) > 2 * input_size else 0
+
+
+def _grid_tile(obj: ImageObject, shape: tuple[int, int], grid: list[Window], margin: int, tile: int,
+               context: bool) -> Window:
+    """The grid tile nearest to the object containing its box grown by ``margin``, else a tile of its own
+    centred on it: side ``tile``, or the object's (``context``: the grown box's) longer side if larger."""
+    rows, cols = obj.slices
+    r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
+    r1, c1 = min(rows.stop + margin, shape[0]), min(cols.stop + margin, shape[1])
+    starts = np.array(grid)
+    fits = (starts[:, 0] <= r0) & (starts[:, 1] <= c0) & (starts[:, 2] >= r1) & (starts[:, 3] >= c1)
+    if not fits.any():
+        return tile_for_object((slice(r0, r1), slice(c0, c1)) if context else obj, shape, tile)
+    centres = (starts[:, :2] + starts[:, 2:]) / 2
+    d = np.hypot(centres[:, 0] - (r0 + r1) / 2, centres[:, 1] - (c0 + c1) / 2)
+    d[~fits] = np.inf
+    return tuple(int(v) for v in grid[int(d.argmin())])
 
 
 def plan_tiles(objects: list[ImageObject], shape: tuple[int, int], tile: int, overlap: int,
                margin: int = 8) -> dict[Window, list[ImageObject]]:
-    """Assign each object to a grid tile containing its box grown by `margin` (else a tile of its own)."""
+    """The view of each object: {window: objects}. An explicit tile: the grid tile containing the object's box
+    grown by ``margin`` (else a tile of its own); an ``AutoTile``: the whole image for objects of at least
+    ``tile.min_side`` px at model scale, the others a tile containing them with half their side as context."""
+    whole = (0, 0, int(shape[0]), int(shape[1]))
     if tile <= 0 or max(shape) <= tile:
-        return {(0, 0, shape[0], shape[1]): list(objects)}
+        return {whole: list(objects)}
     grid = grid_windows(shape, tile, min(overlap, tile - 1))
-    starts = np.array(grid)
     plan: dict[Window, list[ImageObject]] = defaultdict(list)
     for obj in objects:
-        rows, cols = obj.slices
-        r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
-        r1, c1 = min(rows.stop + margin, shape[0]), min(cols.stop + margin, shape[1])
-        fits = (starts[:, 0] <= r0) & (starts[:, 1] <= c0) & (starts[:, 2] >= r1) & (starts[:, 3] >= c1)
-        if fits.any():
-            centres = (starts[:, :2] + starts[:, 2:]) / 2
-            d = np.hypot(centres[:, 0] - (r0 + r1) / 2, centres[:, 1] - (c0 + c1) / 2)
-            d[~fits] = np.inf
-            plan[tuple(int(v) for v in grid[int(d.argmin())])].append(obj)
+        if isinstance(tile, AutoTile):
+            if model_scale_side(obj, shape, tile.input_size) >= tile.min_side:
+                plan[whole].append(obj)
+                continue
+            rows, cols = obj.slices
+            grow = max(margin, max(rows.stop - rows.start, cols.stop - cols.start) // 2)
+            plan[_grid_tile(obj, shape, grid, grow, tile, context=True)].append(obj)
         else:
-            plan[tile_for_object(obj, shape, tile)].append(obj)
+            plan[_grid_tile(obj, shape, grid, margin, tile, context=False)].append(obj)
     return dict(plan)

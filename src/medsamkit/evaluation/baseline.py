@@ -2,39 +2,81 @@
 
 The Mazurowski study compared SAM with RITM, whose weights are not available offline; a seeded random walker
 fills that row. Seeds: positive points -> object; negative points -> background; a box gives a small disk
-at its centre as object seeds and the ring outside it (inside a margin) as background seeds. Points alone
-get the border of a window around them (margin px) as background. It runs inside that window only.
+at its centre as object seeds and everything outside it as background. Points alone get the border of their
+neighbourhood (``margin`` px around them) as background.
+
+The walker runs on a crop around the prompt (``baseline_crop``): a box grown by ``BOX_RING`` px (a
+background ring: pixels farther out are background seeds too), or the points' bounding box grown by
+``margin`` (the neighbourhood whose border is the background seed). Pixels outside the crop are background.
+Edge weights use the intensity statistics of the whole view (grey levels scaled by its min/max, gradients
+by its standard deviation, as skimage does for the array it is given), so for a box the crop gives the
+answer of the uncropped walker. The system is solved directly (sparse LU, skimage ``mode="bf"``), which
+matches the conjugate-gradient solver it replaced to within that solver's tolerance without its slow
+convergence on large objects.
+
+Crops up to ``SOLVE_SIDE`` px (nuclei, lung tumours) are solved at full resolution. Larger ones (GlaS
+glands are 100-500 px; the direct solve grows faster than the area) are solved on a grid coarsened by an
+integer factor: block means of the grey levels, a block is background if all its pixels are background
+seeds, else object if any pixel is an object seed; the object probability is resized back to the crop and
+the full-resolution seeds are imposed. The click session (``medsamkit.prompts``) is the model's, so seeds
+and clicks are reproducible.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from skimage.segmentation import random_walker
+from skimage.transform import downscale_local_mean, resize
 
 from medsamkit.core.objects import ImageObject
 from medsamkit.prompts import Prompt, PromptMode
 from medsamkit.prompts.objects import ObjectRun, Window, run_mode
 
+# Width of the background ring kept around a box prompt.
+BOX_RING = 8
+# Longest side of the grid the walker solves on; larger crops are coarsened by an integer factor.
+SOLVE_SIDE = 128
+
 
 def _grey(image: np.ndarray) -> np.ndarray:
-    g = image.astype(np.float32).mean(axis=-1) if image.ndim == 3 else image.astype(np.float32)
+    return image.astype(np.float32).mean(axis=-1) if image.ndim == 3 else image.astype(np.float32)
+
+
+def intensity_levels(image: np.ndarray) -> tuple[float, float, float]:
+    """(min, max, standard deviation after min/max scaling) of a view's grey levels: the walker's weights."""
+    g = _grey(image)
     lo, hi = float(g.min()), float(g.max())
-    return (g - lo) / max(hi - lo, 1e-8)
+    return lo, hi, float(((g - lo) / max(hi - lo, 1e-8)).std())
 
 
-def random_walker_segment(image: np.ndarray, prompt: Prompt, margin: int = 32, beta: float = 130.0) -> np.ndarray:
-    """Binary mask (image size) from a seeded random walker restricted to a window around the prompt."""
-    h, w = image.shape[:2]
+def _walker_data(crop: np.ndarray, levels: tuple[float, float, float]) -> np.ndarray:
+    """The crop's grey levels scaled so that skimage (which divides by the std of what it gets) weighs its
+    edges as it would on the whole view."""
+    lo, hi, std = levels
+    x = (_grey(crop) - lo) / max(hi - lo, 1e-8)
+    own = float(x.std())
+    return x * (own / std) if own > 1e-8 and std > 1e-8 else x
+
+
+def baseline_crop(prompt: Prompt, shape: tuple[int, int], margin: int = 32) -> Window:
+    """The window ``(y0, x0, y1, x1)`` the walker runs in: box + BOX_RING, or the points' extent + margin."""
+    h, w = int(shape[0]), int(shape[1])
     xs = list(prompt.points[:, 0]) + ([prompt.box[0], prompt.box[2]] if prompt.box is not None else [])
     ys = list(prompt.points[:, 1]) + ([prompt.box[1], prompt.box[3]] if prompt.box is not None else [])
-    grow = 8 if prompt.box is not None else margin
+    grow = BOX_RING if prompt.box is not None else margin
     x0, x1 = max(int(min(xs)) - grow, 0), min(int(max(xs)) + grow + 1, w)
     y0, y1 = max(int(min(ys)) - grow, 0), min(int(max(ys)) + grow + 1, h)
+    return y0, x0, y1, x1
+
+
+def _seeds(prompt: Prompt, crop: Window) -> np.ndarray:
+    """Seed labels of the crop: 1 object, 2 background, 0 unknown."""
+    y0, x0, y1, x1 = crop
     seeds = np.zeros((y1 - y0, x1 - x0), dtype=np.int32)
     if prompt.box is not None:
         bx0, by0, bx1, by1 = prompt.box - np.array([x0, y0, x0, y0], dtype=np.float32)
         seeds[:] = 2
-        seeds[int(by0) : int(by1) + 1, int(bx0) : int(bx1) + 1] = 0
+        seeds[max(int(by0), 0) : int(by1) + 1, max(int(bx0), 0) : int(bx1) + 1] = 0
         cy, cx = (by0 + by1) / 2, (bx0 + bx1) / 2
         r = max(min(bx1 - bx0, by1 - by0) / 6, 1.0)
         yy, xx = np.ogrid[: seeds.shape[0], : seeds.shape[1]]
@@ -43,15 +85,49 @@ def random_walker_segment(image: np.ndarray, prompt: Prompt, margin: int = 32, b
         seeds[0, :] = seeds[-1, :] = seeds[:, 0] = seeds[:, -1] = 2
     for (px, py), lab in zip(prompt.points, prompt.labels):
         seeds[int(py) - y0, int(px) - x0] = 1 if lab == 1 else 2
+    return seeds
+
+
+def _coarse_seeds(seeds: np.ndarray, f: int) -> np.ndarray:
+    """Seeds on blocks of f x f: background where the whole block is, else object where any pixel is."""
+    h, w = -(-seeds.shape[0] // f) * f, -(-seeds.shape[1] // f) * f
+    padded = np.pad(seeds, ((0, h - seeds.shape[0]), (0, w - seeds.shape[1])), mode="edge")
+    blocks = padded.reshape(h // f, f, w // f, f).transpose(0, 2, 1, 3).reshape(h // f, w // f, -1)
+    out = np.zeros(blocks.shape[:2], np.int32)
+    out[(blocks == 1).any(-1)] = 1
+    out[(blocks == 2).all(-1)] = 2
+    return out
+
+
+def _solve(data: np.ndarray, seeds: np.ndarray, beta: float, solve_side: int | None) -> np.ndarray:
+    """Object mask of the crop: the walker at full resolution, or on a coarsened grid for large crops."""
+    f = 1 if solve_side is None else -(-max(seeds.shape) // solve_side)
+    coarse = _coarse_seeds(seeds, f) if f > 1 else seeds
+    if f == 1 or not ((coarse == 1).any() and (coarse == 2).any()):
+        return random_walker(data, seeds, beta=beta, mode="bf") == 1
+    grid = downscale_local_mean(np.pad(data, ((0, -data.shape[0] % f), (0, -data.shape[1] % f)), mode="edge"), f)
+    prob = random_walker(grid, coarse, beta=beta, mode="bf", return_full_prob=True)[0]
+    fine = resize(prob, (grid.shape[0] * f, grid.shape[1] * f), order=1)[: seeds.shape[0], : seeds.shape[1]]
+    return ((fine >= 0.5) | (seeds == 1)) & (seeds != 2)
+
+
+def random_walker_segment(image: np.ndarray, prompt: Prompt, margin: int = 32, beta: float = 130.0,
+                          crop: Window | None = None, levels: tuple[float, float, float] | None = None,
+                          solve_side: int | None = SOLVE_SIDE) -> np.ndarray:
+    """Binary mask (image size) from a seeded random walker run inside ``crop`` (default: ``baseline_crop``);
+    ``levels``: the image's ``intensity_levels`` (computed when not given); ``solve_side=None``: full resolution."""
+    h, w = image.shape[:2]
+    crop = baseline_crop(prompt, (h, w), margin) if crop is None else crop
+    y0, x0, y1, x1 = crop
+    seeds = _seeds(prompt, crop)
     out = np.zeros((h, w), dtype=bool)
     if not (seeds == 1).any():
         return out
     if not (seeds == 2).any() or seeds.size < 4:
         out[y0:y1, x0:x1] = True
         return out
-    crop = _grey(image[y0:y1, x0:x1])
-    res = random_walker(crop, seeds, beta=beta, mode="cg_j" if crop.size > 4096 else "bf", tol=1e-3)
-    out[y0:y1, x0:x1] = res == 1
+    levels = intensity_levels(image) if levels is None else levels
+    out[y0:y1, x0:x1] = _solve(_walker_data(image[y0:y1, x0:x1], levels), seeds, beta, solve_side)
     return out
 
 
@@ -59,8 +135,10 @@ def run_mode_baseline(image: np.ndarray, objects: list[ImageObject], window: Win
                       seed: int, case_key: int, margin: int) -> list[ObjectRun]:
     """The same prompt mode (same seeds, same click session) through the random-walker baseline."""
 
+    levels = intensity_levels(image)
+
     def predict(prompts: list[Prompt], mask_input: np.ndarray | None):
-        masks = np.stack([random_walker_segment(image, p, margin) for p in prompts])
+        masks = np.stack([random_walker_segment(image, p, margin, levels=levels) for p in prompts])
         return masks, np.full(len(prompts), np.nan), None
 
     return run_mode(objects, window, mode, seed, case_key, predict)

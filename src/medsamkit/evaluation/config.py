@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medsamkit.core.tiling import WHOLE_VIEW_MIN_SIDE
+
 OBJECT_FIELDS = [
     "image", "object", "area", "method", "mode", "step", "n_points", "dice", "iou", "predicted_iou",
     "seconds", "final", "tile", "prompt",
@@ -12,7 +14,7 @@ IMAGE_FIELDS = ["image", "objects", "skipped_small", "tiles", "embed_seconds", "
 TABLES = {"per_object": OBJECT_FIELDS, "per_image": IMAGE_FIELDS}
 # fields whose change makes earlier results in the same folder incomparable
 RESULT_KEYS = ("data", "prompts", "model", "model_sha256", "checkpoint", "seed", "min_area", "min_fraction",
-               "tile_size", "tile_overlap", "multimask", "baseline", "window", "classes")
+               "tile_size", "tile_overlap", "multimask", "baseline", "window", "classes", "view_min_side")
 
 
 @dataclass
@@ -30,7 +32,8 @@ class EvaluateConfig:
     seed: int = 0
     min_area: int = 20
     min_fraction: float = 0.0
-    tile_size: int | None = None  # None: auto (tile images larger than 2x the tile), 0: never
+    tile_size: int | None = None  # None: auto (per-object view, core.tiling), 0: never tile
+    view_min_side: float = WHOLE_VIEW_MIN_SIDE  # auto: objects smaller at model scale get native tiles
     tile_overlap: int = 64
     multimask: bool = False
     baseline: bool = True

@@ -1,7 +1,10 @@
 """Zero-shot evaluation with simulated prompts (docs/protocols.md): per-object rows, resumable, summary + figures.
 
-Large images are cut into native-resolution tiles (a grid with overlap); each object is prompted inside a
-tile that contains it whole, so its Dice on the tile equals its Dice on the full image. Every prompt mode
+Each object is prompted in its view (``core.tiling``: the whole image resized to the model input unless the
+object is too small there, then a native-resolution tile holding it with context; ``--tile N`` tiles every
+object, ``--tile 0`` none). A tile contains its objects whole, so Dice on the tile equals Dice on the full
+image. The random-walker baseline runs on a crop around each prompt (``evaluation.baseline``); the
+neighbourhood of point prompts is 1/8 of the view's shorter side (at least 16 px). Every prompt mode
 runs batched over the objects of a tile through the one click session (``medsamkit.prompts``); iterative
 modes advance all objects of the tile one click per model call, feeding back each object's low-res logits.
 """
@@ -91,7 +94,7 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
     chosen, skipped = case_objects(case, cfg)
     key = name_key(case.name)
     shape = case.label.shape[:2]
-    tile = tile_size_for(shape, cfg.tile_size, predictor.model.preprocessing.input_size)
+    tile = tile_size_for(shape, cfg.tile_size, predictor.model.preprocessing.input_size, cfg.view_min_side)
     plan = plan_tiles(chosen, shape, tile, cfg.tile_overlap) if chosen else {}
     rows: list[dict] = []
     keep_masks = cfg.save_masks or cfg.figures

@@ -20,6 +20,11 @@ def _stats(values: list[float]) -> dict:
     return {"mean": round(float(arr.mean()), 4), "median": round(float(np.median(arr)), 4), "n": int(arr.size)}
 
 
+def _method_time(seconds: float, prompts: int) -> dict:
+    return {"seconds": round(seconds, 2), "prompts": prompts,
+            "prompts_per_s": round(prompts / seconds, 2) if seconds > 0 else None}
+
+
 def summarise(rows: list[dict], image_rows: list[dict], modes: list[PromptMode]) -> dict:
     """Per (method, mode): Dice/IoU mean/median/n on final steps, prompts/s; curves for interactive modes."""
     final = defaultdict(list)
@@ -50,6 +55,12 @@ def summarise(rows: list[dict], image_rows: list[dict], modes: list[PromptMode])
                 "method": method, "mode": m.name, "dice": _stats(d), "iou": _stats(i),
                 "prompts_per_s": round(calls[key] / seconds[key], 2) if seconds[key] else None,
             })
+    prompts = {method: sum(n for (m, _), n in calls.items() if m == method) for method in ("model", "random_walker")}
+    base = sum(float(r.get("baseline_seconds") or 0) for r in image_rows)
+    methods = {"model": _method_time(embed + decode, prompts["model"]) | {
+        "encoder_seconds": round(embed, 2), "decoder_seconds": round(decode, 2)}}
+    if prompts["random_walker"]:
+        methods["random_walker"] = _method_time(base, prompts["random_walker"])
     curve_out = {
         method: {mode: {str(k): round(float(np.mean(v)), 4) for k, v in sorted(steps.items())}
                  for mode, steps in per_mode.items() if len(steps) > 1}
@@ -63,10 +74,12 @@ def summarise(rows: list[dict], image_rows: list[dict], modes: list[PromptMode])
         "embed_seconds": round(embed, 2),
         "decode_seconds": round(decode, 2),
         "images_per_s": round(n_images / (embed + decode), 4) if embed + decode > 0 else None,
+        "methods": methods,
         "table": table,
         "click_curves": {k: v for k, v in curve_out.items() if v},
         "note": "Dice/IoU per object on its final prompt step; both-empty cases cannot occur (objects are "
-                "non-empty); images/s counts encoder + decoder time of the model only.",
+                "non-empty); images/s counts encoder + decoder time of the model only; time per method: the "
+                "model's encoder + decoder seconds, the random walker's seconds (prompts/s over all modes).",
     }
 
 
@@ -79,6 +92,8 @@ def markdown(summary: dict, title: str) -> str:
     lines = [f"# {title}", "",
              f"images: {summary['images']}, objects: {summary['objects']} (skipped as too small: "
              f"{summary['skipped_small']}), tiles: {summary['tiles']}, images/s: {_fmt(summary['images_per_s'])}",
+             "time: " + ", ".join(f"{name} {t['seconds']} s ({_fmt(t['prompts_per_s'])} prompts/s)"
+                                  for name, t in summary.get("methods", {}).items()),
              "", "| method | prompt | Dice mean | Dice median | IoU mean | IoU median | n | prompts/s |",
              "|---|---|---|---|---|---|---|---|"]
     for row in summary["table"]:
