@@ -17,7 +17,7 @@ from medsamkit.core.atomic import write_json_atomic
 from medsamkit.core.errors import InputError
 from medsamkit.core.objects import extract_objects
 from medsamkit.core.runtime import select_device
-from medsamkit.core.tiling import grid_windows, plan_tiles, tile_size_for
+from medsamkit.core.tiling import AutoTile, grid_windows, plan_tiles, tile_size_for
 from medsamkit.embedding.cache import EmbeddingCache, encoder_fingerprint
 from medsamkit.io.datasets import open_dataset
 from medsamkit.models import load_model
@@ -27,13 +27,18 @@ Window = tuple[int, int, int, int]
 
 
 def image_windows(label: np.ndarray, kind: str, tile: int, overlap: int, min_area: int = 20) -> list[Window]:
-    """Every window the evaluate engine may embed for this image: the grid plus any per-object tiles."""
-
+    """Every window the evaluate engine may embed for this image: with an explicit tile the grid plus any
+    per-object tiles; with the auto view rule exactly the views its objects get (the whole image and the
+    native tiles of small objects; the whole image when there is no object)."""
     shape = label.shape[:2]
+    whole = (0, 0, int(shape[0]), int(shape[1]))
     if tile <= 0 or max(shape) <= tile:
-        return [(0, 0, int(shape[0]), int(shape[1]))]
-    windows = [tuple(int(v) for v in w) for w in grid_windows(shape, tile, min(overlap, tile - 1))]
+        return [whole]
     objects = list(extract_objects(label, kind, min_area))
+    if isinstance(tile, AutoTile):
+        views = sorted(tuple(int(v) for v in w) for w in plan_tiles(objects, shape, tile, overlap)) if objects else []
+        return views or [whole]
+    windows = [tuple(int(v) for v in w) for w in grid_windows(shape, tile, min(overlap, tile - 1))]
     extra = [w for w in plan_tiles(objects, shape, tile, overlap) if w not in windows] if objects else []
     return windows + sorted(extra)
 
