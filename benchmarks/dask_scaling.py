@@ -7,7 +7,7 @@ Both include start-up (imports, model load; for Dask also the cluster and each w
 times the scheduler's per-task overhead: N empty tasks through a local cluster, wall / N.
 Prints JSON: per round the wall seconds of both, the median throughput ratio (local wall / dask wall: > 1
 means Dask is faster) and the rows-equal check.
-Usage: python benchmarks/distributed.py [--data builtin:lung-gtv] [--prompts box,box+5] [--rounds 3] [--out DIR]
+Usage: python benchmarks/dask_scaling.py [--data builtin:lung-gtv] [--prompts box,box+5] [--rounds 3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ def _noop(i: int) -> int:
 
 def task_overhead_ms(n: int, workers: int) -> float:
     """Mean wall per empty task on a local cluster (submit -> result), tasks in flight together."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from distributed import Client, LocalCluster, wait
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
