@@ -68,3 +68,28 @@ def lung_slice():
     vol = load_lung_volume(lung_patients()[0])
     z = int(vol.label.reshape(vol.label.shape[0], -1).sum(1).argmax())
     return vol.image[z], vol.label[z] > 0
+
+
+def write_dsb_crops(root: Path, corners: list[tuple[int, int]], size: tuple[int, int]) -> Path:
+    """Crops of builtin:dsb-nuclei at (y, x) ``corners`` as an images/ + labels/ folder dataset (crop0, ...)."""
+    from medsamkit.io.builtin import open_builtin
+    from medsamkit.io.images import write_mask
+
+    case = next(open_builtin("dsb-nuclei").cases())
+    h, w = size
+    for i, (y, x) in enumerate(corners):
+        write_mask(root / "images" / f"crop{i}.png", case.image[y:y + h, x:x + w] / case.image.max() * 255)
+        write_mask(root / "labels" / f"crop{i}.png", case.label[y:y + h, x:x + w])
+    return root
+
+
+@pytest.fixture(scope="session")
+def dsb_crops():
+    """``write_dsb_crops`` for tests that need their own crops."""
+    return write_dsb_crops
+
+
+@pytest.fixture(scope="session")
+def small_folder(tmp_path_factory) -> Path:
+    """Two real 160x200 crops of builtin:dsb-nuclei as an images/ + labels/ folder dataset (read only)."""
+    return write_dsb_crops(tmp_path_factory.mktemp("dsb"), [(0, 0), (300, 250)], (160, 200))

@@ -23,20 +23,6 @@ from medsamkit.evaluation.engine import evaluate
 TIMING = {"seconds", "embed_seconds", "decode_seconds", "baseline_seconds"}
 
 
-@pytest.fixture(scope="module")
-def small_folder(tmp_path_factory):
-    """Two real 160x200 crops of builtin:dsb-nuclei as an images/ + labels/ folder dataset."""
-    from medsamkit.io.builtin import open_builtin
-    from medsamkit.io.images import write_mask
-
-    case = next(open_builtin("dsb-nuclei").cases())
-    root = tmp_path_factory.mktemp("dsb")
-    for i, (y, x) in enumerate([(0, 0), (300, 250)]):
-        write_mask(root / "images" / f"crop{i}.png", (case.image[y:y + 160, x:x + 200] / case.image.max() * 255))
-        write_mask(root / "labels" / f"crop{i}.png", case.label[y:y + 160, x:x + 200])
-    return root
-
-
 def _sorted_rows(path: Path) -> list[tuple]:
     with path.open(newline="") as fh:
         rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(fh)]
@@ -77,18 +63,10 @@ def test_two_workers_give_the_rows_and_summary_of_one_process(tmp_path, local_ru
 
 
 @pytest.fixture(scope="module")
-def six_crops(tmp_path_factory):
+def six_crops(tmp_path_factory, dsb_crops):
     """Six real 128x128 crops of builtin:dsb-nuclei (six tasks) as an images/ + labels/ folder."""
-    from medsamkit.io.builtin import open_builtin
-    from medsamkit.io.images import write_mask
-
-    case = next(open_builtin("dsb-nuclei").cases())
-    root = tmp_path_factory.mktemp("crops")
-    for i in range(6):
-        y, x = 128 * (i // 3), 128 * (i % 3)
-        write_mask(root / "images" / f"crop{i}.png", (case.image[y:y + 128, x:x + 128] / case.image.max() * 255))
-        write_mask(root / "labels" / f"crop{i}.png", case.label[y:y + 128, x:x + 128])
-    return root
+    corners = [(128 * (i // 3), 128 * (i % 3)) for i in range(6)]
+    return dsb_crops(tmp_path_factory.mktemp("crops"), corners, (128, 128))
 
 
 def _crops_cfg(root, out) -> EvaluateConfig:

@@ -14,19 +14,7 @@ from medsamkit.core.objects import extract_objects
 from medsamkit.core.tiling import plan_tiles
 from medsamkit.evaluation.config import EvaluateConfig
 from medsamkit.evaluation.engine import evaluate
-from medsamkit.io.builtin import open_builtin
 from medsamkit.io.images import write_mask
-
-
-@pytest.fixture(scope="module")
-def small_folder(tmp_path_factory):
-    """Two real 160x200 crops of builtin:dsb-nuclei as an images/ + labels/ folder dataset."""
-    case = next(open_builtin("dsb-nuclei").cases())
-    root = tmp_path_factory.mktemp("dsb")
-    for i, (y, x) in enumerate([(0, 0), (300, 250)]):
-        write_mask(root / "images" / f"crop{i}.png", (case.image[y:y + 160, x:x + 200] / case.image.max() * 255))
-        write_mask(root / "labels" / f"crop{i}.png", case.label[y:y + 160, x:x + 200])
-    return root
 
 
 def _rows(out):

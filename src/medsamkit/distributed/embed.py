@@ -26,9 +26,7 @@ def embed_on_cluster(cfg: EmbedConfig, dask: DaskConfig) -> dict:
     """Precompute (or complete) the cache on Dask; the same entries and index as `embed_dataset`."""
     from medsamkit.models import load_model
 
-    n_items = len(open_embed_dataset(cfg))
-    if cfg.max_images is not None:
-        n_items = min(n_items, cfg.max_images)
+    n_items = len(open_embed_dataset(cfg).head(cfg.max_images))
     index = CacheIndex(cfg.out, load_model(cfg.model, cfg.checkpoint, "cpu"))
     totals = {"computed": 0, "hits": 0, "discarded": 0}
     n_tiles = []

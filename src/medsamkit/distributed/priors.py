@@ -11,11 +11,11 @@ from medsamkit.distributed.runner import run_tasks
 from medsamkit.distributed.worker_state import worker_dataset, worker_predictor
 from medsamkit.io.datasets import VolumeCase
 from medsamkit.samaug.priors import (
-    IMAGES,
     PriorsConfig,
     image_outputs,
     open_run,
     outputs_finished,
+    record_image,
     write_index,
 )
 
@@ -41,16 +41,14 @@ def priors_on_cluster(cfg: PriorsConfig, dask: DaskConfig) -> dict:
 
     dataset = open_dataset(cfg.data, window=cfg.window)
     store = open_run(cfg)
-    n = len(dataset) if cfg.max_images is None else min(len(dataset), cfg.max_images)
+    n = len(dataset.head(cfg.max_images))
     done = frozenset(store.done)
     skipped: set[str] = set()
 
     def take(result: dict) -> None:
         skipped.update(result["skipped"])
         for row in result["rows"]:
-            store.keep_rows(IMAGES, lambda r, name=row["name"]: r["name"] != name)  # a redone image replaces its row
-            store.add_case(row["name"], {IMAGES: [row]})
-        write_index(store, cfg, skipped)
+            record_image(store, cfg, row, skipped)
 
     client = open_client(dask)
     try:

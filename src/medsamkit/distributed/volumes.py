@@ -39,7 +39,7 @@ def evaluate_volumes_on_cluster(cfg: EvaluateVolumeConfig, dask: DaskConfig) -> 
     """Run (or resume) `evaluate-volume` on Dask; the same rows and summary as a local run."""
     run = VolumeRun(cfg)  # refuses a folder of another configuration before anything starts
     dataset = open_volume_dataset(cfg.data, parse_window(cfg.window))
-    n = len(dataset) if cfg.max_images is None else min(len(dataset), cfg.max_images)
+    n = len(dataset.head(cfg.max_images))
     finished, done = frozenset(run.finished), frozenset(run.store.done)
     new = []
 

@@ -16,9 +16,8 @@ def worker_predictor(model: str, checkpoint: str | None, device: str | None, bat
     """The worker's predictor for a model, loaded on first use (a retrained best.pt is a new entry)."""
     from medsamkit.core.runtime import select_device
     from medsamkit.models import load_model
-    from medsamkit.models.loading import model_fingerprint
 
-    key = (model, checkpoint, model_fingerprint(model), device)
+    key = (model, checkpoint, _file_state(model), device)
     if key not in _PREDICTORS:
         _PREDICTORS.clear()  # one model per worker
         _CACHES.clear()
@@ -26,6 +25,21 @@ def worker_predictor(model: str, checkpoint: str | None, device: str | None, bat
     predictor = _PREDICTORS[key]
     predictor.batch_size = batch_size
     return predictor
+
+
+def _file_state(model: str) -> tuple[int, int] | None:
+    """(mtime, size) of a fine-tuned model file: a retrained best.pt changes it, and unlike its sha256
+    (which the driver records in the run identity) it costs no read of the file on every task."""
+    from medsamkit.models.finetuned import run_checkpoint_file
+    from medsamkit.models.registry import names_finetuned
+
+    if not names_finetuned(model):
+        return None
+    path = run_checkpoint_file(model)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
 
 
 def worker_cache(folder: str | None, predictor: Predictor) -> EmbeddingCache | None:

@@ -126,9 +126,7 @@ def iter_dataset(cfg: EvaluateConfig) -> Dataset:
     ds = open_dataset(cfg.data, window=cfg.window)
     if len(ds) == 0:
         raise InputError(f"{cfg.data}: empty dataset")
-    if cfg.max_images is not None:
-        ds = Dataset(ds.name, ds.loaders[: cfg.max_images], ds.description, ds.kind)
-    return ds
+    return ds.head(cfg.max_images)
 
 
 def iter_cases(cfg: EvaluateConfig) -> Iterator[Case]:

@@ -57,6 +57,12 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.loaders)
 
+    def head(self, max_items: int | None) -> Dataset:
+        """The first ``max_items`` images/volumes (all when None): what ``--max-images`` means everywhere."""
+        if max_items is None:
+            return self
+        return Dataset(self.name, self.loaders[:max_items], self.description, self.kind)
+
     def items(self) -> Iterator[Case | VolumeCase]:
         """Cases or volumes in order, loaded one at a time."""
         for load in self.loaders:
@@ -64,9 +70,7 @@ class Dataset:
 
     def cases(self, max_items: int | None = None) -> Iterator[Case]:
         """All 2D cases (volumes expanded into their labelled slices); `max_items` limits images/volumes."""
-        for i, item in enumerate(self.items()):
-            if max_items is not None and i >= max_items:
-                return
+        for item in self.head(max_items).items():
             if isinstance(item, VolumeCase):
                 yield from item.slices()
             else:

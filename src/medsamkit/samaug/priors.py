@@ -344,6 +344,13 @@ def write_index(store: RunStore, cfg: PriorsConfig, skipped: set[str]) -> dict:
     return index
 
 
+def record_image(store: RunStore, cfg: PriorsConfig, row: dict, skipped: set[str]) -> None:
+    """One finished image into the run: its row (a redone image replaces its old one), done, the index."""
+    store.keep_rows(IMAGES, lambda r: r["name"] != row["name"])
+    store.add_case(row["name"], {IMAGES: [row]})
+    write_index(store, cfg, skipped)
+
+
 def compute_priors(cfg: PriorsConfig, predictor=None) -> dict:
     """Everything-mode masks (and priors, visuals) for every image of `cfg.data`; returns the index dict.
 
@@ -357,19 +364,16 @@ def compute_priors(cfg: PriorsConfig, predictor=None) -> dict:
 
     if cfg.normalisation not in NORMALISATIONS:
         raise InputError(f"unknown normalisation {cfg.normalisation!r}; choose one of: {', '.join(NORMALISATIONS)}")
-    dataset = open_dataset(cfg.data, window=cfg.window)
+    dataset = open_dataset(cfg.data, window=cfg.window).head(cfg.max_images)
     store = open_run(cfg)
     out = store.out
     skipped: set[str] = set()
-    total = len(dataset) if cfg.max_images is None else min(len(dataset), cfg.max_images)
-    bar = tqdm(dataset.cases(cfg.max_images), total=total, desc="samaug", unit="img", disable=not cfg.progress)
+    bar = tqdm(dataset.cases(), total=len(dataset), desc="samaug", unit="img", disable=not cfg.progress)
     for case in bar:
         name = case.name.replace("/", "__")
         if store.is_done(name) and outputs_finished(out, name, cfg):
             skipped.add(name)
             continue
         row, predictor = image_outputs(cfg, out, name, case.image, predictor)
-        store.keep_rows(IMAGES, lambda r, name=name: r["name"] != name)  # a redone image replaces its row
-        store.add_case(name, {IMAGES: [row]})
-        write_index(store, cfg, skipped)
+        record_image(store, cfg, row, skipped)
     return write_index(store, cfg, skipped)

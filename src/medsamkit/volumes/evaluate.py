@@ -216,7 +216,7 @@ def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = No
     """
     run = VolumeRun(cfg, predictor)  # refuses a folder of another configuration before loading anything
     dataset = open_volume_dataset(cfg.data, parse_window(cfg.window))
-    loaders = dataset.loaders[: cfg.max_images] if cfg.max_images is not None else dataset.loaders
+    loaders = dataset.head(cfg.max_images).loaders
     interrupted, n_new = False, 0
     bar = tqdm(loaders, desc="volumes", disable=not cfg.show_progress)
     try:
