@@ -45,6 +45,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medsamkit.annotate.storage import png_bytes
+from medsamkit.annotate.volume_routes import register_volume_routes
 from medsamkit.annotate.workspace import Workspace, display_pixels, label_rgba
 from medsamkit.core.errors import InputError
 
@@ -270,5 +271,6 @@ def create_app(workspace: Workspace, token: str | None) -> FastAPI:
     _read_routes(app, workspace)
     _model_routes(app, workspace)
     _change_routes(app, workspace)
+    register_volume_routes(app, workspace)  # volumes: geometry, windows, propagation (annotate.volume_routes)
     app.state.workspace = workspace
     return app

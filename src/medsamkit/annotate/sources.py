@@ -1,8 +1,9 @@
 """The images an annotation session works on, addressed by id only: a folder of 2D images (with an
 optional labels/ folder to correct) or any 2D data SPEC that ``open_dataset`` reads.
 
-A view of an image is (image id, axis, slice): 2D images have one view, slice None; volumes (a later
-issue) will expose one view per slice along an axis, so the server addresses views this way from the start.
+A view of an image is (image id, axis, slice): 2D images have one view, slice None; volumes
+(``annotate.volume_source``: NIfTI, NRRD, DICOM series, IMAGE::LABEL pairs, nnU-Net folders,
+builtin:lung-gtv) have one view per slice along each of the three axes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsamkit.annotate.volume_source import VolumeEntry, VolumeMemory, is_volume_spec, volume_loaders
 from medsamkit.core.errors import InputError
 from medsamkit.io.images import IMAGE_SUFFIXES, read_image, read_label
 
@@ -31,7 +33,7 @@ class ImageEntry:
     shape: tuple[int, ...]
     load_image: Callable[[], np.ndarray]
     load_label: Callable[[], np.ndarray | None]
-    kind: str = "image"  # "image" (2D) or "volume" (a later issue)
+    kind: str = "image"  # 2D; volumes are `volume_source.VolumeEntry` (kind "volume")
 
     def describe(self) -> dict:
         """The entry as the API lists it."""
@@ -101,7 +103,7 @@ def _dataset_entries(spec: str) -> list[ImageEntry]:
     for load in dataset.loaders:
         case = load()
         if isinstance(case, VolumeCase):
-            raise InputError(f"{spec}: holds volumes; annotate works on 2D images for now")
+            raise InputError(f"{spec}: holds volumes; open it as a volume SPEC (IMAGE::LABEL, DICOM folder, ...)")
 
         def image(load=load):
             return load().image
@@ -117,17 +119,28 @@ def _dataset_entries(spec: str) -> list[ImageEntry]:
 class ImageSource:
     """The session's images by id, with a small cache of decoded pixels (the current and next images)."""
 
-    def __init__(self, spec: str | Path, keep: int = 4) -> None:
+    def __init__(self, spec: str | Path, keep: int = 4, window: str | None = None,
+                 three_slice: bool = False) -> None:
         self.spec = str(spec)
         path = Path(self.spec)
-        if not self.spec.startswith("builtin:") and not path.exists():
+        if not self.spec.startswith("builtin:") and "::" not in self.spec and not path.exists():
             raise InputError(f"{path}: not found (expected a folder of images or a data SPEC)")
-        plain_folder = path.is_dir() and not ((path / "images").is_dir() and (path / "labels").is_dir())
-        entries = _folder_entries(path) if plain_folder else _dataset_entries(self.spec)
-        self.entries: dict[str, ImageEntry] = {e.id: e for e in entries}
+        if is_volume_spec(self.spec):
+            entries = self._volume_entries(window, three_slice)
+        else:
+            plain_folder = path.is_dir() and not ((path / "images").is_dir() and (path / "labels").is_dir())
+            entries = _folder_entries(path) if plain_folder else _dataset_entries(self.spec)
+        self.entries: dict[str, ImageEntry | VolumeEntry] = {e.id: e for e in entries}
         self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
         self._keep = keep
         self._lock = threading.Lock()  # requests arrive on several server threads
+
+    def _volume_entries(self, window: str | None, three_slice: bool) -> list[VolumeEntry]:
+        from medsamkit.io.windowing import parse_window
+
+        memory, taken = VolumeMemory(), set()
+        return [VolumeEntry(safe_id(name, taken), name, load, three_slice, _store=memory)
+                for name, load in volume_loaders(self.spec, parse_window(window))]
 
     @property
     def ids(self) -> list[str]:
@@ -143,6 +156,8 @@ class ImageSource:
     def view(self, image_id: str, axis: int = 0, slice_index: int | None = None) -> np.ndarray:
         """The 2D pixels of one view; InputError for an axis/slice a 2D image does not have."""
         entry = self.entry(image_id)
+        if entry.kind == "volume":
+            return entry.view(axis, slice_index)
         if entry.kind == "image" and slice_index is not None:
             raise InputError(f"image {image_id!r} is 2D: slice must be null, got {slice_index}")
         if entry.kind == "image" and axis != 0:

@@ -1,7 +1,8 @@
 """Annotation files under --out, all written atomically: per image ``ID.png`` (uint16 instance ids),
 ``ID.classes.png`` (class index map, 1 = first --classes name, when classes are used) and ``ID.json`` (per
 object: class, prompts, model + checkpoint sha256, seconds, clicks); ``session.json`` records the image
-the person was on. Nothing is ever written outside the --out folder.
+the person was on. Volumes are saved by ``annotate.volume_export`` (NIfTI on the input grid, DICOM SEG,
+JSON log). Nothing is ever written outside the --out folder.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ FORMAT = "medsamkit-annotate/1"
 
 def png_bytes(array: np.ndarray) -> bytes:
     """PNG of a 2D uint8/uint16 array or an (H, W, 3|4) uint8 array."""
+    if array.ndim == 3 and array.shape[-1] not in (3, 4):
+        raise InputError("a volume has no single PNG: ask /api/volume/ID/labels?axis=&slice= for one view")
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
@@ -36,6 +39,11 @@ class AnnotationStore:
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"{self.out}: --out must be a folder")
         self.out.mkdir(parents=True, exist_ok=True)
+        self._source = None  # the ImageSource, for the grids volumes are written on
+
+    def attach(self, source) -> None:
+        """Let the store find each volume's grid (its labels are written on it)."""
+        self._source = source
 
     def _inside(self, name: str) -> Path:
         path = (self.out / name).resolve()
@@ -62,6 +70,13 @@ class AnnotationStore:
 
     def save(self, image_id: str, name: str, state: ImageAnnotation, classes: list[str]) -> None:
         """Write the image's PNG(s) and JSON (PNG first: a JSON never names objects its PNG lacks)."""
+        if state.label.ndim == 3:
+            from medsamkit.annotate.volume_export import save_volume
+
+            self._inside(f"{image_id}.json")
+            identity = next(iter(state.records.values()), {})
+            save_volume(self.out, image_id, name, state, classes, self._source.entry(image_id).grid, identity)
+            return
         write_bytes_atomic(self.label_path(image_id), png_bytes(state.label))
         class_map = state.class_map(classes) if classes else None
         if class_map is not None:
@@ -76,6 +91,11 @@ class AnnotationStore:
 
     def load(self, image_id: str, shape: tuple[int, int]) -> ImageAnnotation | None:
         """The saved annotation of an image, or None when it has none yet."""
+        if len(shape) == 3:
+            from medsamkit.annotate.volume_export import load_volume
+
+            self._inside(f"{image_id}.json")
+            return load_volume(self.out, image_id, tuple(shape))
         png, record = self.label_path(image_id), self.record_path(image_id)
         if not png.is_file() or not record.is_file():
             return None

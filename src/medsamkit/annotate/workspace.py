@@ -38,6 +38,8 @@ class AnnotateConfig:
     port: int = 8765
     classes: list[str] = field(default_factory=list)
     token: bool = True
+    window: str | None = None  # volumes: the model input's CT window (name or lo,hi); None: the SPEC's rule
+    three_slice: bool = False  # volumes: slices k-1, k, k+1 as the model's three channels
 
 
 def default_out(source: str) -> Path:
@@ -100,8 +102,9 @@ class Workspace:
 
     def __init__(self, cfg: AnnotateConfig, segmenter: Segmenter | None = None) -> None:
         self.cfg = cfg
-        self.source = ImageSource(cfg.source)
+        self.source = ImageSource(cfg.source, window=cfg.window, three_slice=cfg.three_slice)
         self.store = AnnotationStore(cfg.out or default_out(cfg.source))
+        self.store.attach(self.source)
         self.segmenter = segmenter or Segmenter.load(cfg.model, cfg.checkpoint, cfg.device,
                                                      self.store.embedding_folder)
         self.classes = list(cfg.classes) or self.segmenter.class_names

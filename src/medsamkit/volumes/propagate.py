@@ -12,6 +12,8 @@ describes it, with its numbers reported.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from medsamkit.core.errors import InputError
@@ -36,11 +38,14 @@ def enlarge(box: np.ndarray, margin: float, shape: tuple[int, int]) -> np.ndarra
 
 
 def propagate_from(embedder: SliceEmbedder, start_z: int, start_prompt: Prompt, min_area: int = 20,
-                   margin: float = 0.0, min_iou: float = 0.0, trace: list | None = None) -> np.ndarray:
+                   margin: float = 0.0, min_iou: float = 0.0, trace: list | None = None,
+                   steps: tuple[int, ...] = (1, -1), stop_at: Collection[int] = ()) -> np.ndarray:
     """Bool mask (Z, H, W): predict on ``start_z``, then slice by slice up and down, each prompted with the
     box of the previous slice's prediction grown by ``margin`` px. A direction stops at the first prediction
     below ``min_area`` px or with predicted IoU below ``min_iou`` (that slice stays empty), or at the
     volume's end. ``trace`` (a list) receives ``(z, area_px, predicted_iou, kept)`` for every slice visited.
+    ``steps``: the directions to walk (+1 up, -1 down); ``stop_at``: slices never entered (a person's
+    corrections, which the annotator keeps).
     """
     z_count, h, w = embedder.image01.shape
     if not 0 <= start_z < z_count:
@@ -61,9 +66,9 @@ def propagate_from(embedder: SliceEmbedder, start_z: int, start_prompt: Prompt, 
     if first is None:
         return out
     out[start_z] = first
-    for step in (1, -1):
+    for step in steps:
         previous, z = first, start_z + step
-        while 0 <= z < z_count:
+        while 0 <= z < z_count and z not in stop_at:
             mask = step_ok(z, Prompt(box=enlarge(tight_box(previous), margin, (h, w))))
             if mask is None:
                 break
