@@ -18,7 +18,7 @@ TABLE = {
     # label values to process; on `annotate` the class names a person assigns (the interface)
     "--classes": {"evaluate", "finetune", "segment-volume", "evaluate-volume", "annotate"},
     "--window": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
-                 "evaluate-volume"},
+                 "evaluate-volume", "annotate"},
     "--max-images": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "evaluate-volume",
                      "unet eval"},
     "--tile": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors"},

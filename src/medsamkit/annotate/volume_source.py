@@ -250,6 +250,8 @@ def volume_loaders(spec: str, window=None) -> list[tuple[str, Callable[[], Volum
     from medsamkit.io.datasets import open_dataset
 
     path = Path(spec)
+    if "::" in spec or spec.startswith("builtin:"):
+        return list(zip(_names(spec), open_dataset(spec, window=window).loaders))
     if is_volume_file(path):
         return [(path.name.split(".")[0], lambda: _single_volume_case(path, window))]
     plain = [p for p in sorted(path.iterdir()) if p.is_file() and file_suffix(p) in VOLUME_SUFFIXES] \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.options import model_options
+from medsamkit.cli.options import model_options, window_option
 from medsamkit.core.errors import InputError
 
 
@@ -19,11 +19,15 @@ from medsamkit.core.errors import InputError
 @click.option("--classes", default=None,
               help="class names to annotate, comma list (e.g. tumour,node); default: the model's class head")
 @click.option("--no-token", "no_token", is_flag=True, help="do not require the session token (loopback only!)")
+@click.option("--three-slice", is_flag=True, help="volumes: feed slices k-1, k, k+1 as the three input channels")
+@window_option
 @model_options
-def annotate(source, out, host, port, classes, no_token, model_name, checkpoint, device):
-    """Annotate 2D images in a local web page (box + clicks, objects, autosave).
+def annotate(source, out, host, port, classes, no_token, three_slice, window, model_name, checkpoint, device):
+    """Annotate 2D images or volumes in a local web page (box + clicks, objects, propagation, autosave).
 
-    FOLDER holds 2D images (optional labels/ to correct); any 2D data SPEC works (builtin:dsb-nuclei).
+    FOLDER holds 2D images (optional labels/ to correct); any data SPEC works (builtin:dsb-nuclei). Volumes:
+    NIfTI / NRRD files, IMAGE::LABEL, DICOM series folders (RTSTRUCT / SEG to correct), nnU-Net folders,
+    builtin:lung-gtv; --window is the model input's window (the page's display window is separate).
 
     Prints one line `medsamkit annotate: http://127.0.0.1:PORT/?token=TOKEN`, then serves until Ctrl-C.
     """
@@ -36,7 +40,8 @@ def annotate(source, out, host, port, classes, no_token, model_name, checkpoint,
 
     names = [c.strip() for c in (classes or "").split(",") if c.strip()]
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
-                         host=host, port=port, classes=names, token=not no_token)
+                         host=host, port=port, classes=names, token=not no_token, window=window,
+                         three_slice=three_slice)
     try:
         serve(cfg)
     except KeyboardInterrupt:

@@ -1,0 +1,206 @@
+"""Volumes in the annotation server, on real CT (builtin:lung-gtv: DICOM + RTSTRUCT) and a NIfTI written from
+it, with the real LiteMedSAM: box on the GTV's largest slice, propagation with the project's engine and its
+stop reasons, a corrected slice kept through re-propagation, the NIfTI label on the input grid and the DICOM
+SEG read back by the project's own reader, and the one-line 4xx answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from medsamkit.annotate.segmenter import Segmenter, model_identity  # noqa: E402
+from medsamkit.annotate.server import create_app  # noqa: E402
+from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
+from medsamkit.io.datasets import open_dataset  # noqa: E402
+from medsamkit.io.nifti_nrrd import write_nifti  # noqa: E402
+from medsamkit.io.volume import Volume  # noqa: E402
+from medsamkit.metrics import dice  # noqa: E402
+
+HALF = 3  # the NIfTI crop: the GTV's largest slice +/- 3 slices
+
+
+def lung_case(patient: str):
+    return next(c for c in open_dataset("builtin:lung-gtv").items() if c.name.endswith(patient))
+
+
+def tight(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("volume-embeddings")
+
+
+@pytest.fixture
+def make_client(litemedsam, cache_dir, tmp_path):
+    def make(source: str, out=None, **kw) -> TestClient:
+        segmenter = Segmenter(litemedsam, cache_dir, model_identity("litemedsam", None))
+        ws = Workspace(AnnotateConfig(source, out=str(out or tmp_path / "out"), **kw), segmenter)
+        return TestClient(create_app(ws, None))
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def nifti_pair(tmp_path_factory):
+    """pat_4's CT around the GTV's largest slice as NIfTI image + label, on its own (shifted) grid."""
+    case = lung_case("pat_4")
+    vol, truth = case.meta["volume"], case.label == 1
+    zc = int(truth.sum((1, 2)).argmax())
+    z0 = zc - HALF
+    affine = np.array(vol.affine, dtype=float)
+    affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, z0]) + affine[:3, 3]
+    crop = slice(z0, zc + HALF + 1)
+    grid = Volume(vol.array[crop], vol.spacing, affine, "crop")
+    folder = tmp_path_factory.mktemp("nifti")
+    image, label = folder / "ct.nii.gz", folder / "gtv.nii.gz"
+    write_nifti(vol.array[crop].astype(np.int16), image, like=grid)
+    write_nifti(truth[crop].astype(np.uint8), label, like=grid)
+    return image, label, truth[crop], affine
+
+
+def test_nifti_volume_propagate_correct_reopen(make_client, nifti_pair, tmp_path):
+    import nibabel as nib
+
+    image, label, truth, affine = nifti_pair
+    client = make_client(f"{image}::{label}", window="-1000,400")
+    vid = client.get("/api/info").json()["images"][0]["id"]
+    geo = client.get(f"/api/volume/{vid}").json()
+    assert "shape" in geo, geo
+    assert geo["shape"] == list(truth.shape) and np.allclose(geo["affine"], affine, atol=1e-5)
+    assert geo["windows"]["kind"] == "ct" and geo["windows"]["presets"]["lung"] == [-600.0, 1500.0]
+    assert [a["aspect"] for a in geo["axes"]] == pytest.approx([1.0, 3.0 / 0.9765625, 3.0 / 0.9765625])
+    assert client.get("/api/info").json()["images"][0]["geometry"]["spacing"] == geo["spacing"]
+    # the label file's GTV comes in as object 1; the person's box makes object 2 on the middle slice
+    view = {"image": vid, "axis": 0, "slice": HALF}
+    assert client.post("/api/open", json=view).json()["ready"]
+    client.post("/api/predict", json={**view, "box": tight(truth[HALF])})
+    committed = client.post("/api/commit", json=view).json()["committed"]
+    oid = committed["id"]
+    assert oid == 2 and committed["slices"]["0:3"]["source"] == "person"
+    run = client.post("/api/propagate", json={**view, "object": oid}).json()
+    assert sorted(v["slice"] for v in run["visited"]) == [0, 1, 2, 4, 5, 6]
+    assert [(s["direction"], s["reason"]) for s in run["stops"]] == [("up", "volume edge"), ("down", "volume edge")]
+    ws = client.app.state.workspace
+    lab = ws.state(vid).label
+    assert dice(lab == oid, truth) >= 0.45
+    assert all((lab[z] == oid).any() for z in range(lab.shape[0]))
+    # the person corrects slice 5 with a smaller box; re-propagating from 3 stops before it and keeps it
+    inner = tight(truth[5])
+    inner = [inner[0] + 4, inner[1] + 4, inner[2] - 4, inner[3] - 4]
+    client.post("/api/predict", json={"image": vid, "axis": 0, "slice": 5, "box": inner})
+    client.post("/api/correct", json={"image": vid, "axis": 0, "slice": 5, "object": oid})
+    corrected, slice6 = (lab[5] == oid).copy(), (lab[6] == oid).copy()
+    rerun = client.post("/api/propagate", json={**view, "object": oid, "direction": "up"}).json()
+    assert rerun["stops"][0] == {"slice": 5, "reason": "corrected slice", "direction": "up"}
+    assert rerun["encoded"] == 0  # slices 4 was embedded by the first run
+    assert np.array_equal(lab[5] == oid, corrected) and np.array_equal(lab[6] == oid, slice6)
+    # propagating from the corrected slice changes what lies beyond it, never the slice itself
+    beyond = client.post("/api/propagate", json={"image": vid, "axis": 0, "slice": 5, "object": oid,
+                                                 "direction": "up"}).json()
+    assert beyond["visited"][0]["slice"] == 6 and np.array_equal(lab[5] == oid, corrected)
+    record = next(o for o in beyond["objects"] if o["id"] == oid)
+    assert record["slices"]["0:5"]["source"] == "person" and len(record["propagations"]) == 3
+    assert record["propagations"][0]["stops"][0]["reason"] == "volume edge"
+    assert record["checkpoint_sha256"] and record["propagations"][0]["checkpoint_sha256"]
+    # NIfTI on the input grid: nibabel sees the same shape, affine and the object ids
+    saved = nib.load(str(tmp_path / "out" / f"{vid}.nii.gz"))
+    assert saved.shape == nib.load(str(image)).shape
+    assert np.abs(saved.affine - nib.load(str(image)).affine).max() < 1e-5
+    assert np.array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0), lab)
+    assert set(np.unique(lab).tolist()) == {0, 1, 2}
+    # undo the last run: slice 6 as before; a fresh session reopens exactly what was saved
+    client.post("/api/undo", json={"image": vid})
+    assert np.array_equal(ws.state(vid).label[6] == oid, slice6)
+    fresh = make_client(f"{image}::{label}", window="-1000,400").app.state.workspace
+    assert np.array_equal(fresh.state(vid).label, ws.state(vid).label)
+    assert fresh.state(vid).records[oid]["slices"]["0:5"]["source"] == "person"
+
+
+def test_volume_errors_are_one_line_4xx(make_client, nifti_pair):
+    image, label, truth, _ = nifti_pair
+    client = make_client(f"{image}::{label}", window="-1000,400")
+    vid = client.get("/api/info").json()["images"][0]["id"]
+    n = truth.shape[0]
+    cases = [
+        ("post", "/api/predict", {"image": vid, "axis": 0, "slice": n, "box": [1, 1, 9, 9]}, 400, "outside 0..6"),
+        ("post", "/api/predict", {"image": vid, "axis": 3, "slice": 0, "box": [1, 1, 9, 9]}, 400, "axis must be"),
+        ("post", "/api/predict", {"image": vid, "axis": 0, "box": [1, 1, 9, 9]}, 400, "give a slice"),
+        ("post", "/api/open", {"image": vid, "axis": 1, "slice": -1}, 400, "outside"),
+        ("post", "/api/propagate", {"image": vid, "object": 99, "slice": 0}, 404, "not found"),
+        ("post", "/api/propagate", {"image": vid, "object": 1, "slice": 0, "direction": "sideways"}, 400,
+         "direction"),
+        ("post", "/api/propagate", {"image": vid, "object": 1, "slice": 0, "min_iou": 2}, 400, "min_iou"),
+        ("post", "/api/propagate", {"image": "nope", "object": 1, "slice": 0}, 404, "not found"),
+        ("post", "/api/correct", {"image": vid, "object": 1, "slice": 2}, 400, "prompt the model"),
+        ("get", f"/api/volume/{vid}/view?axis=2&slice={truth.shape[2]}", None, 400, "outside"),
+        ("get", f"/api/volume/{vid}/view?slice=0&window=sunset", None, 400, "unknown window"),
+        ("get", f"/api/volume/{vid}/view?slice=0&level=40", None, 400, "level and width"),
+        ("get", f"/api/labels/{vid}", None, 400, "/api/volume/ID/labels"),
+    ]
+    for method, path, body, status, text in cases:
+        r = client.post(path, json=body) if method == "post" else client.get(path)
+        assert r.status_code == status, (path, body, r.text)
+        assert text in r.json()["error"] and "\n" not in r.json()["error"], r.text
+    lung = client.get(f"/api/volume/{vid}/view?axis=1&slice=80&window=lung")
+    soft = client.get(f"/api/volume/{vid}/view?axis=1&slice=80&level=40&width=400")
+    assert lung.status_code == soft.status_code == 200 and lung.content != soft.content
+
+
+def test_dicom_seg_round_trip_on_lung_gtv(make_client, tmp_path):
+    from medsamkit.io.dicom.seg import read_dicom_seg
+    from medsamkit.io.nifti_nrrd import read_nifti
+
+    case = lung_case("pat_2")
+    truth = case.label == 1
+    z = int(truth.sum((1, 2)).argmax())
+    client = make_client("builtin:lung-gtv", classes=["tumour", "node"])
+    vid = "lung-gtv_pat_2"
+    assert [o["class"] for o in client.get(f"/api/objects/{vid}").json()["objects"]] == ["tumour"]  # RTSTRUCT
+    view = {"image": vid, "axis": 0, "slice": z}
+    client.post("/api/predict", json={**view, "box": [10, 10, 40, 40]})
+    node = client.post("/api/commit", json={**view, "class": "node"}).json()["committed"]
+    assert node["class"] == "node" and node["id"] == 2
+    out = tmp_path / "out"
+    segs = read_dicom_seg(out / f"{vid}.seg.dcm", case.meta["volume"])
+    classes = read_nifti(out / f"{vid}.classes.nii.gz").array
+    ids = read_nifti(out / f"{vid}.nii.gz").array
+    assert sorted(segs) == ["node", "tumour"]
+    for value, name in ((1, "tumour"), (2, "node")):
+        assert segs[name].any() and dice(segs[name], classes == value) == 1.0
+    assert dice(segs["node"], ids == 2) == 1.0
+    assert np.array_equal(segs["tumour"], truth & (ids != 2))
+    import pydicom
+
+    ds = pydicom.dcmread(out / f"{vid}.seg.dcm", stop_before_pixels=True)
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == case.meta["volume"].meta["SeriesInstanceUID"]
+
+
+@pytest.mark.slow
+def test_lung_gtv_box_propagation_matches_the_engine(make_client, litemedsam, cache_dir):
+    from medsamkit.predictor import Predictor
+    from medsamkit.volumes.segment import segment_volume
+    from medsamkit.volumes.slices import SliceEmbedder
+
+    case = lung_case("pat_4")
+    truth = case.label == 1
+    z = int(truth.sum((1, 2)).argmax())
+    box = tight(truth[z])
+    client = make_client("builtin:lung-gtv")
+    vid = "lung-gtv_pat_4"
+    view = {"image": vid, "axis": 0, "slice": z}
+    client.post("/api/predict", json={**view, "box": box})
+    oid = client.post("/api/commit", json=view).json()["committed"]["id"]
+    run = client.post("/api/propagate", json={**view, "object": oid}).json()
+    assert {s["reason"] for s in run["stops"]} <= {"area below minimum", "IoU below threshold", "volume edge"}
+    mine = client.app.state.workspace.state(vid).label == oid
+    assert dice(mine, truth) >= 0.45
+    embedder = SliceEmbedder(Predictor(litemedsam), case.image, cache=cache_dir)
+    engine = segment_volume(embedder, case.image, box_slice=(z, *box)).astype(bool)
+    assert embedder.encoded == set()  # every slice came from the session's cache
+    assert np.array_equal(mine, engine)
