@@ -14,16 +14,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from medsamkit.annotate.segmenter import Segmenter, model_identity  # noqa: E402
 from medsamkit.annotate.server import create_app  # noqa: E402
 from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
-from medsamkit.io.datasets import open_dataset  # noqa: E402
-from medsamkit.io.nifti_nrrd import write_nifti  # noqa: E402
-from medsamkit.io.volume import Volume  # noqa: E402
 from medsamkit.metrics import dice  # noqa: E402
+from volume_crop import lung_case, write_gtv_crop  # noqa: E402
 
 HALF = 3  # the NIfTI crop: the GTV's largest slice +/- 3 slices
-
-
-def lung_case(patient: str):
-    return next(c for c in open_dataset("builtin:lung-gtv").items() if c.name.endswith(patient))
 
 
 def tight(mask: np.ndarray) -> list[float]:
@@ -49,19 +43,7 @@ def make_client(litemedsam, cache_dir, tmp_path):
 @pytest.fixture(scope="module")
 def nifti_pair(tmp_path_factory):
     """pat_4's CT around the GTV's largest slice as NIfTI image + label, on its own (shifted) grid."""
-    case = lung_case("pat_4")
-    vol, truth = case.meta["volume"], case.label == 1
-    zc = int(truth.sum((1, 2)).argmax())
-    z0 = zc - HALF
-    affine = np.array(vol.affine, dtype=float)
-    affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, z0]) + affine[:3, 3]
-    crop = slice(z0, zc + HALF + 1)
-    grid = Volume(vol.array[crop], vol.spacing, affine, "crop")
-    folder = tmp_path_factory.mktemp("nifti")
-    image, label = folder / "ct.nii.gz", folder / "gtv.nii.gz"
-    write_nifti(vol.array[crop].astype(np.int16), image, like=grid)
-    write_nifti(truth[crop].astype(np.uint8), label, like=grid)
-    return image, label, truth[crop], affine
+    return write_gtv_crop(tmp_path_factory.mktemp("nifti"), HALF)
 
 
 def test_nifti_volume_propagate_correct_reopen(make_client, nifti_pair, tmp_path):
@@ -98,7 +80,7 @@ def test_nifti_volume_propagate_correct_reopen(make_client, nifti_pair, tmp_path
     corrected, slice6 = (lab[5] == oid).copy(), (lab[6] == oid).copy()
     rerun = client.post("/api/propagate", json={**view, "object": oid, "direction": "up"}).json()
     assert rerun["stops"][0] == {"slice": 5, "reason": "corrected slice", "direction": "up"}
-    assert rerun["encoded"] == 0  # slices 4 was embedded by the first run
+    assert rerun["encoded"] == 0  # slice 4 was embedded by the first run
     assert np.array_equal(lab[5] == oid, corrected) and np.array_equal(lab[6] == oid, slice6)
     # propagating from the corrected slice changes what lies beyond it, never the slice itself
     beyond = client.post("/api/propagate", json={"image": vid, "axis": 0, "slice": 5, "object": oid,

@@ -51,6 +51,7 @@ from medsamkit.core.errors import InputError
 
 STATIC = resources.files("medsamkit.annotate") / "static"
 STATIC_FILES = {"annotate.js": "text/javascript", "view.js": "text/javascript", "annotate.css": "text/css"}
+STATIC_FILES["volume.js"] = "text/javascript"  # the volume controls (slices, windows, propagation strip)
 
 
 class View(BaseModel):

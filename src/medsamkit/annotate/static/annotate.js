@@ -1,5 +1,6 @@
 // The annotation page: talks to the medsamkit annotate API (token from the URL, sent as a header),
-// keeps the current prompts (box + clicks, with their own undo/redo) and the object list.
+// keeps the current prompts (box + clicks, with their own undo/redo) and the object list. Volumes: the
+// view is (axis, slice) from volume.js (`Vol`), and Enter on a selected object corrects it on the slice.
 "use strict";
 
 const token = new URLSearchParams(location.search).get("token");
@@ -7,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 const app = {
   info: null, index: 0, image: null, ready: false, prompt: { box: null, points: [] },
   history: [], future: [], answer: null, candidate: 0, objects: [], selected: null,
-  proposals: [], seq: 0, hiddenIds: new Set(), suggestion: null,
+  proposals: [], seq: 0, hiddenIds: new Set(), suggestion: null, vol: null,
 };
 
 async function api(path, body) {
@@ -27,7 +28,7 @@ async function api(path, body) {
 
 function status(text, busy) { const s = $("status"); s.textContent = text; s.classList.toggle("busy", !!busy); }
 function notice(text, error) { const n = $("notice"); n.textContent = text || ""; n.classList.toggle("error", !!error); }
-function view() { return { image: app.image, slice: null, axis: 0 }; }
+function view() { return app.vol ? { image: app.image, slice: app.vol.slice, axis: app.vol.axis } : { image: app.image, slice: null, axis: 0 }; }
 
 async function start() {
   try {
@@ -41,7 +42,7 @@ async function start() {
   const list = $("images");
   app.info.images.forEach((im, i) => {
     const d = document.createElement("div");
-    d.textContent = im.name; d.title = `${im.name} ${im.shape.join("x")}`;
+    d.textContent = im.name; d.title = `${im.name} ${(im.shape || []).join("x")}`;
     d.onclick = () => openImage(i);
     list.appendChild(d);
   });
@@ -64,6 +65,7 @@ async function openImage(i) {
   const t0 = performance.now();
   const timer = setInterval(() => status(`embedding ${images[i].name}: ${((performance.now() - t0) / 1000).toFixed(1)} s`, true), 200);
   try {
+    if (images[i].kind === "volume") await Vol.open(images[i]); else Vol.close();
     await loadImagePixels();
     MskView.fit();
     await refreshObjects();
@@ -72,11 +74,13 @@ async function openImage(i) {
     if (app.image !== images[i].id) return;  // the person moved on meanwhile
     app.ready = true;
     status(`ready (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-    if (i + 1 < images.length) api("/api/open", { image: images[i + 1].id, slice: null, axis: 0, wait: false }).catch(() => {});
+    if (app.vol) Vol.embed();
+    else if (i + 1 < images.length) api("/api/open", { image: images[i + 1].id, slice: null, axis: 0, wait: false }).catch(() => {});
   } catch (e) { status("error"); notice(e.message, true); } finally { clearInterval(timer); }
 }
 
 async function loadImagePixels() {
+  if (app.vol) { MskView.setImage(await createImageBitmap(await api(Vol.viewUrl())), Vol.aspect()); return; }
   const blob = await api(`/api/image/${encodeURIComponent(app.image)}?contrast=${$("contrast").value}`);
   MskView.setImage(await createImageBitmap(blob));
 }
@@ -85,9 +89,10 @@ async function refreshObjects() {
   const res = await api(`/api/objects/${encodeURIComponent(app.image)}`);
   app.objects = res.objects;
   app.hiddenIds = new Set(res.objects.filter((o) => o.hidden).map((o) => o.id));
-  const blob = await api(`/api/labels/${encodeURIComponent(app.image)}?format=rgba`);
+  const blob = await api(app.vol ? Vol.labelsUrl() : `/api/labels/${encodeURIComponent(app.image)}?format=rgba`);
   await MskView.setObjects(blob, app.hiddenIds, app.selected);
   renderObjects();
+  if (app.vol) Vol.renderStrip();
 }
 
 function renderObjects() {
@@ -186,6 +191,15 @@ async function chooseCandidate(k) {
 async function commit() {
   if (!app.answer) { notice("nothing to commit: drag a box first"); return; }
   const cls = $("class").value || null;
+  if (app.vol && app.selected) {
+    try {
+      await api("/api/correct", { ...view(), object: app.selected, candidate: app.candidate });
+      resetPrompt(false);
+      await refreshObjects();
+      notice(`object #${app.selected} corrected on this slice (propagation keeps it)`);
+    } catch (e) { notice(e.message, true); }
+    return;
+  }
   try {
     const res = await api("/api/commit", { ...view(), candidate: app.candidate, class: cls });
     app.selected = null;
@@ -242,14 +256,19 @@ const drag = { mode: null, x: 0, y: 0, start: null };
 let spaceDown = false;
 const ov = MskView.overlay;
 ov.addEventListener("contextmenu", (e) => e.preventDefault());
-ov.addEventListener("wheel", (e) => { e.preventDefault(); MskView.zoomAt(e.clientX, e.clientY, e.deltaY < 0 ? 1.15 : 1 / 1.15); }, { passive: false });
+ov.addEventListener("wheel", (e) => {
+  e.preventDefault();
+  if (app.vol && !e.ctrlKey) { Vol.go(app.vol.slice + (e.deltaY > 0 ? 1 : -1)); return; }
+  MskView.zoomAt(e.clientX, e.clientY, e.deltaY < 0 ? 1.15 : 1 / 1.15); }, { passive: false });
 ov.addEventListener("mousedown", (e) => {
   drag.x = e.clientX; drag.y = e.clientY;
   if (e.button === 1 || spaceDown) { drag.mode = "pan"; e.preventDefault(); return; }
+  if (app.vol && e.altKey) { drag.mode = "window"; e.preventDefault(); return; }
   drag.mode = e.button === 0 && !e.shiftKey ? "box" : "negative";
   drag.start = MskView.toImage(e.clientX, e.clientY);
 });
 window.addEventListener("mousemove", (e) => {
+  if (drag.mode === "window") { Vol.adjustWindow(e.clientX - drag.x, e.clientY - drag.y); drag.x = e.clientX; drag.y = e.clientY; return; }
   if (drag.mode === "pan") { MskView.pan(e.clientX - drag.x, e.clientY - drag.y); drag.x = e.clientX; drag.y = e.clientY; return; }
   if (drag.mode === "box" && Math.hypot(e.clientX - drag.x, e.clientY - drag.y) > 4) {
     MskView.setPrompt({ ...app.prompt, drag: boxFrom(drag.start, MskView.toImage(e.clientX, e.clientY)) });
@@ -257,6 +276,7 @@ window.addEventListener("mousemove", (e) => {
 });
 window.addEventListener("mouseup", (e) => {
   const mode = drag.mode; drag.mode = null;
+  if (mode === "window") { Vol.redraw(); return; }
   if (!mode || mode === "pan" || !app.image) return;
   performance.mark("release");
   const end = MskView.toImage(e.clientX, e.clientY);
@@ -288,6 +308,9 @@ window.addEventListener("keydown", (e) => {
   else if (ctrl && k === "y") { e.preventDefault(); undo(true); }
   else if (k === "Enter") { e.preventDefault(); commit(); }
   else if (k === "Escape") resetPrompt(true);
+  else if (app.vol && (k === "ArrowUp" || k === "ArrowDown")) { e.preventDefault(); Vol.go(app.vol.slice + (k === "ArrowUp" ? 1 : -1)); }
+  else if (app.vol && (k === "PageUp" || k === "PageDown")) { e.preventDefault(); Vol.go(app.vol.slice + (k === "PageUp" ? 10 : -10)); }
+  else if (app.vol && ["u", "d", "b"].includes(k)) Vol.propagate({ u: "up", d: "down", b: "both" }[k]);
   else if (k === "ArrowRight" || k === "n" || k === "PageDown") openImage(app.index + 1);
   else if (k === "ArrowLeft" || k === "p" || k === "PageUp") openImage(app.index - 1);
   else if (["1", "2", "3"].includes(k)) chooseCandidate(+k - 1);
@@ -309,6 +332,7 @@ $("everything").onclick = () => everything();
 $("accept-all").onclick = () => decide("/api/proposals/accept", null);
 $("reject-all").onclick = () => decide("/api/proposals/reject", null);
 $("multimask").onchange = () => predict();
+Vol.wire();
 $("contrast").onchange = async () => {
   await loadImagePixels(); await refreshObjects();
   if (app.answer) await MskView.setMask(app.answer.masks[app.candidate]);

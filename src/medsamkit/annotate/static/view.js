@@ -1,12 +1,13 @@
 // The canvas side of the annotation page: image and overlay canvases, zoom/pan transform, and the
 // image-resolution layers (committed objects, candidate mask, proposals) drawn through that transform.
+// view.aspect (a volume view's row spacing / column spacing) stretches rows so millimetres look square.
 "use strict";
 
 const MskView = (() => {
   const imageCanvas = document.getElementById("image-canvas");
   const overlay = document.getElementById("overlay");
   const viewport = document.getElementById("viewport");
-  const view = { scale: 1, x: 0, y: 0, width: 0, height: 0 };
+  const view = { scale: 1, x: 0, y: 0, width: 0, height: 0, aspect: 1 };
   const layers = { image: null, objects: null, mask: null, proposals: null };
   let prompt = { box: null, points: [], drag: null };
 
@@ -38,15 +39,15 @@ const MskView = (() => {
   function fit() {
     if (!layers.image) return;
     const w = viewport.clientWidth, h = viewport.clientHeight;
-    view.scale = Math.min(w / view.width, h / view.height) * 0.98;
+    view.scale = Math.min(w / view.width, h / (view.height * view.aspect)) * 0.98;
     view.x = (w - view.width * view.scale) / 2;
-    view.y = (h - view.height * view.scale) / 2;
+    view.y = (h - view.height * view.aspect * view.scale) / 2;
     draw();
   }
 
   function toImage(clientX, clientY) {
     const r = overlay.getBoundingClientRect();
-    return [(clientX - r.left - view.x) / view.scale, (clientY - r.top - view.y) / view.scale];
+    return [(clientX - r.left - view.x) / view.scale, (clientY - r.top - view.y) / (view.scale * view.aspect)];
   }
 
   function zoomAt(clientX, clientY, factor) {
@@ -61,8 +62,8 @@ const MskView = (() => {
 
   function pan(dx, dy) { view.x += dx; view.y += dy; draw(); }
 
-  function setImage(bitmap) {
-    view.width = bitmap.width; view.height = bitmap.height;
+  function setImage(bitmap, aspect) {
+    view.width = bitmap.width; view.height = bitmap.height; view.aspect = aspect || 1;
     const c = layer(bitmap.width, bitmap.height);
     c.getContext("2d").drawImage(bitmap, 0, 0);
     layers.image = c; layers.mask = null; layers.proposals = null;
@@ -70,7 +71,7 @@ const MskView = (() => {
 
   function withTransform(ctx, fn) {
     ctx.save();
-    ctx.setTransform(view.scale, 0, 0, view.scale, view.x, view.y);
+    ctx.setTransform(view.scale, 0, 0, view.scale * view.aspect, view.x, view.y);
     ctx.imageSmoothingEnabled = false;
     fn(ctx);
     ctx.restore();
@@ -92,7 +93,7 @@ const MskView = (() => {
     }
   }
 
-  function screen(x, y) { return [x * view.scale + view.x, y * view.scale + view.y]; }
+  function screen(x, y) { return [x * view.scale + view.x, y * view.scale * view.aspect + view.y]; }
 
   function draw() {
     const ic = imageCanvas.getContext("2d");

@@ -1,0 +1,117 @@
+"""The annotation page on a CT volume in a real headless Chromium against a real uvicorn: scroll to a slice,
+drag a box, commit, propagate, see the per-slice IoU strip with its stop marks, reload and see the object on
+another slice. With MEDSAMKIT_SCREENSHOT=1 it also refreshes docs/annotate_volume.png (the README's
+screenshot). Skips without chromium/chromedriver, except under CI=true (as test_annotate_browser)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from test_annotate_browser import OVERLAY_ALPHA, _browser, wait_for  # noqa: E402
+from volume_crop import write_gtv_crop  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+READY = "document.getElementById('status').textContent.startsWith('ready')"
+
+
+@pytest.fixture(scope="module")
+def volume_page(litemedsam, tmp_path_factory):
+    """(driver, server, out, truth): the page of a single NIfTI CT file (no label: no objects yet)."""
+    chrome, driver_path = _browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from medsamkit.annotate.launch import BackgroundServer
+    from medsamkit.annotate.segmenter import Segmenter, model_identity
+    from medsamkit.annotate.workspace import AnnotateConfig, Workspace
+
+    folder = tmp_path_factory.mktemp("volume-browser")
+    image, _, truth, _ = write_gtv_crop(folder, 3)
+    out = folder / "annotations"
+    ws = Workspace(AnnotateConfig(str(image), out=str(out), window="-1000,400"),
+                   Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None)))
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,700"):
+        opts.add_argument(arg)
+    with BackgroundServer(ws, token="volume-token") as server:
+        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+        try:
+            yield driver, server, out, truth
+        finally:
+            driver.quit()
+
+
+def drag_box(driver, box):
+    """Drag from view pixel (x0, y0) to (x1, y1) through the page's zoom and aspect."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    overlay = driver.find_element(By.ID, "overlay")
+    scale, aspect, vx, vy, w, h = driver.execute_script(
+        "const v = MskView.view, o = MskView.overlay; return [v.scale, v.aspect, v.x, v.y, o.width, o.height]")
+
+    def offset(x, y):
+        return int(x * scale + vx - w / 2), int(y * scale * aspect + vy - h / 2)
+
+    (ax, ay), (bx, by) = offset(*box[:2]), offset(*box[2:])
+    ActionChains(driver).move_to_element_with_offset(overlay, ax, ay).click_and_hold() \
+        .move_by_offset((bx - ax) // 2, (by - ay) // 2).move_by_offset(bx - ax - (bx - ax) // 2, by - ay - (by - ay) // 2) \
+        .release().perform()
+
+
+def test_scroll_box_commit_propagate_strip_reload(volume_page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    driver, server, out, truth = volume_page
+    driver.get(server.url)
+    wait_for(driver, READY)
+    assert driver.execute_script("return app.vol.slice") == 3  # the middle slice
+    overlay = driver.find_element(By.ID, "overlay")
+    ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(overlay), 0, 120).perform()  # wheel: +1
+    wait_for(driver, "app.vol.slice === 4")
+    wait_for(driver, READY)
+    assert "axial 5/7" in driver.find_element(By.ID, "slice-label").text
+    ys, xs = np.nonzero(truth[4])
+    drag_box(driver, (xs.min(), ys.min(), xs.max(), ys.max()))
+    wait_for(driver, "app.answer !== null")
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)
+    wait_for(driver, "document.querySelectorAll('#objects li').length === 1")
+    driver.find_element(By.ID, "prop-both").click()
+    info = wait_for(driver, "document.getElementById('strip-info').textContent.includes('stopped at')"
+                            " && document.getElementById('strip-info').textContent", timeout=240)
+    assert "up: stopped at 7 (volume edge)" in info and "down: stopped at 1 (volume edge)" in info
+    marks, bars = driver.execute_script("""const c = document.getElementById('strip');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let red = 0, blue = 0; for (let i = 0; i < d.length; i += 4) {
+          if (d[i] > 200 && d[i + 1] < 80) red++; if (d[i + 2] > 200 && d[i] < 100) blue++; } return [red, blue];""")
+    assert marks > 50 and bars > 50  # stop marks and propagated IoU bars are drawn
+    saved = out / "ct.nii.gz"
+    assert saved.is_file()
+
+    driver.refresh()
+    wait_for(driver, READY)
+    assert driver.execute_script("return app.vol.slice") == 4  # the page comes back where the person was
+    body = driver.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.ARROW_DOWN)
+    body.send_keys(Keys.ARROW_DOWN)
+    wait_for(driver, "app.vol.slice === 2")
+    wait_for(driver, "document.querySelectorAll('#objects li').length === 1")
+    drawn = "(() => {" + OVERLAY_ALPHA.replace("return s;", "return s > 20000;") + "})()"
+    wait_for(driver, drawn)  # the object propagated onto this slice is drawn
+    assert "slice 3: propagated" in driver.find_element(By.ID, "strip-info").text
+    shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    target = REPO / "docs" / "annotate_volume.png" if os.environ.get("MEDSAMKIT_SCREENSHOT") == "1" \
+        else out.parent / "shot.png"
+    shot.quantize(colors=256).save(target, optimize=True)
+    assert target.stat().st_size < 400_000
