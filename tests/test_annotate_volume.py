@@ -186,3 +186,62 @@ def test_lung_gtv_box_propagation_matches_the_engine(make_client, litemedsam, ca
     engine = segment_volume(embedder, case.image, box_slice=(z, *box)).astype(bool)
     assert embedder.encoded == set()  # every slice came from the session's cache
     assert np.array_equal(mine, engine)
+
+
+def test_volume_specs_open_with_their_grid_and_labels(nifti_pair, tmp_path):
+    """Single NIfTI / NRRD files, a folder of them, an nnU-Net folder and a DICOM series folder (RTSTRUCT)."""
+    import shutil
+
+    from medsamkit.annotate.sources import ImageSource
+    from medsamkit.annotate.volume_source import is_volume_spec
+    from medsamkit.io.builtin import builtin_path
+    from medsamkit.io.nifti_nrrd import read_nifti, write_nrrd
+
+    image, label, truth, affine = nifti_pair
+    grid = read_nifti(image)
+    write_nrrd(grid.array, tmp_path / "ct.nrrd", like=grid)
+    nnunet = tmp_path / "nnunet"
+    (nnunet / "imagesTr").mkdir(parents=True)
+    (nnunet / "labelsTr").mkdir()
+    shutil.copy(image, nnunet / "imagesTr" / "case_0000.nii.gz")
+    shutil.copy(label, nnunet / "labelsTr" / "case.nii.gz")
+    folder = tmp_path / "files"
+    folder.mkdir()
+    shutil.copy(image, folder / "a.nii.gz")
+    shutil.copy(tmp_path / "ct.nrrd", folder / "b.nrrd")
+    dicom = builtin_path("lung-gtv") / "pat_2"
+    expect = {str(image): None, str(tmp_path / "ct.nrrd"): None, str(nnunet): truth, str(folder): None,
+              f"{image}::{label}": truth}
+    for spec, labels in expect.items():
+        assert is_volume_spec(spec), spec
+        source = ImageSource(spec)
+        entry = source.entry(source.ids[0])
+        assert entry.kind == "volume" and entry.shape == truth.shape, spec
+        assert np.allclose(entry.geometry["affine"], affine, atol=1e-4), spec
+        got = entry.load_label()
+        assert (got is None) if labels is None else np.array_equal(got > 0, labels), spec
+    assert ImageSource(str(folder)).ids == ["a", "b"]
+    source = ImageSource(str(dicom))
+    entry = source.entry("pat_2")
+    assert entry.geometry["dicom"] and entry.load_label().any() and entry.geometry["windows"]["kind"] == "ct"
+    assert not is_volume_spec("builtin:dsb-nuclei")
+
+
+def test_three_slice_input_is_the_engines(make_client, nifti_pair, predictor):
+    from medsamkit.volumes.slices import slice_input
+
+    image, label, truth, _ = nifti_pair
+    client = make_client(str(image), window="-1000,400", three_slice=True)
+    ws = client.app.state.workspace
+    entry = ws.source.entry("ct")
+    assert client.get("/api/volume/ct").json()["three_slice"] is True
+    box = tight(truth[2])
+    res = client.post("/api/predict", json={"image": "ct", "axis": 0, "slice": 2, "box": box}).json()
+    three = slice_input(entry.loaded().image01, 2, three_slice=True)
+    assert three.shape[-1] == 3 and not np.array_equal(three[..., 0], three[..., 1])
+    from medsamkit.prompts import Prompt, stack_prompts
+    from test_annotate_api import decode
+
+    predictor.set_image(three)
+    expected = predictor.predict(**stack_prompts([Prompt(box=np.asarray(box, np.float32))])).masks[0, 0]
+    assert np.array_equal(decode(res["masks"][0]), expected)

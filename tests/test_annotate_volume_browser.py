@@ -69,9 +69,9 @@ def drag_box(driver, box):
 
 def test_scroll_box_commit_propagate_strip_reload(volume_page):
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
 
     driver, server, out, truth = volume_page
     driver.get(server.url)
