@@ -245,3 +245,31 @@ def test_three_slice_input_is_the_engines(make_client, nifti_pair, predictor):
     predictor.set_image(three)
     expected = predictor.predict(**stack_prompts([Prompt(box=np.asarray(box, np.float32))])).masks[0, 0]
     assert np.array_equal(decode(res["masks"][0]), expected)
+
+
+def test_views_place_masks_where_they_show_them(nifti_pair):
+    """A mask committed on any axis lands on the voxels that view shows; corrections and runs undo exactly."""
+    from medsamkit.annotate.state import ImageAnnotation
+    from medsamkit.annotate.volume_source import view_stack
+
+    _, _, truth, _ = nifti_pair
+    state = ImageAnnotation.from_label_map(truth.astype(np.uint8))
+    rng = np.random.default_rng(0)
+    for axis, k in ((0, 2), (1, 60), (2, 90)):
+        mask = rng.random(view_stack(truth, axis)[k].shape) > 0.7
+        before = state.label.copy()
+        rec = state.commit(mask, {"axis": axis, "slice": k, "prompt": None})
+        assert np.array_equal(state.view_mask(rec["id"], axis, k), mask)
+        assert rec["slices"][f"{axis}:{k}"]["source"] == "person"
+        assert ((state.label != before) <= (state.label == rec["id"])).all()  # nothing else changed
+    assert view_stack(truth, 1)[0].shape == (truth.shape[0], truth.shape[2])
+    assert np.array_equal(view_stack(truth, 1)[5][0], truth[-1, 5])  # coronal row 0 = the top slice
+    snapshot = state.label.copy()
+    smaller = state.view_mask(1, 0, 3) & (np.arange(truth.shape[2]) < 90)
+    state.correct_view(1, 0, 3, smaller, {"prompt": None})
+    assert np.array_equal(state.view_mask(1, 0, 3), smaller)
+    state.paint_views(1, 0, {4: np.zeros(truth.shape[1:], bool)}, {4: {"source": "cleared", "area": 0}}, {})
+    assert not state.view_mask(1, 0, 4).any() and state.records[1]["slices"]["0:4"]["source"] == "cleared"
+    state.undo()
+    state.undo()
+    assert np.array_equal(state.label, snapshot)

@@ -40,11 +40,12 @@ class Propagator:
         self.lock = threading.Lock()
 
     def embedder(self, entry, axis: int) -> SliceEmbedder:
-        """The slice embedder of a volume's axis (kept for re-propagation: nothing is encoded twice)."""
+        """The slice embedder of a volume's axis: re-propagation finds its embeddings in memory (the 48 most
+        recent, ~4 MB each for LiteMedSAM) or in the session's disk cache, so nothing is encoded twice."""
         key = (entry.id, axis, id(entry.loaded().image01))
         if key not in self._embedders:
             self._embedders[key] = SliceEmbedder(self.predictor, entry.stack(axis), entry.three_slice,
-                                                 entry.id, max_cached=128, cache=self.segmenter.cache)
+                                                 entry.id, max_cached=48, cache=self.segmenter.cache)
             while len(self._embedders) > self._keep:
                 self._embedders.popitem(last=False)
         self._embedders.move_to_end(key)

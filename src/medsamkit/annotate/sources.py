@@ -139,7 +139,7 @@ class ImageSource:
         from medsamkit.io.windowing import parse_window
 
         memory, taken = VolumeMemory(), set()
-        return [VolumeEntry(safe_id(name, taken), name, load, three_slice, _store=memory)
+        return [VolumeEntry(safe_id(name, taken), name, load, three_slice, memory=memory)
                 for name, load in volume_loaders(self.spec, parse_window(window))]
 
     @property

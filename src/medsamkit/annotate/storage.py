@@ -74,7 +74,7 @@ class AnnotationStore:
             from medsamkit.annotate.volume_export import save_volume
 
             self._inside(f"{image_id}.json")
-            identity = next(iter(state.records.values()), {})
+            identity = next((r for r in state.records.values() if r.get("model")), {})
             save_volume(self.out, image_id, name, state, classes, self._source.entry(image_id).grid, identity)
             return
         write_bytes_atomic(self.label_path(image_id), png_bytes(state.label))

@@ -98,12 +98,12 @@ class VolumeEntry:
     load_case: Callable[[], VolumeCase]
     three_slice: bool = False
     kind: str = "volume"
-    _store: VolumeMemory | None = None
+    memory: VolumeMemory | None = None
     _geometry: dict | None = field(default=None, repr=False)
 
     def loaded(self) -> LoadedVolume:
         """The volume in memory (read on first use; the least recently used ones are dropped)."""
-        vol = self._store.get(self.id, lambda: _loaded(self.load_case()))
+        vol = self.memory.get(self.id, lambda: _loaded(self.load_case()))
         if self._geometry is None:
             self._geometry = self._describe_grid(vol)
         return vol

@@ -18,6 +18,7 @@ const Vol = (() => {
     app.vol = { geo, axis, slice, window: geo.windows.kind === "ct" ? "model" : "auto", level: null, width: null,
                 stripObject: null };
     $("volume-panel").hidden = false;
+    $("contrast").parentElement.hidden = true;  // volumes use the display window instead
     const win = $("window");
     const names = geo.windows.kind === "ct" ? Object.keys(geo.windows.presets) : Object.keys(geo.windows.percentiles);
     win.innerHTML = '<option value="model">model input</option>'
@@ -28,7 +29,7 @@ const Vol = (() => {
     syncControls();
   }
 
-  function close() { app.vol = null; $("volume-panel").hidden = true; }
+  function close() { app.vol = null; $("volume-panel").hidden = true; $("contrast").parentElement.hidden = false; }
 
   function syncControls() {
     const v = app.vol, n = v.geo.axes[v.axis].slices;
