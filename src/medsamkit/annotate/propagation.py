@@ -42,6 +42,9 @@ class Propagator:
     def embedder(self, entry, axis: int) -> SliceEmbedder:
         """The slice embedder of a volume's axis: re-propagation finds its embeddings in memory (the 48 most
         recent, ~4 MB each for LiteMedSAM) or in the session's disk cache, so nothing is encoded twice."""
+        if self.predictor.model is not self.segmenter.model:  # the session swapped its model (fine-tuning)
+            self.predictor = Predictor(self.segmenter.model)
+            self._embedders.clear()
         key = (entry.id, axis, id(entry.loaded().image01))
         if key not in self._embedders:
             self._embedders[key] = SliceEmbedder(self.predictor, entry.stack(axis), entry.three_slice,
