@@ -161,6 +161,13 @@ def test_dicom_seg_round_trip_on_lung_gtv(make_client, tmp_path):
 
     ds = pydicom.dcmread(out / f"{vid}.seg.dcm", stop_before_pixels=True)
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == case.meta["volume"].meta["SeriesInstanceUID"]
+    # without classes each object is a segment; the RTSTRUCT's object keeps its ROI name
+    plain = make_client("builtin:lung-gtv", out=tmp_path / "plain")
+    plain.post("/api/predict", json={**view, "box": [10, 10, 40, 40]})
+    plain.post("/api/commit", json=view)
+    segs = read_dicom_seg(tmp_path / "plain" / f"{vid}.seg.dcm", case.meta["volume"])
+    assert sorted(segs) == ["GTV-1", "object 2"]
+    assert dice(segs["object 2"], read_nifti(tmp_path / "plain" / f"{vid}.nii.gz").array == 2) == 1.0
 
 
 @pytest.mark.slow

@@ -75,7 +75,8 @@ class AnnotationStore:
 
             self._inside(f"{image_id}.json")
             identity = next((r for r in state.records.values() if r.get("model")), {})
-            save_volume(self.out, image_id, name, state, classes, self._source.entry(image_id).grid, identity)
+            entry = self._source.entry(image_id)
+            save_volume(self.out, image_id, name, state, classes, entry.grid, identity, entry.loaded().classes)
             return
         write_bytes_atomic(self.label_path(image_id), png_bytes(state.label))
         class_map = state.class_map(classes) if classes else None

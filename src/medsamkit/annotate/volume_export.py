@@ -33,8 +33,10 @@ def volume_paths(out: Path, image_id: str) -> dict[str, Path]:
             "log": out / f"{image_id}.json", "seg": out / f"{image_id}.seg.dcm"}
 
 
-def segments(state: ImageAnnotation, classes: list[str]) -> list[tuple[str, np.ndarray]]:
-    """(label, bool mask) per class with objects (per object when no object has a class)."""
+def segments(state: ImageAnnotation, classes: list[str],
+             input_names: dict[int, str] | None = None) -> list[tuple[str, np.ndarray]]:
+    """(label, bool mask) per class with objects; per object when no object has a class, named by the
+    input's ROI / label name for objects that came from the input's label file, else "object N"."""
     with_class = [r for r in state.records.values() if r.get("class") is not None and r.get("area", 0) > 0]
     if classes and with_class:
         out = []
@@ -45,7 +47,13 @@ def segments(state: ImageAnnotation, classes: list[str]) -> list[tuple[str, np.n
                 if mask.any():
                     out.append((name, mask))
         return out
-    return [(f"object {oid}", state.label == oid) for oid in sorted(state.records)
+    names = input_names or {}
+
+    def name(oid: int) -> str:
+        from_input = str(state.records[oid].get("source", "")).endswith("labels") and oid in names
+        return names[oid] if from_input else f"object {oid}"
+
+    return [(name(oid), state.label == oid) for oid in sorted(state.records)
             if state.records[oid].get("area", 0) > 0]
 
 
@@ -92,7 +100,7 @@ def _segmentation(hd, grid: Volume, pixels: np.ndarray, descriptions: list):
 
 
 def save_volume(out: Path, image_id: str, name: str, state: ImageAnnotation, classes: list[str],
-                grid: Volume, identity: dict | None = None) -> None:
+                grid: Volume, identity: dict | None = None, input_names: dict[int, str] | None = None) -> None:
     """Write the volume's NIfTI label map (+ class map), its DICOM SEG (DICOM input) and the JSON log."""
     paths = volume_paths(out, image_id)
     write_label_map(state.label, paths["label"], like=grid)
@@ -102,7 +110,7 @@ def save_volume(out: Path, image_id: str, name: str, state: ImageAnnotation, cla
     else:
         paths["classes"].unlink(missing_ok=True)
     if "SOPInstanceUIDs" in grid.meta and grid.meta.get("files"):
-        parts = segments(state, classes)
+        parts = segments(state, classes, input_names)
         if parts:
             write_dicom_seg(paths["seg"], grid, parts, identity or {})
         else:

@@ -85,8 +85,8 @@ def _loaded(case: VolumeCase) -> LoadedVolume:
                                                                 case.spacing[0], 1.0]), case.name)
     is_ct = grid.meta.get("Modality") == "CT" or float(np.min(grid.array)) < -500
     label = None if case.label is None or not np.asarray(case.label).any() else np.asarray(case.label)
-    return LoadedVolume(np.ascontiguousarray(case.image, dtype=np.float32), grid, label,
-                        dict(case.meta.get("classes") or {}), is_ct)
+    names = dict(case.meta.get("classes") or ({1: case.meta["roi"]} if "roi" in case.meta else {}))  # lung-gtv: roi
+    return LoadedVolume(np.ascontiguousarray(case.image, dtype=np.float32), grid, label, names, is_ct)
 
 
 @dataclass
