@@ -38,6 +38,9 @@ class AnnotateConfig:
     port: int = 8765
     classes: list[str] = field(default_factory=list)
     token: bool = True
+    learn: bool = False  # learn rounds start by themselves (annotate.learning)
+    learn_min_objects: int = 20
+    learn_budget: float = 180.0  # seconds per learn round
 
 
 def default_out(source: str) -> Path:
@@ -109,6 +112,8 @@ class Workspace:
         self.sessions: dict[ViewKey, PromptSession] = {}
         self.proposals: dict[ViewKey, list] = {}
         self._lock = threading.RLock()
+        # recorded in each image's JSON, so training can find the image again (training.annotations)
+        self.source_record = cfg.source if cfg.source.startswith("builtin:") else str(Path(cfg.source).resolve())
         self.current = self.store.load_session().get("current")
         if self.current not in self.source.entries:
             self.current = self.source.ids[0]
@@ -201,7 +206,8 @@ class Workspace:
 
     # --- changes (each saved at once) ----------------------------------------------------------------
     def _save(self, image: str) -> dict:
-        self.store.save(image, self.source.entry(image).name, self.state(image), self.classes)
+        self.store.save(image, self.source.entry(image).name, self.state(image), self.classes,
+                        source=self.source_record)
         return self.objects(image)
 
     def _check_class(self, name: str | None) -> str | None:

@@ -19,8 +19,14 @@ from medsamkit.core.errors import InputError
 @click.option("--classes", default=None,
               help="class names to annotate, comma list (e.g. tumour,node); default: the model's class head")
 @click.option("--no-token", "no_token", is_flag=True, help="do not require the session token (loopback only!)")
+@click.option("--learn", is_flag=True,
+              help="fine-tune the decoder in the background on the committed objects (new version if better)")
+@click.option("--learn-min-objects", type=int, default=20, show_default=True,
+              help="committed objects (on >= 2 images) before a learn round, and new ones before the next")
+@click.option("--learn-budget", type=float, default=180.0, show_default=True, help="seconds per learn round")
 @model_options
-def annotate(source, out, host, port, classes, no_token, model_name, checkpoint, device):
+def annotate(source, out, host, port, classes, no_token, learn, learn_min_objects, learn_budget, model_name,
+             checkpoint, device):
     """Annotate 2D images in a local web page (box + clicks, objects, autosave).
 
     FOLDER holds 2D images (optional labels/ to correct); any 2D data SPEC works (builtin:dsb-nuclei).
@@ -36,7 +42,8 @@ def annotate(source, out, host, port, classes, no_token, model_name, checkpoint,
 
     names = [c.strip() for c in (classes or "").split(",") if c.strip()]
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
-                         host=host, port=port, classes=names, token=not no_token)
+                         host=host, port=port, classes=names, token=not no_token, learn=learn,
+                         learn_min_objects=learn_min_objects, learn_budget=learn_budget)
     try:
         serve(cfg)
     except KeyboardInterrupt:
