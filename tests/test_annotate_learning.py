@@ -77,6 +77,7 @@ def _controller(litemedsam, source: Path, out: Path, **kw) -> tuple[Workspace, L
     return ws, LearnController(ws, LearnSettings(budget=BUDGET, min_objects=4, **kw))
 
 
+@pytest.mark.slow  # a whole round (~40 s); the good round below runs in the default suite
 def test_a_bad_training_set_keeps_the_old_model(litemedsam, crops, tmp_path):
     source, truths = crops
     val = _val_image()
