@@ -206,6 +206,7 @@ def test_the_annotation_folder_is_training_data(crops, tmp_path):
     assert np.array_equal(cases["b"].label == 3, truths["b"][2])
 
 
+@pytest.mark.slow  # two engine runs (~20 s idle, 40 s loaded)
 def test_finetune_reads_an_annotation_folder_and_annotate_loads_the_run(litemedsam, crops, tmp_path):
     from click.testing import CliRunner
 
@@ -223,3 +224,18 @@ def test_finetune_reads_an_annotation_folder_and_annotate_loads_the_run(litemeds
     ws = Workspace(AnnotateConfig(str(source), out=str(tmp_path / "again"), model=str(run / "best.pt")))
     info = ws.info()
     assert info["point_prompts"] and info["model"]["checkpoint_sha256"] == sha256_of(run / "best.pt")
+
+    # what the learn job asks of the engine: start from a run's weights, stop on time (validated), no saves
+    import torch
+
+    from medsamkit.training import FinetuneConfig, finetune
+
+    again = finetune(FinetuneConfig(data=[str(out)], out=str(tmp_path / "next"), init_from=str(run / "best.pt"),
+                                    max_seconds=0.0, validate_every=50, epochs=99, val_objects=4,
+                                    prompts="box,center", cache=str(run / "embeddings"), show_progress=False))
+    assert again["stopped"] == "max_seconds" and again["steps"] == 0 and again["epochs_done"] == 1
+    assert again["last"]["val_dice_center"] == pytest.approx(summary["last"]["val_dice_center"])
+    a = torch.load(run / "best.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "next" / "best.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
