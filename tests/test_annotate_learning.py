@@ -131,6 +131,7 @@ def test_a_good_round_updates_the_model_while_serving_and_revert_restores_it(lit
         hammer = threading.Thread(target=_hammer, args=(server.base, server.token, box, stop, answers))
         hammer.start()
         try:
+            server.app.state.learning.settings.lr = 3e-4  # a few steps in a loaded test: larger ones
             assert client.post("/api/learn/start").json()["phase"] == "training"
             assert client.post("/api/learn/start").status_code == 400  # one round at a time
             state = server.app.state.learning.wait(240)

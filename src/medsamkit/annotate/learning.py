@@ -44,7 +44,7 @@ class LearnSettings:
     min_images: int = 2
     budget: float = 180.0  # seconds per round, everything included
     prompts: str = "box,jitter+5,center,random1,iter3"
-    lr: float = 3e-4  # a round has minutes and few objects: larger steps than finetune's default
+    lr: float = 1e-4  # finetune's default: 3e-4 learnt clicks faster but broke box prompts on MoNuSeg
     # box Dice may fall this much and still count as "not lower": the noise of a few dozen validation objects
     box_tolerance: float = 0.01
     batch_size: int = 16
@@ -79,7 +79,13 @@ class LearnController:
         if current == 0:
             workspace.segmenter.identity = self.versions.identity(0)
         else:  # resume with the version the person was using
-            self._serve(current)
+            try:
+                self._serve(current)
+            except InputError as exc:  # its file is gone or damaged: say so, serve the launch model
+                print(f"medsamkit annotate: model version {current} not loadable ({exc}); serving version 0",
+                      file=sys.stderr)
+                self.versions.set_current(0)
+                workspace.segmenter.identity = self.versions.identity(0)
         self._thread = threading.Thread(target=self._watch, name="learn", daemon=True)
         self._thread.start()
 
