@@ -3,9 +3,11 @@ annotation folder with the training engine, inside a time budget, with one torch
 priority, so the person's server keeps answering.
 
 It reads ``JOB_DIR/job.json`` (written by ``annotate.learning``), validates the model being served on the
-held-out images (split by image), trains from that model's weights for what is left of the budget,
-validates again and writes ``JOB_DIR/result.json``: before/after Dice per prompt mode, whether the new model
-is accepted (click Dice higher, box Dice not lower) and the objects it trained on. ``JOB_DIR/status.json``
+held-out images (split by image), trains from that model's weights for what is left of the budget with the
+engine's ``Trainer``, validating a few times on the way, and keeps the validated weights with the highest
+click Dice among those that pass the rule (click Dice higher, box Dice not lower) as ``JOB_DIR/chosen.pt``.
+``JOB_DIR/result.json``: before/after Dice per prompt mode, every validation, whether a new model is
+accepted, and the objects it trained and validated on. ``JOB_DIR/status.json``
 tells the server the phase. It never writes annotation files, so killing it loses no annotation.
 """
 
@@ -23,6 +25,7 @@ from medsamkit.core.atomic import write_json_atomic
 from medsamkit.prompts import PromptMode, parse_modes
 
 NICE = 10  # below the server: its requests win the CPU
+VALIDATIONS = 4  # validations during a round: clicks improve first, box Dice may fall later
 
 
 def acceptance(before: dict, after: dict, modes: list[PromptMode], box_tolerance: float = 0.0) -> tuple[bool, str]:
@@ -52,12 +55,60 @@ def _dice_only(metrics: dict) -> dict:
     return {k: round(float(v), 6) for k, v in metrics.items() if k.startswith("val_dice_")}
 
 
+def click_mean(metrics: dict, modes: list[PromptMode]) -> float:
+    """Mean validation Dice of the click modes (what a round tries to raise)."""
+    vals = [metrics.get(f"val_dice_{m.name}", math.nan) for m in modes if not m.uses_box]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(sum(vals) / len(vals)) if vals else math.nan
+
+
+def train_and_choose(run, modes: list[PromptMode], before: dict, seconds: float, job: dict, job_dir: Path,
+                     say) -> tuple[dict, bool, str, list[dict]]:
+    """Train with the engine's Trainer for ``seconds``, validating about VALIDATIONS times; keep the validated
+    weights with the highest click Dice among those the acceptance rule allows (``JOB_DIR/chosen.pt``).
+
+    Returns the chosen (else the last) validation, whether one was acceptable, the reason and the history.
+    """
+    from medsamkit.core.atomic import save_torch_atomic
+    from medsamkit.training.loop import Trainer
+
+    tolerance = float(job.get("box_tolerance", 0.0))
+    trainer = Trainer(run)
+    run.cfg.max_seconds = seconds
+    every = max(seconds / VALIDATIONS, 1.0)
+    last_validation = time.perf_counter()
+    history: list[dict] = []
+    chosen, reason = None, "no validation"
+    while trainer.state.epoch < run.cfg.epochs:
+        stopped = trainer.epoch()
+        due = stopped is not None or time.perf_counter() - last_validation >= every
+        trainer.end_epoch(final=due)
+        say("training", before=before, train_seconds=round(seconds, 1), validations=history)
+        if not due:
+            continue
+        last_validation = time.perf_counter()
+        metrics = {**_dice_only(trainer.last_metrics), "steps": trainer.state.step,
+                   "seconds": round(time.perf_counter() - trainer.t0, 1)}
+        ok, why = acceptance(before, metrics, modes, tolerance)
+        history.append({**metrics, "acceptable": ok})
+        if ok and (chosen is None or click_mean(metrics, modes) > click_mean(chosen, modes)):
+            chosen, reason = metrics, why
+            save_torch_atomic(trainer.checkpoints.contents(trainer.state, trainer.state.epoch, 0),
+                              job_dir / "chosen.pt")
+        elif chosen is None:
+            reason = why
+        if stopped is not None:
+            break
+    return (chosen or (history[-1] if history else {})), chosen is not None, reason, history
+
+
 def run_job(job_dir: Path) -> dict:
-    """Prepare, validate before, train within the budget, validate after; returns (and writes) the result."""
+    """Prepare, validate before, train within the budget choosing the best acceptable validated weights;
+    returns (and writes) the result."""
     import torch
 
     from medsamkit.training.config import FinetuneConfig, check_config
-    from medsamkit.training.loop import fill_cache, prepare, train
+    from medsamkit.training.loop import fill_cache, prepare
     from medsamkit.training.validate import validate
 
     t0 = time.perf_counter()
@@ -82,19 +133,18 @@ def run_job(job_dir: Path) -> dict:
     t_val = time.perf_counter()
     before = _dice_only(validate(run.model, run.val_tiles, run.cases, modes, cfg.seed, run.cache, []))
     val_seconds = time.perf_counter() - t_val
-    # what is left of the budget, keeping room for the validation after training
-    cfg.max_seconds = max(0.0, float(job["budget"]) - (time.perf_counter() - t0) - val_seconds)
-    say("training", before=before, train_seconds=round(cfg.max_seconds, 1))
+    # what is left of the budget, keeping room for the last validation (the others count as training time)
+    seconds = max(0.0, float(job["budget"]) - (time.perf_counter() - t0) - val_seconds)
+    say("training", before=before, train_seconds=round(seconds, 1))
     t_train = time.perf_counter()
-    summary = train(run)
-    after = _dice_only(summary.get("last", {}))
-    accepted, reason = acceptance(before, after, modes, float(job.get("box_tolerance", 0.0)))
-    result = {"accepted": accepted, "reason": reason, "before": before, "after": after,
-              "checkpoint": str(Path(cfg.out) / "best.pt"), "steps": summary.get("steps"),
+    after, accepted, reason, history = train_and_choose(run, modes, before, seconds, job, job_dir, say)
+    result = {"accepted": accepted, "reason": reason, "before": before,
+              "after": {k: v for k, v in after.items() if k.startswith("val_dice_")},
+              "checkpoint": str(job_dir / "chosen.pt"), "steps": after.get("steps"), "validations": history,
               "train_seconds": round(time.perf_counter() - t_train, 2),
               "seconds": round(time.perf_counter() - t0, 2), "trained_on": trained_on,
-              "validated_on": validated_on, "train_objects": summary.get("train_objects"),
-              "val_objects": summary.get("val_objects")}
+              "validated_on": validated_on, "train_objects": sum(len(t.objects) for t in run.train_tiles),
+              "val_objects": sum(len(t.objects) for t in run.val_tiles)}
     write_json_atomic(job_dir / "result.json", result)
     say("done", accepted=accepted)
     return result

@@ -87,7 +87,7 @@ class ModelVersions:
         item = {"version": number, "model": str(target), "file": name, "checkpoint_sha256": sha256_of(target),
                 "parent": self.current, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 **{k: result.get(k) for k in ("before", "after", "reason", "trained_on", "validated_on",
-                                              "steps", "train_seconds", "seconds")}}
+                                              "steps", "train_seconds", "seconds", "validations")}}
         self.data["versions"].append(item)
         self.data["current"] = number
         self._write()
