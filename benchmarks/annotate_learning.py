@@ -211,6 +211,9 @@ def run_dataset(dataset: str, args, root: Path, result: dict, out: Path) -> None
             write_json_atomic(out, result)
         if args.lr is not None:
             server.app.state.learning.settings.lr = args.lr
+        if args.prompts is not None:
+            server.app.state.learning.settings.prompts = args.prompts
+        row["learn_prompts"] = server.app.state.learning.settings.prompts
         row["learn_lr"] = server.app.state.learning.settings.lr
         person.post("/api/learn/start", {})
         stop = threading.Event()
@@ -250,6 +253,7 @@ def main() -> None:
     ap.add_argument("--test-objects", type=int, default=30, help="per test image")
     ap.add_argument("--budget", type=float, default=180.0, help="learn round budget (s)")
     ap.add_argument("--lr", type=float, default=None, help="learn round learning rate (default: the server's)")
+    ap.add_argument("--prompts", default=None, help="prompt modes a round trains on (default: the server's)")
     ap.add_argument("--latency-calls", type=int, default=30)
     ap.add_argument("--only-latency", action="store_true", help="skip the Dice evaluations")
     ap.add_argument("--device", default=None)
