@@ -29,6 +29,9 @@ TABLE = {
     "--workers": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume"},
     "--scheduler": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume"},
     "--class-head": {"finetune"},
+    "--learn": {"annotate"},
+    "--learn-min-objects": {"annotate"},
+    "--learn-budget": {"annotate"},
 }
 
 

@@ -61,6 +61,7 @@ def serve(cfg: AnnotateConfig) -> None:
     try:
         server.run(sockets=[sock])
     finally:
+        app.state.learning.close()
         workspace.segmenter.close()
 
 
@@ -100,3 +101,4 @@ class BackgroundServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.app.state.learning.close()

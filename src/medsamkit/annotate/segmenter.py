@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from medsamkit.core.errors import InputError
-from medsamkit.embedding.cache import EmbeddingCache
+from medsamkit.embedding.cache import EmbeddingCache, encoder_fingerprint
 from medsamkit.models.finetuned import ClassHeadMaskDecoder
 from medsamkit.models.loading import load_model, model_fingerprint
 from medsamkit.models.registry import get_spec, names_finetuned
@@ -197,6 +197,19 @@ class Segmenter:
             pe = self.model.prompt_encoder.get_dense_pe()
             _, _, logits = decoder.predict_all(self.predictor.embedding.features, pe, sparse, dense)
         return torch.softmax(logits[0].float(), dim=0).cpu().numpy()
+
+    def swap(self, model: torch.nn.Module, identity: dict) -> None:
+        """Serve ``model`` from now on (hot swap): a request being decoded finishes with the old model, the
+        next one uses the new. Embeddings are kept when the image encoder is the same (decoder fine-tuning)."""
+        model = model.eval()
+        same_encoder = encoder_fingerprint(model) == encoder_fingerprint(self.model)
+        predictor = Predictor(model)
+        with self._lock, self._futures_lock:
+            self.model, self.predictor, self.identity = model, predictor, dict(identity)
+            self.cache = EmbeddingCache(self.cache.folder, model)
+            self._answers.clear()  # old low-res logits must not prompt the new decoder
+            if not same_encoder:
+                self._futures.clear()
 
     def close(self) -> None:
         """Stop the embedding worker."""

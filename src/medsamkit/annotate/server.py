@@ -29,6 +29,9 @@ Coordinates are image pixels: boxes [x0, y0, x1, y1], points [x, y, label] (labe
 Errors are one line of JSON ``{"error": "..."}``: 400 bad input (malformed JSON, box outside the image,
 slice out of range, points without a box on a box-only model), 401 missing/wrong token, 404 unknown image,
 object or path. There is no upload endpoint and nothing is written outside --out.
+
+Learning while annotating (``/api/learn...``: state, start, stop, auto, versions, revert) is documented in
+``annotate.learn_routes``.
 """
 
 from __future__ import annotations
@@ -44,14 +47,15 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from medsamkit.annotate.learn_routes import install_learning
 from medsamkit.annotate.storage import png_bytes
 from medsamkit.annotate.volume_routes import register_volume_routes
 from medsamkit.annotate.workspace import Workspace, display_pixels, label_rgba
 from medsamkit.core.errors import InputError
 
 STATIC = resources.files("medsamkit.annotate") / "static"
-STATIC_FILES = {"annotate.js": "text/javascript", "view.js": "text/javascript", "annotate.css": "text/css"}
-STATIC_FILES["volume.js"] = "text/javascript"  # the volume controls (slices, windows, propagation strip)
+STATIC_FILES = {"annotate.js": "text/javascript", "view.js": "text/javascript", "annotate.css": "text/css",
+                "volume.js": "text/javascript", "learn.js": "text/javascript"}
 
 
 class View(BaseModel):
@@ -273,5 +277,6 @@ def create_app(workspace: Workspace, token: str | None) -> FastAPI:
     _model_routes(app, workspace)
     _change_routes(app, workspace)
     register_volume_routes(app, workspace)  # volumes: geometry, windows, propagation (annotate.volume_routes)
+    install_learning(app, workspace)  # app.state.learning; its API: annotate.learn_routes
     app.state.workspace = workspace
     return app

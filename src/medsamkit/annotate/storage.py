@@ -68,8 +68,10 @@ class AnnotationStore:
         """Where the embedding cache lives."""
         return self.out / "embeddings"
 
-    def save(self, image_id: str, name: str, state: ImageAnnotation, classes: list[str]) -> None:
-        """Write the image's PNG(s) and JSON (PNG first: a JSON never names objects its PNG lacks)."""
+    def save(self, image_id: str, name: str, state: ImageAnnotation, classes: list[str],
+             source: str | None = None) -> None:
+        """Write the image's PNG(s) and JSON (PNG first: a JSON never names objects its PNG lacks);
+        ``source``: the folder or SPEC the image comes from (what training reads it back from)."""
         if state.label.ndim == 3:
             from medsamkit.annotate.volume_export import save_volume
 
@@ -86,7 +88,7 @@ class AnnotationStore:
         else:
             self.class_path(image_id).unlink(missing_ok=True)
         write_json_atomic(self.record_path(image_id), {
-            "format": FORMAT, "image": name, "id": image_id, "shape": list(state.label.shape),
+            "format": FORMAT, "image": name, "id": image_id, "shape": list(state.label.shape), "source": source,
             "classes": classes, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "objects": state.objects(),
         })
 

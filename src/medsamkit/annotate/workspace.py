@@ -40,6 +40,9 @@ class AnnotateConfig:
     token: bool = True
     window: str | None = None  # volumes: the model input's CT window (name or lo,hi); None: the SPEC's rule
     three_slice: bool = False  # volumes: slices k-1, k, k+1 as the model's three channels
+    learn: bool = False  # learn rounds start by themselves (annotate.learning)
+    learn_min_objects: int = 20
+    learn_budget: float = 180.0  # seconds per learn round
 
 
 def default_out(source: str) -> Path:
@@ -112,6 +115,8 @@ class Workspace:
         self.sessions: dict[ViewKey, PromptSession] = {}
         self.proposals: dict[ViewKey, list] = {}
         self._lock = threading.RLock()
+        # recorded in each image's JSON, so training can find the image again (training.annotations)
+        self.source_record = cfg.source if cfg.source.startswith("builtin:") else str(Path(cfg.source).resolve())
         self.current = self.store.load_session().get("current")
         if self.current not in self.source.entries:
             self.current = self.source.ids[0]
@@ -204,7 +209,8 @@ class Workspace:
 
     # --- changes (each saved at once) ----------------------------------------------------------------
     def _save(self, image: str) -> dict:
-        self.store.save(image, self.source.entry(image).name, self.state(image), self.classes)
+        self.store.save(image, self.source.entry(image).name, self.state(image), self.classes,
+                        source=self.source_record)
         return self.objects(image)
 
     def _check_class(self, name: str | None) -> str | None:

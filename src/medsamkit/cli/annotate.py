@@ -21,8 +21,14 @@ from medsamkit.core.errors import InputError
 @click.option("--no-token", "no_token", is_flag=True, help="do not require the session token (loopback only!)")
 @click.option("--three-slice", is_flag=True, help="volumes: feed slices k-1, k, k+1 as the three input channels")
 @window_option
+@click.option("--learn", is_flag=True,
+              help="fine-tune the decoder in the background on the committed objects (new version if better)")
+@click.option("--learn-min-objects", type=int, default=20, show_default=True,
+              help="committed objects (on >= 2 images) before a learn round, and new ones before the next")
+@click.option("--learn-budget", type=float, default=180.0, show_default=True, help="seconds per learn round")
 @model_options
-def annotate(source, out, host, port, classes, no_token, three_slice, window, model_name, checkpoint, device):
+def annotate(source, out, host, port, classes, no_token, three_slice, window, learn, learn_min_objects,
+             learn_budget, model_name, checkpoint, device):
     """Annotate 2D images or volumes in a local web page (box + clicks, objects, propagation, autosave).
 
     FOLDER holds 2D images (optional labels/ to correct); any data SPEC works (builtin:dsb-nuclei). Volumes:
@@ -41,7 +47,8 @@ def annotate(source, out, host, port, classes, no_token, three_slice, window, mo
     names = [c.strip() for c in (classes or "").split(",") if c.strip()]
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
                          host=host, port=port, classes=names, token=not no_token, window=window,
-                         three_slice=three_slice)
+                         three_slice=three_slice, learn=learn, learn_min_objects=learn_min_objects,
+                         learn_budget=learn_budget)
     try:
         serve(cfg)
     except KeyboardInterrupt:

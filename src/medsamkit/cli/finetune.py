@@ -21,7 +21,8 @@ from medsamkit.cli.options import (
 
 @main.command()
 @click.option("--data", "data", multiple=True, required=True,
-              help="data SPEC; repeat to train on several data sets (with --class-head: one class per set)")
+              help="data SPEC or a `medsamkit annotate` --out folder; repeat to train on several data sets "
+                   "(with --class-head: one class per set)")
 @click.option("--out", required=True, type=click.Path(), help="run folder (rerun the same command to resume)")
 @click.option("--mode", type=click.Choice(["decoder", "adapter", "lora"]), default="decoder", show_default=True,
               help="decoder: train prompt encoder + mask decoder on cached embeddings; adapter/lora: PEFT encoder")
@@ -56,7 +57,8 @@ from medsamkit.cli.options import (
 def finetune(data, out, model_name, **options):
     """Fine-tune on DATA with simulated prompts; writes metrics.csv, curves.png, last.pt and best.pt in OUT.
 
-    Decoder mode reads and fills the embedding cache (--cache, default OUT/embeddings); give the --tile and
+    An annotation folder (`annotate --out`) trains on its committed, visible objects; the run loads back with
+    `annotate --model OUT/best.pt`. Decoder mode reads and fills the embedding cache (--cache, default OUT/embeddings); give the --tile and
     --tile-overlap that `embed` used so its cached tiles are found.
     """
     from medsamkit.training import FinetuneConfig

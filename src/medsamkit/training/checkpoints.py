@@ -19,7 +19,7 @@ import torch
 from medsamkit.core.atomic import save_torch_atomic
 from medsamkit.core.errors import InputError
 from medsamkit.core.results import RunStore
-from medsamkit.models.finetuned import CHECKPOINT_FORMAT, finetuned_state
+from medsamkit.models.finetuned import CHECKPOINT_FORMAT, finetuned_state, read_run_checkpoint
 from medsamkit.training.config import resume_differences
 
 STEP_COLUMNS = ["epoch", "step", "loss", "lr"]
@@ -86,6 +86,18 @@ def restore(resume: dict, path: Path, model: torch.nn.Module, recipe: dict,
     torch.set_rng_state(resume["rng"]["torch"])
     return TrainState(resume["epoch"], resume["batch"], resume["step"], resume["loss_sum"], resume["loss_n"],
                       resume["best_score"], resume["best_epoch"])
+
+
+def load_start(model: torch.nn.Module, recipe: dict, path: str | Path, base_model: str) -> str:
+    """Start a run from another run's fine-tuned weights (same base model and recipe); returns its file."""
+    ckpt = read_run_checkpoint(path)
+    if ckpt.get("base_model") != base_model or ckpt["recipe"].get("mode") != recipe["mode"]:
+        raise InputError(f"{ckpt['path']}: fine-tuned from {ckpt.get('base_model')} in "
+                         f"{ckpt['recipe'].get('mode')} mode; this run is {base_model} in {recipe['mode']} mode")
+    if set(ckpt["model"]) != set(finetuned_state(model, recipe)):
+        raise InputError(f"{ckpt['path']}: its weights do not match this run's recipe")
+    model.load_state_dict(ckpt["model"], strict=False)
+    return ckpt["path"]
 
 
 class Checkpoints:

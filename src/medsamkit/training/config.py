@@ -12,7 +12,8 @@ from medsamkit.core.errors import InputError
 MODES = ("decoder", "adapter", "lora")
 SCHEDULES = ("constant", "cosine")
 # options that may change between a run and its resumption (they do not change what a step computes)
-RESUMABLE_CHANGES = {"epochs", "max_steps", "save_every", "show_progress", "device", "cache"}
+RESUMABLE_CHANGES = {"epochs", "max_steps", "save_every", "show_progress", "device", "cache", "max_seconds",
+                     "validate_every"}
 
 
 @dataclass
@@ -54,6 +55,10 @@ class FinetuneConfig:
     lora_targets: str = "qkv"
     train_decoder: bool = False  # adapter/lora: also train the prompt encoder and mask decoder
     show_progress: bool = True
+    # stop training after this many seconds of steps; the epoch in progress is then validated and saved
+    max_seconds: float | None = None
+    validate_every: int = 1  # epochs between validations (the last and a time-stopped epoch always are)
+    init_from: str | None = None  # start from this fine-tuning checkpoint's weights (same base model, mode)
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -70,6 +75,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise InputError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise InputError("--epochs, --batch-size and --lr must be positive")
+    if cfg.validate_every < 1 or (cfg.max_seconds is not None and cfg.max_seconds < 0):
+        raise InputError("validate_every must be >= 1 and max_seconds >= 0")
     if cfg.tile_overlap < 0:
         raise InputError(f"--tile-overlap must be >= 0, got {cfg.tile_overlap}")
     if cfg.model.endswith((".pt", ".pth")) or Path(cfg.model).is_dir():

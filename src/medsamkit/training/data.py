@@ -13,6 +13,7 @@ from medsamkit.core.objects import ImageObject, extract_objects, parse_classes
 from medsamkit.core.seeds import name_key
 from medsamkit.core.tiling import plan_tiles, tile_size_for
 from medsamkit.io.datasets import Case, open_dataset
+from medsamkit.training.annotations import annotation_dataset, is_annotation_folder
 from medsamkit.training.config import FinetuneConfig
 
 Window = tuple[int, int, int, int]
@@ -30,13 +31,14 @@ class TrainTile:
 
 
 def load_cases(cfg: FinetuneConfig) -> tuple[list[Case], list[int], list[str]]:
-    """All 2D cases of all --data sets, the dataset index of each, and the dataset names."""
+    """All 2D cases of all --data sets (a data SPEC or an annotation folder), the dataset index of each,
+    and the dataset names."""
     specs = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
     if not specs:
         raise InputError("no --data given")
     cases, origin, names = [], [], []
     for i, spec in enumerate(specs):
-        ds = open_dataset(spec, window=cfg.window)
+        ds = annotation_dataset(spec) if is_annotation_folder(spec) else open_dataset(spec, window=cfg.window)
         if len(ds) == 0:
             raise InputError(f"{spec}: empty dataset")
         names.append(ds.name if ds.name not in names else str(spec))

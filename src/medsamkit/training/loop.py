@@ -35,6 +35,7 @@ from medsamkit.training.checkpoints import (
     Checkpoints,
     TrainState,
     cut_back,
+    load_start,
     log_row,
     open_store,
     read_resume,
@@ -136,6 +137,8 @@ def prepare(cfg: FinetuneConfig, modes: list[PromptMode], out: Path, device: tor
     model = load_model(cfg.model, cfg.checkpoint)
     recipe = recipe_of(cfg, class_names)
     counts = apply_recipe(model, recipe)
+    if cfg.init_from:
+        load_start(model, recipe, cfg.init_from, cfg.model)
     model.to(device).eval()  # eval throughout: the frozen encoder's BatchNorm statistics must not move
 
     train_idx, val_idx = split_cases(cases, origin, cfg.val_fraction, cfg.seed)
@@ -206,6 +209,7 @@ class Trainer:
         self.checkpoints = Checkpoints(run.out, base, run.model, run.recipe, self.opt)
         self.state = TrainState()
         self.last_metrics: dict = {}
+        self.t0 = time.perf_counter()  # max_seconds counts steps from here (not loading and embedding)
         last = run.out / "last.pt"
         resume = read_resume(last)
         if resume is not None:
@@ -262,6 +266,8 @@ class Trainer:
                 if cfg.max_steps is not None and state.step >= cfg.max_steps:
                     self.save(state.epoch, b)
                     return "max_steps"
+                if cfg.max_seconds is not None and time.perf_counter() - self.t0 >= cfg.max_seconds:
+                    return "max_seconds"
                 self.step(batches, b, usable)
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.loss_sum / state.loss_n:.4f}")
@@ -269,9 +275,19 @@ class Trainer:
             bar.close()
         return None
 
-    def end_epoch(self) -> None:
-        """Validation (rank 0), the epoch's metrics row, curves and checkpoints; then the next epoch."""
+    def end_epoch(self, final: bool = False) -> None:
+        """Validation (rank 0), the epoch's metrics row, curves and checkpoints; then the next epoch.
+
+        Epochs between validations (validate_every) only save RUN/last.pt (not even that with save_every 0:
+        a run that is never resumed, the annotation server's learn job); ``final``: always validate.
+        """
         run, state = self.run, self.state
+        due = final or (state.epoch + 1) % self.cfg.validate_every == 0 or state.epoch + 1 >= self.cfg.epochs
+        if not due:
+            state.next_epoch()
+            if self.cfg.save_every:
+                self.save(state.epoch, 0)
+            return
         row = {"epoch": state.epoch + 1, "step": state.step,
                "train_loss": round(state.loss_sum / max(state.loss_n, 1), 6)}
         if run.rank != 0:
@@ -304,8 +320,8 @@ def train(run: Run) -> dict:
     stopped = None
     while trainer.state.epoch < run.cfg.epochs and stopped is None:
         stopped = trainer.epoch()
-        if stopped is None:
-            trainer.end_epoch()
+        if stopped in (None, "max_seconds"):  # a time-stopped epoch is validated as the last one
+            trainer.end_epoch(final=stopped is not None)
             distributed.barrier(run.world)
     summary = summarize(run, trainer.state, stopped, trainer.last_metrics)
     if run.rank == 0:

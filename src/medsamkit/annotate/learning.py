@@ -1,0 +1,270 @@
+"""Learning while annotating: the controller of the background learn job.
+
+Once the person has committed enough objects (``--learn-min-objects``, across at least two images: one is
+held out for validation), a round starts (automatically with ``--learn``, or on request): a separate,
+niced, one-thread process (``annotate.learn_job``) fine-tunes the decoder with the training engine on the
+annotation folder, reusing the session's embedding cache, within ``--learn-budget`` seconds. When its
+validation says the new model is better (click Dice higher, box Dice not lower) it becomes a new version
+(``annotate.versions``) and is hot-swapped into the segmenter; otherwise the old model stays. Annotation
+files are only ever written by the server, so a crash or kill of the job loses nothing.
+
+Phases: ``waiting`` (for objects), ``ready``, ``training`` (with ``job.phase`` preparing / validating /
+training and progress), then ``updated``, ``kept`` (the old model) or ``failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medsamkit.annotate.versions import ModelVersions
+from medsamkit.core.atomic import write_json_atomic
+from medsamkit.core.errors import InputError
+from medsamkit.models.finetuned import read_run_checkpoint
+from medsamkit.models.loading import load_model
+from medsamkit.models.registry import names_finetuned
+from medsamkit.training.annotations import annotated_objects
+
+POLL_SECONDS = 0.5
+JOB_THREADS = 1
+
+
+@dataclass
+class LearnSettings:
+    """How the session learns (``--learn``, ``--learn-min-objects``, ``--learn-budget``)."""
+
+    auto: bool = False
+    min_objects: int = 20
+    min_images: int = 2
+    budget: float = 180.0  # seconds per round, everything included
+    prompts: str = "box,jitter+5,center,random1,iter3"
+    lr: float = 1e-4  # finetune's default: 3e-4 learnt clicks faster but broke box prompts on MoNuSeg
+    # box Dice may fall this much and still count as "not lower": the noise of a few dozen validation objects
+    box_tolerance: float = 0.01
+    batch_size: int = 16
+    seed: int = 0
+
+
+def base_of(model: str, checkpoint: str | None) -> tuple[str, str | None, str | None]:
+    """(registry base, its checkpoint, fine-tuned weights to start from) of the launch model."""
+    if names_finetuned(model):
+        ckpt = read_run_checkpoint(model)
+        return ckpt["base_model"], ckpt.get("base_checkpoint") or None, ckpt["path"]
+    return model, checkpoint, None
+
+
+class LearnController:
+    """The learn rounds of one session: when to start, the job process, versions and the hot swap."""
+
+    def __init__(self, workspace, settings: LearnSettings) -> None:
+        self.ws = workspace
+        self.settings = settings
+        self.folder = Path(workspace.store.out) / "learn"
+        cfg = workspace.cfg
+        self.launch = {"model": cfg.model, "checkpoint": cfg.checkpoint, "device": cfg.device}
+        self.versions = ModelVersions(self.folder, workspace.segmenter.identity)
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen | None = None
+        self._job: dict | None = None  # the running or last round
+        self._counted_at_start = 0  # objects when the last round started: the next waits for more
+        self._phase = "waiting"
+        self._stop = threading.Event()
+        current = self.versions.current
+        if current == 0:
+            workspace.segmenter.identity = self.versions.identity(0)
+        else:  # resume with the version the person was using
+            try:
+                self._serve(current)
+            except InputError as exc:  # its file is gone or damaged: say so, serve the launch model
+                print(f"medsamkit annotate: model version {current} not loadable ({exc}); serving version 0",
+                      file=sys.stderr)
+                self.versions.set_current(0)
+                workspace.segmenter.identity = self.versions.identity(0)
+        self._thread = threading.Thread(target=self._watch, name="learn", daemon=True)
+        self._thread.start()
+
+    # --- reading -------------------------------------------------------------------------------------
+    def counts(self) -> dict:
+        """Committed objects and images that have some (from the files: every image, not only open ones)."""
+        objects = annotated_objects(self.ws.store.out)
+        return {"objects": sum(len(v) for v in objects.values()), "images": len(objects)}
+
+    def _ready(self, counts: dict) -> bool:
+        s = self.settings
+        new = counts["objects"] - self._counted_at_start
+        return counts["images"] >= s.min_images and counts["objects"] >= s.min_objects and new >= s.min_objects
+
+    def status(self) -> dict:
+        """The state the page shows: phase, counts, the round's progress and validation, versions."""
+        with self._lock:
+            counts = self.counts()
+            phase = self._phase
+            if phase in ("waiting", "ready"):
+                phase = "ready" if self._ready(counts) else "waiting"
+            job = None if self._job is None else {k: v for k, v in self._job.items() if k != "trace"}
+            return {"phase": phase, "auto": self.settings.auto, **counts,
+                    "min_objects": self.settings.min_objects, "min_images": self.settings.min_images,
+                    "budget": self.settings.budget, "current": self.versions.current,
+                    "model": self.ws.segmenter.identity, "job": job}
+
+    # --- control -------------------------------------------------------------------------------------
+    def set_auto(self, on: bool) -> dict:
+        """Switch automatic rounds on or off."""
+        self.settings.auto = bool(on)
+        return self.status()
+
+    def start(self) -> dict:
+        """Start a round now (InputError when one runs or there are too few objects/images)."""
+        with self._lock:
+            if self._proc is not None:
+                raise InputError("a learn round is already running")
+            counts = self.counts()
+            if counts["images"] < self.settings.min_images or counts["objects"] < 2:
+                raise InputError(f"learning needs objects on at least {self.settings.min_images} images "
+                                 f"(one is held out for validation); have {counts['objects']} on {counts['images']}")
+            self._launch(counts)
+        return self.status()
+
+    def _job_config(self, run: Path) -> dict:
+        from medsamkit.training.config import FinetuneConfig
+
+        base, base_ckpt, start = base_of(self.launch["model"], self.launch["checkpoint"])
+        current = self.versions.path(self.versions.current)
+        s = self.settings
+        cfg = FinetuneConfig(
+            data=[str(self.ws.store.out)], out=str(run), mode="decoder", prompts=s.prompts, epochs=100000,
+            validate_every=100000, lr=s.lr, batch_size=s.batch_size, seed=s.seed, model=base,
+            checkpoint=base_ckpt, init_from=str(current) if current is not None else start,
+            cache=str(self.ws.segmenter.cache.folder), device="cpu", save_every=0, show_progress=False,
+            tile_size=0)  # whole views, as the server prompts them: its cached embeddings are reused
+        return asdict(cfg)
+
+    def _launch(self, counts: dict) -> None:
+        jobs = self.folder / "jobs"
+        number = 1 + max([int(p.name) for p in jobs.glob("[0-9]*") if p.name.isdigit()] or [0])
+        job_dir = jobs / f"{number:03d}"
+        job_dir.mkdir(parents=True)
+        write_json_atomic(job_dir / "job.json", {"config": self._job_config(job_dir / "run"),
+                                                 "budget": self.settings.budget, "threads": JOB_THREADS,
+                                                 "box_tolerance": self.settings.box_tolerance})
+        env = {**os.environ, "OMP_NUM_THREADS": str(JOB_THREADS), "MKL_NUM_THREADS": str(JOB_THREADS),
+               "MEDSAMKIT_THREADS": str(JOB_THREADS)}
+        log = (job_dir / "log.txt").open("wb")
+        # its own session: the server decides when it stops (close), and a Ctrl-C reaches the server first
+        self._proc = subprocess.Popen([sys.executable, "-m", "medsamkit.annotate.learn_job", str(job_dir)],
+                                      stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        self._counted_at_start = counts["objects"]
+        self._job = {"number": number, "folder": str(job_dir), "phase": "starting", "objects": counts["objects"],
+                     "images": counts["images"], "started": time.time(), "budget": self.settings.budget}
+        self._phase = "training"
+
+    def stop(self) -> dict:
+        """Stop the running round (the model stays as it is)."""
+        with self._lock:
+            if self._proc is None:
+                raise InputError("no learn round is running")
+            self._terminate()
+            self._job.update(phase="failed", error="stopped by the person")
+            self._phase = "failed"
+        return self.status()
+
+    def revert(self, version: int) -> dict:
+        """Serve an earlier (or any existing) version from now on."""
+        with self._lock:
+            self.versions.entry(version)  # KeyError (404) first
+            self._serve(int(version))
+            self.versions.set_current(int(version))
+        return self.status()
+
+    def _serve(self, version: int) -> None:
+        path = self.versions.path(version)
+        if path is None:
+            model = load_model(self.launch["model"], self.launch["checkpoint"], self.launch["device"])
+        else:
+            model = load_model(str(path), None, self.launch["device"])
+        self.ws.segmenter.swap(model, self.versions.identity(version))
+
+    # --- the watcher thread --------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                with self._lock:
+                    if self._proc is not None:
+                        self._poll()
+                    elif self.settings.auto and self._phase != "training":
+                        counts = self.counts()
+                        if self._ready(counts):
+                            self._launch(counts)
+            except Exception as exc:  # the watcher must survive anything a round does
+                if self._job is not None:
+                    self._job.update(phase="failed", error=f"{type(exc).__name__}: {exc}")
+                self._phase = "failed"
+                self._proc = None
+
+    def _poll(self) -> None:
+        job_dir = Path(self._job["folder"])
+        status = _read_json(job_dir / "status.json") or {}
+        if status:
+            self._job.update({k: v for k, v in status.items() if k not in ("seconds",)})
+            self._job["seconds"] = round(time.time() - self._job["started"], 1)
+            if status.get("phase") == "training":
+                steps = job_dir / "run" / "steps.csv"
+                self._job["steps"] = max(0, sum(1 for _ in steps.open()) - 1) if steps.is_file() else 0
+                self._job["progress"] = min(1.0, round(self._job["seconds"] / max(self.settings.budget, 1), 3))
+        code = self._proc.poll()
+        if code is None:
+            return
+        self._proc = None
+        result = _read_json(job_dir / "result.json")
+        if code != 0 or result is None:
+            self._job.update(phase="failed", error=status.get("error") or f"learn job exited with status {code}")
+            self._phase = "failed"
+            return
+        self._job.update(result, phase="done", progress=1.0)
+        if result["accepted"]:
+            item = self.versions.add(result["checkpoint"], result)
+            self._serve(item["version"])
+            self._job["version"] = item["version"]
+            self._phase = "updated"
+        else:
+            self._phase = "kept"
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def wait(self, timeout: float) -> dict:
+        """Block until no round runs (tests, benchmarks); the status."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._proc is None and self._phase != "training":
+                    return self.status()
+            time.sleep(POLL_SECONDS)
+        raise TimeoutError(f"learn round still running after {timeout} s")
+
+    def close(self) -> None:
+        """Stop the watcher and any running job."""
+        self._stop.set()
+        with self._lock:
+            self._terminate()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
