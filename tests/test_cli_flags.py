@@ -20,14 +20,14 @@ TABLE = {
     "--window": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
                  "evaluate-volume"},
     "--max-images": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "evaluate-volume",
-                     "unet eval"},
+                     "segment-volume", "unet eval"},
     "--tile": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors"},
     "--tile-overlap": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors"},
     "--cache": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
     "--save-masks": {"evaluate", "evaluate-volume"},
     "--multimask": {"segment", "evaluate"},
-    "--workers": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume"},
-    "--scheduler": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume"},
+    "--workers": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume", "segment-volume"},
+    "--scheduler": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume", "segment-volume"},
     "--class-head": {"finetune"},
 }
 
