@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from medsamkit.core.errors import InputError
 
+PROFILE = False  # Dask's worker profiler on the local cluster (True: as Dask's default, for its dashboard)
+
 
 @dataclass
 class DaskConfig:
@@ -69,8 +71,14 @@ def open_client(cfg: DaskConfig):
         except OSError as exc:
             raise InputError(f"--scheduler {cfg.scheduler}: cannot connect ({exc})") from None
     else:
-        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                               host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+        import dask
+
+        # Dask's statistical profiler samples each worker's stack every 10 ms for the dashboard, which a
+        # local run does not show; it costs the one-thread workers CPU (benchmarks/dask_scaling.py).
+        with dask.config.set({"distributed.worker.profile.enabled": PROFILE}):
+            cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
+                                   processes=True, host="127.0.0.1", dashboard_address=None,
+                                   silence_logs=logging.ERROR)
         client = Client(cluster)
     client.register_plugin(_runtime_plugin(cfg.threads_per_worker))
     return client
