@@ -215,3 +215,25 @@ def test_samaug_priors_on_two_workers_are_byte_identical(tmp_path, small_folder)
                 np.testing.assert_allclose(a[k], b[k], atol=1e-4, err_msg=f"{rel}:{k}")
             else:
                 assert np.array_equal(a[k], b[k]), f"{rel}:{k}"
+
+
+def test_the_tiles_of_one_image_spread_over_workers_and_join_into_its_rows(tmp_path, predictor):
+    """One image with --tile 256: its tiles run as separate tasks; the joined rows equal one process's."""
+    import torch
+
+    def cfg(out):
+        return EvaluateConfig(data="builtin:dsb-nuclei", out=str(out), prompts="box", max_objects=12, tile_size=256,
+                              baseline=False, figures=False, show_progress=False)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evaluate(cfg(tmp_path / "local"), predictor)
+    finally:
+        torch.set_num_threads(threads)
+    summary = evaluate_on_cluster(cfg(tmp_path / "dask"), DaskConfig(workers=2))
+    assert summary["failed"] == [] and summary["cluster"]["tasks"] > 1
+    local_rows = _sorted_rows(tmp_path / "local" / "per_object.csv")
+    assert len({dict(r)["tile"] for r in local_rows}) > 1  # the image has several tiles to spread
+    assert _sorted_rows(tmp_path / "dask" / "per_object.csv") == local_rows
+    assert _sorted_rows(tmp_path / "dask" / "per_image.csv") == _sorted_rows(tmp_path / "local" / "per_image.csv")

@@ -40,11 +40,29 @@ from medsamkit.cli.options import (
               help="propagation also stops where the model's predicted IoU falls below this")
 @click.option("--seed", type=int, default=0, show_default=True)
 @cache_option
-@click.option("-o", "--out", required=True, type=click.Path(), help="output label volume (.nii.gz)")
+@max_images_option
+@click.option("-o", "--out", required=True, type=click.Path(),
+              help="output label volume (.nii.gz); for a SPEC of many volumes a folder (rerun to resume)")
 @model_options
+@dask_options
 def segment_volume(volume, label, box_slice, prompts, propagate, three_slice, window, classes, min_area,
-                   margin, min_iou, seed, cache, out, model_name, checkpoint, device):
-    """Segment VOLUME (NIfTI, NRRD, DICOM folder) and write a NIfTI label map on its grid (one prompt mode)."""
+                   margin, min_iou, seed, cache, max_images, out, model_name, checkpoint, device, workers,
+                   threads_per_worker, scheduler):
+    """Segment VOLUME (NIfTI, NRRD, DICOM folder) and write a NIfTI label map on its grid (one prompt mode).
+
+    Without --label/--box-slice and with -o FOLDER (not a .nii/.nii.gz name), VOLUME is a SPEC of labelled
+    volumes (builtin:lung-gtv, nnU-Net folder, DICOM folder with RTSTRUCT/SEG, IMAGE::LABEL): one
+    FOLDER/<volume>.nii.gz per volume on its grid, prompted from its label; rerun to resume.
+    """
+    dask = dask_config(workers, threads_per_worker, scheduler)
+    if label is None and box_slice is None and not str(out).lower().endswith((".nii", ".nii.gz")):
+        _segment_many(volume, dict(
+            prompts=prompts, propagate=propagate, three_slice=three_slice, window=window, classes=classes,
+            min_area=min_area, margin=margin, min_iou=min_iou, seed=seed, cache=cache, max_images=max_images,
+            out=out, model=model_name, checkpoint=checkpoint, device=device), dask)
+        return
+    if dask is not None or max_images is not None:
+        raise click.UsageError("--workers/--scheduler/--max-images need a SPEC of many volumes and -o FOLDER")
     from medsamkit.volumes import SegmentVolumeConfig, run_segment_volume
 
     cfg = SegmentVolumeConfig(volume=volume, out=out, label=label, box_slice=box_slice, prompts=prompts,
@@ -52,6 +70,22 @@ def segment_volume(volume, label, box_slice, prompts, propagate, three_slice, wi
                               min_area=min_area, margin=margin, min_iou=min_iou, seed=seed, model=model_name,
                               checkpoint=checkpoint, device=device, cache=cache)
     click.echo(json.dumps(run_segment_volume(cfg)))
+
+
+def _segment_many(data: str, settings: dict, dask) -> None:
+    from medsamkit.volumes.segment_many import SegmentVolumesConfig, segment_volumes
+
+    out = settings["out"]
+    cfg = SegmentVolumesConfig(data=data, **settings)
+    summary = run_batch(segment_volumes, cfg, f"finished volumes are kept in {out}; rerun the same command to resume",
+                        dask, _segment_cluster)
+    print_report(out, f"{summary['volumes']} label volumes in {out}", summary)
+
+
+def _segment_cluster():
+    from medsamkit.distributed.volumes import segment_volumes_on_cluster
+
+    return segment_volumes_on_cluster
 
 
 @main.command("evaluate-volume")

@@ -2,7 +2,13 @@
 (``--scheduler ADDRESS``, e.g. started by `dask scheduler` + `dask worker` or by dask-jobqueue on SLURM).
 
 Each worker sets its own threads and allocator once (``runtime.setup``, an entry point's job) through a
-worker plugin. Dask is imported only here and only when a run asks for it.
+worker plugin. Dask runs a task in a thread of the worker's executor, not in the main thread, and glibc gives
+such a thread its own malloc arena, which the allocator setting of ``runtime.setup`` does not cover the same
+way: the encoder then spent ~25% more CPU per call than in a main thread (benchmarks/dask_scaling.py). So a
+local cluster starts its workers with ``MALLOC_ARENA_MAX=1`` (one arena: a worker has one task thread), and
+the plugin sets the same limit on workers started elsewhere (effective for threads that have not allocated
+yet; start such workers with ``MALLOC_ARENA_MAX=1`` to be sure). Dask is imported only here and only when a
+run asks for it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,30 @@ import logging
 from dataclasses import dataclass
 
 from medsamkit.core.errors import InputError
+
+PROFILE = False  # Dask's worker profiler on the local cluster (True: as Dask's default, for its dashboard)
+_M_ARENA_MAX = -8
+
+
+def one_arena() -> bool:
+    """Limit glibc to one malloc arena in this process (unless MEDSAMKIT_NO_MALLOPT=1); True when applied."""
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("MEDSAMKIT_NO_MALLOPT") == "1":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, 1))
+    except OSError:  # not glibc
+        return False
+
+
+def worker_environ() -> dict[str, str]:
+    """Environment a local cluster's worker processes start with (on top of Dask's own)."""
+    import os
+
+    return {} if os.environ.get("MEDSAMKIT_NO_MALLOPT") == "1" else {"MALLOC_ARENA_MAX": "1"}
 
 
 @dataclass
@@ -51,6 +81,7 @@ def _runtime_plugin(threads: int):
         def setup(self, worker) -> None:  # noqa: D102
             from medsamkit.core.runtime import setup
 
+            one_arena()
             setup(threads=self.threads)
 
     return RuntimeSetup(threads)
@@ -69,8 +100,16 @@ def open_client(cfg: DaskConfig):
         except OSError as exc:
             raise InputError(f"--scheduler {cfg.scheduler}: cannot connect ({exc})") from None
     else:
-        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                               host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+        import dask
+
+        # Dask's statistical profiler samples each worker's stack every 10 ms for the dashboard, which a
+        # local run does not show; it costs the one-thread workers CPU (benchmarks/dask_scaling.py).
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **worker_environ()}
+        with dask.config.set({"distributed.worker.profile.enabled": PROFILE,
+                              "distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
+                                   processes=True, host="127.0.0.1", dashboard_address=None,
+                                   silence_logs=logging.ERROR)
         client = Client(cluster)
     client.register_plugin(_runtime_plugin(cfg.threads_per_worker))
     return client

@@ -3,6 +3,8 @@ one embedding cache object per folder, one opened dataset per SPEC. A worker hol
 
 from __future__ import annotations
 
+import time
+
 from medsamkit.embedding.cache import EmbeddingCache
 from medsamkit.io.datasets import Dataset, open_dataset
 from medsamkit.predictor import Predictor
@@ -10,6 +12,8 @@ from medsamkit.predictor import Predictor
 _PREDICTORS: dict[tuple, Predictor] = {}
 _CACHES: dict[tuple, EmbeddingCache] = {}
 _DATASETS: dict[tuple, Dataset] = {}
+_ITEM: dict[tuple, object] = {}  # the last item read: the parts of one volume reuse it
+_LOADS: list[float] = []  # seconds of model loads not yet reported by a task
 
 
 def worker_predictor(model: str, checkpoint: str | None, device: str | None, batch_size: int = 32) -> Predictor:
@@ -21,7 +25,9 @@ def worker_predictor(model: str, checkpoint: str | None, device: str | None, bat
     if key not in _PREDICTORS:
         _PREDICTORS.clear()  # one model per worker
         _CACHES.clear()
+        start = time.perf_counter()
         _PREDICTORS[key] = Predictor(load_model(model, checkpoint, select_device(device)), batch_size)
+        _LOADS.append(time.perf_counter() - start)
     predictor = _PREDICTORS[key]
     predictor.batch_size = batch_size
     return predictor
@@ -58,3 +64,20 @@ def worker_dataset(spec: str, window: str | None = None, kind: str | None = None
     if key not in _DATASETS:
         _DATASETS[key] = open_dataset(spec, kind, window)
     return _DATASETS[key]
+
+
+def worker_item(spec: str, window: str | None, index: int, kind: str | None = None):
+    """Dataset item ``index`` (an image, or a volume), kept until another item is asked for: the tasks that
+    share a volume's slices and land on one worker read it once."""
+    key = (spec, window, kind, index)
+    if key not in _ITEM:
+        _ITEM.clear()  # one case per worker
+        _ITEM[key] = worker_dataset(spec, window, kind).loaders[index]()
+    return _ITEM[key]
+
+
+def take_load_seconds() -> float:
+    """Seconds this worker spent loading models since the last call (a task reports its own loads)."""
+    seconds = sum(_LOADS)
+    _LOADS.clear()
+    return seconds

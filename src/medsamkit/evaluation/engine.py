@@ -89,8 +89,11 @@ def case_objects(case: Case, cfg: EvaluateConfig) -> tuple[list[ImageObject], in
 
 
 def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg: EvaluateConfig,
-                  cache=None) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
-    """All modes on one image: (per-image row, per-object rows, final label maps per mode if saving)."""
+                  cache=None, part: tuple[int, int] = (0, 1)) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
+    """All modes on one image: (per-image row, per-object rows, final label maps per mode if saving).
+
+    ``part`` (k, n): only every n-th tile of the image's plan from the k-th (the tiles of one image spread
+    over tasks; the rows of the n parts together are the image's rows, the per-image row counts the whole)."""
     chosen, skipped = case_objects(case, cfg)
     key = name_key(case.name)
     shape = case.label.shape[:2]
@@ -100,7 +103,9 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
     keep_masks = cfg.save_masks or cfg.figures
     saved = {m.name: np.zeros(shape, np.uint16) for m in modes} if keep_masks else {}
     embed_s = decode_s = base_s = 0.0
-    for window, tile_objs in plan.items():
+    for t, (window, tile_objs) in enumerate(plan.items()):
+        if t % part[1] != part[0]:
+            continue
         y0, x0, y1, x1 = window
         tile_img = case.image[y0:y1, x0:x1]
         embed_s += _embed(predictor, tile_img, f"{case.name}[{y0}:{y1},{x0}:{x1}]", cache)

@@ -174,7 +174,8 @@ class SegmentVolumeConfig:
     show_progress: bool = True
 
 
-def _class_summary(pred: np.ndarray, label: np.ndarray | None, classes: list[int] | None) -> dict:
+def class_summary(pred: np.ndarray, label: np.ndarray | None, classes: list[int] | None) -> dict:
+    """Per class value of the prediction (and the label): voxels, slices, Dice against the label if given."""
     values = {int(x) for x in np.unique(pred) if x != 0}
     if label is not None:
         values |= set(present_classes(label, classes))
@@ -220,7 +221,7 @@ def run_segment_volume(cfg: SegmentVolumeConfig, predictor: Predictor | None = N
     write_label_map(pred, cfg.out, like=volume)
     embedder.close()
     summary = {"out": str(cfg.out), "shape": list(pred.shape), "encoded_slices": len(embedder.encoded),
-               "seconds": round(seconds, 2), "classes": _class_summary(pred, label, classes)}
+               "seconds": round(seconds, 2), "classes": class_summary(pred, label, classes)}
     if embedder.cache is not None:
         summary["cache"] = dict(embedder.cache.stats)
     return summary
