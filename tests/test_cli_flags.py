@@ -29,6 +29,7 @@ TABLE = {
     "--workers": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume"},
     "--scheduler": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume"},
     "--class-head": {"finetune"},
+    "--fusion": {"unet train"},
 }
 
 
