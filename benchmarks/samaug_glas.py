@@ -104,6 +104,16 @@ def priors_folders(kind: str, data: dict[str, Path], args: argparse.Namespace) -
     return out
 
 
+def prior_quality(folder: str, data: Path, limit: int | None) -> dict:
+    """`score_priors` means and medians of a priors folder ({"incomplete": ...} while it is being computed)."""
+    from medsamkit.core.errors import InputError
+
+    try:
+        return {k: v for k, v in score_priors(folder, str(data), limit).items() if k != "per_image"}
+    except InputError as exc:
+        return {"incomplete": str(exc)}
+
+
 def _native_labels(glas: Path) -> dict[str, np.ndarray]:
     from PIL import Image
 
@@ -157,8 +167,10 @@ def run_arm(arm: str, seed: int, data: dict[str, Path], priors: dict[str, dict[s
                      batch_size=args.batch_size, crop=args.crop, seed=seed, device=args.device,
                      max_images=args.train_images,
                      checkpoint_every=args.checkpoint_every, progress=not args.quiet)
-    train(cfg)
     done = run / "eval-testA.json"
+    if args.collect:
+        return json.loads(done.read_text()) if done.is_file() else {}
+    train(cfg)
     if done.is_file():
         saved = json.loads(done.read_text())
         if saved.get("checkpoint_iteration") == args.iterations and saved.get("min_size") == args.min_size \
@@ -214,6 +226,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: gather the finished evaluations of OUT (runs still going elsewhere)")
     args = p.parse_args(argv)
     args.arms = [a for a in args.arms.split(",") if a]
     if set(args.arms) - set(ARMS):
@@ -233,19 +247,23 @@ def main(argv: list[str] | None = None) -> dict:
     glas = base / "data" / "glas"
     data = {s: scaled_split(glas, s, Path(args.out), args.scale) for s in SPLITS}
     kinds = sorted({a.partition("-")[0] for a in args.arms} - {"baseline"})
-    if "points" in kinds and not args.points_model:
+    if "points" in kinds and not args.points_model and not args.collect:
         args.points_model = points_model(data, args)
-    priors = {k: priors_folders(k, data, args) for k in kinds}
+    if args.collect:
+        priors = {k: {s: str(Path(args.out) / "priors" / k / s) for s in SPLITS} for k in kinds}
+    else:
+        priors = {k: priors_folders(k, data, args) for k in kinds}
     results: dict = {"schedule": {k: getattr(args, k) for k in ("iterations", "lr_switch", "batch_size", "crop",
                                                                  "scale", "min_size", "min_area")},
                      "arms": args.arms, "paper": PAPER, "unit": "x 100 (Hausdorff: native pixels)", "seeds": {},
-                     "priors_quality_testA": {k: {kk: v for kk, v in score_priors(f["testA"], str(data["testA"]),
-                                                                                        args.test_images).items()
-                                                  if kk != "per_image"} for k, f in priors.items()}}
+                     "priors_quality_testA": {k: prior_quality(f["testA"], data["testA"], args.test_images)
+                                              for k, f in priors.items()}}
     truth = _native_labels(glas)
     for seed in (int(s) for s in args.seeds.split(",")):
         for arm in args.arms:
-            results["seeds"].setdefault(str(seed), {})[arm] = run_arm(arm, seed, data, priors, truth, args)
+            got = run_arm(arm, seed, data, priors, truth, args)
+            if got:
+                results["seeds"].setdefault(str(seed), {})[arm] = got
             results["mean"] = table(results)
             write_json_atomic(Path(args.results), results)
     print(json.dumps({k: v for k, v in results.items() if k != "seeds"}, indent=2))
