@@ -8,9 +8,9 @@ fits. Priors are computed on the same scaled images (whole image as one tile, re
 predictions are resized back to the native size (nearest) and scored against the native labels.
 
 Arms (--arms): baseline (image alone), box-clip / box-paper (priors of the bundled box-only LiteMedSAM from a
-multi-scale box grid; fusion "clip" or the paper's listing, medsamkit.samaug.fusion), points-clip /
-points-paper (priors from --points-model, a LiteMedSAM decoder fine-tuned for points on GlaS train only,
-driven by SAM's 32x32 point grid). Every run folder resumes (a longer --iterations continues it), priors
+box grid: sides 96 and 192 px every 64 px; fusion "clip" or the paper's listing, medsamkit.samaug.fusion),
+points-clip / points-paper (priors from --points-model, or from a LiteMedSAM decoder fine-tuned here for
+points on GlaS TRAIN only with --finetune-points EPOCHS, driven by a --points-per-side grid, default 16). Every run folder resumes (a longer --iterations continues it), priors
 folders are reused, finished evaluations are reused; results are rewritten after every arm.
 
 Example (the paper's GPU schedule): python benchmarks/samaug_glas.py --iterations 50000 --lr-switch 30000 \\
