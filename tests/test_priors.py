@@ -296,3 +296,19 @@ def test_cli_reports_bad_data_in_one_line(tmp_path):
     assert result.exit_code == 0 and "--stability-thresh" in result.output
     for flag in ("--tile", "--tile-overlap", "--max-images", "--window", "--model", "--checkpoint", "--device"):
         assert flag in result.output
+
+
+def test_settings_a_proposal_mode_never_reads_do_not_count():
+    """A box-grid folder stays the same run when the point-grid defaults change; what the mode reads counts,
+    and under `auto` (the mode is the model's) every setting counts."""
+    from dataclasses import asdict
+
+    from medsamkit.samaug.priors import identity_differences
+
+    grid = asdict(EverythingConfig(proposal="grid"))
+    old = {"everything": {**grid, "points_per_side": 32, "point_window_tokens": None}}
+    assert identity_differences(old, {"everything": grid}) == []
+    assert identity_differences(old, {"everything": {**grid, "grid_stride": 8}}) == ["everything.grid_stride"]
+    auto = asdict(EverythingConfig())
+    assert identity_differences({"everything": auto}, {"everything": {**auto, "points_per_side": 8}}) == [
+        "everything.points_per_side"]

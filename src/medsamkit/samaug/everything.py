@@ -67,7 +67,11 @@ class EverythingConfig:
     max_area: int | None = 3000  # pixels; None keeps any size
     tile_size: int = 256  # native-resolution tiles; 0: the whole image as one tile (resized by the model)
     tile_overlap: int = 48  # > a large nucleus, so every object lies whole inside some tile
-    points_per_side: int = 32  # points mode, per tile
+    # Points mode, per tile: 16 per 256 px tile is a point every 16 px (SAM: 32 per whole image). Measured on a
+    # MoNuSeg tile, one thread, every mask kept (worst case): 16/tile + 16-token windows 2.9 CPU-s (encoder
+    # 1.45), 32/tile + 16-token windows 7.5 s, 16/tile on the whole embedding 16.4 s; a 1000x1000 image is 25
+    # tiles, so only the first stays under 60 s per image (samaug2 note, benchmarks/priors_speed.py).
+    points_per_side: int = 16
     grid_box_sizes: tuple[int, ...] = (16, 24, 32)  # grid mode: box sides in pixels
     grid_stride: int = 16  # grid mode: box centre spacing in pixels
     blob_min_distance: int = 4  # blobs mode: min distance between nucleus seeds (pixels)
@@ -75,9 +79,9 @@ class EverythingConfig:
     local_decode: bool = True  # decode each BOX on an embedding window around it (much cheaper on CPU)
     window_tokens: int = 16  # smallest decoding window, in embedding tokens (grows with the prompt size)
     # Points mode: decode each point on a window of this many tokens around it (None: the whole embedding).
-    # A point says nothing of its object's size, so the window must hold the largest object (32 tokens = half
-    # the model input); ~4-16x cheaper per prompt than the whole 64x64 embedding.
-    point_window_tokens: int | None = None
+    # A point says nothing of its object's size, so the window must hold the largest object: 16 tokens = a
+    # quarter of a 256 px tile (64 px, > a nucleus); glands on one whole-image tile need 32.
+    point_window_tokens: int | None = 16
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -85,6 +89,8 @@ class EverythingConfig:
             raise InputError(f"unknown proposal {self.proposal!r}; choose one of: {', '.join(PROPOSALS)}")
         if not 0 <= self.pred_iou_thresh <= 1 or not 0 <= self.stability_thresh <= 1:
             raise InputError("pred-IoU and stability thresholds must be in [0, 1]")
+        if self.point_window_tokens is not None and self.point_window_tokens < 4:
+            raise InputError(f"point window {self.point_window_tokens} tokens is too small (>= 4, or whole)")
         whole = self.tile_size == 0
         if not whole and (self.tile_size < 32 or not 0 <= self.tile_overlap < self.tile_size):
             raise InputError(f"tile size {self.tile_size} / overlap {self.tile_overlap} not usable")

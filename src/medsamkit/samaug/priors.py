@@ -195,12 +195,22 @@ def priors_identity(cfg: PriorsConfig) -> dict:
     return {**identity, "model_sha256": model_fingerprint(cfg.model)}
 
 
+# Everything-mode settings that a proposal mode never reads (a box run is the same run whatever the point grid).
+UNREAD = {"blobs": {"points_per_side", "point_window_tokens", "grid_box_sizes", "grid_stride"},
+          "grid": {"points_per_side", "point_window_tokens", "blob_min_distance", "blob_pads"},
+          "points": {"grid_box_sizes", "grid_stride", "blob_min_distance", "blob_pads", "window_tokens"}}
+
+
 def identity_differences(old: dict, new: dict) -> list[str]:
-    """Settings whose change makes a folder's files another run's: the masks' settings always, the priors'
-    settings when both runs write priors (max_images and device never: more images is a plain resume)."""
+    """Settings whose change makes a folder's files another run's: the masks' settings always (but not those
+    the run's proposal mode never reads), the priors' settings when both runs write priors (max_images and
+    device never: more images is a plain resume)."""
     diff = [k for k in MASK_KEYS if old.get(k) != new.get(k)]
     before, now = old.get("everything") or {}, new.get("everything") or {}
-    diff += [f"everything.{k}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    mode = before.get("proposal")
+    unread = UNREAD.get(mode, set()) if mode == now.get("proposal") else set()
+    diff += [f"everything.{k}" for k in sorted(set(before) | set(now))
+             if k not in unread and before.get(k) != now.get(k)]
     if old.get("write_priors") and new.get("write_priors"):
         diff += [k for k in PRIOR_KEYS if old.get(k) != new.get(k)]
     return diff
