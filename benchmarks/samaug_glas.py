@@ -168,8 +168,9 @@ def run_arm(arm: str, seed: int, data: dict[str, Path], priors: dict[str, dict[s
                      max_images=args.train_images,
                      checkpoint_every=args.checkpoint_every, progress=not args.quiet)
     done = run / "eval-testA.json"
-    if args.collect:
-        return json.loads(done.read_text()) if done.is_file() else {}
+    if args.collect:  # only evaluations of this schedule's checkpoint count
+        saved = json.loads(done.read_text()) if done.is_file() else {}
+        return saved if saved.get("checkpoint_iteration") == args.iterations else {}
     train(cfg)
     if done.is_file():
         saved = json.loads(done.read_text())
