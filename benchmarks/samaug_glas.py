@@ -161,7 +161,7 @@ def run_arm(arm: str, seed: int, data: dict[str, Path], priors: dict[str, dict[s
 
     kind, _, fusion = arm.partition("-")
     folders = priors.get(kind, {})
-    run = Path(args.out) / "runs" / f"seed{seed}" / arm
+    run = Path(args.out) / args.runs / f"seed{seed}" / arm
     cfg = UNetConfig(data=str(data["train"]), out=str(run), priors=folders.get("train"),
                      prior_normalisation=fusion or "clip", iterations=args.iterations, lr_switch=args.lr_switch,
                      batch_size=args.batch_size, crop=args.crop, seed=seed, device=args.device,
@@ -206,6 +206,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(REPO / "bench-out" / "samaug_glas"), help="data, priors and runs")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "samaug_glas.json"))
+    p.add_argument("--runs", default="runs", help="U-Net run folders go to OUT/RUNS (a new name: a fresh "
+                   "schedule that reuses OUT's scaled data, priors and point model)")
     p.add_argument("--arms", default="baseline,box-clip,box-paper", help=f"comma list of {', '.join(ARMS)}")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--iterations", type=int, default=1000)
@@ -254,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
         priors = {k: {s: str(Path(args.out) / "priors" / k / s) for s in SPLITS} for k in kinds}
     else:
         priors = {k: priors_folders(k, data, args) for k in kinds}
-    results: dict = {"schedule": {k: getattr(args, k) for k in ("iterations", "lr_switch", "batch_size", "crop",
+    results: dict = {"runs": str(Path(args.out) / args.runs),
+                     "schedule": {k: getattr(args, k) for k in ("iterations", "lr_switch", "batch_size", "crop",
                                                                  "scale", "min_size", "min_area")},
                      "arms": args.arms, "paper": PAPER, "unit": "x 100 (Hausdorff: native pixels)", "seeds": {},
                      "priors_quality_testA": {k: prior_quality(f["testA"], data["testA"], args.test_images)
