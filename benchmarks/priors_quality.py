@@ -49,9 +49,17 @@ def image_row(priors: str | Path, name: str, truth: np.ndarray) -> dict:
             "sam_masks_object_dice": object_dice(pred=inst, truth=truth)}
 
 
-def score_priors(priors: str | Path, data: str, max_images: int | None = None) -> dict:
-    """Means, medians and per-image rows of `image_row` over every image of `data` (a SPEC)."""
-    rows = [image_row(priors, c.name, np.asarray(c.label)) for c in open_dataset(data).cases(max_images)]
+def finished(priors: str | Path) -> set[str]:
+    """Names of the images a priors folder has finished (its done.txt), e.g. while it is still running."""
+    done = Path(priors) / "done.txt"
+    return set(done.read_text().split()) if done.is_file() else set()
+
+
+def score_priors(priors: str | Path, data: str, max_images: int | None = None,
+                 names: set[str] | None = None) -> dict:
+    """Means, medians and per-image rows of `image_row` over every image of `data` (a SPEC), or over `names`."""
+    cases = [c for c in open_dataset(data).cases(max_images) if names is None or c.name in names]
+    rows = [image_row(priors, c.name, np.asarray(c.label)) for c in cases]
     return {"images": len(rows),
             "mean": {k: round(statistics.fmean(r[k] for r in rows), 4) for k in KEYS},
             "median": {k: round(statistics.median(r[k] for r in rows), 4) for k in KEYS},
@@ -64,8 +72,12 @@ def main() -> dict:
     ap.add_argument("--priors", required=True, help="folder written by `medsamkit samaug priors`")
     ap.add_argument("--data", default=None, help="the images' data SPEC (default: MoNuSeg test in shared/)")
     ap.add_argument("--results", default=None, help="also write the JSON here")
+    ap.add_argument("--same-as", default=None, metavar="PRIORS2",
+                    help="score only the images both folders have finished (compare a folder still running)")
     args = ap.parse_args()
-    result = score_priors(args.priors, args.data or str(monuseg_dir("test")))
+    names = finished(args.priors) & finished(args.same_as) if args.same_as else None
+    result = score_priors(args.priors, args.data or str(monuseg_dir("test")), names=names)
+    result["images_scored"] = sorted(r["image"] for r in result["per_image"])
     if args.results:
         Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
