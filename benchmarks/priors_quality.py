@@ -1,9 +1,11 @@
-"""How good are the SAMAug priors on their own? Per MoNuSeg test image: pixel precision / recall / Dice of the
-segmentation prior's support (seg prior > 0) against the nuclei, and the AJI of the everything-mode masks used
-directly as instances (painted in order of stability score, the most stable on top).
+"""How good are the SAMAug priors on their own? Per image: pixel precision / recall / Dice of the segmentation
+prior's support (seg prior > 0) against the labelled objects, and the everything-mode masks used directly as
+instances (painted in order of stability score, the most stable on top): AJI and GlaS object F1 / Dice.
 
 Usage: python benchmarks/priors_quality.py --priors PRIORS/test [--data shared/data/monuseg/test]
-Prints JSON (medians and means over the images, and every image's row).
+       [--results benchmarks/results/priors_quality_NAME.json]
+Prints JSON (medians and means over the images, and every image's row). benchmarks/samaug_glas.py and
+benchmarks/samaug_monuseg.py call `score_priors` for each priors variant (box- / point-model priors).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import numpy as np
 
 from _shared import monuseg_dir
 from medsamkit.io.datasets import open_dataset
-from medsamkit.metrics.instance import aji
+from medsamkit.metrics.instance import aji, object_dice, object_f1
 from medsamkit.samaug.priors import load_masks, load_priors
+
+KEYS = ["pixel_precision", "pixel_recall", "pixel_dice", "sam_masks_aji", "sam_masks_object_f1",
+        "sam_masks_object_dice"]
 
 
 def masks_as_instances(records: list, shape: tuple[int, int]) -> np.ndarray:
@@ -30,30 +35,51 @@ def masks_as_instances(records: list, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def image_row(priors: str | Path, name: str, truth: np.ndarray) -> dict:
+    """One image's prior-quality row (support precision/recall/Dice, masks-as-instances AJI / F1 / Dice)."""
+    seg, _ = load_priors(priors, name)
+    records, shape = load_masks(Path(priors) / "masks" / f"{name.replace('/', '__')}.npz")
+    fg, sup = truth > 0, seg > 0
+    tp = float((fg & sup).sum())
+    inst = masks_as_instances(records, shape)
+    return {"image": name, "masks": len(records), "objects": int(len(np.unique(truth)) - 1),
+            "pixel_precision": tp / max(float(sup.sum()), 1.0), "pixel_recall": tp / max(float(fg.sum()), 1.0),
+            "pixel_dice": 2 * tp / max(float(sup.sum() + fg.sum()), 1.0), "sam_masks_aji": aji(inst, truth),
+            "sam_masks_object_f1": object_f1(pred=inst, truth=truth),
+            "sam_masks_object_dice": object_dice(pred=inst, truth=truth)}
+
+
+def finished(priors: str | Path) -> set[str]:
+    """Names of the images a priors folder has finished (its done.txt), e.g. while it is still running."""
+    done = Path(priors) / "done.txt"
+    return set(done.read_text().split()) if done.is_file() else set()
+
+
+def score_priors(priors: str | Path, data: str, max_images: int | None = None,
+                 names: set[str] | None = None) -> dict:
+    """Means, medians and per-image rows of `image_row` over every image of `data` (a SPEC), or over `names`."""
+    cases = [c for c in open_dataset(data).cases(max_images) if names is None or c.name in names]
+    rows = [image_row(priors, c.name, np.asarray(c.label)) for c in cases]
+    return {"images": len(rows),
+            "mean": {k: round(statistics.fmean(r[k] for r in rows), 4) for k in KEYS},
+            "median": {k: round(statistics.median(r[k] for r in rows), 4) for k in KEYS},
+            "per_image": rows}
+
+
 def main() -> dict:
     """Score every image that has priors and print the summary JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--priors", required=True, help="folder written by `medsamkit samaug priors`")
     ap.add_argument("--data", default=None, help="the images' data SPEC (default: MoNuSeg test in shared/)")
+    ap.add_argument("--results", default=None, help="also write the JSON here")
+    ap.add_argument("--same-as", default=None, metavar="PRIORS2",
+                    help="score only the images both folders have finished (compare a folder still running)")
     args = ap.parse_args()
-    data = args.data or str(monuseg_dir("test"))
-    rows = []
-    for case in open_dataset(data).cases():
-        seg, _ = load_priors(args.priors, case.name)
-        records, shape = load_masks(Path(args.priors) / "masks" / f"{case.name}.npz")
-        truth = np.asarray(case.label)
-        fg, sup = truth > 0, seg > 0
-        tp = float((fg & sup).sum())
-        rows.append({"image": case.name, "masks": len(records), "nuclei": int(len(np.unique(truth)) - 1),
-                     "pixel_precision": tp / max(float(sup.sum()), 1.0),
-                     "pixel_recall": tp / max(float(fg.sum()), 1.0),
-                     "pixel_dice": 2 * tp / max(float(sup.sum() + fg.sum()), 1.0),
-                     "sam_masks_aji": aji(masks_as_instances(records, shape), truth)})
-    keys = ["pixel_precision", "pixel_recall", "pixel_dice", "sam_masks_aji"]
-    result = {"images": len(rows),
-              "mean": {k: round(statistics.fmean(r[k] for r in rows), 4) for k in keys},
-              "median": {k: round(statistics.median(r[k] for r in rows), 4) for k in keys},
-              "per_image": rows}
+    names = finished(args.priors) & finished(args.same_as) if args.same_as else None
+    result = score_priors(args.priors, args.data or str(monuseg_dir("test")), names=names)
+    result["images_scored"] = sorted(r["image"] for r in result["per_image"])
+    if args.results:
+        Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return result
 

@@ -4,6 +4,12 @@ Usage: ``python benchmarks/priors_speed.py [--data MONUSEG_TEST_FOLDER] [--out r
 The data folder defaults to shared/data/monuseg/test beside the checkout (or under $MEDSAMKIT_SHARED).
 Prints one JSON document (also written to --out). ``--naive`` adds the paper-style box grid with the full
 decoder (768 prompts per tile: minutes on 2 cores).
+
+``--images-only`` measures only the per-image table: priors (masks + seg + boundary maps) for one MoNuSeg
+image (1000x1000, 256 tiles) and one GlaS test A image (the samaug_glas.py scale, one tile), with box and
+point prompts, each the settings samaug_monuseg.py / samaug_glas.py use. Point rows take --points-model (a
+LiteMedSAM fine-tuned with points); without one the bundled LiteMedSAM is marked point-capable for the
+timing only (same network, same cost; its masks from points are meaningless, so recall is left out).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +75,55 @@ def measure(predictor: Predictor, image: np.ndarray, label: np.ndarray, cfg: Eve
     }
 
 
+def image_settings() -> dict[str, tuple[str, EverythingConfig]]:
+    """Per-image rows: (data set, settings) as the SAMAug benchmarks use them."""
+    glas = {"tile_size": 0, "min_area": 100, "max_area": None}
+    return {
+        "monuseg_box_blobs": ("monuseg", EverythingConfig()),
+        "monuseg_points_16_per_tile_window16": ("monuseg", EverythingConfig(proposal="points", points_per_side=16,
+                                                                            point_window_tokens=16)),
+        "glas_box_grid": ("glas", EverythingConfig(proposal="grid", grid_box_sizes=(96, 192), grid_stride=64,
+                                                   **glas)),
+        "glas_points_32x32_window32": ("glas", EverythingConfig(proposal="points", points_per_side=32,
+                                                                point_window_tokens=32, **glas)),
+    }
+
+
+def glas_image(name: str, scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """A GlaS test A image and label at the samaug_glas.py scale (bilinear / nearest)."""
+    from PIL import Image
+
+    from _shared import shared_dir
+
+    base = shared_dir() / "data" / "glas" / "testA"
+    img = Image.open(base / "images" / f"{name}.png").convert("RGB")
+    size = (round(img.width * scale), round(img.height * scale))
+    lab = Image.open(base / "labels" / f"{name}.png").resize(size, Image.NEAREST)
+    return np.asarray(img.resize(size, Image.BILINEAR)), np.asarray(lab)
+
+
+def image_rows(args: argparse.Namespace, monuseg: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Seconds per image (priors included) for every `image_settings` row."""
+    box = Predictor(load_model("litemedsam"))
+    points = Predictor(load_model(args.points_model)) if args.points_model else Predictor(load_model("litemedsam"))
+    if not args.points_model:
+        points.model.point_prompts = True  # timing only: the decoder's cost does not depend on its weights
+    data = {"monuseg": monuseg, "glas": glas_image(args.glas_image)}
+    rows = {}
+    for name, (which, cfg) in image_settings().items():
+        image, label = data[which]
+        predictor = points if cfg.proposal == "points" else box
+        predictor.set_image(image[:64, :64])  # warm-up
+        row = measure(predictor, image, label, cfg)
+        row["image_shape"] = list(image.shape[:2])
+        row["settings"] = {k: v for k, v in asdict(cfg).items() if v != getattr(EverythingConfig(), k)}
+        if cfg.proposal == "points" and not args.points_model:
+            row = {k: v for k, v in row.items() if "@" not in k} | {"model": "bundled, timing only"}
+        rows[name] = row
+        print(name, row, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data())
@@ -77,10 +132,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--naive", action="store_true")
     parser.add_argument("--skip-full", action="store_true", help="only the tile comparison")
+    parser.add_argument("--images-only", action="store_true", help="only the per-image table (see above)")
+    parser.add_argument("--points-model", default=None, help="RUN/best.pt fine-tuned with points")
+    parser.add_argument("--glas-image", default="testA_1")
     args = parser.parse_args()
     runtime.setup(threads=args.threads)
     image = read_image(args.data / "images" / f"{args.image}.png")
     label = read_label(args.data / "labels" / f"{args.image}.png")
+    if args.images_only:
+        result = {"machine": {"threads": torch.get_num_threads(), "load_avg_1min_at_start":
+                              round(os.getloadavg()[0], 2)}, "monuseg_image": args.image,
+                  "glas_image": args.glas_image, "per_image": image_rows(args, (image, label))}
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
     predictor = Predictor(load_model("litemedsam"))
     tile, tile_label = image[:256, :256], label[:256, :256]
     base = EverythingConfig()

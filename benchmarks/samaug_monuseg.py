@@ -1,9 +1,16 @@
 """SAMAug on MoNuSeg (paper 000, Table 1): the same U-Net trained with and without SAM priors, AJI on test.
 
+Variants (--arms): baseline; box-clip / box-paper (priors of the box-only LiteMedSAM, `samaug priors` with
+blob proposals; fusion "clip" or the paper's listing, medsamkit.samaug.fusion); points-clip / points-paper
+(priors from a LiteMedSAM decoder fine-tuned with points on MoNuSeg TRAIN only, benchmarks/finetune_monuseg.py,
+then `samaug priors --model RUN/best.pt --proposal points`). Each arm is its own run folder, same seeds and
+schedule; the prior quality of every priors folder (test split) is reported beside the AJI.
+
 Example (the paper's schedule; needs priors from `medsamkit samaug priors` for both splits):
   python benchmarks/samaug_monuseg.py --train DATA/monuseg/train --test DATA/monuseg/test \\
-      --priors-train PRIORS/train --priors-test PRIORS/test --iterations 50000 --lr-switch 30000 \\
-      --seeds 0,1,2 --out runs/samaug_monuseg
+      --priors-train PRIORS/train --priors-test PRIORS/test --points-priors-train PPRIORS/train \\
+      --points-priors-test PPRIORS/test --arms baseline,box-clip,box-paper,points-clip,points-paper \\
+      --iterations 50000 --lr-switch 30000 --seeds 0,1,2 --out runs/samaug_monuseg
 Every run resumes from its last.pt; finished evaluations are reused. Prints and writes results.json.
 """
 
@@ -19,15 +26,19 @@ from pathlib import Path
 from _shared import monuseg_dir
 from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate
 from medsamkit.samaug.unet_train import UNetConfig, train
+from priors_quality import score_priors
 
 PAPER_AJI = {"baseline_aji": 58.36, "samaug_aji": 64.30}  # U-Net, 50k iterations, AJI x 100
+ARMS = ("baseline", "box-clip", "box-paper", "points-clip", "points-paper")
 
 
 def _arm(args: argparse.Namespace, seed: int, arm: str, priors_train: str | None,
          priors_test: str | None) -> dict:
     """Train (or resume) one arm for one seed, then evaluate it on the test split."""
     run = Path(args.out) / f"seed{seed}" / arm
-    cfg = UNetConfig(data=args.train, out=str(run), priors=priors_train, iterations=args.iterations,
+    fusion = arm.partition("-")[2] or "clip"
+    cfg = UNetConfig(data=args.train, out=str(run), priors=priors_train, prior_normalisation=fusion,
+                     iterations=args.iterations,
                      lr_switch=args.lr_switch, batch_size=args.batch_size, crop=args.crop, seed=seed,
                      max_images=args.train_images, threads=args.threads, device=args.device,
                      checkpoint_every=args.checkpoint_every, progress=not args.quiet)
@@ -72,6 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--test", default=None, help="MoNuSeg test SPEC (default: shared/data/monuseg/test)")
     p.add_argument("--priors-train", default=None, help="priors folder of the train images (omit: baseline only)")
     p.add_argument("--priors-test", default=None, help="priors folder of the test images")
+    p.add_argument("--points-priors-train", default=None, help="point-model priors of the train images")
+    p.add_argument("--points-priors-test", default=None, help="point-model priors of the test images")
+    p.add_argument("--arms", default=None, help=f"comma list of {', '.join(ARMS)} (default: baseline and "
+                   "box-clip when box priors are given)")
     p.add_argument("--out", required=True, help="folder for all runs and results.json")
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--lr-switch", type=int, default=None, help="lr 5e-4 -> 5e-5 here (default 60%%)")
@@ -91,29 +106,34 @@ def main(argv: list[str] | None = None) -> dict:
     if args.train is None or args.test is None:
         print(json.dumps({"skipped": "MoNuSeg not found (give --train/--test or set MEDSAMKIT_SHARED)"}))
         return {}
-    if (args.priors_train is None) != (args.priors_test is None):
-        p.error("give both --priors-train and --priors-test, or neither (baseline only)")
+    folders = {"box": (args.priors_train, args.priors_test), "points": (args.points_priors_train,
+                                                                         args.points_priors_test)}
+    if any((a is None) != (b is None) for a, b in folders.values()):
+        p.error("give the train and the test priors folder of a kind together")
+    arms = args.arms.split(",") if args.arms else ["baseline"] + (["box-clip"] if args.priors_train else [])
+    for arm in arms:
+        kind = arm.partition("-")[0]
+        if arm not in ARMS or (kind != "baseline" and folders[kind][0] is None):
+            p.error(f"arm {arm!r}: unknown, or its priors folders are not given")
     seeds = [int(s) for s in args.seeds.split(",")]
-
-    results: dict = {"unit": "AJI x 100 (mean over test images)", "iterations": args.iterations, "seeds": {}}
+    results: dict = {"unit": "AJI x 100 (mean over test images)", "iterations": args.iterations,
+                     "arms": arms, "seeds": {}}
     for seed in seeds:
         row = {}
-        base = _arm(args, seed, "baseline", None, None)
-        row["baseline_aji"] = base["aji"]
-        row["baseline_it_per_s"] = base["train_iterations_per_second"]
-        if args.priors_train:
-            aug = _arm(args, seed, "samaug", args.priors_train, args.priors_test)
-            row["samaug_aji"] = aug["aji"]
-            row["samaug_it_per_s"] = aug["train_iterations_per_second"]
-        row["n_test"] = base["n_test"]
+        for arm in arms:
+            train_dir, test_dir = folders.get(arm.partition("-")[0], (None, None))
+            got = _arm(args, seed, arm, train_dir, test_dir)
+            row[f"{arm}_aji"], row[f"{arm}_it_per_s"], row["n_test"] = (
+                got["aji"], got["train_iterations_per_second"], got["n_test"])
         results["seeds"][str(seed)] = row
-    for key in ("baseline_aji", "samaug_aji"):
-        values = [r[key] for r in results["seeds"].values() if key in r]
-        if values:
-            results.setdefault("mean", {})[key] = statistics.fmean(values)
+    for arm in arms:
+        values = [r[f"{arm}_aji"] for r in results["seeds"].values()]
+        results.setdefault("mean", {})[f"{arm}_aji"] = statistics.fmean(values)
     results["paper"] = PAPER_AJI
-    if args.priors_train:
-        results["priors"] = {"train": _priors_stats(args.priors_train), "test": _priors_stats(args.priors_test)}
+    results["priors"] = {kind: {"train": _priors_stats(a), "test": _priors_stats(b),
+                                "quality_test": {k: v for k, v in score_priors(b, args.test).items()
+                                                 if k != "per_image"}}
+                         for kind, (a, b) in folders.items() if a}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     json.dump(results, sys.stdout, indent=2)

@@ -32,6 +32,7 @@ TABLE = {
     "--learn": {"annotate"},
     "--learn-min-objects": {"annotate"},
     "--learn-budget": {"annotate"},
+    "--fusion": {"unet train"},
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -191,15 +193,35 @@ def test_points_mode_takes_a_litemedsam_fine_tuned_with_points(dsb_crop_folder, 
     assert tuned.name == "litemedsam" and tuned.point_prompts
     assert predictor.model.name == "litemedsam" and not predictor.model.point_prompts
 
-    # Two steps do not teach the IoU head to trust point masks (it predicts ~0.1-0.2), so the quality
-    # filters are opened: this checks that points mode decodes the fine-tuned model, not how well.
-    points = EverythingConfig(proposal="points", points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0)
+    # Two steps do not teach the IoU head to trust point masks (it predicts ~0.1-0.2) and leave them faint
+    # (logits ~0.05), so the quality filters are opened: this checks that points mode decodes the fine-tuned
+    # model (default 16-token windows), not how well.
+    points = EverythingConfig(proposal="points", points_per_side=4, pred_iou_thresh=0.0, stability_thresh=0.0,
+                              min_area=1)
     cfg = PriorsConfig(data=str(dsb_crop_folder), out=str(tmp_path / "masks"), model=str(run / "best.pt"),
                        everything=points, write_priors=False, progress=False)
     index = compute_priors(cfg)  # loads the model from its run checkpoint, as `--model RUN/best.pt` does
     records, shape = load_masks(tmp_path / "masks" / "masks" / "crop.npz")
     assert index["images"][0]["masks"] == len(records) > 0 and shape == (128, 128)
     assert all(points.min_area <= r.area <= points.max_area for r in records)
+
+    # Local decoding of points: a window as large as the embedding is the whole-embedding decoder (same
+    # masks); a 16-token window around each point (a quarter of the 64x64 grid: 32 px of this 128 px crop)
+    # confines every mask to it.
+    from PIL import Image
+
+    from medsamkit.predictor import Predictor
+    from medsamkit.samaug.everything import generate_masks
+
+    image = np.asarray(Image.open(dsb_crop_folder / "images" / "crop.png"))
+    tuned_predictor = Predictor(tuned)
+    whole = generate_masks(tuned_predictor, image, replace(points, point_window_tokens=None))
+    same = generate_masks(tuned_predictor, image, replace(points, point_window_tokens=64))
+    assert [r.box for r in same] == [r.box for r in whole]
+    assert np.allclose([r.stability_score for r in same], [r.stability_score for r in whole], atol=1e-3)
+    local = generate_masks(tuned_predictor, image, points)
+    assert len(local) > 0
+    assert all(x1 - x0 < 32 and y1 - y0 < 32 for x0, y0, x1, y1 in (r.box for r in local))
 
     bundled = PriorsConfig(data=str(dsb_crop_folder), out=str(tmp_path / "bundled"), everything=points,
                            write_priors=False, progress=False)

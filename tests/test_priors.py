@@ -110,6 +110,55 @@ def test_fuse_rejects_bad_input():
         fuse(img, np.zeros((4, 5)), np.zeros((4, 5)), normalisation="max")
 
 
+# A hand-made 3x3 case for the paper's fusion: A = pixel (0,0), B = the bottom-right 2x2 block, C = pixel
+# (1,1) on top of B. Thick boundaries (both sides of each edge; the image border is no edge): A marks
+# (0,0),(0,1),(1,0); B marks its pixels with an outside neighbour (all but (2,2)) and (0,1),(0,2),(1,0),(2,0);
+# C marks (1,1) and its four neighbours. Union: every pixel but (2,2).
+PAPER_A = record((0, 0, 0, 0), [[1]], 0.75)
+PAPER_B = record((1, 1, 2, 2), np.ones((2, 2)), 0.5)
+PAPER_C = record((1, 1, 1, 1), [[1]], 1.0)
+PAPER_IMAGE = np.dstack([np.zeros((3, 3)), np.full((3, 3), 255), np.full((3, 3), 51)]).astype(np.uint8)
+
+
+def test_paper_fusion_on_a_hand_made_3x3_case(tmp_path):
+    from medsamkit.samaug.fusion import paper_priors
+    from medsamkit.samaug.unet import network_input
+
+    seg, bnd = paper_priors([PAPER_A, PAPER_B, PAPER_C], (3, 3))
+    np.testing.assert_array_equal(seg, np.array([[0.75, 0, 0], [0, 1.5, 0.5], [0, 0.5, 0.5]], np.float32))
+    np.testing.assert_array_equal(bnd, np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0]], np.uint8))
+    # The U-Net input read from a priors folder holding only the masks: image / 255, green += the raw sum of
+    # stability scores (2.5 at (1,1): no clipping), blue += the binarised thick boundary.
+    save_masks(tmp_path / "masks" / "case.npz", [PAPER_A, PAPER_B, PAPER_C], (3, 3))
+    x = network_input(PAPER_IMAGE, "case", tmp_path, "paper")
+    np.testing.assert_allclose(x[..., 0], np.zeros((3, 3)), atol=0)
+    np.testing.assert_allclose(x[..., 1], [[1.75, 1, 1], [1, 2.5, 1.5], [1, 1.5, 1.5]], rtol=1e-6)
+    np.testing.assert_allclose(x[..., 2], [[1.2, 1.2, 1.2], [1.2, 1.2, 1.2], [1.2, 1.2, 0.2]], rtol=1e-6)
+    # The clip rule on the same seg prior caps the green channel at 1 + 1 where the masks overlap.
+    clipped = fuse(PAPER_IMAGE, seg, bnd, normalisation="clip")
+    assert clipped[1, 1, 1] == pytest.approx(2.0) and clipped[0, 0, 1] == pytest.approx(1.75)
+
+
+def test_paper_boundary_equals_find_boundaries_thick_on_whole_masks():
+    from skimage.segmentation import find_boundaries
+
+    from medsamkit.samaug.fusion import paper_boundary
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = (int(v) for v in rng.integers(3, 12, 2))
+        records, expected = [], np.zeros((h, w), bool)
+        for _ in range(3):
+            m = rng.random((h, w)) < 0.3
+            if not m.any():
+                continue
+            rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+            box = (cols[0], rows[0], cols[-1], rows[-1])
+            records.append(record(box, m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 0.8))
+            expected |= find_boundaries(m.astype(np.uint8), mode="thick")
+        np.testing.assert_array_equal(paper_boundary(records, (h, w)), expected.astype(np.uint8))
+
+
 def test_masks_file_roundtrip(tmp_path):
     path = save_masks(tmp_path / "m.npz", [SQUARE, CORNER, DOT], (5, 6))
     records, shape = load_masks(path)
@@ -247,3 +296,19 @@ def test_cli_reports_bad_data_in_one_line(tmp_path):
     assert result.exit_code == 0 and "--stability-thresh" in result.output
     for flag in ("--tile", "--tile-overlap", "--max-images", "--window", "--model", "--checkpoint", "--device"):
         assert flag in result.output
+
+
+def test_settings_a_proposal_mode_never_reads_do_not_count():
+    """A box-grid folder stays the same run when the point-grid defaults change; what the mode reads counts,
+    and under `auto` (the mode is the model's) every setting counts."""
+    from dataclasses import asdict
+
+    from medsamkit.samaug.priors import identity_differences
+
+    grid = asdict(EverythingConfig(proposal="grid"))
+    old = {"everything": {**grid, "points_per_side": 32, "point_window_tokens": None}}
+    assert identity_differences(old, {"everything": grid}) == []
+    assert identity_differences(old, {"everything": {**grid, "grid_stride": 8}}) == ["everything.grid_stride"]
+    auto = asdict(EverythingConfig())
+    assert identity_differences({"everything": auto}, {"everything": {**auto, "points_per_side": 8}}) == [
+        "everything.points_per_side"]

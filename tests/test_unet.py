@@ -242,6 +242,51 @@ def test_training_and_eval_with_priors(small_data, tmp_path):
         evaluate(UNetEvalConfig(run=str(run), data=str(small_data), progress=False))
 
 
+def test_cli_paper_fusion_reads_the_masks_and_is_part_of_the_run_identity(small_data, tmp_path):
+    """`unet train --fusion paper` fuses the listing's priors recomputed from RUN/masks (no priors npz is
+    needed), records the rule in the run, refuses a rerun with another rule, and eval fuses by the run's rule."""
+    from click.testing import CliRunner
+    from skimage.segmentation import find_boundaries
+
+    import medsamkit.cli.unet  # noqa: F401  (registers the `unet` group on `main`)
+    from medsamkit.cli import main
+    from medsamkit.samaug.everything import MaskRecord
+    from medsamkit.samaug.priors import save_masks
+    from medsamkit.samaug.unet import load_cases
+
+    label = read_label(small_data / "labels" / "crop.png")
+    records = []
+    for i in np.unique(label[label > 0])[:40].tolist():  # the real nuclei as everything-mode masks, stability 0.9
+        rows, cols = np.nonzero(label == i)
+        box = (int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max()))
+        crop = label[box[1] : box[3] + 1, box[0] : box[2] + 1] == i
+        records.append(MaskRecord(crop, box, int(crop.sum()), 0.9, 0.9))
+    priors = tmp_path / "priors"
+    save_masks(priors / "masks" / "crop.npz", records, label.shape)
+    (_, x, _), = load_cases(str(small_data), str(priors), prior_normalisation="paper")
+    image = read_image(small_data / "images" / "crop.png")
+    chosen = np.isin(label, np.unique(label[label > 0])[:40])
+    thick = np.zeros(label.shape, bool)
+    for r in records:
+        thick |= find_boundaries(r.mask(label.shape).astype(np.uint8), mode="thick")
+    np.testing.assert_allclose(x[..., 1], image[..., 1] / 255.0 + 0.9 * chosen, atol=1e-6)
+    np.testing.assert_allclose(x[..., 2], image[..., 2] / 255.0 + thick, atol=1e-6)
+
+    run = tmp_path / "run"
+    args = ["unet", "train", "--data", str(small_data), "--priors", str(priors), "--out", str(run), "--iterations",
+            "1", "--batch-size", "1", "--crop", "32", "--channels", "8,16,32", "--strides", "2,2", "--res-units", "1",
+            "--threads", "1"]
+    runner = CliRunner()
+    res = runner.invoke(main, [*args, "--fusion", "paper"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "config.json").read_text())["prior_normalisation"] == "paper"
+    res = runner.invoke(main, [*args, "--fusion", "clip"])
+    assert res.exit_code == 2 and "prior_normalisation differ" in res.output
+    res = runner.invoke(main, ["unet", "eval", "--run", str(run), "--data", str(small_data), "--priors", str(priors),
+                               "--no-masks", "--threads", "1"])
+    assert res.exit_code == 0, res.output  # "clip" would need priors/crop.npz, which this folder lacks
+
+
 def test_validation_images_are_held_out_and_scored(small_data, tmp_path):
     data = tmp_path / "two"
     image, label = read_image(small_data / "images" / "crop.png"), read_label(small_data / "labels" / "crop.png")

@@ -28,7 +28,9 @@ def everything_options(fn):
                      help="tile size in px at native resolution (0: the whole image as one tile)"),
         click.option("--tile-overlap", type=int, default=48, show_default=True,
                      help="overlap of the tile grid in px (more than the largest object)"),
-        click.option("--points-per-side", type=int, default=32, show_default=True, help="points mode, per tile"),
+        click.option("--points-per-side", type=int, default=16, show_default=True, help="points mode, per tile"),
+        click.option("--point-window", type=int, default=16, show_default=True,
+                     help="points mode: decode each point on this many embedding tokens around it (0: all)"),
         click.option("--full-decoder", is_flag=True, help="decode on the whole embedding (slower; no windows)"),
     ]
     for opt in reversed(options):
@@ -50,6 +52,7 @@ def _config(data, out, write_priors, model_name, checkpoint, device, thickness, 
         tile_size=kw["tile_size"],
         tile_overlap=kw["tile_overlap"],
         points_per_side=kw["points_per_side"],
+        point_window_tokens=kw["point_window"] or None,
         local_decode=not kw["full_decoder"],
     )
     return PriorsConfig(

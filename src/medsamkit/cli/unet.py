@@ -28,6 +28,8 @@ def unet() -> None:
 @click.option("--data", required=True, help="training SPEC: folder with images/ + labels/ (instance maps)")
 @click.option("--priors", type=click.Path(), default=None,
               help="SAMAug priors folder (from `medsamkit samaug priors`); omit for the baseline")
+@click.option("--fusion", type=click.Choice(["clip", "paper", "none"]), default="clip", show_default=True,
+              help="prior fusion: seg prior clipped to [0,1], the paper's listing exactly, or unclipped")
 @click.option("--out", required=True, type=click.Path(), help="run folder (rerun the command to resume)")
 @click.option("--iterations", type=int, default=2000, show_default=True, help="paper: 50000 on a GPU")
 @click.option("--lr", type=float, default=5e-4, show_default=True)
@@ -45,13 +47,13 @@ def unet() -> None:
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: env MEDSAMKIT_THREADS, else all)")
-def train(data, priors, out, iterations, lr, lr_after, lr_switch, batch_size, crop, seed, val_images, channels,
+def train(data, priors, fusion, out, iterations, lr, lr_after, lr_switch, batch_size, crop, seed, val_images, channels,
           strides, num_res_units, dice, checkpoint_every, device, threads):
     """Train (or resume) a U-Net; writes RUN/last.pt, metrics.csv, loss.png."""
     from medsamkit.samaug.unet_train import UNetConfig
     from medsamkit.samaug.unet_train import train as run
 
-    cfg = UNetConfig(data=data, out=out, priors=priors, iterations=iterations, lr=lr, lr_after=lr_after,
+    cfg = UNetConfig(data=data, out=out, priors=priors, prior_normalisation=fusion, iterations=iterations, lr=lr, lr_after=lr_after,
                      lr_switch=lr_switch, batch_size=batch_size, crop=crop, seed=seed, val_images=val_images,
                      channels=_ints(channels), strides=_ints(strides), num_res_units=num_res_units, dice=dice,
                      checkpoint_every=checkpoint_every, device=device, threads=threads)

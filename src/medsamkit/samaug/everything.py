@@ -67,13 +67,21 @@ class EverythingConfig:
     max_area: int | None = 3000  # pixels; None keeps any size
     tile_size: int = 256  # native-resolution tiles; 0: the whole image as one tile (resized by the model)
     tile_overlap: int = 48  # > a large nucleus, so every object lies whole inside some tile
-    points_per_side: int = 32  # points mode, per tile
+    # Points mode, per tile: 16 per 256 px tile is a point every 16 px (SAM: 32 per whole image). Measured on a
+    # MoNuSeg tile, one thread, every mask kept (worst case): 16/tile + 16-token windows 2.9 CPU-s (encoder
+    # 1.45), 32/tile + 16-token windows 7.5 s, 16/tile on the whole embedding 16.4 s; a 1000x1000 image is 25
+    # tiles, so only the first stays under 60 s per image (samaug2 note, benchmarks/priors_speed.py).
+    points_per_side: int = 16
     grid_box_sizes: tuple[int, ...] = (16, 24, 32)  # grid mode: box sides in pixels
     grid_stride: int = 16  # grid mode: box centre spacing in pixels
     blob_min_distance: int = 4  # blobs mode: min distance between nucleus seeds (pixels)
     blob_pads: tuple[int, ...] = (3,)  # blobs mode: one box per proposal per padding (pixels added around it)
     local_decode: bool = True  # decode each BOX on an embedding window around it (much cheaper on CPU)
     window_tokens: int = 16  # smallest decoding window, in embedding tokens (grows with the prompt size)
+    # Points mode: decode each point on a window of this many tokens around it (None: the whole embedding).
+    # A point says nothing of its object's size, so the window must hold the largest object: 16 tokens = a
+    # quarter of a 256 px tile (64 px, > a nucleus); glands on one whole-image tile need 32.
+    point_window_tokens: int | None = 16
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -81,6 +89,8 @@ class EverythingConfig:
             raise InputError(f"unknown proposal {self.proposal!r}; choose one of: {', '.join(PROPOSALS)}")
         if not 0 <= self.pred_iou_thresh <= 1 or not 0 <= self.stability_thresh <= 1:
             raise InputError("pred-IoU and stability thresholds must be in [0, 1]")
+        if self.point_window_tokens is not None and self.point_window_tokens < 4:
+            raise InputError(f"point window {self.point_window_tokens} tokens is too small (>= 4, or whole)")
         whole = self.tile_size == 0
         if not whole and (self.tile_size < 32 or not 0 <= self.tile_overlap < self.tile_size):
             raise InputError(f"tile size {self.tile_size} / overlap {self.tile_overlap} not usable")
@@ -257,9 +267,11 @@ def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: Ever
         sizes = (prompts[:, 2:] - prompts[:, :2] + 1).max(axis=1) * scale.max() / stride
     # A window twice the prompt (in tokens, rounded up to 8) keeps the object's context; grouped for batching.
     windows = np.maximum(cfg.window_tokens, np.ceil(sizes * 2 / 8) * 8).astype(int)
-    local = cfg.local_decode and kind == "boxes"  # a point says nothing of its object's size: whole embedding
+    local = cfg.local_decode and (kind == "boxes" or cfg.point_window_tokens is not None)
     if not local:
         windows[:] = grid
+    elif kind == "points":
+        windows[:] = min(int(cfg.point_window_tokens), grid)
     for wsize in np.unique(windows):
         group = prompts[windows == wsize]
         for i in range(0, len(group), cfg.batch_size):

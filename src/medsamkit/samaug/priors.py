@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from medsamkit.core.atomic import save_npz_atomic, write_atomic, write_json_atomic
-from medsamkit.core.errors import InputError, where
+from medsamkit.core.errors import InputError
 from medsamkit.core.results import RunStore
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
+from medsamkit.samaug.fusion import NORMALISATIONS, fuse, unit_image  # noqa: F401  (unit_image: re-exported)
 
-NORMALISATIONS = ("clip", "none")
 SEG_PNG_SCALE = 1000.0
 
 
@@ -69,62 +69,6 @@ def boundary_prior(records: list[MaskRecord], shape: tuple[int, ...], thickness:
         cy1, cx1 = min(ty0 + local.shape[0], h), min(tx0 + local.shape[1], w)
         out[cy0:cy1, cx0:cx1] |= ring[cy0 - ty0 : cy1 - ty0, cx0 - tx0 : cx1 - tx0]
     return out.astype(np.uint8)
-
-
-def unit_image(image: np.ndarray, source: object | None = None) -> np.ndarray:
-    """float32 in [0,1], the one intensity rule of SAMAug fusion and of the U-Net input (train and test alike).
-
-    uint8 is divided by 255 (a fixed scale keeps stains comparable across slides); any other image already
-    inside [0,1] is kept; everything else (12/16-bit microscopy, CT, floats in other ranges) is min-max
-    scaled per image, so low-range uint16 data is not left near black. A constant image becomes zeros.
-    """
-    arr = np.asarray(image)
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
-        raise InputError(f"{where(source)}unsupported image dtype {arr.dtype}")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / np.float32(255)
-    out = arr.astype(np.float32)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        raise InputError(f"{where(source)}image contains {int(bad.sum())} NaN/inf values")
-    colour = out[..., :3] if out.ndim == 3 and out.shape[-1] == 4 else out  # alpha is dropped, not scaled by
-    lo, hi = (float(colour.min()), float(colour.max())) if colour.size else (0.0, 0.0)
-    if lo >= 0.0 and hi <= 1.0:
-        return out
-    return (out - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(out)
-
-
-def fuse(
-    image: np.ndarray, seg_prior: np.ndarray, boundary: np.ndarray, normalisation: str = "clip"
-) -> np.ndarray:
-    """SAMAug input: float32 (H, W, 3).
-
-    The image is brought to [0,1] by `unit_image`; RGB(A, alpha dropped): channel
-    1 += seg prior, channel 2 += boundary prior; grey (H,W) or (H,W,1): [grey, seg prior, boundary prior].
-    normalisation "clip" (default) clips the seg prior to [0,1] before adding, so every channel lies in
-    [0, 2] whatever the mask overlaps; "none" adds it raw (the paper's listing). Use the same for train/test.
-    """
-    if normalisation not in NORMALISATIONS:
-        raise InputError(f"unknown normalisation {normalisation!r}; choose one of: {', '.join(NORMALISATIONS)}")
-    img = unit_image(image)
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] not in (3, 4)):
-        raise InputError(f"expected a grey, RGB or RGBA image, got shape {np.shape(image)}")
-    seg = np.asarray(seg_prior, dtype=np.float32)
-    bnd = np.asarray(boundary, dtype=np.float32)
-    if seg.shape != img.shape[:2] or bnd.shape != img.shape[:2]:
-        raise InputError(
-            f"prior shapes {seg.shape} / {bnd.shape} do not match image shape {img.shape[:2]}"
-        )
-    if normalisation == "clip":
-        seg = np.clip(seg, 0, 1)
-    if img.ndim == 2:
-        return np.stack([img, seg, bnd], axis=-1).astype(np.float32)
-    out = img[..., :3].copy()
-    out[..., 1] += seg
-    out[..., 2] += bnd
-    return out
 
 
 # --- files -----------------------------------------------------------------------------------------------
@@ -251,12 +195,22 @@ def priors_identity(cfg: PriorsConfig) -> dict:
     return {**identity, "model_sha256": model_fingerprint(cfg.model)}
 
 
+# Everything-mode settings that a proposal mode never reads (a box run is the same run whatever the point grid).
+UNREAD = {"blobs": {"points_per_side", "point_window_tokens", "grid_box_sizes", "grid_stride"},
+          "grid": {"points_per_side", "point_window_tokens", "blob_min_distance", "blob_pads"},
+          "points": {"grid_box_sizes", "grid_stride", "blob_min_distance", "blob_pads", "window_tokens"}}
+
+
 def identity_differences(old: dict, new: dict) -> list[str]:
-    """Settings whose change makes a folder's files another run's: the masks' settings always, the priors'
-    settings when both runs write priors (max_images and device never: more images is a plain resume)."""
+    """Settings whose change makes a folder's files another run's: the masks' settings always (but not those
+    the run's proposal mode never reads), the priors' settings when both runs write priors (max_images and
+    device never: more images is a plain resume)."""
     diff = [k for k in MASK_KEYS if old.get(k) != new.get(k)]
     before, now = old.get("everything") or {}, new.get("everything") or {}
-    diff += [f"everything.{k}" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    mode = before.get("proposal")
+    unread = UNREAD.get(mode, set()) if mode == now.get("proposal") else set()
+    diff += [f"everything.{k}" for k in sorted(set(before) | set(now))
+             if k not in unread and before.get(k) != now.get(k)]
     if old.get("write_priors") and new.get("write_priors"):
         diff += [k for k in PRIOR_KEYS if old.get(k) != new.get(k)]
     return diff

@@ -34,28 +34,43 @@ def build_unet(channels: tuple[int, ...] = (16, 32, 64, 128, 256), strides: tupl
 
 
 def image_unit_rgb(image: np.ndarray, source: object | None = None) -> np.ndarray:
-    """float32 (H, W, 3) in [0, 1] by SAMAug fusion's intensity rule (`priors.unit_image`), so the baseline
+    """float32 (H, W, 3) in [0, 1] by SAMAug fusion's intensity rule (`fusion.unit_image`), so the baseline
     and the SAMAug U-Net see the same image; grey is repeated to 3 channels, alpha dropped."""
-    from medsamkit.samaug.priors import unit_image
+    from medsamkit.samaug.fusion import unit_image
 
     return np.ascontiguousarray(as_rgb_float(unit_image(image, source), source))
+
+
+def _masks_file(priors_dir: Path, name: str) -> Path:
+    """RUN/masks/NAME.npz of a `samaug priors` folder given as the folder itself or its priors/ subfolder."""
+    file = f"{name.replace('/', '__')}.npz"
+    here = priors_dir / "masks" / file
+    return here if here.is_file() or priors_dir.name != "priors" else priors_dir.parent / "masks" / file
 
 
 def network_input(image: np.ndarray, name: str, priors_dir: str | Path | None,
                   prior_normalisation: str = "clip") -> np.ndarray:
     """The U-Net's input for one image, identical at training and test time: float32 (H, W, 3).
 
-    Without priors: the image in [0, 1]. With priors: SAMAug fusion (medsamkit.samaug.priors.fuse) of the
-    image with its saved segmentation and boundary priors (seg prior clipped to [0, 1] by default).
+    Without priors: the image in [0, 1]. With priors: SAMAug fusion (medsamkit.samaug.fusion) of the image
+    with its saved seg and boundary priors ("clip": seg clipped to [0, 1]; "none": unclipped) or, for
+    "paper", with the listing's priors recomputed from the folder's saved masks.
     """
     if priors_dir is None:
         return image_unit_rgb(image, name)
-    from medsamkit.samaug.priors import fuse, load_priors
+    from medsamkit.samaug.fusion import fuse, paper_priors
+    from medsamkit.samaug.priors import load_masks, load_priors
 
-    seg, boundary = load_priors(priors_dir, name)
-    if seg.shape != np.asarray(image).shape[:2]:
-        raise InputError(f"{Path(priors_dir) / name}: prior shape {seg.shape} does not match image shape "
-                         f"{np.asarray(image).shape[:2]}")
+    shape = np.asarray(image).shape[:2]
+    if prior_normalisation == "paper":
+        records, saved = load_masks(_masks_file(Path(priors_dir), name))
+        if tuple(saved) != tuple(shape):
+            raise InputError(f"{Path(priors_dir) / name}: masks of shape {saved} do not match image shape {shape}")
+        seg, boundary = paper_priors(records, shape)
+    else:
+        seg, boundary = load_priors(priors_dir, name)
+    if seg.shape != shape:
+        raise InputError(f"{Path(priors_dir) / name}: prior shape {seg.shape} does not match image shape {shape}")
     return np.ascontiguousarray(fuse(image, seg, boundary, prior_normalisation), dtype=np.float32)
 
 

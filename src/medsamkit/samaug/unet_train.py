@@ -41,7 +41,9 @@ class UNetConfig:
     data: str
     out: str
     priors: str | None = None  # folder of SAMAug priors (medsamkit.samaug.priors format); None = baseline
-    prior_normalisation: str = "clip"  # seg prior clipped to [0, 1] ("clip") or added raw ("none"), see fuse
+    # SAMAug fusion (medsamkit.samaug.fusion): "clip" (seg prior clipped to [0, 1]), "paper" (the listing:
+    # raw seg, thick boundary from the masks) or "none" (raw seg, saved boundary); `unet train --fusion`
+    prior_normalisation: str = "clip"
     iterations: int = 2000
     lr: float = 5e-4
     lr_after: float = 5e-5
