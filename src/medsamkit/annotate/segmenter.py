@@ -28,7 +28,7 @@ from medsamkit.predictor import Embedding, Predictor
 from medsamkit.prompts.simulate import Prompt, stack_prompts
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 
-ViewKey = tuple[str, int, int | None]  # (image id, axis, slice)
+ViewKey = tuple  # (image id, axis, slice), + (window,) for a tile of a 2D image (annotate.views)
 ANSWERS_KEPT = 48  # per view: enough to undo a long click session
 
 
@@ -83,7 +83,7 @@ def model_identity(name: str, checkpoint: str | None) -> dict:
 class Segmenter:
     """One model for the session: embeddings by view, prompted masks, everything mode, class suggestions."""
 
-    def __init__(self, model: torch.nn.Module, cache_folder, identity: dict, keep: int = 6) -> None:
+    def __init__(self, model: torch.nn.Module, cache_folder, identity: dict, keep: int = 16) -> None:
         self.model = model.eval()
         self.identity = identity
         self.predictor = Predictor(model)
