@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medsamkit.core.objects import ImageObject, Window
-from medsamkit.core.tiling import plan_tiles, tile_size_for, to_window_coords
+from medsamkit.core.tiling import AutoTile, grid_windows, plan_tiles, tile_size_for, to_window_coords
 from medsamkit.prompts.simulate import Prompt
 
 VIEW_OVERLAP = 64  # the tile grid overlap of `evaluate` and `finetune` (their --tile-overlap default)
@@ -46,6 +46,15 @@ def view_of_object(obj: ImageObject | None, shape: Sequence[int], input_size: in
     tile = tile_size_for(size, None, input_size)
     (window,) = plan_tiles([obj], size, tile, VIEW_OVERLAP)
     return tuple(int(v) for v in window)
+
+
+def view_tiles(shape: Sequence[int], model) -> list[Window]:
+    """The grid tiles the rule answers small objects on (empty when every object keeps the whole view)."""
+    size = (int(shape[0]), int(shape[1]))
+    tile = tile_size_for(size, None, int(model.preprocessing.input_size))
+    if not isinstance(tile, AutoTile):
+        return []
+    return [tuple(int(v) for v in w) for w in grid_windows(size, tile, min(VIEW_OVERLAP, tile - 1))]
 
 
 def box_view(box: Sequence[float], shape: Sequence[int], input_size: int) -> Window:

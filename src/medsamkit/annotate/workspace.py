@@ -20,7 +20,15 @@ from medsamkit.annotate.segmenter import Answer, Segmenter, ViewKey
 from medsamkit.annotate.sources import ImageSource
 from medsamkit.annotate.state import ImageAnnotation
 from medsamkit.annotate.storage import AnnotationStore, png_bytes
-from medsamkit.annotate.views import box_view, click_view, longer_side, paste, prompt_in_view, whole_window
+from medsamkit.annotate.views import (
+    box_view,
+    click_view,
+    longer_side,
+    paste,
+    prompt_in_view,
+    view_tiles,
+    whole_window,
+)
 from medsamkit.core.errors import InputError
 from medsamkit.core.objects import Window
 from medsamkit.core.tiling import window_of
@@ -123,6 +131,7 @@ class Workspace:
         self.states: dict[str, ImageAnnotation] = {}
         self.sessions: dict[ViewKey, PromptSession] = {}
         self.proposals: dict[ViewKey, list] = {}
+        self._prefetched: set[str] = set()  # images whose tiles were queued for embedding
         self.committed_sides: list[int] = []  # longer sides (px) of this run's 2D commits: click-only views
         self._lock = threading.RLock()
         # recorded in each image's JSON, so training can find the image again (training.annotations)
@@ -167,10 +176,15 @@ class Workspace:
 
     # --- model ---------------------------------------------------------------------------------------
     def open(self, image: str, axis: int = 0, slice_index: int | None = None, wait: bool = True) -> dict:
-        """Start (or finish, with ``wait``) the embedding of a view; the person's position is saved."""
+        """Start (or finish, with ``wait``) the embedding of a view; the person's position is saved. A large
+        2D image's grid tiles (``views.view_tiles``) are embedded afterwards in the background."""
         key, pixels = self.view(image, axis, slice_index)
         t0 = time.perf_counter()
         future = self.segmenter.embedding(key, pixels)
+        if self.source.entry(image).kind == "image" and image not in self._prefetched:
+            self._prefetched.add(image)
+            self.segmenter.prefetch([(f"{image}{list(w)}", window_of(pixels, w))
+                                     for w in view_tiles(pixels.shape[:2], self.segmenter.model)])
         if wait:
             future.result()
             if self.current != image:
