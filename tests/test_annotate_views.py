@@ -97,3 +97,26 @@ def test_clicks_keep_the_objects_view_and_click_only_views_follow_commits(monuse
     assert (y1 - y0, x1 - x0) == (256, 256) and y0 <= cy < y1 and x0 <= cx < x1
     ws.committed_sides[:] = [400]  # large committed objects: the whole view again
     assert ws.prompt_view(key, shape, click, None) == whole_window(shape)
+
+
+def test_learn_job_tiles_are_the_servers_cached_views(monuseg_ws, tmp_path):
+    """The learn job's training views (tile_size None: the evaluate rule) include the tiles the server
+    answered the committed boxes on, read from the server's embedding cache (no re-embedding)."""
+    from medsamkit.training.annotations import annotation_dataset
+    from medsamkit.training.config import FinetuneConfig
+    from medsamkit.training.data import plan_case_tiles
+
+    ws, image_id, image, objects = monuseg_ws
+    served = set()
+    for obj in objects[3:6]:
+        ws.predict(image_id, 0, None, obj.box().tolist(), [], multimask=False)
+        served.add(ws.sessions[(image_id, 0, None)].window)
+        ws.commit(image_id, 0, None, None, None)
+    cfg = FinetuneConfig(data=[str(ws.store.out)], out=str(tmp_path / "run"), tile_size=None)
+    (case,) = list(annotation_dataset(ws.store.out).cases())
+    assert np.array_equal(case.image, image)
+    windows = {t.window for t in plan_case_tiles(case, 0, cfg, 256)}
+    assert served <= windows and whole_window(image.shape[:2]) not in windows
+    cache = ws.segmenter.cache
+    for y0, x0, y1, x1 in served:
+        assert cache.load(cache.key(case.image[y0:y1, x0:x1])) is not None
