@@ -115,7 +115,7 @@ def test_monuseg_image_box_matches_the_predictor(monuseg_root, make_client, pred
     (folder / "labels").mkdir(parents=True)
     (folder / src.name).write_bytes(src.read_bytes())
     (folder / "labels" / src.name).write_bytes((monuseg_root / "test" / "labels" / src.name).read_bytes())
-    client = make_client(str(folder))
+    client = make_client(str(folder), prefetch=False)  # the tiles' background embedding: test_annotate_views
     image_id = client.get("/api/info", headers=AUTH).json()["images"][0]["id"]
     label = read_label(folder / "labels" / src.name)
     image = read_image(folder / src.name)

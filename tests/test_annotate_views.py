@@ -31,12 +31,13 @@ def monuseg_ws(litemedsam, monuseg_root, tmp_path_factory):
     (folder / src.name).write_bytes(src.read_bytes())
     (folder / "labels" / src.name).write_bytes((root / "test" / "labels" / src.name).read_bytes())
     out = folder.parent / "out"
-    ws = Workspace(AnnotateConfig(str(folder), out=str(out)),
+    ws = Workspace(AnnotateConfig(str(folder), out=str(out), prefetch=False),
                    Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None)))
     image = read_image(folder / src.name)
     objects = [o for o in extract_objects(read_label(folder / "labels" / src.name)) if o.area >= 80]
     step = max(1, len(objects) // N_OBJECTS)
-    return ws, ws.source.ids[0], image, objects[::step][:N_OBJECTS]
+    yield ws, ws.source.ids[0], image, objects[::step][:N_OBJECTS]
+    ws.segmenter.close()
 
 
 def test_small_nucleus_box_is_answered_on_a_tile_with_higher_dice(monuseg_ws, predictor):
@@ -120,3 +121,19 @@ def test_learn_job_tiles_are_the_servers_cached_views(monuseg_ws, tmp_path):
     cache = ws.segmenter.cache
     for y0, x0, y1, x1 in served:
         assert cache.load(cache.key(case.image[y0:y1, x0:x1])) is not None
+
+
+def test_first_tiled_answer_queues_the_images_other_tiles(monuseg_ws, litemedsam, tmp_path):
+    from medsamkit.annotate.views import view_tiles
+
+    _, image_id, image, objects = monuseg_ws
+    ws = Workspace(AnnotateConfig(monuseg_ws[0].cfg.source, out=str(tmp_path / "out")),
+                   Segmenter(litemedsam, tmp_path / "emb", model_identity("litemedsam", None)))
+    try:
+        ws.predict(image_id, 0, None, objects[0].box().tolist(), [], multimask=False)
+        queued = len(ws.segmenter._prefetch)
+        tiles = len(view_tiles(image.shape[:2], litemedsam))
+        assert tiles - 3 <= queued <= tiles - 1  # the grid tiles but the answered one (queued after the answer)
+    finally:
+        ws.segmenter.close()
+    assert not ws.segmenter._prefetch  # closing drops what was left

@@ -55,6 +55,7 @@ class AnnotateConfig:
     learn: bool = False  # learn rounds start by themselves (annotate.learning)
     learn_min_objects: int = 20
     learn_budget: float = 180.0  # seconds per learn round
+    prefetch: bool = True  # embed a large image's tiles in the background after its first tiled answer
 
 
 def default_out(source: str) -> Path:
@@ -131,7 +132,7 @@ class Workspace:
         self.states: dict[str, ImageAnnotation] = {}
         self.sessions: dict[ViewKey, PromptSession] = {}
         self.proposals: dict[ViewKey, list] = {}
-        self._prefetched: set[str] = set()  # images whose tiles were queued for embedding
+        self._prefetched: set[str] = set()  # images whose tiles were queued for embedding (first tiled answer)
         self.committed_sides: list[int] = []  # longer sides (px) of this run's 2D commits: click-only views
         self._lock = threading.RLock()
         # recorded in each image's JSON, so training can find the image again (training.annotations)
@@ -176,15 +177,10 @@ class Workspace:
 
     # --- model ---------------------------------------------------------------------------------------
     def open(self, image: str, axis: int = 0, slice_index: int | None = None, wait: bool = True) -> dict:
-        """Start (or finish, with ``wait``) the embedding of a view; the person's position is saved. A large
-        2D image's grid tiles (``views.view_tiles``) are embedded afterwards in the background."""
+        """Start (or finish, with ``wait``) the embedding of a view; the person's position is saved."""
         key, pixels = self.view(image, axis, slice_index)
         t0 = time.perf_counter()
         future = self.segmenter.embedding(key, pixels)
-        if self.source.entry(image).kind == "image" and image not in self._prefetched:
-            self._prefetched.add(image)
-            self.segmenter.prefetch([(f"{image}{list(w)}", window_of(pixels, w))
-                                     for w in view_tiles(pixels.shape[:2], self.segmenter.model)])
         if wait:
             future.result()
             if self.current != image:
@@ -230,6 +226,11 @@ class Workspace:
                                              mask_from)
         answer = dataclasses.replace(view_answer, prompt=prompt,
                                      masks=paste(view_answer.masks, window, pixels.shape[:2]))
+        if view_key != key and self.cfg.prefetch and image not in self._prefetched:
+            # the image's objects are small: embed its other grid tiles after this answer (views.view_tiles)
+            self._prefetched.add(image)
+            self.segmenter.prefetch([(f"{image}{list(w)}", window_of(pixels, w))
+                                     for w in view_tiles(pixels.shape[:2], self.segmenter.model) if w != window])
         session = session or PromptSession(time.time())
         session.clicks = len(prompt.points) + (prompt.box is not None)
         session.answer, session.view_answer, session.window = answer, view_answer, window
