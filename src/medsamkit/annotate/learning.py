@@ -142,7 +142,8 @@ class LearnController:
             validate_every=100000, lr=s.lr, batch_size=s.batch_size, seed=s.seed, model=base,
             checkpoint=base_ckpt, init_from=str(current) if current is not None else start,
             cache=str(self.ws.segmenter.cache.folder), device="cpu", save_every=0, show_progress=False,
-            tile_size=0)  # whole views, as the server prompts them: its cached embeddings are reused
+            tile_size=None)  # the evaluate view rule, as the server prompts them (annotate.views): the same
+        # tiles, so the server's cached embeddings are reused and validation scores the views people use
         return asdict(cfg)
 
     def _launch(self, counts: dict) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,7 +28,7 @@ from medsamkit.predictor import Embedding, Predictor
 from medsamkit.prompts.simulate import Prompt, stack_prompts
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 
-ViewKey = tuple[str, int, int | None]  # (image id, axis, slice)
+ViewKey = tuple  # (image id, axis, slice), + (window,) for a tile of a 2D image (annotate.views)
 ANSWERS_KEPT = 48  # per view: enough to undo a long click session
 
 
@@ -83,7 +83,7 @@ def model_identity(name: str, checkpoint: str | None) -> dict:
 class Segmenter:
     """One model for the session: embeddings by view, prompted masks, everything mode, class suggestions."""
 
-    def __init__(self, model: torch.nn.Module, cache_folder, identity: dict, keep: int = 6) -> None:
+    def __init__(self, model: torch.nn.Module, cache_folder, identity: dict, keep: int = 16) -> None:
         self.model = model.eval()
         self.identity = identity
         self.predictor = Predictor(model)
@@ -95,6 +95,7 @@ class Segmenter:
         # the futures have their own lock: opening an image must not wait for a long everything-mode run
         self._futures_lock = threading.Lock()
         self._keep = keep
+        self._prefetch: deque = deque()  # (source, pixels) embedded when the worker has nothing else to do
 
     @classmethod
     def load(cls, name: str, checkpoint: str | None, device, cache_folder) -> Segmenter:
@@ -122,6 +123,30 @@ class Segmenter:
             while len(self._futures) > self._keep:
                 self._futures.popitem(last=False)
         return future
+
+    def prefetch(self, views: list[tuple[str, np.ndarray]]) -> None:
+        """Embed ``views`` (source name, pixels) into the disk cache in the background, one worker task at a
+        time, so a person's own request waits for one of them at most (the tiles of a large 2D image)."""
+        with self._futures_lock:
+            idle = not self._prefetch
+            self._prefetch.extend(views)
+        if idle and views:
+            self._worker.submit(self._prefetch_one)
+
+    def _prefetch_one(self) -> None:
+        with self._futures_lock:
+            if not self._prefetch:
+                return
+            source, pixels = self._prefetch.popleft()
+            more = bool(self._prefetch)
+        cache = self.cache
+        if cache.load(cache.key(pixels)) is None:
+            cache.get_or_compute(self.predictor, pixels, source)
+        if more:
+            try:
+                self._worker.submit(self._prefetch_one)
+            except RuntimeError:  # the worker was shut down (close)
+                pass
 
     def is_embedded(self, key: ViewKey) -> bool:
         """True when the view's embedding is in memory."""
@@ -213,4 +238,6 @@ class Segmenter:
 
     def close(self) -> None:
         """Stop the embedding worker."""
+        with self._futures_lock:
+            self._prefetch.clear()
         self._worker.shutdown(wait=False, cancel_futures=True)

@@ -7,6 +7,7 @@ killed at any moment resumes exactly on reopening. The server (``annotate.server
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import threading
 import time
@@ -19,7 +20,18 @@ from medsamkit.annotate.segmenter import Answer, Segmenter, ViewKey
 from medsamkit.annotate.sources import ImageSource
 from medsamkit.annotate.state import ImageAnnotation
 from medsamkit.annotate.storage import AnnotationStore, png_bytes
+from medsamkit.annotate.views import (
+    box_view,
+    click_view,
+    longer_side,
+    paste,
+    prompt_in_view,
+    view_tiles,
+    whole_window,
+)
 from medsamkit.core.errors import InputError
+from medsamkit.core.objects import Window
+from medsamkit.core.tiling import window_of
 from medsamkit.prompts.simulate import Prompt
 
 CONTRASTS = {"auto": (0.5, 99.5), "minmax": (0.0, 100.0), "high": (2.0, 98.0), "soft": (0.0, 99.9)}
@@ -43,6 +55,7 @@ class AnnotateConfig:
     learn: bool = False  # learn rounds start by themselves (annotate.learning)
     learn_min_objects: int = 20
     learn_budget: float = 180.0  # seconds per learn round
+    prefetch: bool = True  # embed a large image's tiles in the background after its first tiled answer
 
 
 def default_out(source: str) -> Path:
@@ -53,11 +66,16 @@ def default_out(source: str) -> Path:
 
 @dataclass
 class PromptSession:
-    """The prompts of the object being made on one view: when it started, how many clicks, the last answer."""
+    """The prompts of the object being made on one view: when it started, how many clicks, the last answer
+    (in full-image coordinates) and the model view it was answered on (``annotate.views``)."""
 
     started: float
     clicks: int = 0
     answer: Answer | None = None
+    window: Window | None = None  # the model's view of this object, kept for its follow-up clicks
+    box: tuple | None = None  # the box the view was chosen for: a new box chooses again
+    view_answer: Answer | None = None  # the answer in the view's coordinates (what the model saw)
+    view_keys: set = field(default_factory=set)
 
 
 def encode_png(array: np.ndarray) -> str:
@@ -114,6 +132,8 @@ class Workspace:
         self.states: dict[str, ImageAnnotation] = {}
         self.sessions: dict[ViewKey, PromptSession] = {}
         self.proposals: dict[ViewKey, list] = {}
+        self._prefetched: set[str] = set()  # images whose tiles were queued for embedding (first tiled answer)
+        self.committed_sides: list[int] = []  # longer sides (px) of this run's 2D commits: click-only views
         self._lock = threading.RLock()
         # recorded in each image's JSON, so training can find the image again (training.annotations)
         self.source_record = cfg.source if cfg.source.startswith("builtin:") else str(Path(cfg.source).resolve())
@@ -168,23 +188,60 @@ class Workspace:
                 self.store.save_session(image)
         return {"image": image, "ready": future.done(), "seconds": round(time.perf_counter() - t0, 4)}
 
+    def prompt_view(self, key: ViewKey, shape: tuple[int, int], prompt: Prompt,
+                    session: PromptSession | None) -> Window:
+        """The model view of a prompt on a 2D image (``annotate.views``: a box by the evaluate rule, clicks
+        only by the committed objects' median size); the object's view while its box is unchanged; the whole
+        slice for volumes."""
+        if self.source.entry(key[0]).kind != "image":
+            return whole_window(shape)
+        box = None if prompt.box is None else tuple(prompt.box.tolist())
+        if session is not None and session.window is not None and session.box == box:
+            return session.window
+        input_size = int(self.segmenter.model.preprocessing.input_size)
+        if prompt.box is not None:
+            return box_view(prompt.box, shape, input_size)
+        if not len(prompt.points):
+            return whole_window(shape)  # no prompt: the segmenter says so
+        return click_view(prompt.points[0], self.committed_sides, shape, input_size)
+
+    def _view_of(self, key: ViewKey, pixels: np.ndarray, window: Window) -> tuple[tuple, np.ndarray]:
+        """The segmenter's key and the pixels of a model view (the view itself for the whole image)."""
+        if tuple(window) == whole_window(pixels.shape[:2]):
+            return key, pixels
+        return (*key, tuple(window)), window_of(pixels, window)
+
     def predict(self, image: str, axis: int, slice_index: int | None, box, points, multimask: bool,
                 mask_from: int | None = None) -> dict:
-        """Masks for a box and/or clicks (x, y, 1|0) on a view; see ``Segmenter.predict``."""
+        """Masks for a box and/or clicks (x, y, 1|0) on a view, answered on the prompt's model view
+        (``prompt_view``) and returned in full-image coordinates; see ``Segmenter.predict``."""
         key, pixels = self.view(image, axis, slice_index)
         pts = np.asarray(points or [], dtype=np.float32).reshape(-1, 3)
         prompt = Prompt(box=box, points=pts[:, :2], labels=pts[:, 2].astype(np.int32))
         t0 = time.perf_counter()
-        answer = self.segmenter.predict(key, pixels, prompt, multimask, mask_from)
-        session = self.sessions.get(key) or PromptSession(time.time())
+        session = self.sessions.get(key)
+        window = self.prompt_view(key, pixels.shape[:2], prompt, session)
+        view_key, view_pixels = self._view_of(key, pixels, window)
+        view_answer = self.segmenter.predict(view_key, view_pixels, prompt_in_view(prompt, window), multimask,
+                                             mask_from)
+        answer = dataclasses.replace(view_answer, prompt=prompt,
+                                     masks=paste(view_answer.masks, window, pixels.shape[:2]))
+        if view_key != key and self.cfg.prefetch and image not in self._prefetched:
+            # the image's objects are small: embed its other grid tiles after this answer (views.view_tiles)
+            self._prefetched.add(image)
+            self.segmenter.prefetch([(f"{image}{list(w)}", window_of(pixels, w))
+                                     for w in view_tiles(pixels.shape[:2], self.segmenter.model) if w != window])
+        session = session or PromptSession(time.time())
         session.clicks = len(prompt.points) + (prompt.box is not None)
-        session.answer = answer
+        session.answer, session.view_answer, session.window = answer, view_answer, window
+        session.box = None if prompt.box is None else tuple(prompt.box.tolist())
+        session.view_keys.add(view_key)
         self.sessions[key] = session
         reply = {"masks": [encode_png(m.astype(np.uint8) * 255) for m in answer.masks],
                  "iou": [round(float(q), 4) for q in answer.iou], "best": answer.best(),
                  "mask_prompted": answer.mask_prompted, "mask_from": answer.mask_from,
                  "seconds": round(time.perf_counter() - t0, 4)}
-        suggestion = self.suggest_class(key, pixels, answer)
+        suggestion = self.suggest_class(view_key, view_pixels, view_answer)
         if suggestion is not None:
             reply["class_suggestion"] = suggestion
         return reply
@@ -203,8 +260,9 @@ class Workspace:
     def clear(self, image: str, axis: int = 0, slice_index: int | None = None) -> dict:
         """Forget the current prompts of a view (Esc)."""
         key, _ = self.view(image, axis, slice_index)
-        self.sessions.pop(key, None)
-        self.segmenter.forget_prompts(key)
+        session = self.sessions.pop(key, None)
+        for view_key in {key} | (session.view_keys if session else set()):
+            self.segmenter.forget_prompts(view_key)
         return {"image": image, "cleared": True}
 
     # --- changes (each saved at once) ----------------------------------------------------------------
@@ -230,7 +288,8 @@ class Workspace:
         index = answer.best() if candidate is None else int(candidate)
         if not 0 <= index < len(answer.masks):
             raise InputError(f"candidate {index} does not exist (0..{len(answer.masks) - 1})")
-        suggestion = self.suggest_class(key, pixels, answer)
+        window = session.window or whole_window(pixels.shape[:2])
+        suggestion = self.suggest_class(*self._view_of(key, pixels, window), session.view_answer or answer)
         chosen = self._check_class(class_name)
         if chosen is None:
             suggested = suggestion["class"] if suggestion else None
@@ -239,11 +298,14 @@ class Workspace:
         record = {"class": chosen, "prompt": answer.prompt.as_dict(), "candidate": index,
                   "predicted_iou": round(float(answer.iou[index]), 4), **self.segmenter.identity,
                   "seconds": round(time.time() - session.started, 2), "clicks": session.clicks,
-                  "axis": axis, "slice": slice_index, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                  "axis": axis, "slice": slice_index, "view": list(window),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if suggestion is not None:
             record["suggested_class"] = suggestion["class"]
             record["suggested_probability"] = suggestion["probability"]
         committed = self.state(image).commit(answer.masks[index], record)
+        if self.source.entry(image).kind == "image":
+            self.committed_sides.append(longer_side(answer.masks[index]))
         self.clear(image, axis, slice_index)
         return {**self._save(image), "committed": committed}
 
