@@ -237,3 +237,35 @@ def test_the_tiles_of_one_image_spread_over_workers_and_join_into_its_rows(tmp_p
     assert len({dict(r)["tile"] for r in local_rows}) > 1  # the image has several tiles to spread
     assert _sorted_rows(tmp_path / "dask" / "per_object.csv") == local_rows
     assert _sorted_rows(tmp_path / "dask" / "per_image.csv") == _sorted_rows(tmp_path / "local" / "per_image.csv")
+
+
+def test_monuseg_tiles_on_two_workers_give_the_rows_of_one_process(tmp_path, monuseg_root, predictor):
+    """Real MoNuSeg: a 512x512 crop of a test slide at --tile 256 (its tiles spread over the workers) gives the
+    per_object.csv (sorted) and per_image.csv of one process."""
+    import torch
+
+    from medsamkit.io.images import read_image, write_mask
+
+    name = "TCGA-2Z-A9J9-01A-01-TS1.png"
+    image = read_image(monuseg_root / "test" / "images" / name)[:512, :512]
+    label = read_image(monuseg_root / "test" / "labels" / name)[:512, :512]
+    root = tmp_path / "crop"
+    write_mask(root / "images" / "slide.png", image)
+    write_mask(root / "labels" / "slide.png", label)
+
+    def cfg(out):
+        return EvaluateConfig(data=str(root), out=str(out), prompts="box,box+iter2", max_objects=8, tile_size=256,
+                              baseline=False, figures=False, show_progress=False)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # like each worker: float kernels then agree bit for bit
+    try:
+        evaluate(cfg(tmp_path / "local"), predictor)
+    finally:
+        torch.set_num_threads(threads)
+    summary = evaluate_on_cluster(cfg(tmp_path / "dask"), DaskConfig(workers=2))
+    assert summary["failed"] == [] and summary["cluster"]["tasks"] > 1
+    local_rows = _sorted_rows(tmp_path / "local" / "per_object.csv")
+    assert len({dict(r)["tile"] for r in local_rows}) > 1  # the objects lie on several tiles to spread
+    assert _sorted_rows(tmp_path / "dask" / "per_object.csv") == local_rows
+    assert _sorted_rows(tmp_path / "dask" / "per_image.csv") == _sorted_rows(tmp_path / "local" / "per_image.csv")
