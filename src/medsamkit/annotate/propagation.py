@@ -157,13 +157,8 @@ def correct_view(ws, image: str, object_id: int, axis: int, slice_index: int, ca
     axis, k = entry.check_view(axis, slice_index)
     key = (image, axis, k)
     with ws._lock:
-        session = ws.sessions.get(key)
-        if session is None or session.answer is None:
-            raise InputError("nothing to correct with: prompt the model on this slice first")
-        answer = session.answer
-        index = answer.best() if candidate is None else int(candidate)
-        if not 0 <= index < len(answer.masks):
-            raise InputError(f"candidate {index} does not exist (0..{len(answer.masks) - 1})")
+        session, answer, index = ws.candidate_of(
+            key, candidate, "nothing to correct with: prompt the model on this slice first")
         state = ws.state(image)
         state.record_of(object_id)
         state.correct_view(object_id, axis, k, answer.masks[index], {

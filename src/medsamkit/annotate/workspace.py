@@ -271,6 +271,18 @@ class Workspace:
                         source=self.source_record)
         return self.objects(image)
 
+    def candidate_of(self, key: ViewKey, candidate: int | None, missing: str) -> tuple[PromptSession, Answer, int]:
+        """The view's prompt session, its last answer and the chosen candidate (default: the best predicted IoU);
+        ``missing`` is the error when the view has no answer yet."""
+        session = self.sessions.get(key)
+        if session is None or session.answer is None:
+            raise InputError(missing)
+        answer = session.answer
+        index = answer.best() if candidate is None else int(candidate)
+        if not 0 <= index < len(answer.masks):
+            raise InputError(f"candidate {index} does not exist (0..{len(answer.masks) - 1})")
+        return session, answer, index
+
     def _check_class(self, name: str | None) -> str | None:
         if name is not None and self.classes and name not in self.classes:
             raise InputError(f"unknown class {name!r}; classes: {', '.join(self.classes)}")
@@ -281,13 +293,7 @@ class Workspace:
                class_name: str | None) -> dict:
         """The current answer's candidate becomes a new object (class: given, else suggested, else first)."""
         key, pixels = self.view(image, axis, slice_index)
-        session = self.sessions.get(key)
-        if session is None or session.answer is None:
-            raise InputError("nothing to commit: prompt the model first")
-        answer = session.answer
-        index = answer.best() if candidate is None else int(candidate)
-        if not 0 <= index < len(answer.masks):
-            raise InputError(f"candidate {index} does not exist (0..{len(answer.masks) - 1})")
+        session, answer, index = self.candidate_of(key, candidate, "nothing to commit: prompt the model first")
         window = session.window or whole_window(pixels.shape[:2])
         suggestion = self.suggest_class(*self._view_of(key, pixels, window), session.view_answer or answer)
         chosen = self._check_class(class_name)
