@@ -217,13 +217,10 @@ def test_samaug_priors_on_two_workers_are_byte_identical(tmp_path, small_folder)
                 assert np.array_equal(a[k], b[k]), f"{rel}:{k}"
 
 
-def test_the_tiles_of_one_image_spread_over_workers_and_join_into_its_rows(tmp_path, predictor):
-    """One image with --tile 256: its tiles run as separate tasks; the joined rows equal one process's."""
+def _assert_tiles_spread_and_join(cfg, tmp_path: Path, predictor) -> None:
+    """One process (one thread, like each worker: float kernels then agree bit for bit) against --workers 2:
+    the image's tiles run as several tasks and join into the same per_object and per_image rows."""
     import torch
-
-    def cfg(out):
-        return EvaluateConfig(data="builtin:dsb-nuclei", out=str(out), prompts="box", max_objects=12, tile_size=256,
-                              baseline=False, figures=False, show_progress=False)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -234,15 +231,24 @@ def test_the_tiles_of_one_image_spread_over_workers_and_join_into_its_rows(tmp_p
     summary = evaluate_on_cluster(cfg(tmp_path / "dask"), DaskConfig(workers=2))
     assert summary["failed"] == [] and summary["cluster"]["tasks"] > 1
     local_rows = _sorted_rows(tmp_path / "local" / "per_object.csv")
-    assert len({dict(r)["tile"] for r in local_rows}) > 1  # the image has several tiles to spread
+    assert len({dict(r)["tile"] for r in local_rows}) > 1  # the objects lie on several tiles to spread
     assert _sorted_rows(tmp_path / "dask" / "per_object.csv") == local_rows
     assert _sorted_rows(tmp_path / "dask" / "per_image.csv") == _sorted_rows(tmp_path / "local" / "per_image.csv")
+
+
+def test_the_tiles_of_one_image_spread_over_workers_and_join_into_its_rows(tmp_path, predictor):
+    """One image with --tile 256: its tiles run as separate tasks; the joined rows equal one process's."""
+
+    def cfg(out):
+        return EvaluateConfig(data="builtin:dsb-nuclei", out=str(out), prompts="box", max_objects=12, tile_size=256,
+                              baseline=False, figures=False, show_progress=False)
+
+    _assert_tiles_spread_and_join(cfg, tmp_path, predictor)
 
 
 def test_monuseg_tiles_on_two_workers_give_the_rows_of_one_process(tmp_path, monuseg_root, predictor):
     """Real MoNuSeg: a 512x512 crop of a test slide at --tile 256 (its tiles spread over the workers) gives the
     per_object.csv (sorted) and per_image.csv of one process."""
-    import torch
 
     from medsamkit.io.images import read_image, write_mask
 
@@ -257,15 +263,4 @@ def test_monuseg_tiles_on_two_workers_give_the_rows_of_one_process(tmp_path, mon
         return EvaluateConfig(data=str(root), out=str(out), prompts="box,box+iter2", max_objects=8, tile_size=256,
                               baseline=False, figures=False, show_progress=False)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # like each worker: float kernels then agree bit for bit
-    try:
-        evaluate(cfg(tmp_path / "local"), predictor)
-    finally:
-        torch.set_num_threads(threads)
-    summary = evaluate_on_cluster(cfg(tmp_path / "dask"), DaskConfig(workers=2))
-    assert summary["failed"] == [] and summary["cluster"]["tasks"] > 1
-    local_rows = _sorted_rows(tmp_path / "local" / "per_object.csv")
-    assert len({dict(r)["tile"] for r in local_rows}) > 1  # the objects lie on several tiles to spread
-    assert _sorted_rows(tmp_path / "dask" / "per_object.csv") == local_rows
-    assert _sorted_rows(tmp_path / "dask" / "per_image.csv") == _sorted_rows(tmp_path / "local" / "per_image.csv")
+    _assert_tiles_spread_and_join(cfg, tmp_path, predictor)
