@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -79,22 +78,12 @@ def _http(server: BackgroundServer, calls: int) -> dict:
 
 
 def _browser(server: BackgroundServer, drags: int) -> dict:
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+    from browser import drag_box, headless_chrome, missing_browser, wait_for  # the tests' helpers
 
-        from test_annotate_browser import drag_box, wait_for  # the test's helpers: one way to drag
-    except ImportError as exc:
-        return {"browser": f"skipped ({exc.name} missing)"}
-    chrome, driver_path = shutil.which("chromium") or shutil.which("google-chrome"), shutil.which("chromedriver")
-    if not chrome or not driver_path:
-        return {"browser": "skipped (chromium/chromedriver missing)"}
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,700"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
+    reason = missing_browser()
+    if reason:
+        return {"browser": f"skipped ({reason})"}
+    with headless_chrome() as driver:
         driver.get(server.url)
         wait_for(driver, "document.getElementById('status').textContent.startsWith('ready')")
         for i in range(drags):
@@ -102,8 +91,6 @@ def _browser(server: BackgroundServer, drags: int) -> dict:
             drag_box(driver, (x0, y0, x1 + i % 5, y1))
             wait_for(driver, f"performance.getEntriesByName('release-to-overlay').length >= {i + 1}")
         ms = driver.execute_script("return performance.getEntriesByName('release-to-overlay').map(e => e.duration)")
-    finally:
-        driver.quit()
     return {"release_to_overlay_median_ms": round(statistics.median(ms), 1),
             "release_to_overlay_max_ms": round(max(ms), 1), "drags": len(ms)}
 

@@ -13,7 +13,9 @@ Timings on a shared machine are noisy (the 1-minute load average is recorded); r
 on a quiet machine for the latency part.
 
 Usage: python benchmarks/annotate_learning.py [--datasets monuseg,glas] [--per-image 30] [--budget 180]
-       [--test-images 2] [--test-objects 30] [--out benchmarks/results/annotate_learning.json]
+       [--test-images 2] [--test-objects 30] [--box-anchor W] [--box-tolerance T]
+       [--out benchmarks/results/annotate_learning.json]
+The ablation without the box term: --datasets monuseg --box-anchor 0 --out .../annotate_learning_no_anchor.json
 """
 
 from __future__ import annotations
@@ -213,8 +215,14 @@ def run_dataset(dataset: str, args, root: Path, result: dict, out: Path) -> None
             server.app.state.learning.settings.lr = args.lr
         if args.prompts is not None:
             server.app.state.learning.settings.prompts = args.prompts
+        if args.box_anchor is not None:
+            server.app.state.learning.settings.box_anchor = args.box_anchor
+        if args.box_tolerance is not None:
+            server.app.state.learning.settings.box_tolerance = args.box_tolerance
         row["learn_prompts"] = server.app.state.learning.settings.prompts
         row["learn_lr"] = server.app.state.learning.settings.lr
+        row["learn_box_anchor"] = server.app.state.learning.settings.box_anchor
+        row["learn_box_tolerance"] = server.app.state.learning.settings.box_tolerance
         person.post("/api/learn/start", {})
         stop = threading.Event()
         during: list = []
@@ -227,7 +235,7 @@ def run_dataset(dataset: str, args, root: Path, result: dict, out: Path) -> None
         if row["latency_idle"] and row["latency_training"]:
             row["latency_ratio"] = round(row["latency_training"]["median_ms"] / row["latency_idle"]["median_ms"], 2)
         job = state["job"] or {}
-        row["learn"] = {k: job.get(k) for k in ("phase", "accepted", "reason", "before", "after", "steps",
+        row["learn"] = {k: job.get(k) for k in ("phase", "accepted", "reason", "before", "after", "steps", "validations",
                                                 "train_seconds", "seconds", "train_objects", "val_objects",
                                                 "error")}
         row["learn"]["phase"] = state["phase"]
@@ -254,6 +262,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=180.0, help="learn round budget (s)")
     ap.add_argument("--lr", type=float, default=None, help="learn round learning rate (default: the server's)")
     ap.add_argument("--prompts", default=None, help="prompt modes a round trains on (default: the server's)")
+    ap.add_argument("--box-anchor", type=float, default=None, help="weight of the tight-box loss (default: the server's)")
+    ap.add_argument("--box-tolerance", type=float, default=None, help="accept rule's box tolerance (default: the server's)")
     ap.add_argument("--latency-calls", type=int, default=30)
     ap.add_argument("--only-latency", action="store_true", help="skip the Dice evaluations")
     ap.add_argument("--device", default=None)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -16,35 +15,15 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
+from browser import OVERLAY_ALPHA, drag_box, headless_chrome, require_browser, view_offset, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _browser() -> tuple[str, str]:
-    chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    missing = [n for n, p in (("chromium", chrome), ("chromedriver", driver)) if p is None]
-    if missing or importlib_missing("selenium"):
-        reason = f"browser test needs {', '.join(missing) or 'selenium'} (`make browser` installs them)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return chrome, driver
-
-
-def importlib_missing(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is None
 
 
 @pytest.fixture(scope="module")
 def page(litemedsam, tmp_path_factory):
     """(driver, server, folder): the page of a folder of two DSB images, opened with its token."""
-    chrome, driver_path = _browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+    require_browser()
     from medsamkit.annotate.launch import BackgroundServer
     from medsamkit.annotate.segmenter import Segmenter, model_identity
     from medsamkit.annotate.workspace import AnnotateConfig, Workspace
@@ -58,52 +37,8 @@ def page(litemedsam, tmp_path_factory):
     out = folder / "annotations"
     ws = Workspace(AnnotateConfig(str(folder), classes=["nucleus"]),
                    Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None)))
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,700"):
-        opts.add_argument(arg)
-    with BackgroundServer(ws, token="browser-token") as server:
-        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-        try:
-            yield driver, server, folder
-        finally:
-            driver.quit()
-
-
-def wait_for(driver, script: str, timeout: float = 90.0):
-    """Poll a JavaScript expression until it is truthy; returns its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = driver.execute_script(f"return {script}")
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {script}")
-
-
-OVERLAY_ALPHA = """
-const c = document.getElementById('overlay');
-const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-let s = 0; for (let i = 3; i < d.length; i += 4) s += d[i]; return s;
-"""
-
-
-def drag_box(driver, box):
-    """Drag on the overlay from image pixel (x0, y0) to (x1, y1), as a person would."""
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-
-    overlay = driver.find_element(By.ID, "overlay")
-    scale, vx, vy, w, h = driver.execute_script(
-        "const v = MskView.view, o = MskView.overlay; return [v.scale, v.x, v.y, o.width, o.height]")
-
-    def offset(x, y):
-        return int(x * scale + vx - w / 2), int(y * scale + vy - h / 2)
-
-    (ax, ay), (bx, by) = offset(*box[:2]), offset(*box[2:])
-    ActionChains(driver).move_to_element_with_offset(overlay, ax, ay).click_and_hold() \
-        .move_by_offset((bx - ax) // 2, (by - ay) // 2).move_by_offset(bx - ax - (bx - ax) // 2, by - ay - (by - ay) // 2) \
-        .release().perform()
+    with BackgroundServer(ws, token="browser-token") as server, headless_chrome() as driver:
+        yield driver, server, folder
 
 
 def test_drag_commit_reload_and_file_on_disk(page):
@@ -165,10 +100,7 @@ def test_clicks_undo_redo_and_next_image(page):
     drag_box(driver, (402, 236, 446, 282))
     wait_for(driver, "app.answer !== null")
     first = driver.execute_script("return app.answer.masks[0]")
-    scale, vx, vy, w, h = driver.execute_script(
-        "const v = MskView.view, o = MskView.overlay; return [v.scale, v.x, v.y, o.width, o.height]")
-    ActionChains(driver).move_to_element_with_offset(overlay, int(410 * scale + vx - w / 2),
-                                                     int(240 * scale + vy - h / 2)).context_click().perform()
+    ActionChains(driver).move_to_element_with_offset(overlay, *view_offset(driver, 410, 240)).context_click().perform()
     wait_for(driver, "app.answer && app.answer.mask_prompted")
     (x, y, label), = driver.execute_script("return app.prompt.points")
     assert label == 0 and abs(x - 410) < 2 and abs(y - 240) < 2  # right click: a negative point there

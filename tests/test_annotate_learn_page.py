@@ -8,7 +8,8 @@ import time
 import pytest
 
 pytest.importorskip("fastapi")
-from test_annotate_browser import page, wait_for  # noqa: E402,F401  (the fixture and helper are shared)
+from browser import wait_for  # noqa: E402
+from test_annotate_browser import page  # noqa: E402,F401  (the page fixture is shared)
 
 
 def test_the_learn_panel_shows_the_phase_and_switches_auto_learning(page):  # noqa: F811

@@ -132,6 +132,9 @@ def test_a_good_round_updates_the_model_while_serving_and_revert_restores_it(lit
         hammer.start()
         try:
             server.app.state.learning.settings.lr = 3e-4  # a few steps in a loaded test: larger ones
+            # 8 validation objects: box Dice moves by ~0.002 either way after a few steps; this test is about the
+            # update path (the strict default rule is exercised by the benchmark and the bad-set test)
+            server.app.state.learning.settings.box_tolerance = 0.01
             assert client.post("/api/learn/start").json()["phase"] == "training"
             assert client.post("/api/learn/start").status_code == 400  # one round at a time
             state = server.app.state.learning.wait(240)

@@ -14,20 +14,15 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from test_annotate_browser import OVERLAY_ALPHA, _browser, wait_for  # noqa: E402
+from browser import OVERLAY_ALPHA, READY, drag_box, headless_chrome, require_browser, wait_for  # noqa: E402
 from volume_crop import write_gtv_crop  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-READY = "document.getElementById('status').textContent.startsWith('ready')"
-
 
 @pytest.fixture(scope="module")
 def volume_page(litemedsam, tmp_path_factory):
     """(driver, server, out, truth): the page of a single NIfTI CT file (no label: no objects yet)."""
-    chrome, driver_path = _browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+    require_browser()
     from medsamkit.annotate.launch import BackgroundServer
     from medsamkit.annotate.segmenter import Segmenter, model_identity
     from medsamkit.annotate.workspace import AnnotateConfig, Workspace
@@ -37,34 +32,8 @@ def volume_page(litemedsam, tmp_path_factory):
     out = folder / "annotations"
     ws = Workspace(AnnotateConfig(str(image), out=str(out), window="-1000,400"),
                    Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None)))
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,700"):
-        opts.add_argument(arg)
-    with BackgroundServer(ws, token="volume-token") as server:
-        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-        try:
-            yield driver, server, out, truth
-        finally:
-            driver.quit()
-
-
-def drag_box(driver, box):
-    """Drag from view pixel (x0, y0) to (x1, y1) through the page's zoom and aspect."""
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-
-    overlay = driver.find_element(By.ID, "overlay")
-    scale, aspect, vx, vy, w, h = driver.execute_script(
-        "const v = MskView.view, o = MskView.overlay; return [v.scale, v.aspect, v.x, v.y, o.width, o.height]")
-
-    def offset(x, y):
-        return int(x * scale + vx - w / 2), int(y * scale * aspect + vy - h / 2)
-
-    (ax, ay), (bx, by) = offset(*box[:2]), offset(*box[2:])
-    ActionChains(driver).move_to_element_with_offset(overlay, ax, ay).click_and_hold() \
-        .move_by_offset((bx - ax) // 2, (by - ay) // 2).move_by_offset(bx - ax - (bx - ax) // 2, by - ay - (by - ay) // 2) \
-        .release().perform()
+    with BackgroundServer(ws, token="volume-token") as server, headless_chrome() as driver:
+        yield driver, server, out, truth
 
 
 def test_scroll_box_commit_propagate_strip_reload(volume_page):

@@ -31,7 +31,7 @@ from medsamkit.models.loading import load_finetuned
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import parse_modes
 from medsamkit.training import FinetuneConfig, finetune
-from medsamkit.training.config import lr_at, recipe_of, resume_differences
+from medsamkit.training.config import check_config, lr_at, recipe_of, resume_differences
 from medsamkit.training.data import TrainTile, epoch_batches, split_by_image, split_cases
 from medsamkit.training.objective import Objective
 
@@ -163,6 +163,25 @@ def test_steps_on_real_data_decrease_the_loss(dsb):
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.9 * losses[0]
 
+
+
+def test_the_box_anchor_adds_the_tight_box_loss_of_every_object(dsb):
+    """box_anchor=w: the drawn modes' loss plus w times the loss the same objects have with their tight box."""
+    model = load_model("litemedsam")
+    apply_recipe(model, recipe_of(FinetuneConfig(data=["x"], out="y"), []))
+    image, label = dsb[0][:128, 128:256], dsb[1][:128, 128:256]
+    emb = Predictor(model).embed(image)
+    truths = [o.mask_in((0, 0, 128, 128)) for o in sorted(extract_objects(label, "instance", 20), key=lambda o: -o.area)[:3]]
+
+    def loss(modes: str, anchor: float = 0.0) -> float:
+        objective = Objective(model, parse_modes(modes), anchor)
+        with torch.no_grad():
+            return float(objective(emb.features, True, emb.input_size, truths, [], np.random.default_rng(0)))
+
+    center, box = loss("center"), loss("box")
+    assert box > 0 and abs(loss("center", 0.5) - (center + 0.5 * box)) < 1e-5
+    with pytest.raises(InputError, match="box_anchor"):
+        check_config(FinetuneConfig(data=["x"], out="y", box_anchor=-1))
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -4,8 +4,11 @@ priority, so the person's server keeps answering.
 
 It reads ``JOB_DIR/job.json`` (written by ``annotate.learning``), validates the model being served on the
 held-out images (split by image), trains from that model's weights for what is left of the budget with the
-engine's ``Trainer``, validating a few times on the way, and keeps the validated weights with the highest
-click Dice among those that pass the rule (click Dice higher, box Dice not lower) as ``JOB_DIR/chosen.pt``.
+engine's ``Trainer``, validating after 2x as many steps each time (FIRST_VALIDATION, 2x, 4x, ...: a few dozen
+objects are over-fitted within a few hundred steps, so the early weights must be looked at) and at the end,
+and keeps the validated weights with the highest click Dice among those that pass the rule (click Dice higher,
+box Dice not lower) as ``JOB_DIR/chosen.pt``. After PATIENCE validations without better acceptable weights
+the round ends early: the budget is a limit, not a target.
 ``JOB_DIR/result.json``: before/after Dice per prompt mode, every validation, whether a new model is
 accepted, and the objects it trained and validated on. ``JOB_DIR/status.json``
 tells the server the phase. It never writes annotation files, so killing it loses no annotation.
@@ -25,7 +28,8 @@ from medsamkit.core.atomic import write_json_atomic
 from medsamkit.prompts import PromptMode, parse_modes
 
 NICE = 10  # below the server: its requests win the CPU
-VALIDATIONS = 4  # validations during a round: clicks improve first, box Dice may fall later
+FIRST_VALIDATION = 25  # steps before the first validation; then after 2x as many steps each time
+PATIENCE = 2  # validations without better acceptable weights (once some were found) before the round ends
 
 
 def acceptance(before: dict, after: dict, modes: list[PromptMode], box_tolerance: float = 0.0) -> tuple[bool, str]:
@@ -64,8 +68,9 @@ def click_mean(metrics: dict, modes: list[PromptMode]) -> float:
 
 def train_and_choose(run, modes: list[PromptMode], before: dict, seconds: float, job: dict, job_dir: Path,
                      say) -> tuple[dict, bool, str, list[dict]]:
-    """Train with the engine's Trainer for ``seconds``, validating about VALIDATIONS times; keep the validated
-    weights with the highest click Dice among those the acceptance rule allows (``JOB_DIR/chosen.pt``).
+    """Train with the engine's Trainer for at most ``seconds``, validating at steps FIRST_VALIDATION * 2^k and at
+    the end; keep the validated weights with the highest click Dice among those the acceptance rule allows
+    (``JOB_DIR/chosen.pt``); stop after PATIENCE validations that found nothing better.
 
     Returns the chosen (else the last) validation, whether one was acceptable, the reason and the history.
     """
@@ -75,29 +80,30 @@ def train_and_choose(run, modes: list[PromptMode], before: dict, seconds: float,
     tolerance = float(job.get("box_tolerance", 0.0))
     trainer = Trainer(run)
     run.cfg.max_seconds = seconds
-    every = max(seconds / VALIDATIONS, 1.0)
-    last_validation = time.perf_counter()
+    due_step = int(job.get("first_validation", FIRST_VALIDATION))
     history: list[dict] = []
-    chosen, reason = None, "no validation"
+    chosen, reason, stale = None, "no validation", 0
     while trainer.state.epoch < run.cfg.epochs:
         stopped = trainer.epoch()
-        due = stopped is not None or time.perf_counter() - last_validation >= every
+        due = stopped is not None or trainer.state.step >= due_step
         trainer.end_epoch(final=due)
         say("training", before=before, train_seconds=round(seconds, 1), validations=history)
         if not due:
             continue
-        last_validation = time.perf_counter()
+        due_step = 2 * max(due_step, trainer.state.step)
         metrics = {**_dice_only(trainer.last_metrics), "steps": trainer.state.step,
                    "seconds": round(time.perf_counter() - trainer.t0, 1)}
         ok, why = acceptance(before, metrics, modes, tolerance)
         history.append({**metrics, "acceptable": ok})
         if ok and (chosen is None or click_mean(metrics, modes) > click_mean(chosen, modes)):
-            chosen, reason = metrics, why
+            chosen, reason, stale = metrics, why, 0
             save_torch_atomic(trainer.checkpoints.contents(trainer.state, trainer.state.epoch, 0),
                               job_dir / "chosen.pt")
-        elif chosen is None:
-            reason = why
-        if stopped is not None:
+        else:
+            stale += chosen is not None
+            if chosen is None:
+                reason = why
+        if stopped is not None or stale >= PATIENCE:
             break
     return (chosen or (history[-1] if history else {})), chosen is not None, reason, history
 

@@ -104,7 +104,7 @@ def propagate_object(ws, propagator: Propagator, image: str, object_id: int, axi
     if entry.kind != "volume":
         raise InputError(f"image {image!r} is 2D: propagation needs a volume")
     axis, k = entry.check_view(axis, slice_index)
-    with ws._lock, propagator.lock:
+    with ws.lock, propagator.lock:
         state = ws.state(image)
         record = state.record_of(object_id)
         start = state.view_mask(object_id, axis, k)
@@ -143,7 +143,7 @@ def propagate_object(ws, propagator: Propagator, image: str, object_id: int, axi
                "seconds": round(seconds, 3), **ws.segmenter.identity,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         state.paint_views(object_id, axis, masks, entries, run)
-        saved = ws._save(image)
+        saved = ws.save(image)
     return {**saved, "object": object_id, "axis": axis, "start": k, "visited": sorted(visited, key=lambda v: v["slice"]),
             "stops": stops, "seconds": round(seconds, 3), "encoded": run["encoded"],
             "seconds_per_slice": round(seconds / max(len(visited), 1), 4)}
@@ -156,7 +156,7 @@ def correct_view(ws, image: str, object_id: int, axis: int, slice_index: int, ca
         raise InputError(f"image {image!r} is 2D: correct an object by deleting and committing it")
     axis, k = entry.check_view(axis, slice_index)
     key = (image, axis, k)
-    with ws._lock:
+    with ws.lock:
         session, answer, index = ws.candidate_of(
             key, candidate, "nothing to correct with: prompt the model on this slice first")
         state = ws.state(image)
@@ -166,4 +166,4 @@ def correct_view(ws, image: str, object_id: int, axis: int, slice_index: int, ca
             "clicks": session.clicks, "seconds": round(time.time() - session.started, 2),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         ws.clear(image, axis, k)
-        return {**ws._save(image), "corrected": {"object": object_id, "axis": axis, "slice": k}}
+        return {**ws.save(image), "corrected": {"object": object_id, "axis": axis, "slice": k}}

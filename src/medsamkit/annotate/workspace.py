@@ -111,7 +111,7 @@ def _serialised(method):
 
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with self._lock:
+        with self.lock:
             return method(self, *args, **kwargs)
 
     return locked
@@ -134,7 +134,7 @@ class Workspace:
         self.proposals: dict[ViewKey, list] = {}
         self._prefetched: set[str] = set()  # images whose tiles were queued for embedding (first tiled answer)
         self.committed_sides: list[int] = []  # longer sides (px) of this run's 2D commits: click-only views
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()  # the session lock: hold it while changing an image's annotation
         # recorded in each image's JSON, so training can find the image again (training.annotations)
         self.source_record = cfg.source if cfg.source.startswith("builtin:") else str(Path(cfg.source).resolve())
         self.current = self.store.load_session().get("current")
@@ -266,7 +266,8 @@ class Workspace:
         return {"image": image, "cleared": True}
 
     # --- changes (each saved at once) ----------------------------------------------------------------
-    def _save(self, image: str) -> dict:
+    def save(self, image: str) -> dict:
+        """Write ``image``'s annotation (labels + JSON) and return its object list; call with ``lock`` held."""
         self.store.save(image, self.source.entry(image).name, self.state(image), self.classes,
                         source=self.source_record)
         return self.objects(image)
@@ -313,13 +314,13 @@ class Workspace:
         if self.source.entry(image).kind == "image":
             self.committed_sides.append(longer_side(answer.masks[index]))
         self.clear(image, axis, slice_index)
-        return {**self._save(image), "committed": committed}
+        return {**self.save(image), "committed": committed}
 
     @_serialised
     def delete(self, image: str, object_id: int) -> dict:
         """Delete an object."""
         self.state(image).delete(object_id)
-        return self._save(image)
+        return self.save(image)
 
     @_serialised
     def update(self, image: str, object_id: int, class_name: str | None = None,
@@ -331,19 +332,19 @@ class Workspace:
         if hidden is not None:
             fields["hidden"] = bool(hidden)
         self.state(image).update(object_id, **fields)
-        return self._save(image)
+        return self.save(image)
 
     @_serialised
     def undo(self, image: str) -> dict:
         """Undo the image's last change."""
         change = self.state(image).undo()
-        return {**self._save(image), "undone": None if change is None else change.kind}
+        return {**self.save(image), "undone": None if change is None else change.kind}
 
     @_serialised
     def redo(self, image: str) -> dict:
         """Redo the image's last undone change."""
         change = self.state(image).redo()
-        return {**self._save(image), "redone": None if change is None else change.kind}
+        return {**self.save(image), "redone": None if change is None else change.kind}
 
     # --- everything mode -----------------------------------------------------------------------------
     def everything(self, image: str, axis: int = 0, slice_index: int | None = None) -> dict:
@@ -379,7 +380,7 @@ class Workspace:
                     **self.segmenter.identity, "seconds": 0.0, "clicks": 0, "axis": axis, "slice": slice_index,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})["id"])
             left[int(i)] = None
-        return {**self._save(image), "accepted": accepted}
+        return {**self.save(image), "accepted": accepted}
 
     @_serialised
     def reject(self, image: str, axis: int, slice_index: int | None, indices: list[int] | None) -> dict:

@@ -37,6 +37,9 @@ class FinetuneConfig:
     batch_size: int = 16  # objects per step, all from one tile
     val_fraction: float = 0.2
     seed: int = 0
+    # weight of an extra tight-box loss on every object of a step, beside its drawn mode: keeps box answers
+    # where they were while clicks are learnt from few objects (the annotator's learn rounds); 0: off
+    box_anchor: float = 0.0
     cache: str | None = None  # embedding cache folder (decoder mode); default RUN/embeddings
     model: str = "litemedsam"
     checkpoint: str | None = None
@@ -65,6 +68,8 @@ def check_config(cfg: FinetuneConfig) -> None:
     """InputError naming the flag when a setting is out of range."""
     if cfg.mode not in MODES:
         raise InputError(f"unknown --mode {cfg.mode!r}; choose one of: {', '.join(MODES)}")
+    if not cfg.box_anchor >= 0:
+        raise InputError(f"box_anchor must be >= 0, got {cfg.box_anchor}")
     if cfg.optimizer not in ("adamw", "sgd"):
         raise InputError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
     if cfg.lr_schedule not in SCHEDULES:

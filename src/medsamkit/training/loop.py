@@ -200,7 +200,7 @@ class Trainer:
         cfg = self.cfg = run.cfg
         self.run = run
         self.opt = _optimizer(cfg, run.model)
-        objective: nn.Module = Objective(run.model, run.modes)
+        objective: nn.Module = Objective(run.model, run.modes, run.cfg.box_anchor)
         if run.world > 1:
             objective = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
         self.objective = objective

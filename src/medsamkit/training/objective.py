@@ -17,7 +17,9 @@ from torch import nn
 from medsamkit.models.finetuned import ClassHeadMaskDecoder
 from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode
 from medsamkit.predictor import upscale_logits
-from medsamkit.prompts import ClickSession, Prompt, PromptMode, stack_prompts
+from medsamkit.prompts import ClickSession, Prompt, PromptMode, parse_mode, stack_prompts
+
+BOX = parse_mode("box")
 
 
 def decode_all(model: SamFamilyModel, features: torch.Tensor, points, boxes, masks
@@ -125,10 +127,11 @@ def object_losses(model: SamFamilyModel, features: torch.Tensor, session: ClickS
 class Objective(nn.Module):
     """One step's loss for a batch of objects of one tile (a module so DDP can wrap it)."""
 
-    def __init__(self, model: SamFamilyModel, modes: list[PromptMode]) -> None:
+    def __init__(self, model: SamFamilyModel, modes: list[PromptMode], box_anchor: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.modes = modes
+        self.box_anchor = float(box_anchor)  # weight of a tight-box loss on every object (0: none)
 
     def forward(self, tile_input: torch.Tensor, is_features: bool, resized: tuple[int, int],
                 truths: list[np.ndarray], classes: list[int], rng: np.random.Generator) -> torch.Tensor:
@@ -149,4 +152,8 @@ class Objective(nn.Module):
                 click_step(model, feats, session, geometry)
             mine_classes = [classes[i] for i in idx] if classes else None
             total = total + object_losses(model, feats, session, geometry, mine, mine_classes).sum()
+        if self.box_anchor > 0:  # every object also prompted with its tight box: box answers stay put
+            session = ClickSession(BOX, truths, [rng] * len(truths), shape)
+            anchor = object_losses(model, feats, session, geometry, truths, classes or None).sum()
+            total = total + self.box_anchor * anchor
         return total / len(truths)
