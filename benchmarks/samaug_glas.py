@@ -201,6 +201,33 @@ def table(results: dict) -> dict:
     return out
 
 
+def paired(results: dict) -> dict:
+    """Per seed, each SAMAug arm against the same seed's baseline: per-image object F1 wins / losses / ties."""
+    out: dict = {}
+    for seed, arms in results["seeds"].items():
+        base = {r["image"]: r["object_f1"] for r in arms.get("baseline", {}).get("per_image", [])}
+        for arm, got in arms.items():
+            if arm == "baseline" or not base:
+                continue
+            diffs = [r["object_f1"] - base[r["image"]] for r in got.get("per_image", []) if r["image"] in base]
+            out.setdefault(arm, {})[seed] = {"wins": sum(d > 1e-9 for d in diffs), "losses": sum(d < -1e-9 for d in diffs),
+                                             "ties": sum(abs(d) <= 1e-9 for d in diffs)}
+    return out
+
+
+def last_losses(run_root: Path, seeds: list[str], arms: list[str], n: int = 50) -> dict:
+    """Mean training loss over the last n logged iterations of every run folder (the loss curves' ends)."""
+    out: dict = {}
+    for seed in seeds:
+        for arm in arms:
+            csv_path = run_root / f"seed{seed}" / arm / "metrics.csv"
+            if csv_path.is_file():
+                with csv_path.open(newline="") as fh:
+                    losses = [float(r["loss"]) for r in csv.DictReader(fh)][-n:]
+                out.setdefault(arm, {})[seed] = round(statistics.fmean(losses), 4) if losses else None
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -256,7 +283,9 @@ def main(argv: list[str] | None = None) -> dict:
         priors = {k: {s: str(Path(args.out) / "priors" / k / s) for s in SPLITS} for k in kinds}
     else:
         priors = {k: priors_folders(k, data, args) for k in kinds}
-    results: dict = {"runs": str(Path(args.out) / args.runs),
+    run_root = Path(args.out) / args.runs
+    shown = run_root.resolve().relative_to(REPO) if run_root.resolve().is_relative_to(REPO) else run_root.name
+    results: dict = {"runs": str(shown),  # no machine paths in results files
                      "schedule": {k: getattr(args, k) for k in ("iterations", "lr_switch", "batch_size", "crop",
                                                                  "scale", "min_size", "min_area")},
                      "arms": args.arms, "paper": PAPER, "unit": "x 100 (Hausdorff: native pixels)", "seeds": {},
@@ -269,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
             if got:
                 results["seeds"].setdefault(str(seed), {})[arm] = got
             results["mean"] = table(results)
+            results["per_image_f1_vs_baseline"] = paired(results)
+            results["train_loss_last_50"] = last_losses(run_root, list(results["seeds"]), args.arms)
             write_json_atomic(Path(args.results), results)
     print(json.dumps({k: v for k, v in results.items() if k != "seeds"}, indent=2))
     return results
