@@ -78,14 +78,14 @@ def _http(server: BackgroundServer, calls: int) -> dict:
 
 
 def _browser(server: BackgroundServer, drags: int) -> dict:
-    from browser import drag_box, headless_chrome, missing_browser, wait_for  # the tests' helpers
+    from browser import READY, drag_box, headless_chrome, missing_browser, wait_for  # the tests' helpers
 
     reason = missing_browser()
     if reason:
         return {"browser": f"skipped ({reason})"}
     with headless_chrome() as driver:
         driver.get(server.url)
-        wait_for(driver, "document.getElementById('status').textContent.startsWith('ready')")
+        wait_for(driver, READY)
         for i in range(drags):
             x0, y0, x1, y1 = BOXES[i % len(BOXES)]
             drag_box(driver, (x0, y0, x1 + i % 5, y1))

@@ -211,18 +211,11 @@ def run_dataset(dataset: str, args, root: Path, result: dict, out: Path) -> None
             row["before"] = evaluate(person, tests)
             row["before"]["refused_click_prompts"] = person.refused
             write_json_atomic(out, result)
-        if args.lr is not None:
-            server.app.state.learning.settings.lr = args.lr
-        if args.prompts is not None:
-            server.app.state.learning.settings.prompts = args.prompts
-        if args.box_anchor is not None:
-            server.app.state.learning.settings.box_anchor = args.box_anchor
-        if args.box_tolerance is not None:
-            server.app.state.learning.settings.box_tolerance = args.box_tolerance
-        row["learn_prompts"] = server.app.state.learning.settings.prompts
-        row["learn_lr"] = server.app.state.learning.settings.lr
-        row["learn_box_anchor"] = server.app.state.learning.settings.box_anchor
-        row["learn_box_tolerance"] = server.app.state.learning.settings.box_tolerance
+        settings = server.app.state.learning.settings
+        for name in ("prompts", "lr", "box_anchor", "box_tolerance"):  # the server's unless given
+            if getattr(args, name) is not None:
+                setattr(settings, name, getattr(args, name))
+            row[f"learn_{name}"] = getattr(settings, name)
         person.post("/api/learn/start", {})
         stop = threading.Event()
         during: list = []

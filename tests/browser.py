@@ -23,10 +23,14 @@ let s = 0; for (let i = 3; i < d.length; i += 4) s += d[i]; return s;
 """
 
 
+def _chrome() -> str | None:
+    """The Chromium (or Chrome) executable on PATH."""
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
 def missing_browser() -> str | None:
     """Why the browser tests cannot run here (None when chromium, chromedriver and selenium are present)."""
-    chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    missing = [n for n, p in (("chromium", chrome), ("chromedriver", shutil.which("chromedriver"))) if p is None]
+    missing = [n for n, p in (("chromium", _chrome()), ("chromedriver", shutil.which("chromedriver"))) if p is None]
     if importlib.util.find_spec("selenium") is None:
         missing.append("selenium")
     return f"browser test needs {', '.join(missing)} (`make browser` installs them)" if missing else None
@@ -48,7 +52,7 @@ def headless_chrome() -> Iterator:
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
-    opts.binary_location = next(p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p)
+    opts.binary_location = _chrome()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,700"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
