@@ -228,6 +228,21 @@ def last_losses(run_root: Path, seeds: list[str], arms: list[str], n: int = 50) 
     return out
 
 
+def merge_earlier(results: dict, path: str) -> dict:
+    """Arms of an earlier results file (same schedule) that this run did not train, seed by seed."""
+    earlier = json.loads(Path(path).read_text())
+    if earlier.get("schedule") != results["schedule"]:
+        raise SystemExit(f"{path}: a different schedule ({earlier.get('schedule')}); merge only the same one")
+    added = [a for a in earlier["arms"] if a not in results["arms"]]
+    for seed, arms in earlier["seeds"].items():
+        for arm in added:
+            if arm in arms:
+                results["seeds"].setdefault(seed, {})[arm] = arms[arm]
+    results["merged"] = {"from": Path(path).name, "arms": added, "runs": earlier.get("runs")}
+    results["priors_quality_testA"] = {**earlier.get("priors_quality_testA", {}), **results["priors_quality_testA"]}
+    return {"arms": added, "losses": {a: earlier.get("train_loss_last_50", {}).get(a, {}) for a in added}}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -256,6 +271,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--merge", default=None, metavar="RESULTS_JSON",
+                   help="add the arms of an earlier results file of the same schedule (e.g. its baseline) to "
+                   "the table and the per-image comparison, without rerunning them")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: gather the finished evaluations of OUT (runs still going elsewhere)")
     args = p.parse_args(argv)
@@ -292,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "priors_quality_testA": {k: prior_quality(f["testA"], data["testA"], args.test_images)
                                               for k, f in priors.items()}}
     truth = _native_labels(glas)
+    merged = merge_earlier(results, args.merge) if args.merge else {"arms": [], "losses": {}}
+    results["arms"] = merged["arms"] + args.arms
     for seed in (int(s) for s in args.seeds.split(",")):
         for arm in args.arms:
             got = run_arm(arm, seed, data, priors, truth, args)
@@ -299,7 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
                 results["seeds"].setdefault(str(seed), {})[arm] = got
             results["mean"] = table(results)
             results["per_image_f1_vs_baseline"] = paired(results)
-            results["train_loss_last_50"] = last_losses(run_root, list(results["seeds"]), args.arms)
+            results["train_loss_last_50"] = {**merged["losses"],
+                                             **last_losses(run_root, list(results["seeds"]), args.arms)}
             write_json_atomic(Path(args.results), results)
     print(json.dumps({k: v for k, v in results.items() if k != "seeds"}, indent=2))
     return results
