@@ -229,7 +229,8 @@ def last_losses(run_root: Path, seeds: list[str], arms: list[str], n: int = 50) 
 
 
 def merge_earlier(results: dict, path: str) -> dict:
-    """Arms of an earlier results file (same schedule) that this run did not train, seed by seed."""
+    """Add the arms of an earlier results file (same schedule) that this run does not train, seed by seed, in
+    front of results["arms"]; returns their end-of-run losses."""
     earlier = json.loads(Path(path).read_text())
     if earlier.get("schedule") != results["schedule"]:
         raise SystemExit(f"{path}: a different schedule ({earlier.get('schedule')}); merge only the same one")
@@ -240,7 +241,8 @@ def merge_earlier(results: dict, path: str) -> dict:
                 results["seeds"].setdefault(seed, {})[arm] = arms[arm]
     results["merged"] = {"from": Path(path).name, "arms": added, "runs": earlier.get("runs")}
     results["priors_quality_testA"] = {**earlier.get("priors_quality_testA", {}), **results["priors_quality_testA"]}
-    return {"arms": added, "losses": {a: earlier.get("train_loss_last_50", {}).get(a, {}) for a in added}}
+    results["arms"] = added + results["arms"]
+    return {a: earlier.get("train_loss_last_50", {}).get(a, {}) for a in added}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -310,8 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "priors_quality_testA": {k: prior_quality(f["testA"], data["testA"], args.test_images)
                                               for k, f in priors.items()}}
     truth = _native_labels(glas)
-    merged = merge_earlier(results, args.merge) if args.merge else {"arms": [], "losses": {}}
-    results["arms"] = merged["arms"] + args.arms
+    merged_losses = merge_earlier(results, args.merge) if args.merge else {}
     for seed in (int(s) for s in args.seeds.split(",")):
         for arm in args.arms:
             got = run_arm(arm, seed, data, priors, truth, args)
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results["seeds"].setdefault(str(seed), {})[arm] = got
             results["mean"] = table(results)
             results["per_image_f1_vs_baseline"] = paired(results)
-            results["train_loss_last_50"] = {**merged["losses"],
+            results["train_loss_last_50"] = {**merged_losses,
                                              **last_losses(run_root, list(results["seeds"]), args.arms)}
             write_json_atomic(Path(args.results), results)
     print(json.dumps({k: v for k, v in results.items() if k != "seeds"}, indent=2))
