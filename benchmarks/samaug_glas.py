@@ -20,7 +20,6 @@ Example (the paper's GPU schedule): python benchmarks/samaug_glas.py --iteration
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _shared import REPO, shared_dir
+from _shared import REPO, last_losses, logged_speed, shared_dir
 from medsamkit.core.atomic import write_json_atomic
 from medsamkit.core.runtime import select_device, setup
 from medsamkit.samaug.everything import EverythingConfig
@@ -183,13 +182,6 @@ def run_arm(arm: str, seed: int, data: dict[str, Path], priors: dict[str, dict[s
     return result
 
 
-def logged_speed(metrics_csv: Path) -> float | None:
-    """Iterations per second over the whole run, from the per-iteration wall-clock in metrics.csv."""
-    with metrics_csv.open(newline="") as fh:
-        seconds = [float(r["seconds"]) for r in csv.DictReader(fh) if r.get("seconds")]
-    return round(len(seconds) / sum(seconds), 4) if seconds and sum(seconds) > 0 else None
-
-
 def table(results: dict) -> dict:
     """Mean over seeds per arm, and each SAMAug arm minus the baseline of the same seeds."""
     out: dict = {}
@@ -212,19 +204,6 @@ def paired(results: dict) -> dict:
             diffs = [r["object_f1"] - base[r["image"]] for r in got.get("per_image", []) if r["image"] in base]
             out.setdefault(arm, {})[seed] = {"wins": sum(d > 1e-9 for d in diffs), "losses": sum(d < -1e-9 for d in diffs),
                                              "ties": sum(abs(d) <= 1e-9 for d in diffs)}
-    return out
-
-
-def last_losses(run_root: Path, seeds: list[str], arms: list[str], n: int = 50) -> dict:
-    """Mean training loss over the last n logged iterations of every run folder (the loss curves' ends)."""
-    out: dict = {}
-    for seed in seeds:
-        for arm in arms:
-            csv_path = run_root / f"seed{seed}" / arm / "metrics.csv"
-            if csv_path.is_file():
-                with csv_path.open(newline="") as fh:
-                    losses = [float(r["loss"]) for r in csv.DictReader(fh)][-n:]
-                out.setdefault(arm, {})[seed] = round(statistics.fmean(losses), 4) if losses else None
     return out
 
 

@@ -4,14 +4,21 @@ Variants (--arms): baseline; box-clip / box-paper (priors of the box-only LiteMe
 blob proposals; fusion "clip" or the paper's listing, medsamkit.samaug.fusion); points-clip / points-paper
 (priors from a LiteMedSAM decoder fine-tuned with points on MoNuSeg TRAIN only, benchmarks/finetune_monuseg.py,
 then `samaug priors --model RUN/best.pt --proposal points`). Each arm is its own run folder, same seeds and
-schedule; the prior quality of every priors folder (test split) is reported beside the AJI.
+schedule; the prior quality of every priors folder (test split), the per-image AJI wins / losses of every arm
+against the same seed's baseline and the training loss at each run's end are reported beside the AJI.
+Priors folders not given are computed under OUT/priors/{box,points}/{train,test} (box: stain-blob proposals;
+points: the point grid of --points-model, or of a decoder fine-tuned here on TRAIN only, --finetune-points).
 
-Example (the paper's schedule; needs priors from `medsamkit samaug priors` for both splits):
+Example (the paper's schedule, priors made beforehand with `medsamkit samaug priors`):
   python benchmarks/samaug_monuseg.py --train DATA/monuseg/train --test DATA/monuseg/test \\
       --priors-train PRIORS/train --priors-test PRIORS/test --points-priors-train PPRIORS/train \\
       --points-priors-test PPRIORS/test --arms baseline,box-clip,box-paper,points-clip,points-paper \\
       --iterations 50000 --lr-switch 30000 --seeds 0,1,2 --out runs/samaug_monuseg
-Every run resumes from its last.pt; finished evaluations are reused. Prints and writes results.json.
+Example (everything computed here; the point model from 4 epochs on MoNuSeg train):
+  python benchmarks/samaug_monuseg.py --arms baseline,box-clip,box-paper,points-clip,points-paper \
+      --finetune-points 4 --seeds 0,1 --iterations 4000 --crop 128 --threads 1 --out runs/samaug_monuseg
+Every run resumes from its last.pt; finished priors, point model and evaluations are reused. Prints and writes
+OUT/results.json (and --results).
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from _shared import monuseg_dir
+from _shared import last_losses, logged_speed, monuseg_dir
+from medsamkit.samaug.everything import EverythingConfig
+from medsamkit.samaug.priors import PriorsConfig, compute_priors
 from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate
 from medsamkit.samaug.unet_train import UNetConfig, train
 from priors_quality import score_priors
@@ -53,8 +62,59 @@ def _arm(args: argparse.Namespace, seed: int, arm: str, priors_train: str | None
         summary = evaluate(UNetEvalConfig(run=str(run), data=args.test, priors=priors_test, out=str(eval_dir),
                                           max_images=args.test_images, threads=args.threads, device=args.device,
                                           progress=not args.quiet))
-    return {"aji": 100 * summary["mean_aji"], "n_test": summary["n"],
-            "train_iterations_per_second": _logged_speed(run / "metrics.csv")}
+    with (eval_dir / "per_image.csv").open(newline="") as fh:
+        per_image = {r["image"]: float(r["aji"]) for r in csv.DictReader(fh)}
+    return {"aji": 100 * summary["mean_aji"], "n_test": summary["n"], "per_image": per_image,
+            "train_iterations_per_second": logged_speed(run / "metrics.csv")}
+
+
+def points_model(args: argparse.Namespace) -> str:
+    """RUN/best.pt of the LiteMedSAM decoder fine-tuned with center / random1 clicks on the TRAIN split only (its
+    validation images are train images too) on the 256 px tiles the priors use; a finished run is reused, a larger
+    --finetune-points resumes."""
+    from medsamkit.training import FinetuneConfig, finetune
+
+    run = Path(args.out) / "points-model"
+    finetune(FinetuneConfig(data=[args.train], out=str(run), prompts="center,random1", epochs=args.finetune_points,
+                            batch_size=16, max_objects=48, val_fraction=0.2, tile_size=256,
+                            max_images=args.points_train_images or args.train_images,
+                            device=args.device, show_progress=not args.quiet))
+    return str(run / "best.pt")
+
+
+def everything_config(kind: str, args: argparse.Namespace) -> EverythingConfig:
+    """Stain-blob boxes for the box-only model; for the point model a grid of --points-per-side per 256 px tile
+    (8: a point every 32 px, the density of SAM's 32x32 grid on a 1000 px image, the paper's setting)."""
+    if kind == "box":
+        return EverythingConfig(proposal="blobs")
+    return EverythingConfig(proposal="points", points_per_side=args.points_per_side)
+
+
+def computed_priors(kind: str, model: str, args: argparse.Namespace) -> tuple[str, str]:
+    """The train and test priors folders of one kind under OUT/priors (computed once, then reused)."""
+    folders = []
+    for split, limit in (("train", args.train_images), ("test", args.test_images)):
+        folder = Path(args.out) / "priors" / kind / split
+        compute_priors(PriorsConfig(data=getattr(args, split), out=str(folder), model=model, device=args.device,
+                                    everything=everything_config(kind, args), max_images=limit,
+                                    progress=not args.quiet))
+        folders.append(str(folder))
+    return folders[0], folders[1]
+
+
+def paired(per_image: dict[str, dict[str, dict[str, float]]]) -> dict:
+    """Per seed, each SAMAug arm against the same seed's baseline: per-image AJI wins / losses / ties."""
+    out: dict = {}
+    for seed, arms in per_image.items():
+        base = arms.get("baseline", {})
+        for arm, got in arms.items():
+            if arm == "baseline" or not base:
+                continue
+            diffs = [got[name] - base[name] for name in got if name in base]
+            out.setdefault(arm, {})[seed] = {"wins": sum(d > 1e-9 for d in diffs),
+                                             "losses": sum(d < -1e-9 for d in diffs),
+                                             "ties": sum(abs(d) <= 1e-9 for d in diffs)}
+    return out
 
 
 def _priors_stats(folder: str) -> dict:
@@ -62,18 +122,11 @@ def _priors_stats(folder: str) -> dict:
     index = Path(folder) / "index.json"
     if not index.is_file():
         return {}
-    rows = [r for r in json.loads(index.read_text())["images"] if not r.get("skipped")]
+    rows = json.loads(index.read_text())["images"]  # "skipped": reused by the last call, still finished
     secs = [r["seconds"] for r in rows if r.get("seconds") is not None]
     return {"images": len(rows), "masks": sum(r["masks"] for r in rows),
             "seconds_per_image_median": round(statistics.median(secs), 1) if secs else None,
             "seconds_per_image_max": round(max(secs), 1) if secs else None}
-
-
-def _logged_speed(metrics_csv: Path) -> float | None:
-    """Iterations per second over the whole run, from the per-iteration wall-clock in metrics.csv."""
-    with metrics_csv.open(newline="") as fh:
-        seconds = [float(r["seconds"]) for r in csv.DictReader(fh) if r.get("seconds")]
-    return round(len(seconds) / sum(seconds), 4) if seconds and sum(seconds) > 0 else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -87,7 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--points-priors-test", default=None, help="point-model priors of the test images")
     p.add_argument("--arms", default=None, help=f"comma list of {', '.join(ARMS)} (default: baseline and "
                    "box-clip when box priors are given)")
+    p.add_argument("--points-model", default=None, help="RUN/best.pt of a point fine-tune on MoNuSeg train")
+    p.add_argument("--finetune-points", type=int, default=None, metavar="EPOCHS",
+                   help="fine-tune the point model here on the train split (OUT/points-model)")
+    p.add_argument("--points-train-images", type=int, default=None,
+                   help="fine-tune the point model on the first N train images (default: all; 20%% validate)")
+    p.add_argument("--points-per-side", type=int, default=8, help="point grid per 256 px tile (8: SAM's density)")
     p.add_argument("--out", required=True, help="folder for all runs and results.json")
+    p.add_argument("--results", default=None, help="also write the results here")
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--lr-switch", type=int, default=None, help="lr 5e-4 -> 5e-5 here (default 60%%)")
     p.add_argument("--seeds", default="0", help="comma list, e.g. 0,1,2")
@@ -112,12 +172,21 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("give the train and the test priors folder of a kind together")
     arms = args.arms.split(",") if args.arms else ["baseline"] + (["box-clip"] if args.priors_train else [])
     for arm in arms:
-        kind = arm.partition("-")[0]
-        if arm not in ARMS or (kind != "baseline" and folders[kind][0] is None):
-            p.error(f"arm {arm!r}: unknown, or its priors folders are not given")
+        if arm not in ARMS:
+            p.error(f"arm {arm!r}: unknown (one of {', '.join(ARMS)})")
+    kinds = {arm.partition("-")[0] for arm in arms} - {"baseline"}
+    if "points" in kinds and folders["points"][0] is None and not (args.points_model or args.finetune_points):
+        p.error("points-* arms need --points-priors-train/-test, --points-model RUN/best.pt or --finetune-points")
+    for kind in sorted(kinds):
+        if folders[kind][0] is None:
+            model = "litemedsam" if kind == "box" else (args.points_model or points_model(args))
+            folders[kind] = computed_priors(kind, model, args)
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict = {"unit": "AJI x 100 (mean over test images)", "iterations": args.iterations,
+                     "schedule": {"iterations": args.iterations, "lr_switch": args.lr_switch,
+                                  "batch_size": args.batch_size, "crop": args.crop},
                      "arms": arms, "seeds": {}}
+    per_image: dict = {}
     for seed in seeds:
         row = {}
         for arm in arms:
@@ -125,17 +194,24 @@ def main(argv: list[str] | None = None) -> dict:
             got = _arm(args, seed, arm, train_dir, test_dir)
             row[f"{arm}_aji"], row[f"{arm}_it_per_s"], row["n_test"] = (
                 got["aji"], got["train_iterations_per_second"], got["n_test"])
+            per_image.setdefault(str(seed), {})[arm] = got["per_image"]
         results["seeds"][str(seed)] = row
     for arm in arms:
         values = [r[f"{arm}_aji"] for r in results["seeds"].values()]
         results.setdefault("mean", {})[f"{arm}_aji"] = statistics.fmean(values)
     results["paper"] = PAPER_AJI
+    results["per_image_aji_vs_baseline"] = paired(per_image)
+    results["per_image_aji"] = per_image
+    results["train_loss_last_50"] = last_losses(Path(args.out), [str(s) for s in seeds], arms)
     results["priors"] = {kind: {"train": _priors_stats(a), "test": _priors_stats(b),
-                                "quality_test": {k: v for k, v in score_priors(b, args.test).items()
+                                "quality_test": {k: v for k, v in score_priors(b, args.test, args.test_images).items()
                                                  if k != "per_image"}}
                          for kind, (a, b) in folders.items() if a}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = json.dumps(results, indent=2) + "\n"
+    (Path(args.out) / "results.json").write_text(text)
+    if args.results:
+        Path(args.results).write_text(text)
     json.dump(results, sys.stdout, indent=2)
     print()
     return results
