@@ -18,7 +18,7 @@ Example (everything computed here; the point model from 4 epochs on MoNuSeg trai
   python benchmarks/samaug_monuseg.py --arms baseline,box-clip,box-paper,points-clip,points-paper \
       --finetune-points 4 --seeds 0,1 --iterations 4000 --crop 128 --threads 1 --out runs/samaug_monuseg
 Every run resumes from its last.pt; finished priors, point model and evaluations are reused. Prints and writes
-OUT/results.json (and --results).
+OUT/results.json (and --results) and the runs' loss curves, OUT/loss_curves.png (or --curves).
 """
 
 from __future__ import annotations
@@ -102,6 +102,41 @@ def computed_priors(kind: str, model: str, args: argparse.Namespace) -> tuple[st
     return folders[0], folders[1]
 
 
+def loss_curves(run_root: Path, seeds: list[str], arms: list[str], bin_size: int = 200) -> dict:
+    """The loss curves of every run, as the mean training loss per bin of `bin_size` iterations."""
+    out: dict = {}
+    for seed in seeds:
+        for arm in arms:
+            with (run_root / f"seed{seed}" / arm / "metrics.csv").open(newline="") as fh:
+                losses = [float(r["loss"]) for r in csv.DictReader(fh)]
+            out.setdefault(arm, {})[seed] = [round(statistics.fmean(losses[i:i + bin_size]), 4)
+                                             for i in range(0, len(losses), bin_size)]
+    return out
+
+
+def plot_curves(curves: dict, bin_size: int, path: Path) -> None:
+    """One panel per seed: every arm's binned loss curve (the evidence beside the AJI table)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = sorted({s for per_arm in curves.values() for s in per_arm})
+    fig, axes = plt.subplots(1, len(seeds), figsize=(5 * len(seeds), 3.5), sharey=True, squeeze=False)
+    for ax, seed in zip(axes[0], seeds):
+        for arm, per_seed in curves.items():
+            values = per_seed.get(seed, [])
+            ax.plot([(i + 1) * bin_size for i in range(len(values))], values, label=arm,
+                    lw=2 if arm == "baseline" else 1)
+        ax.set_title(f"seed {seed}")
+        ax.set_xlabel("iteration")
+    axes[0][0].set_ylabel(f"training loss (mean of {bin_size})")
+    axes[0][-1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def paired(per_image: dict[str, dict[str, dict[str, float]]]) -> dict:
     """Per seed, each SAMAug arm against the same seed's baseline: per-image AJI wins / losses / ties."""
     out: dict = {}
@@ -148,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--points-per-side", type=int, default=8, help="point grid per 256 px tile (8: SAM's density)")
     p.add_argument("--out", required=True, help="folder for all runs and results.json")
     p.add_argument("--results", default=None, help="also write the results here")
+    p.add_argument("--curves", default=None, help="loss-curve figure (default OUT/loss_curves.png)")
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--lr-switch", type=int, default=None, help="lr 5e-4 -> 5e-5 here (default 60%%)")
     p.add_argument("--seeds", default="0", help="comma list, e.g. 0,1,2")
@@ -203,6 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
     results["per_image_aji_vs_baseline"] = paired(per_image)
     results["per_image_aji"] = per_image
     results["train_loss_last_50"] = last_losses(Path(args.out), [str(s) for s in seeds], arms)
+    results["train_loss_per_200"] = loss_curves(Path(args.out), [str(s) for s in seeds], arms)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    plot_curves(results["train_loss_per_200"], 200, Path(args.curves or Path(args.out) / "loss_curves.png"))
     results["priors"] = {kind: {"train": _priors_stats(a), "test": _priors_stats(b),
                                 "quality_test": {k: v for k, v in score_priors(b, args.test, args.test_images).items()
                                                  if k != "per_image"}}
