@@ -39,15 +39,26 @@ def logged_speed(metrics_csv: Path) -> float | None:
     return round(len(seconds) / sum(seconds), 4) if seconds and sum(seconds) > 0 else None
 
 
-def last_losses(run_root: Path, seeds: list[str], arms: list[str], n: int = 50) -> dict:
-    """Mean training loss over the last n logged iterations of every RUN_ROOT/seedS/ARM folder (the loss
-    curves' ends), as {arm: {seed: loss}}."""
+def loss_series(run_root: Path, seeds: list[str], arms: list[str]) -> dict[str, dict[str, list[float]]]:
+    """The logged training loss of every RUN_ROOT/seedS/ARM folder that has a metrics.csv, as {arm: {seed: losses}}."""
     out: dict = {}
     for seed in seeds:
         for arm in arms:
             csv_path = run_root / f"seed{seed}" / arm / "metrics.csv"
             if csv_path.is_file():
                 with csv_path.open(newline="") as fh:
-                    losses = [float(r["loss"]) for r in csv.DictReader(fh)][-n:]
-                out.setdefault(arm, {})[seed] = round(statistics.fmean(losses), 4) if losses else None
+                    out.setdefault(arm, {})[seed] = [float(r["loss"]) for r in csv.DictReader(fh)]
     return out
+
+
+def last_losses(series: dict[str, dict[str, list[float]]], n: int = 50) -> dict:
+    """Mean of the last n losses of every run of a `loss_series` (the loss curves' ends), as {arm: {seed: loss}}."""
+    return {arm: {seed: round(statistics.fmean(losses[-n:]), 4) if losses else None for seed, losses in per.items()}
+            for arm, per in series.items()}
+
+
+def wins_losses(base: dict[str, float], got: dict[str, float]) -> dict[str, int]:
+    """Per-image comparison of an arm's scores against the baseline's on the images both have."""
+    diffs = [got[name] - base[name] for name in got if name in base]
+    return {"wins": sum(d > 1e-9 for d in diffs), "losses": sum(d < -1e-9 for d in diffs),
+            "ties": sum(abs(d) <= 1e-9 for d in diffs)}

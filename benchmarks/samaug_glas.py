@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _shared import REPO, last_losses, logged_speed, shared_dir
+from _shared import REPO, last_losses, logged_speed, loss_series, shared_dir, wins_losses
 from medsamkit.core.atomic import write_json_atomic
 from medsamkit.core.runtime import select_device, setup
 from medsamkit.samaug.everything import EverythingConfig
@@ -201,9 +201,8 @@ def paired(results: dict) -> dict:
         for arm, got in arms.items():
             if arm == "baseline" or not base:
                 continue
-            diffs = [r["object_f1"] - base[r["image"]] for r in got.get("per_image", []) if r["image"] in base]
-            out.setdefault(arm, {})[seed] = {"wins": sum(d > 1e-9 for d in diffs), "losses": sum(d < -1e-9 for d in diffs),
-                                             "ties": sum(abs(d) <= 1e-9 for d in diffs)}
+            out.setdefault(arm, {})[seed] = wins_losses(base, {r["image"]: r["object_f1"]
+                                                                for r in got.get("per_image", [])})
     return out
 
 
@@ -300,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["mean"] = table(results)
             results["per_image_f1_vs_baseline"] = paired(results)
             results["train_loss_last_50"] = {**merged_losses,
-                                             **last_losses(run_root, list(results["seeds"]), args.arms)}
+                                             **last_losses(loss_series(run_root, list(results["seeds"]), args.arms))}
             write_json_atomic(Path(args.results), results)
     print(json.dumps({k: v for k, v in results.items() if k != "seeds"}, indent=2))
     return results

@@ -15,7 +15,7 @@ Example (the paper's schedule, priors made beforehand with `medsamkit samaug pri
       --points-priors-test PPRIORS/test --arms baseline,box-clip,box-paper,points-clip,points-paper \\
       --iterations 50000 --lr-switch 30000 --seeds 0,1,2 --out runs/samaug_monuseg
 Example (everything computed here; the point model from 4 epochs on MoNuSeg train):
-  python benchmarks/samaug_monuseg.py --arms baseline,box-clip,box-paper,points-clip,points-paper \
+  python benchmarks/samaug_monuseg.py --arms baseline,box-clip,box-paper,points-clip,points-paper \\
       --finetune-points 4 --seeds 0,1 --iterations 4000 --crop 128 --threads 1 --out runs/samaug_monuseg
 Every run resumes from its last.pt; finished priors, point model and evaluations are reused. Prints and writes
 OUT/results.json (and --results) and the runs' loss curves, OUT/loss_curves.png (or --curves).
@@ -30,7 +30,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _shared import last_losses, logged_speed, monuseg_dir
+from _shared import last_losses, logged_speed, loss_series, monuseg_dir, wins_losses
 from medsamkit.samaug.everything import EverythingConfig
 from medsamkit.samaug.priors import PriorsConfig, compute_priors
 from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate
@@ -102,16 +102,10 @@ def computed_priors(kind: str, model: str, args: argparse.Namespace) -> tuple[st
     return folders[0], folders[1]
 
 
-def loss_curves(run_root: Path, seeds: list[str], arms: list[str], bin_size: int = 200) -> dict:
-    """The loss curves of every run, as the mean training loss per bin of `bin_size` iterations."""
-    out: dict = {}
-    for seed in seeds:
-        for arm in arms:
-            with (run_root / f"seed{seed}" / arm / "metrics.csv").open(newline="") as fh:
-                losses = [float(r["loss"]) for r in csv.DictReader(fh)]
-            out.setdefault(arm, {})[seed] = [round(statistics.fmean(losses[i:i + bin_size]), 4)
-                                             for i in range(0, len(losses), bin_size)]
-    return out
+def binned(series: dict[str, dict[str, list[float]]], bin_size: int = 200) -> dict:
+    """The loss curves of a `loss_series`, as the mean training loss per bin of `bin_size` iterations."""
+    return {arm: {seed: [round(statistics.fmean(losses[i:i + bin_size]), 4) for i in range(0, len(losses), bin_size)]
+                  for seed, losses in per.items()} for arm, per in series.items()}
 
 
 def plot_curves(curves: dict, bin_size: int, path: Path) -> None:
@@ -143,12 +137,8 @@ def paired(per_image: dict[str, dict[str, dict[str, float]]]) -> dict:
     for seed, arms in per_image.items():
         base = arms.get("baseline", {})
         for arm, got in arms.items():
-            if arm == "baseline" or not base:
-                continue
-            diffs = [got[name] - base[name] for name in got if name in base]
-            out.setdefault(arm, {})[seed] = {"wins": sum(d > 1e-9 for d in diffs),
-                                             "losses": sum(d < -1e-9 for d in diffs),
-                                             "ties": sum(abs(d) <= 1e-9 for d in diffs)}
+            if arm != "baseline" and base:
+                out.setdefault(arm, {})[seed] = wins_losses(base, got)
     return out
 
 
@@ -238,15 +228,15 @@ def main(argv: list[str] | None = None) -> dict:
     results["paper"] = PAPER_AJI
     results["per_image_aji_vs_baseline"] = paired(per_image)
     results["per_image_aji"] = per_image
-    results["train_loss_last_50"] = last_losses(Path(args.out), [str(s) for s in seeds], arms)
-    results["train_loss_per_200"] = loss_curves(Path(args.out), [str(s) for s in seeds], arms)
+    series = loss_series(Path(args.out), [str(s) for s in seeds], arms)
+    results["train_loss_last_50"] = last_losses(series)
+    results["train_loss_per_200"] = binned(series)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot_curves(results["train_loss_per_200"], 200, Path(args.curves or Path(args.out) / "loss_curves.png"))
     results["priors"] = {kind: {"train": _priors_stats(a), "test": _priors_stats(b),
                                 "quality_test": {k: v for k, v in score_priors(b, args.test, args.test_images).items()
                                                  if k != "per_image"}}
                          for kind, (a, b) in folders.items() if a}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2) + "\n"
     (Path(args.out) / "results.json").write_text(text)
     if args.results:
