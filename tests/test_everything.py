@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medsamkit.core.errors import InputError
+from medsamkit.models.local_decode import decode_local
 from medsamkit.samaug import everything as ev
 from medsamkit.samaug import proposals
 from medsamkit.samaug.everything import EverythingConfig
@@ -97,7 +98,7 @@ def test_window_decoding_equals_full_decoding_with_a_full_window(predictor, monu
     boxes = torch.tensor([[10.0, 10.0, 40.0, 40.0], [100.0, 120.0, 130.0, 140.0]])
     with torch.inference_mode():
         full, iou_full = predictor.model.decode(predictor.embedding.features, None, boxes, None, False)
-    local, iou_local, origin = ev.decode_local(predictor, boxes, None, 64, False)
+    local, iou_local, origin = decode_local(predictor.model, predictor.embedding.features, boxes, None, 64, False)
     assert origin.tolist() == [[0, 0], [0, 0]]
     torch.testing.assert_close(local, full, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(iou_local, iou_full, atol=1e-4, rtol=1e-4)
@@ -105,11 +106,11 @@ def test_window_decoding_equals_full_decoding_with_a_full_window(predictor, monu
     points = (torch.tensor([[[20.0, 30.0]], [[200.0, 100.0]]]), torch.ones(2, 1, dtype=torch.long))
     with torch.inference_mode():
         full, iou_full = predictor.model.decode(predictor.embedding.features, points, None, None, True)
-    local, iou_local, _ = ev.decode_local(predictor, None, points, 64, True)
+    local, iou_local, _ = decode_local(predictor.model, predictor.embedding.features, None, points, 64, True)
     assert local.shape == (2, 3, 256, 256)
     torch.testing.assert_close(local, full, atol=1e-3, rtol=1e-3)
     # A 16-token window (64 px) gives nearly the same mask at 1/16 of the tokens (measured IoU 0.81 here).
-    near, _, origin = ev.decode_local(predictor, boxes[:1], None, 16, False)
+    near, _, origin = decode_local(predictor.model, predictor.embedding.features, boxes[:1], None, 16, False)
     assert origin.tolist() == [[0, 0]]
     full, _ = predictor.model.decode(predictor.embedding.features, None, boxes[:1], None, False)
     a, b = full[0, 0, :64, :64] > 0, near[0, 0] > 0
@@ -148,7 +149,7 @@ def test_window_decoding_fast_path_equals_official_modules(predictor, monuseg_ti
     try:
         for fast in (True, False):
             model.use_fast_decoder = fast
-            out[fast] = ev.decode_local(predictor, boxes, None, 16, False)
+            out[fast] = decode_local(predictor.model, predictor.embedding.features, boxes, None, 16, False)
     finally:
         model.use_fast_decoder = True
     (fast, iou_fast, origin_fast), (ref, iou_ref, origin_ref) = out[True], out[False]

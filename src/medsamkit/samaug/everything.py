@@ -5,7 +5,7 @@ prompted with a grid of points (point-capable models, as SAM's automatic mask ge
 (box-only models, the paper-style naive grid) or boxes around cheap classical blob proposals (box-only
 models, the default: far fewer prompts for better recall on nuclei). Masks are filtered by predicted IoU,
 stability score and area, then de-duplicated by box NMS across the whole image. Box prompts are decoded
-on a window of the embedding around each box (`decode_local`: ~4x cheaper per prompt on CPU, same model).
+on a window of the embedding around each box (`models.local_decode`: ~4x cheaper per prompt on CPU, same model).
 Blob proposals are made once on the whole image and each is decoded in the tile holding it most centrally;
 masks touching a tile edge inside the image are dropped (a neighbouring tile holds that region whole).
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from medsamkit.core.errors import InputError
 from medsamkit.core.tiling import grid_windows
-from medsamkit.models.sam import fast_decoder_supported, fast_mask_decode_chunked
+from medsamkit.models.local_decode import decode_local
 from medsamkit.predictor import Predictor, as_rgb_float
 from medsamkit.samaug.nms import nms
 from medsamkit.samaug.proposals import assign_to_windows, blob_proposals, expand_boxes, grid_boxes, point_grid
@@ -119,70 +119,6 @@ def resolve_proposal(predictor: Predictor, cfg: EverythingConfig) -> str:
     if cfg.proposal != "auto":
         return cfg.proposal
     return "points" if model_takes_points(predictor) else "blobs"
-
-
-# --- decoding ------------------------------------------------------------------------------------------
-def _window_starts(centres: torch.Tensor, size: int, grid: int) -> torch.Tensor:
-    return (torch.round(centres - size / 2)).long().clamp(0, grid - size)
-
-
-@torch.inference_mode()
-def decode_local(
-    predictor: Predictor,
-    boxes: torch.Tensor | None,
-    points: tuple[torch.Tensor, torch.Tensor] | None,
-    window: int,
-    multimask: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode P prompts (model-input frame) each on a `window`^2-token crop of the image embedding.
-
-    The decoder's two-way transformer costs O(tokens) per prompt; for objects a few tokens wide a window
-    around the prompt keeps almost all the attention mass at a fraction of the cost. Positional encodings
-    are cropped alike, so prompt coordinates stay absolute. Returns low-res logits (P,C,4w,4w), IoU (P,C)
-    and the windows' top-left corners in low-res pixels (P, 2) as (x, y).
-    """
-    model = predictor.model
-    feats = predictor.embedding.features
-    grid = feats.shape[-1]
-    window = min(window, grid)
-    stride = model.preprocessing.input_size / grid
-    if boxes is not None:
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    else:
-        coords, labels = points
-        weight = (labels > 0).float()[..., None]
-        centres = (coords * weight).sum(1) / weight.sum(1).clamp(min=1)
-    start = _window_starts(centres / stride, window, grid)  # (P, 2) x, y in tokens
-    ar = torch.arange(window, device=feats.device)
-    iy = (start[:, 1, None] + ar)[:, :, None]
-    ix = (start[:, 0, None] + ar)[:, None, :]
-    sparse, _ = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-    pe = model.prompt_encoder.get_dense_pe()[0]
-    src = feats[0][:, iy, ix].permute(1, 0, 2, 3)
-    no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-    pos = pe[:, iy, ix].permute(1, 0, 2, 3)
-    dec = model.mask_decoder
-    origin = (start.float() * (model.mask_input_size[0] / grid)).long()
-    if model.use_fast_decoder and fast_decoder_supported(dec):
-        # Same outputs as the official modules below, in chunks of about as many image tokens as
-        # SamFamilyModel.decode holds at once.
-        step = max(1, model.decode_chunk * grid * grid // (window * window))
-        logits, iou = fast_mask_decode_chunked(dec, src, pos, sparse, no_mask, multimask, step)
-        return logits, iou, origin
-    src = src + no_mask
-    out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-    tokens = torch.cat([out_tokens[None].expand(sparse.shape[0], -1, -1), sparse], dim=1)
-    b, c, h, w = src.shape
-    hs, src = dec.transformer(src.contiguous(), pos.contiguous(), tokens)
-    up = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper = torch.stack(
-        [dec.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(dec.num_mask_tokens)], dim=1
-    )
-    b, c, h, w = up.shape
-    masks = (hyper @ up.view(b, c, h * w)).view(b, -1, h, w)
-    iou = dec.iou_prediction_head(hs[:, 0, :])
-    sl = slice(1, None) if multimask else slice(0, 1)
-    return masks[:, sl], iou[:, sl], origin
 
 
 @dataclass
@@ -282,7 +218,8 @@ def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: Ever
             else:
                 pts, bt = None, torch.from_numpy(chunk * np.tile(scale, 2)).to(dev)
             if local:
-                logits, iou, origin = decode_local(predictor, bt, pts, int(wsize), multimask)
+                logits, iou, origin = decode_local(model, predictor.embedding.features, bt, pts, int(wsize),
+                                                   multimask)
                 origin = origin.cpu().numpy()
             else:
                 with torch.inference_mode():
