@@ -25,9 +25,10 @@ from medsamkit.annotate.state import ImageAnnotation  # noqa: E402
 from medsamkit.annotate.storage import AnnotationStore  # noqa: E402
 from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
 from medsamkit.core.objects import extract_objects  # noqa: E402
+from medsamkit.io.annotations import annotated_objects  # noqa: E402
+from medsamkit.io.datasets import open_dataset  # noqa: E402
 from medsamkit.io.images import read_image, read_label  # noqa: E402
 from medsamkit.models.checkpoints import sha256_of  # noqa: E402
-from medsamkit.training.annotations import annotated_objects, annotation_dataset  # noqa: E402
 from medsamkit.training.data import split_by_image  # noqa: E402
 
 CROP = 256
@@ -207,7 +208,7 @@ def test_the_annotation_folder_is_training_data(crops, tmp_path):
     record["objects"][0]["hidden"] = True
     (out / "a.json").write_text(json.dumps(record))
     assert annotated_objects(out) == {"a": list(range(2, PER_IMAGE + 1)), "b": list(range(1, PER_IMAGE + 1))}
-    cases = {c.name: c for c in annotation_dataset(out).cases()}
+    cases = {c.name: c for c in open_dataset(out).cases()}
     assert cases["a"].image.shape[:2] == (CROP, CROP)
     assert sorted(np.unique(cases["a"].label))[1:] == list(range(2, PER_IMAGE + 1))  # hidden one left out
     assert np.array_equal(cases["b"].label == 3, truths["b"][2])

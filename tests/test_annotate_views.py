@@ -103,7 +103,7 @@ def test_clicks_keep_the_objects_view_and_click_only_views_follow_commits(monuse
 def test_learn_job_tiles_are_the_servers_cached_views(monuseg_ws, tmp_path):
     """The learn job's training views (tile_size None: the evaluate rule) include the tiles the server
     answered the committed boxes on, read from the server's embedding cache (no re-embedding)."""
-    from medsamkit.training.annotations import annotation_dataset
+    from medsamkit.io.datasets import open_dataset
     from medsamkit.training.config import FinetuneConfig
     from medsamkit.training.data import plan_case_tiles
 
@@ -114,7 +114,7 @@ def test_learn_job_tiles_are_the_servers_cached_views(monuseg_ws, tmp_path):
         served.add(ws.sessions[(image_id, 0, None)].window)
         ws.commit(image_id, 0, None, None, None)
     cfg = FinetuneConfig(data=[str(ws.store.out)], out=str(tmp_path / "run"), tile_size=None)
-    (case,) = list(annotation_dataset(ws.store.out).cases())
+    (case,) = list(open_dataset(ws.store.out).cases())
     assert np.array_equal(case.image, image)
     windows = {t.window for t in plan_case_tiles(case, 0, cfg, 256)}
     assert served <= windows and whole_window(image.shape[:2]) not in windows

@@ -200,9 +200,9 @@ def test_volume_specs_open_with_their_grid_and_labels(nifti_pair, tmp_path):
     import shutil
 
     from medsamkit.annotate.sources import ImageSource
-    from medsamkit.annotate.volume_source import is_volume_spec
     from medsamkit.io.builtin import builtin_path
     from medsamkit.io.nifti_nrrd import read_nifti, write_nrrd
+    from medsamkit.io.spec import resolve_spec
 
     image, label, truth, affine = nifti_pair
     grid = read_nifti(image)
@@ -220,7 +220,7 @@ def test_volume_specs_open_with_their_grid_and_labels(nifti_pair, tmp_path):
     expect = {str(image): None, str(tmp_path / "ct.nrrd"): None, str(nnunet): truth, str(folder): None,
               f"{image}::{label}": truth}
     for spec, labels in expect.items():
-        assert is_volume_spec(spec), spec
+        assert resolve_spec(spec).volumes, spec
         source = ImageSource(spec)
         entry = source.entry(source.ids[0])
         assert entry.kind == "volume" and entry.shape == truth.shape, spec
@@ -231,7 +231,7 @@ def test_volume_specs_open_with_their_grid_and_labels(nifti_pair, tmp_path):
     source = ImageSource(str(dicom))
     entry = source.entry("pat_2")
     assert entry.geometry["dicom"] and entry.load_label().any() and entry.geometry["windows"]["kind"] == "ct"
-    assert not is_volume_spec("builtin:dsb-nuclei")
+    assert not resolve_spec("builtin:dsb-nuclei").volumes
 
 
 def test_three_slice_input_is_the_engines(make_client, nifti_pair, predictor):

@@ -27,10 +27,10 @@ from medsamkit.annotate.learn_job import FIRST_VALIDATION
 from medsamkit.annotate.versions import ModelVersions
 from medsamkit.core.atomic import write_json_atomic
 from medsamkit.core.errors import InputError
+from medsamkit.io.annotations import annotated_objects
 from medsamkit.models.finetuned import read_run_checkpoint
 from medsamkit.models.loading import load_model
 from medsamkit.models.registry import names_finetuned
-from medsamkit.training.annotations import annotated_objects
 
 POLL_SECONDS = 0.5
 JOB_THREADS = 1

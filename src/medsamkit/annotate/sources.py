@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medsamkit.annotate.volume_source import VolumeEntry, VolumeMemory, is_volume_spec, volume_loaders
+from medsamkit.annotate.volume_source import VolumeEntry, VolumeMemory, volume_loaders
 from medsamkit.core.errors import InputError
-from medsamkit.io.images import IMAGE_SUFFIXES, read_image, read_label
+from medsamkit.io.spec import SpecItem, resolve_spec
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -51,69 +51,11 @@ def safe_id(name: str, taken: set[str]) -> str:
     return ident
 
 
-def _header_shape(path: Path) -> tuple[int, ...]:
-    """(H, W) of an image file without decoding its pixels where the format allows it."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                shape = tif.pages[0].shape
-            channel_first = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
-            return tuple(int(v) for v in (shape[1:3] if channel_first else shape[:2]))
-        if suffix != ".npy":
-            from PIL import Image
-
-            with Image.open(path) as im:
-                return int(im.height), int(im.width)
-    except Exception as exc:  # a broken file is the user's, reported with its name
-        raise InputError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
-    return tuple(read_image(path).shape[:2])
-
-
-def _folder_entries(folder: Path) -> list[ImageEntry]:
-    """A plain folder of images (or its images/ subfolder), labels from labels/ with the same stem."""
-    img_dir = folder / "images" if (folder / "images").is_dir() else folder
-    lab_dir = folder / "labels"
-    labels = {p.stem: p for p in sorted(lab_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES} \
-        if lab_dir.is_dir() else {}
-    files = [p for p in sorted(img_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise InputError(f"{folder}: no images (PNG/TIF/JPG/BMP) found")
+def _entries(items: list[SpecItem]) -> list[ImageEntry]:
+    """The session's 2D entries of a SPEC's items (ids: their names made file-safe)."""
     taken: set[str] = set()
-    entries = []
-    for path in files:
-        label = labels.get(path.stem)
-        entries.append(ImageEntry(
-            safe_id(path.stem, taken), path.name, _header_shape(path),
-            lambda p=path: read_image(p),
-            (lambda q=label: read_label(q)) if label is not None else (lambda: None),
-        ))
-    return entries
-
-
-def _dataset_entries(spec: str) -> list[ImageEntry]:
-    """Entries of a data SPEC (builtin:NAME, images/+labels/ folder) through ``open_dataset``."""
-    from medsamkit.io.datasets import VolumeCase, open_dataset
-
-    dataset = open_dataset(spec)
-    taken: set[str] = set()
-    entries = []
-    for load in dataset.loaders:
-        case = load()
-        if isinstance(case, VolumeCase):
-            raise InputError(f"{spec}: holds volumes; open it as a volume SPEC (IMAGE::LABEL, DICOM folder, ...)")
-
-        def image(load=load):
-            return load().image
-
-        def label(load=load):
-            return load().label
-
-        entries.append(ImageEntry(safe_id(case.name, taken), case.name, tuple(case.image.shape[:2]),
-                                  image, label))
-    return entries
+    return [ImageEntry(safe_id(item.key, taken), item.name, tuple(item.shape()), lambda i=item: i.load().image,
+                       lambda i=item: i.load().label) for item in items]
 
 
 class ImageSource:
@@ -122,14 +64,8 @@ class ImageSource:
     def __init__(self, spec: str | Path, keep: int = 4, window: str | None = None,
                  three_slice: bool = False) -> None:
         self.spec = str(spec)
-        path = Path(self.spec)
-        if not self.spec.startswith("builtin:") and "::" not in self.spec and not path.exists():
-            raise InputError(f"{path}: not found (expected a folder of images or a data SPEC)")
-        if is_volume_spec(self.spec):
-            entries = self._volume_entries(window, three_slice)
-        else:
-            plain_folder = path.is_dir() and not ((path / "images").is_dir() and (path / "labels").is_dir())
-            entries = _folder_entries(path) if plain_folder else _dataset_entries(self.spec)
+        resolved = resolve_spec(self.spec)
+        entries = self._volume_entries(window, three_slice) if resolved.volumes else _entries(resolved.items())
         self.entries: dict[str, ImageEntry | VolumeEntry] = {e.id: e for e in entries}
         self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
         self._keep = keep

@@ -74,6 +74,16 @@ class ImageAnnotation:
             state.records[v] = rec
         return state
 
+    @classmethod
+    def restore(cls, label: np.ndarray, records: dict[int, dict], source: str) -> ImageAnnotation:
+        """A saved annotation: its label map's objects with their records, and the records of objects painted
+        over completely (no pixels left, area 0), so their history and ids survive a reopening."""
+        state = cls.from_label_map(label, records, source=source)
+        for oid, rec in records.items():
+            if oid not in state.records:
+                state.records[oid] = {**rec, "area": 0}
+        return state
+
     @property
     def next_id(self) -> int:
         """The id a new object gets."""

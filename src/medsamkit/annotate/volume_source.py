@@ -18,13 +18,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from medsamkit.core.errors import InputError
 from medsamkit.io.cases import VolumeCase
-from medsamkit.io.volume import VOLUME_SUFFIXES, Volume, file_suffix, is_volume_file
+from medsamkit.io.spec import resolve_spec
+from medsamkit.io.volume import Volume
 from medsamkit.io.windowing import WINDOWS, apply_window, percentile_clip
 from medsamkit.volumes.slices import slice_input
 
@@ -208,87 +208,6 @@ class VolumeMemory:
             return self._items[key]
 
 
-def is_volume_spec(spec: str) -> bool:
-    """Whether a SPEC names volumes (see the module docstring) rather than 2D images."""
-    if spec == "builtin:lung-gtv" or "::" in spec:
-        return True
-    path = Path(spec)
-    if is_volume_file(path):
-        return True
-    if not path.is_dir():
-        return False
-    if (path / "imagesTr").is_dir() and (path / "labelsTr").is_dir():
-        return True
-    if (path / "images").is_dir():
-        return False
-    files = [p for p in path.iterdir() if p.is_file()]
-    return any(is_volume_file(p) for p in files) or _looks_dicom(files)
-
-
-def _looks_dicom(files: list[Path]) -> bool:
-    if any(p.suffix.lower() in (".dcm", ".dicom", ".ima") for p in files):
-        return True
-    for p in files[:3]:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
-        if head[128:132] == b"DICM":
-            return True
-    return False
-
-
-def _single_volume_case(path: Path, window) -> VolumeCase:
-    from medsamkit.io.volume_data import to_unit_range
-    from medsamkit.io.volume_reader import read_volume
-
-    vol = read_volume(path)
-    return VolumeCase(path.name.split(".")[0], to_unit_range(vol, window), None, tuple(vol.spacing),
-                      "class", {"volume": vol})
-
-
 def volume_loaders(spec: str, window=None) -> list[tuple[str, Callable[[], VolumeCase]]]:
     """(name, loader) of every volume of a volume SPEC; files without a label open with no objects."""
-    from medsamkit.io.datasets import open_dataset
-
-    path = Path(spec)
-    if "::" in spec or spec.startswith("builtin:"):
-        return list(zip(_names(spec), open_dataset(spec, window=window).loaders))
-    if is_volume_file(path):
-        return [(path.name.split(".")[0], lambda: _single_volume_case(path, window))]
-    plain = [p for p in sorted(path.iterdir()) if p.is_file() and file_suffix(p) in VOLUME_SUFFIXES] \
-        if path.is_dir() and not (path / "imagesTr").is_dir() else []
-    if plain:
-        return [(p.name.split(".")[0], lambda p=p: _single_volume_case(p, window)) for p in plain]
-    if path.is_dir() and not (path / "imagesTr").is_dir():
-        return [(path.name, lambda: _dicom_case(path, window))]
-    dataset = open_dataset(spec, window=window)
-    return list(zip(_names(spec), dataset.loaders))
-
-
-def _dicom_case(folder: Path, window) -> VolumeCase:
-    """A DICOM series folder with its RTSTRUCT / SEG objects to correct, or none when it has no label file."""
-    from medsamkit.io.volume_data import dicom_folder_dataset
-
-    try:
-        return dicom_folder_dataset(folder, "class", window).loaders[0]()
-    except InputError as err:
-        if "has no RTSTRUCT or SEG" not in str(err):
-            raise
-    return _single_volume_case(folder, window)
-
-
-def _names(spec: str) -> list[str]:
-    """Display names without decoding the volumes where the SPEC tells them (else the loader runs)."""
-    if spec == "builtin:lung-gtv":
-        from medsamkit.io.builtin import lung_patients
-
-        return [f"lung-gtv/{p.name}" for p in lung_patients()]
-    if "::" in spec:
-        return [Path(spec.split("::", 1)[0]).name.split(".")[0]]
-    path = Path(spec)
-    if (path / "imagesTr").is_dir():
-        from medsamkit.io.nnunet import NnunetInfo, nnunet_cases, read_dataset_json
-
-        json_path = path / "dataset.json"
-        info = read_dataset_json(json_path) if json_path.is_file() else NnunetInfo()
-        return [c.case_id for c in nnunet_cases(path, info)]
-    return [path.name]
+    return [(item.name, item.load) for item in resolve_spec(spec).items(window)]
