@@ -1,70 +1,35 @@
-"""Volumes in an annotation session: which SPECs are volumes, their views (axis + slice), geometry and
-display windows.
+"""A volume in an annotation session: its views (``annotate.session.geometry``), geometry, display windows and
+annotation files.
 
-A volume SPEC is anything ``open_dataset`` reads as volumes (NIfTI/NRRD ``IMAGE::LABEL`` pairs, DICOM series
-folders with RTSTRUCT / SEG, nnU-Net folders, ``builtin:lung-gtv``), a single NIfTI/NRRD file, or a folder
-of them. The model input is the dataset's windowed [0, 1] volume (``--window`` picks another window); the
-page's display window (CT presets, level/width, MR percentiles) never changes what the model sees, so the
-embeddings stay valid while the person adjusts contrast.
-
-Views: axis 0 = axial ``array[k]``, axis 1 = coronal ``array[::-1, k, :]``, axis 2 = sagittal
-``array[::-1, :, k]`` (z reversed so the top of the volume is at the top of the picture). View pixels are
-the unit of every 2D interaction; ``aspect`` (row spacing / column spacing) tells the page how to scale.
+The model input is the SPEC's windowed [0, 1] volume (``--window`` picks another window); the page's display
+window (CT presets, level/width, MR percentiles) never changes what the model sees, so the embeddings stay
+valid while the person adjusts contrast. A volume's objects are a ``VolumeAnnotation``, saved as NIfTI on the
+input's grid (+ a DICOM SEG for DICOM input) by ``io.annotations``.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from medsamkit.annotate.session.cache import DecodedCache
+from medsamkit.annotate.session.geometry import AXES, aspect, check_axis, view_stack
+from medsamkit.annotate.session.state import ImageAnnotation, VolumeAnnotation
+from medsamkit.annotate.session.views import ViewRule, whole_window
 from medsamkit.core.errors import InputError
+from medsamkit.core.objects import Window
+from medsamkit.io.annotations import AnnotationFolder
 from medsamkit.io.cases import VolumeCase
-from medsamkit.io.spec import resolve_spec
+from medsamkit.io.dicom.seg_write import is_dicom_grid
 from medsamkit.io.volume import Volume
 from medsamkit.io.windowing import WINDOWS, apply_window, percentile_clip
+from medsamkit.prompts.simulate import Prompt
 from medsamkit.volumes.slices import slice_input
 
-AXES = ("axial", "coronal", "sagittal")
 CT_PRESETS = ("lung", "soft_tissue", "bone", "brain")
 MR_PERCENTILES = {"auto": (0.5, 99.5), "full": (0.0, 100.0), "high": (2.0, 98.0)}
-
-
-def check_axis(axis: int, source: str) -> int:
-    """``axis`` as an int in 0..2, else InputError (a 400)."""
-    if axis not in (0, 1, 2):
-        raise InputError(f"{source}: axis must be 0 (axial), 1 (coronal) or 2 (sagittal), got {axis}")
-    return int(axis)
-
-
-def view_stack(array: np.ndarray, axis: int) -> np.ndarray:
-    """(N, h, w) numpy view of a (Z, Y, X) array whose ``[k]`` is the view (axis, k) (no copy)."""
-    if axis == 0:
-        return array
-    flipped = array[::-1]
-    return flipped.transpose(1, 0, 2) if axis == 1 else flipped.transpose(2, 0, 1)
-
-
-def view_voxels(shape: tuple[int, int, int], axis: int, k: int, rows: np.ndarray,
-                cols: np.ndarray) -> np.ndarray:
-    """Flat (C-order) voxel indices of view pixels (rows, cols) of the view (axis, k)."""
-    z_count = shape[0]
-    if axis == 0:
-        zyx = (np.full_like(rows, k), rows, cols)
-    elif axis == 1:
-        zyx = (z_count - 1 - rows, np.full_like(rows, k), cols)
-    else:
-        zyx = (z_count - 1 - rows, cols, np.full_like(rows, k))
-    return np.ravel_multi_index(zyx, shape)
-
-
-def aspect(spacing: tuple[float, float, float], axis: int) -> float:
-    """Row spacing / column spacing of a view: how much taller than wide a view pixel is."""
-    sz, sy, sx = spacing
-    return float({0: sy / sx, 1: sz / sx, 2: sz / sy}[axis])
 
 
 @dataclass
@@ -90,15 +55,15 @@ def _loaded(case: VolumeCase) -> LoadedVolume:
 
 
 @dataclass
-class VolumeEntry:
-    """One volume of the session (same interface as ``ImageEntry``, kind "volume"); pixels load on demand."""
+class VolumeItem:
+    """One volume of the session (the ``Item`` protocol of ``annotate.session.items``); read on first use."""
 
     id: str
     name: str
     load_case: Callable[[], VolumeCase]
+    memory: DecodedCache
     three_slice: bool = False
-    kind: str = "volume"
-    memory: VolumeMemory | None = None
+    kind = "volume"  # how the API lists it
     _geometry: dict | None = field(default=None, repr=False)
 
     def loaded(self) -> LoadedVolume:
@@ -133,7 +98,7 @@ class VolumeEntry:
         return self._geometry
 
     def describe(self) -> dict:
-        """The entry as /api/info lists it (geometry once the volume has been opened)."""
+        """The volume as the session lists it (geometry once it has been opened)."""
         out = {"id": self.id, "name": self.name, "kind": self.kind}
         if self._geometry is not None:
             out.update(shape=self._geometry["shape"], geometry=self._geometry)
@@ -179,35 +144,48 @@ class VolumeEntry:
                              f"{', '.join(list(WINDOWS) + list(MR_PERCENTILES))}, or level+width")
         return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
-    def load_label(self) -> np.ndarray | None:
-        """The label volume that came with the SPEC (RTSTRUCT / SEG / label file), or None."""
-        return self.loaded().label
-
     @property
     def grid(self) -> Volume:
         """The input's grid (affine, spacing, DICOM meta) the saved labels are written on."""
         return self.loaded().grid
 
+    def as_volume(self, what: str) -> VolumeItem:
+        """This volume (what only volumes do asks for it)."""
+        return self
 
-class VolumeMemory:
-    """The few volumes kept decoded (a CT is ~100-400 MB as float32): least recently used dropped first."""
+    # --- its annotation ----------------------------------------------------------------------------
+    def new_annotation(self, default_class: str | None) -> ImageAnnotation:
+        """The objects of the label volume that came with the SPEC (RTSTRUCT / SEG / label file), else none."""
+        return VolumeAnnotation.start(self.loaded().label, self.shape, default_class, f"{self.name} labels")
 
-    def __init__(self, keep: int = 2) -> None:
-        self._items: OrderedDict[str, LoadedVolume] = OrderedDict()
-        self._keep = keep
-        self._lock = threading.Lock()
+    def read_annotation(self, files: AnnotationFolder) -> ImageAnnotation | None:
+        """The saved objects (None when nothing was saved yet)."""
+        return VolumeAnnotation.restore(files.read_volume(self.id, self.shape),
+                                        str(files.volume_paths(self.id)["label"]))
 
-    def get(self, key: str, load: Callable[[], LoadedVolume]) -> LoadedVolume:
-        """The kept volume, or ``load()`` it (under the lock: two requests never read one volume twice)."""
-        with self._lock:
-            if key not in self._items:
-                self._items[key] = load()
-                while len(self._items) > self._keep:
-                    self._items.popitem(last=False)
-            self._items.move_to_end(key)
-            return self._items[key]
+    def write_annotation(self, files: AnnotationFolder, state: VolumeAnnotation, classes: list[str],
+                         source: str) -> None:
+        """NIfTI label map (+ class map) on the input grid, DICOM SEG for DICOM input, JSON log."""
+        identity = next((r for r in state.records.values() if r.get("model")), {})
+        class_map = state.class_map(classes) if classes else None
+        grid = self.grid
+        parts = state.segments(classes, self.loaded().classes) if is_dicom_grid(grid) else None
+        files.write_volume(self.id, self.name, state.label, state.objects(), classes, class_map, grid, parts,
+                           f"medsamkit annotate ({identity.get('model', 'model')})")
 
+    def labels_image(self, state: ImageAnnotation) -> np.ndarray:
+        """A volume has no single label image: its views have (``view_labels``)."""
+        raise InputError("a volume has no single PNG: ask /api/volume/ID/labels?axis=&slice= for one view")
 
-def volume_loaders(spec: str, window=None) -> list[tuple[str, Callable[[], VolumeCase]]]:
-    """(name, loader) of every volume of a volume SPEC; files without a label open with no objects."""
-    return [(item.name, item.load) for item in resolve_spec(spec).items(window)]
+    def view_labels(self, state: ImageAnnotation, axis: int, k: int | None) -> np.ndarray:
+        """Object ids on one view."""
+        axis, k = self.check_view(axis, k)
+        return view_stack(state.label, axis)[k]
+
+    # --- prompts on its views ----------------------------------------------------------------------
+    def model_view(self, prompt: Prompt, shape: Sequence[int], rule: ViewRule, input_size: int) -> Window:
+        """Volumes are answered on whole views (propagation steps from view to view)."""
+        return whole_window(shape)
+
+    def note_commit(self, mask: np.ndarray, rule: ViewRule) -> None:
+        """The view rule of 2D images does not learn from volume objects."""
