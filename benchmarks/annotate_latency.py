@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medsamkit.annotate.launch import BackgroundServer
-from medsamkit.annotate.workspace import AnnotateConfig, Workspace
+from medsamkit.annotate.http.launch import BackgroundServer
+from medsamkit.annotate.session.config import AnnotateConfig
+from medsamkit.annotate.session.workspace import Workspace
 from medsamkit.core import runtime
 from medsamkit.io.datasets import open_dataset
 

@@ -37,8 +37,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from medsamkit.annotate.launch import BackgroundServer
-from medsamkit.annotate.workspace import AnnotateConfig, Workspace
+from medsamkit.annotate.http.launch import BackgroundServer
+from medsamkit.annotate.session.config import AnnotateConfig
+from medsamkit.annotate.session.workspace import Workspace
 from medsamkit.core import runtime
 from medsamkit.core.atomic import write_json_atomic
 from medsamkit.core.objects import ImageObject, extract_objects

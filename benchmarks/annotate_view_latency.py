@@ -24,8 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import shared_dir  # noqa: E402
-from medsamkit.annotate.views import whole_window  # noqa: E402
-from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
+from medsamkit.annotate.model.answers import AnswerMemory  # noqa: E402
+from medsamkit.annotate.session.config import AnnotateConfig  # noqa: E402
+from medsamkit.annotate.session.views import whole_window  # noqa: E402
+from medsamkit.annotate.session.workspace import Workspace  # noqa: E402
 from medsamkit.core import runtime  # noqa: E402
 from medsamkit.core.atomic import write_json_atomic  # noqa: E402
 from medsamkit.core.objects import extract_objects  # noqa: E402
@@ -60,7 +62,7 @@ def main() -> None:
         image_id = ws.source.ids[0]
         key, pixels = ws.view(image_id)
         ws.open(image_id)  # the whole view embedded, as when the person opens the image
-        ws._prefetched.add(image_id)  # phase 1 measures tiles embedded on demand: no prefetch yet
+        ws.cfg.prefetch = False  # phase 1 measures tiles embedded on demand: no prefetch yet
         every = [o for o in extract_objects(label) if o.area >= 80]
         objects = every[:: max(1, len(every) // args.objects)][: args.objects]
         others = every[1 :: max(1, len(every) // args.objects)][: args.objects]
@@ -72,26 +74,25 @@ def main() -> None:
                 ws.predict(image_id, 0, None, [box[0] - grow, box[1] - grow, box[2] + grow, box[3] + grow], [],
                            multimask=True)
                 times.append(time.perf_counter() - t0)
-            tiles.add(ws.sessions[key].window)
+            tiles.add(ws.prompts.get("", key).window)
             truth = obj.mask(pixels.shape[:2])
-            answer = ws.sessions[key].answer
+            answer = ws.prompts.get("", key).answer
             d_tile.append(dice(answer.masks[answer.best()], truth))
             ws.clear(image_id)
             t0 = time.perf_counter()
-            old = ws.segmenter.predict(key, pixels, Prompt(box=box), True)
+            old = ws.segmenter.answer(key, pixels, Prompt(box=box), True, None, AnswerMemory())
             whole.append(time.perf_counter() - t0)
             d_whole.append(dice(old.masks[old.best()], truth))
-            ws.segmenter.forget_prompts(key)
-        assert all(w != whole_window(pixels.shape[:2]) for w in [ws.prompt_view(key, pixels.shape[:2],
-                                                                                 Prompt(box=o.box()), None)
-                                                                 for o in objects])
+        item, size = ws.item(image_id), ws.segmenter.input_size
+        assert all(item.model_view(Prompt(box=o.box()), pixels.shape[:2], ws.view_rule, size)
+                   != whole_window(pixels.shape[:2]) for o in objects)
         t0 = time.perf_counter()
-        ws._prefetched.discard(image_id)
+        ws.cfg.prefetch = True
         ws.predict(image_id, 0, None, objects[0].box().tolist(), [], multimask=True)  # starts the prefetch
         ws.clear(image_id)
-        while ws.segmenter._prefetch:
+        while ws.segmenter.prefetching:
             time.sleep(0.05)
-        ws.segmenter._worker.submit(lambda: None).result()  # the last prefetched tile is done
+        ws.segmenter.wait_idle()  # the last prefetched tile is done
         prefetch_s = time.perf_counter() - t0
         after_prefetch = []
         for obj in others:

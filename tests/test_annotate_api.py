@@ -15,14 +15,16 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from medsamkit.annotate.segmenter import Segmenter, model_identity  # noqa: E402
-from medsamkit.annotate.server import create_app  # noqa: E402
-from medsamkit.annotate.views import box_view  # noqa: E402
-from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
+from medsamkit.annotate.http.app import create_app  # noqa: E402
+from medsamkit.annotate.model.segmenter import Segmenter  # noqa: E402
+from medsamkit.annotate.session.config import AnnotateConfig  # noqa: E402
+from medsamkit.annotate.session.views import box_view  # noqa: E402
+from medsamkit.annotate.session.workspace import Workspace  # noqa: E402
 from medsamkit.core.objects import extract_objects  # noqa: E402
 from medsamkit.core.tiling import to_window_coords  # noqa: E402
 from medsamkit.io.datasets import open_dataset  # noqa: E402
 from medsamkit.metrics import dice  # noqa: E402
+from medsamkit.models.loading import weights_identity  # noqa: E402
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,9 +52,9 @@ def make_client(litemedsam, cache_dir, tmp_path):
 
     def make(source: str = "builtin:dsb-nuclei", out="tmp", token: str | None = TOKEN, **kw) -> TestClient:
         out = str(tmp_path / "out") if out == "tmp" else (None if out is None else str(out))
-        segmenter = Segmenter(litemedsam, cache_dir, model_identity("litemedsam", None))
+        segmenter = Segmenter(litemedsam, cache_dir, weights_identity("litemedsam", None))
         ws = Workspace(AnnotateConfig(source, out=out, **kw), segmenter)
-        return TestClient(create_app(ws, token))
+        return TestClient(create_app(ws, token), base_url="http://127.0.0.1")
 
     return make
 
@@ -130,7 +132,7 @@ def test_monuseg_image_box_matches_the_predictor(monuseg_root, make_client, pred
 
 
 def test_commit_save_reload_round_trip_and_undo(make_client, nuclei_folder):
-    client = make_client(str(nuclei_folder), out=None, classes=["nucleus", "debris"])
+    client = make_client(str(nuclei_folder), out=None, class_names=["nucleus", "debris"])
     out = nuclei_folder / "annotations"
     info = client.get("/api/info", headers=AUTH).json()
     assert info["out"] == str(out.resolve()) and info["classes"] == ["nucleus", "debris"]
@@ -150,7 +152,7 @@ def test_commit_save_reload_round_trip_and_undo(make_client, nuclei_folder):
     record = json.loads((out / "cells.json").read_text())
     assert [o["id"] for o in record["objects"]] == [o["id"] for o in reply["objects"]]
 
-    client2 = make_client(str(nuclei_folder), out=None, classes=["nucleus", "debris"])
+    client2 = make_client(str(nuclei_folder), out=None, class_names=["nucleus", "debris"])
     again = client2.get("/api/objects/cells", headers=AUTH).json()["objects"]
     assert again == reply["objects"]
     labels = client2.get("/api/labels/cells", headers=AUTH)

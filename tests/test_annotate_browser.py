@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from browser import OVERLAY_ALPHA, drag_box, headless_chrome, require_browser, view_offset, wait_for  # noqa: E402
+from browser import OVERLAY_ALPHA, READY, drag_box, headless_chrome, require_browser, view_offset, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,10 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 def page(litemedsam, tmp_path_factory):
     """(driver, server, folder): the page of a folder of two DSB images, opened with its token."""
     require_browser()
-    from medsamkit.annotate.launch import BackgroundServer
-    from medsamkit.annotate.segmenter import Segmenter, model_identity
-    from medsamkit.annotate.workspace import AnnotateConfig, Workspace
+    from medsamkit.annotate.http.launch import BackgroundServer
+    from medsamkit.annotate.model.segmenter import Segmenter
+    from medsamkit.annotate.session.config import AnnotateConfig
+    from medsamkit.annotate.session.workspace import Workspace
     from medsamkit.io.datasets import open_dataset
+    from medsamkit.models.loading import weights_identity
 
     folder = tmp_path_factory.mktemp("browser")
     image = next(open_dataset("builtin:dsb-nuclei").cases()).image.astype(np.float32)
@@ -35,8 +37,8 @@ def page(litemedsam, tmp_path_factory):
     Image.fromarray(u8).save(folder / "nuclei.png")
     Image.fromarray(u8[:256, :256]).save(folder / "nuclei_crop.png")
     out = folder / "annotations"
-    ws = Workspace(AnnotateConfig(str(folder), classes=["nucleus"]),
-                   Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None)))
+    ws = Workspace(AnnotateConfig(str(folder), class_names=["nucleus"]),
+                   Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None)))
     with BackgroundServer(ws, token="browser-token") as server, headless_chrome() as driver:
         yield driver, server, folder
 
@@ -117,3 +119,44 @@ def test_clicks_undo_redo_and_next_image(page):
     body.send_keys(Keys.ARROW_RIGHT)
     wait_for(driver, "document.getElementById('image-name').textContent.startsWith('nuclei_crop.png')")
     wait_for(driver, "document.getElementById('status').textContent.startsWith('ready')")
+
+
+def test_two_tabs_on_one_image_commit_their_own_answers(page):
+    """Each tab is its own client: a box drawn in one tab, then one in another, and Enter in the first commits
+    the first tab's answer; the object's swatch has its colour under the page's Content-Security-Policy."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver, server, _ = page
+    tabs = []
+    for _ in range(2):
+        if tabs:
+            driver.switch_to.new_window("tab")
+        driver.get(server.url)
+        wait_for(driver, READY)
+        driver.execute_script("openImage(0)")  # both on the full image
+        wait_for(driver, "document.getElementById('image-name').textContent.startsWith('nuclei.png')")
+        wait_for(driver, READY)
+        tabs.append(driver.current_window_handle)
+    boxes = {}
+    for tab, box in zip(tabs, ((300, 112, 345, 160), (118, 380, 160, 425))):
+        driver.switch_to.window(tab)
+        drag_box(driver, box)
+        wait_for(driver, "app.answer !== null")
+        boxes[tab] = driver.execute_script("return app.prompt.box")
+    driver.switch_to.window(tabs[0])
+    before = driver.execute_script("return document.querySelectorAll('#objects li').length")
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)
+    wait_for(driver, f"document.querySelectorAll('#objects li').length === {before + 1}")
+    image_id = driver.execute_script("return app.image")
+    objects = httpx.get(f"{server.base}/api/objects/{image_id}",
+                        headers={"Authorization": f"Bearer {server.token}"}).json()["objects"]
+    committed = max(objects, key=lambda o: o["id"])["prompt"]["box"]
+    assert committed == pytest.approx(boxes[tabs[0]]) and committed != pytest.approx(boxes[tabs[1]])
+    colour = driver.execute_script(
+        "return getComputedStyle(document.querySelector('#objects li:last-child .swatch')).backgroundColor")
+    assert colour.startswith("rgb(") and colour != "rgba(0, 0, 0, 0)"
+    driver.switch_to.window(tabs[1])
+    driver.close()
+    driver.switch_to.window(tabs[0])

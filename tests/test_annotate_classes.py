@@ -13,9 +13,10 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from medsamkit.annotate.segmenter import Segmenter  # noqa: E402
-from medsamkit.annotate.server import create_app  # noqa: E402
-from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
+from medsamkit.annotate.http.app import create_app  # noqa: E402
+from medsamkit.annotate.model.segmenter import Segmenter  # noqa: E402
+from medsamkit.annotate.session.config import AnnotateConfig  # noqa: E402
+from medsamkit.annotate.session.workspace import Workspace  # noqa: E402
 from medsamkit.core.objects import extract_objects  # noqa: E402
 from medsamkit.io.datasets import open_dataset  # noqa: E402
 from medsamkit.models.loading import model_fingerprint  # noqa: E402
@@ -47,7 +48,7 @@ def test_class_head_suggests_and_commit_takes_the_suggestion(class_head_run, tmp
     run, root = class_head_run
     segmenter = Segmenter.load(str(run), None, "cpu", tmp_path / "embeddings")
     ws = Workspace(AnnotateConfig(str(root / "A"), out=str(tmp_path / "out"), model=str(run)), segmenter)
-    client = TestClient(create_app(ws, None))
+    client = TestClient(create_app(ws, None), base_url="http://127.0.0.1")
     info = client.get("/api/info").json()
     assert info["class_head"] is True and info["classes"] == ["A", "B"]
     assert info["model"]["checkpoint_sha256"] == model_fingerprint(str(run))

@@ -18,7 +18,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 
-from medsamkit.annotate.launch import free_port  # noqa: E402
+from medsamkit.annotate.http.launch import free_port  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

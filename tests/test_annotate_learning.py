@@ -18,16 +18,18 @@ from scipy import ndimage
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 
-from medsamkit.annotate.launch import BackgroundServer  # noqa: E402
-from medsamkit.annotate.learning import LearnController, LearnSettings  # noqa: E402
-from medsamkit.annotate.segmenter import Segmenter, model_identity  # noqa: E402
-from medsamkit.annotate.state import ImageAnnotation  # noqa: E402
-from medsamkit.annotate.storage import AnnotationStore  # noqa: E402
-from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
+from medsamkit.annotate.http.launch import BackgroundServer  # noqa: E402
+from medsamkit.annotate.model.learning import LearnController, LearnSettings  # noqa: E402
+from medsamkit.annotate.model.segmenter import Segmenter  # noqa: E402
+from medsamkit.annotate.session.config import AnnotateConfig  # noqa: E402
+from medsamkit.annotate.session.state import ImageAnnotation  # noqa: E402
+from medsamkit.annotate.session.workspace import Workspace  # noqa: E402
 from medsamkit.core.objects import extract_objects  # noqa: E402
+from medsamkit.io.annotations import AnnotationFolder, annotated_objects  # noqa: E402
+from medsamkit.io.datasets import open_dataset  # noqa: E402
 from medsamkit.io.images import read_image, read_label  # noqa: E402
 from medsamkit.models.checkpoints import sha256_of  # noqa: E402
-from medsamkit.training.annotations import annotated_objects, annotation_dataset  # noqa: E402
+from medsamkit.models.loading import weights_identity  # noqa: E402
 from medsamkit.training.data import split_by_image  # noqa: E402
 
 CROP = 256
@@ -57,13 +59,13 @@ def _val_image() -> str:
 
 
 def _write(out: Path, source: Path, masks: dict[str, list[np.ndarray]]) -> None:
-    """Annotation files as the server writes them (AnnotationStore), one committed object per mask."""
-    store = AnnotationStore(out)
+    """Annotation files as the server writes them (AnnotationFolder), one committed object per mask."""
+    files = AnnotationFolder(out)
     for ident, objs in masks.items():
         state = ImageAnnotation.empty(objs[0].shape)
         for m in objs:
             state.commit(m, {"class": None, "prompt": None, "model_version": 0})
-        store.save(ident, f"{ident}.png", state, [], source=str(source))
+        files.write_image(ident, f"{ident}.png", state.label, state.objects(), [], None, str(source))
 
 
 def _ring(mask: np.ndarray) -> np.ndarray:
@@ -72,9 +74,9 @@ def _ring(mask: np.ndarray) -> np.ndarray:
 
 
 def _controller(litemedsam, source: Path, out: Path, **kw) -> tuple[Workspace, LearnController]:
-    seg = Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None))
+    seg = Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None))
     ws = Workspace(AnnotateConfig(str(source), out=str(out)), seg)
-    return ws, LearnController(ws, LearnSettings(budget=BUDGET, min_objects=4, **kw))
+    return ws, ws.start_learning(LearnSettings(budget=BUDGET, min_objects=4, **kw))
 
 
 @pytest.mark.slow  # a whole round (~40 s); the good round below runs in the default suite
@@ -117,7 +119,7 @@ def test_a_good_round_updates_the_model_while_serving_and_revert_restores_it(lit
     source, truths = crops
     out = tmp_path / "out"
     _write(out, source, truths)
-    seg = Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None))
+    seg = Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None))
     ws = Workspace(AnnotateConfig(str(source), out=str(out), learn_budget=BUDGET, learn_min_objects=4), seg)
     base_sha = seg.identity["checkpoint_sha256"]
     ys, xs = np.nonzero(truths["a"][0])
@@ -174,8 +176,8 @@ def test_a_good_round_updates_the_model_while_serving_and_revert_restores_it(lit
     assert json.loads((out / "learn" / "versions.json").read_text())["current"] == 0
     # a relaunch resumes with the version that is current
     ws2 = Workspace(AnnotateConfig(str(source), out=str(out)),
-                    Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None)))
-    relaunched = LearnController(ws2, LearnSettings())
+                    Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None)))
+    relaunched = ws2.start_learning(LearnSettings())
     relaunched.close()
     assert ws2.segmenter.identity["model_version"] == 0
 
@@ -194,7 +196,7 @@ def test_killing_the_job_loses_no_annotation(litemedsam, crops, tmp_path):
         assert {p.name: p.read_bytes() for p in out.glob("*.*")} == before
         assert learning.versions.current == 0
         ws.predict("a", 0, None, [10, 10, 60, 60], [], False)
-        assert ws.commit("a", 0, None, None, None)["committed"]["model_version"] == 0
+        assert ws.commit("a", 0, None, None, None).record["model_version"] == 0
     finally:
         learning.close()
 
@@ -207,7 +209,7 @@ def test_the_annotation_folder_is_training_data(crops, tmp_path):
     record["objects"][0]["hidden"] = True
     (out / "a.json").write_text(json.dumps(record))
     assert annotated_objects(out) == {"a": list(range(2, PER_IMAGE + 1)), "b": list(range(1, PER_IMAGE + 1))}
-    cases = {c.name: c for c in annotation_dataset(out).cases()}
+    cases = {c.name: c for c in open_dataset(out).cases()}
     assert cases["a"].image.shape[:2] == (CROP, CROP)
     assert sorted(np.unique(cases["a"].label))[1:] == list(range(2, PER_IMAGE + 1))  # hidden one left out
     assert np.array_equal(cases["b"].label == 3, truths["b"][2])
@@ -230,7 +232,7 @@ def test_finetune_reads_an_annotation_folder_and_annotate_loads_the_run(litemeds
     assert summary["train_objects"] + summary["val_objects"] == PER_IMAGE + 4
     ws = Workspace(AnnotateConfig(str(source), out=str(tmp_path / "again"), model=str(run / "best.pt")))
     info = ws.info()
-    assert info["point_prompts"] and info["model"]["checkpoint_sha256"] == sha256_of(run / "best.pt")
+    assert info.point_prompts and info.model["checkpoint_sha256"] == sha256_of(run / "best.pt")
 
     # what the learn job asks of the engine: start from a run's weights, stop on time (validated), no saves
     import torch
@@ -252,7 +254,7 @@ def test_finetune_reads_an_annotation_folder_and_annotate_loads_the_run(litemeds
 def test_a_round_validates_after_doubling_steps_and_stops_when_nothing_improves(litemedsam, crops, tmp_path):
     """Validations at 2, 4, 8, ... steps (not by wall time: a fast machine over-fits a few objects between two
     timed validations), the best acceptable weights kept, and the round ends PATIENCE validations after them."""
-    from medsamkit.annotate.learn_job import PATIENCE, click_mean
+    from medsamkit.annotate.model.learn_job import PATIENCE, click_mean
     from medsamkit.prompts import parse_modes
 
     source, truths = crops

@@ -14,13 +14,15 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from medsamkit.annotate.segmenter import Segmenter, model_identity  # noqa: E402
-from medsamkit.annotate.server import create_app  # noqa: E402
-from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
+from medsamkit.annotate.http.app import create_app  # noqa: E402
+from medsamkit.annotate.model.segmenter import Segmenter  # noqa: E402
+from medsamkit.annotate.session.config import AnnotateConfig  # noqa: E402
+from medsamkit.annotate.session.workspace import Workspace  # noqa: E402
 from medsamkit.core.objects import extract_objects  # noqa: E402
 from medsamkit.core.seeds import name_key  # noqa: E402
 from medsamkit.io.datasets import open_dataset  # noqa: E402
 from medsamkit.metrics import dice  # noqa: E402
+from medsamkit.models.loading import weights_identity  # noqa: E402
 from medsamkit.prompts import next_click, parse_mode  # noqa: E402
 from medsamkit.prompts.objects import object_rngs, run_mode_model  # noqa: E402
 
@@ -37,8 +39,8 @@ def decode(b64: str) -> np.ndarray:
 def client(litemedsam, tmp_path_factory):
     out = tmp_path_factory.mktemp("session")
     ws = Workspace(AnnotateConfig("builtin:dsb-nuclei", out=str(out)),
-                   Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None)))
-    return TestClient(create_app(ws, None))
+                   Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None)))
+    return TestClient(create_app(ws, None), base_url="http://127.0.0.1")
 
 
 def _user_clicks(client, objects, truths, rngs) -> list[list[np.ndarray]]:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medsamkit.annotate.sources import ImageSource, safe_id
-from medsamkit.annotate.state import ImageAnnotation
-from medsamkit.annotate.storage import AnnotationStore
+from medsamkit.annotate.session.items import ItemSource, safe_id
+from medsamkit.annotate.session.state import ImageAnnotation
 from medsamkit.core.errors import InputError
+from medsamkit.io.annotations import AnnotationFolder
 
 
 def _disc(shape, cy, cx, r):
@@ -66,9 +66,10 @@ def test_store_round_trip_keeps_objects_painted_over(tmp_path):
     state = ImageAnnotation.empty((20, 20))
     state.commit(_disc((20, 20), 10, 10, 3), {"class": "a", "prompt": {"box": [7, 7, 13, 13]}})
     state.commit(_disc((20, 20), 10, 10, 6), {"class": "b"})
-    store = AnnotationStore(tmp_path / "out")
-    store.save("img", "img.png", state, ["a", "b"])
-    loaded = store.load("img", (20, 20))
+    files = AnnotationFolder(tmp_path / "out")
+    files.write_image("img", "img.png", state.label, state.objects(), ["a", "b"], state.class_map(["a", "b"]), None)
+    saved = files.read_image("img", (20, 20))
+    loaded = ImageAnnotation.restore(saved, "img.png")
     assert np.array_equal(loaded.label, state.label) and loaded.objects() == state.objects()
     assert loaded.records[1]["area"] == 0
     meta = json.loads((tmp_path / "out" / "img.json").read_text())
@@ -76,9 +77,9 @@ def test_store_round_trip_keeps_objects_painted_over(tmp_path):
     assert np.asarray(Image.open(tmp_path / "out" / "img.classes.png")).max() == 2
     assert not list((tmp_path / "out").glob("*.tmp"))
     with pytest.raises(InputError, match="not an annotation"):
-        store.load("img", (21, 20))
+        files.read_image("img", (21, 20))
     with pytest.raises(InputError):
-        store.label_path("../escape")
+        files.inside("../escape")
 
 
 def test_ids_are_safe_unique_file_names(tmp_path):
@@ -87,6 +88,6 @@ def test_ids_are_safe_unique_file_names(tmp_path):
     assert safe_id("a b", taken) == "a_b" and safe_id("a?b", taken) == "a_b-2"
     (tmp_path / "x.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="x.png"):
-        ImageSource(tmp_path)
+        ItemSource(tmp_path)
     with pytest.raises(InputError, match="no images"):
-        ImageSource(tmp_path / "labels") if (tmp_path / "labels").mkdir() is None else None
+        ItemSource(tmp_path / "labels") if (tmp_path / "labels").mkdir() is None else None

@@ -11,10 +11,12 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from medsamkit.annotate.segmenter import Segmenter, model_identity  # noqa: E402
-from medsamkit.annotate.server import create_app  # noqa: E402
-from medsamkit.annotate.workspace import AnnotateConfig, Workspace  # noqa: E402
+from medsamkit.annotate.http.app import create_app  # noqa: E402
+from medsamkit.annotate.model.segmenter import Segmenter  # noqa: E402
+from medsamkit.annotate.session.config import AnnotateConfig  # noqa: E402
+from medsamkit.annotate.session.workspace import Workspace  # noqa: E402
 from medsamkit.metrics import dice  # noqa: E402
+from medsamkit.models.loading import weights_identity  # noqa: E402
 from volume_crop import lung_case, write_gtv_crop  # noqa: E402
 
 HALF = 3  # the NIfTI crop: the GTV's largest slice +/- 3 slices
@@ -33,9 +35,9 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture
 def make_client(litemedsam, cache_dir, tmp_path):
     def make(source: str, out=None, **kw) -> TestClient:
-        segmenter = Segmenter(litemedsam, cache_dir, model_identity("litemedsam", None))
+        segmenter = Segmenter(litemedsam, cache_dir, weights_identity("litemedsam", None))
         ws = Workspace(AnnotateConfig(source, out=str(out or tmp_path / "out"), **kw), segmenter)
-        return TestClient(create_app(ws, None))
+        return TestClient(create_app(ws, None), base_url="http://127.0.0.1")
 
     return make
 
@@ -141,7 +143,7 @@ def test_dicom_seg_round_trip_on_lung_gtv(make_client, tmp_path):
     case = lung_case("pat_2")
     truth = case.label == 1
     z = int(truth.sum((1, 2)).argmax())
-    client = make_client("builtin:lung-gtv", classes=["tumour", "node"])
+    client = make_client("builtin:lung-gtv", class_names=["tumour", "node"])
     vid = "lung-gtv_pat_2"
     assert [o["class"] for o in client.get(f"/api/objects/{vid}").json()["objects"]] == ["tumour"]  # RTSTRUCT
     view = {"image": vid, "axis": 0, "slice": z}
@@ -199,10 +201,11 @@ def test_volume_specs_open_with_their_grid_and_labels(nifti_pair, tmp_path):
     """Single NIfTI / NRRD files, a folder of them, an nnU-Net folder and a DICOM series folder (RTSTRUCT)."""
     import shutil
 
-    from medsamkit.annotate.sources import ImageSource
-    from medsamkit.annotate.volume_source import is_volume_spec
+    from medsamkit.annotate.session.items import ItemSource
+    from medsamkit.annotate.session.volumes import VolumeItem
     from medsamkit.io.builtin import builtin_path
     from medsamkit.io.nifti_nrrd import read_nifti, write_nrrd
+    from medsamkit.io.spec import resolve_spec
 
     image, label, truth, affine = nifti_pair
     grid = read_nifti(image)
@@ -220,18 +223,18 @@ def test_volume_specs_open_with_their_grid_and_labels(nifti_pair, tmp_path):
     expect = {str(image): None, str(tmp_path / "ct.nrrd"): None, str(nnunet): truth, str(folder): None,
               f"{image}::{label}": truth}
     for spec, labels in expect.items():
-        assert is_volume_spec(spec), spec
-        source = ImageSource(spec)
-        entry = source.entry(source.ids[0])
-        assert entry.kind == "volume" and entry.shape == truth.shape, spec
+        assert resolve_spec(spec).volumes, spec
+        source = ItemSource(spec)
+        entry = source.item(source.ids[0])
+        assert isinstance(entry, VolumeItem) and entry.shape == truth.shape, spec
         assert np.allclose(entry.geometry["affine"], affine, atol=1e-4), spec
-        got = entry.load_label()
+        got = entry.loaded().label
         assert (got is None) if labels is None else np.array_equal(got > 0, labels), spec
-    assert ImageSource(str(folder)).ids == ["a", "b"]
-    source = ImageSource(str(dicom))
-    entry = source.entry("pat_2")
-    assert entry.geometry["dicom"] and entry.load_label().any() and entry.geometry["windows"]["kind"] == "ct"
-    assert not is_volume_spec("builtin:dsb-nuclei")
+    assert ItemSource(str(folder)).ids == ["a", "b"]
+    source = ItemSource(str(dicom))
+    entry = source.item("pat_2")
+    assert entry.geometry["dicom"] and entry.loaded().label.any() and entry.geometry["windows"]["kind"] == "ct"
+    assert not resolve_spec("builtin:dsb-nuclei").volumes
 
 
 def test_three_slice_input_is_the_engines(make_client, nifti_pair, predictor):
@@ -240,7 +243,7 @@ def test_three_slice_input_is_the_engines(make_client, nifti_pair, predictor):
     image, label, truth, _ = nifti_pair
     client = make_client(str(image), window="-1000,400", three_slice=True)
     ws = client.app.state.workspace
-    entry = ws.source.entry("ct")
+    entry = ws.source.item("ct")
     assert client.get("/api/volume/ct").json()["three_slice"] is True
     box = tight(truth[2])
     res = client.post("/api/predict", json={"image": "ct", "axis": 0, "slice": 2, "box": box}).json()
@@ -256,11 +259,11 @@ def test_three_slice_input_is_the_engines(make_client, nifti_pair, predictor):
 
 def test_views_place_masks_where_they_show_them(nifti_pair):
     """A mask committed on any axis lands on the voxels that view shows; corrections and runs undo exactly."""
-    from medsamkit.annotate.state import ImageAnnotation
-    from medsamkit.annotate.volume_source import view_stack
+    from medsamkit.annotate.session.geometry import view_stack
+    from medsamkit.annotate.session.state import VolumeAnnotation
 
     _, _, truth, _ = nifti_pair
-    state = ImageAnnotation.from_label_map(truth.astype(np.uint8))
+    state = VolumeAnnotation.from_label_map(truth.astype(np.uint8))
     rng = np.random.default_rng(0)
     for axis, k in ((0, 2), (1, 60), (2, 90)):
         mask = rng.random(view_stack(truth, axis)[k].shape) > 0.7

@@ -23,15 +23,17 @@ REPO = Path(__file__).resolve().parents[1]
 def volume_page(litemedsam, tmp_path_factory):
     """(driver, server, out, truth): the page of a single NIfTI CT file (no label: no objects yet)."""
     require_browser()
-    from medsamkit.annotate.launch import BackgroundServer
-    from medsamkit.annotate.segmenter import Segmenter, model_identity
-    from medsamkit.annotate.workspace import AnnotateConfig, Workspace
+    from medsamkit.annotate.http.launch import BackgroundServer
+    from medsamkit.annotate.model.segmenter import Segmenter
+    from medsamkit.annotate.session.config import AnnotateConfig
+    from medsamkit.annotate.session.workspace import Workspace
+    from medsamkit.models.loading import weights_identity
 
     folder = tmp_path_factory.mktemp("volume-browser")
     image, _, truth, _ = write_gtv_crop(folder, 3)
     out = folder / "annotations"
     ws = Workspace(AnnotateConfig(str(image), out=str(out), window="-1000,400"),
-                   Segmenter(litemedsam, out / "embeddings", model_identity("litemedsam", None)))
+                   Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None)))
     with BackgroundServer(ws, token="volume-token") as server, headless_chrome() as driver:
         yield driver, server, out, truth
 

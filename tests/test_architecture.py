@@ -1,6 +1,7 @@
 """The layout rules (docs/architecture.md), checked on the package source by tools/check_layout.py:
 no import cycle (imports inside functions included), imports flow down the layers, modules <= 400 lines,
-functions <= 80 lines; and the checker itself finds each kind of violation."""
+functions <= 80 lines, only annotate/http imports the web framework, annotate's layers import only the one
+below, no ``kind`` string dispatch in annotate; and the checker itself finds each kind of violation."""
 
 from __future__ import annotations
 
@@ -56,6 +57,29 @@ def test_the_checker_finds_a_cycle_inside_a_function_an_upward_import_and_a_long
     assert found["cycles"] == [["medsamkit.core.a", "medsamkit.core.b"]]
     assert found["upward_imports"] == ["medsamkit.core.b -> medsamkit.evaluation.c"]
     assert found["long_functions"] == ["medsamkit.evaluation.c.long: 86 lines"]
+
+
+def test_the_annotators_typed_seams_hold(report):
+    assert report["web_imports"] == []
+    assert report["annotate_layers"] == []
+    assert report["kind_dispatch"] == []
+
+
+def test_the_checker_finds_web_imports_skipped_annotate_layers_and_kind_dispatch(layout, tmp_path):
+    pkg = tmp_path / "medsamkit"
+    for part in ("core", "annotate", "annotate/model", "annotate/session", "annotate/http"):
+        (pkg / part).mkdir(parents=True)
+        (pkg / part / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core" / "web.py").write_text("from starlette.responses import Response\n")
+    (pkg / "annotate" / "model" / "host.py").write_text("def f():\n    from medsamkit.annotate.session import items\n")
+    (pkg / "annotate" / "session" / "items.py").write_text("def g(item):\n    return item.kind == 'image'\n")
+    (pkg / "annotate" / "http" / "app.py").write_text("import fastapi\nfrom medsamkit.annotate.model import host\n")
+    found = layout.check(pkg)
+    assert found["web_imports"] == ["medsamkit.core.web -> starlette.responses"]
+    assert found["annotate_layers"] == ["medsamkit.annotate.http.app -> medsamkit.annotate.model.host",
+                                        "medsamkit.annotate.model.host -> medsamkit.annotate.session.items"]
+    assert found["kind_dispatch"] == ["medsamkit.annotate.session.items:2"]
 
 
 def test_constructing_a_predictor_leaves_the_thread_count_alone(litemedsam):

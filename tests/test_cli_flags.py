@@ -15,8 +15,10 @@ TABLE = {
     "--device": {"segment", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
                  "evaluate-volume", "demo", "unet train", "unet eval", "annotate"},
     "--prompts": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
-    # label values to process; on `annotate` the class names a person assigns (the interface)
-    "--classes": {"evaluate", "finetune", "segment-volume", "evaluate-volume", "annotate"},
+    # label values to process (one meaning on every verb)
+    "--classes": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
+    # the class names a person assigns while annotating
+    "--class-names": {"annotate"},
     "--window": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
                  "evaluate-volume", "annotate"},
     "--max-images": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "evaluate-volume",

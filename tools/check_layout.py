@@ -1,5 +1,7 @@
 """Checks the package layout rules: no import cycle (imports inside functions included), imports only flow
-down the layers, no module over 400 lines, no function over 80 lines. Prints JSON; exit 1 on a violation.
+down the layers, no module over 400 lines, no function over 80 lines; and the annotator's typed seams: only
+``annotate/http`` imports the web framework, ``annotate``'s layers (model < session < http) each import only
+the one below, and nothing in ``annotate`` dispatches on a ``kind`` string. Prints JSON; exit 1 on a violation.
 
 Usage: python tools/check_layout.py [SRC_ROOT]   (default: src/medsamkit next to this file's parent)
 """
@@ -24,6 +26,11 @@ LAYERS = {
 ALLOWED_SIDEWAYS = {("annotate", "samaug"), ("annotate", "training"), ("annotate", "volumes"),
                     ("distributed", "evaluation"), ("distributed", "samaug"), ("distributed", "volumes"),
                     ("distributed", "embedding"), ("annotate", "evaluation")}
+
+
+# The annotator's three layers, each importing only itself and the one below (docs/architecture.md).
+ANNOTATE_LAYERS = ("model", "session", "http")
+WEB_FRAMEWORK = ("fastapi", "starlette", "uvicorn", "pydantic")
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -131,20 +138,78 @@ def sizes(known: dict[str, Path]) -> tuple[list[str], list[str]]:
     return long_modules, long_functions
 
 
+def web_imports(known: dict[str, Path], package: str) -> list[str]:
+    """Modules outside ``annotate.http`` that import the web framework (fastapi, starlette, uvicorn, pydantic)."""
+    bad = []
+    for name, path in known.items():
+        if name.startswith(f"{package}.annotate.http"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            found = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            bad += [f"{name} -> {f}" for f in found if f.split(".")[0] in WEB_FRAMEWORK]
+    return sorted(set(bad))
+
+
+def annotate_layer(module: str, package: str) -> int | None:
+    """The annotate layer (index in ANNOTATE_LAYERS) of a module, None outside them."""
+    parts = module.split(".")
+    if parts[:2] != [package, "annotate"] or len(parts) < 3 or parts[2] not in ANNOTATE_LAYERS:
+        return None
+    return ANNOTATE_LAYERS.index(parts[2])
+
+
+def annotate_layer_imports(graph: dict[str, set[str]], package: str) -> list[str]:
+    """Imports inside ``annotate`` that skip a layer or go up (model -> session, http -> model, ...)."""
+    bad = []
+    for src, targets in graph.items():
+        a = annotate_layer(src, package)
+        for dst in targets:
+            b = annotate_layer(dst, package)
+            if a is not None and b is not None and b not in (a, a - 1):
+                bad.append(f"{src} -> {dst}")
+    return sorted(bad)
+
+
+def kind_dispatch(known: dict[str, Path], package: str) -> list[str]:
+    """Comparisons of a ``kind`` with a string inside ``annotate`` (2D / 3D is the item's type, not a string)."""
+    bad = []
+    for name, path in known.items():
+        if not name.startswith(f"{package}.annotate"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            names_kind = any(isinstance(x, ast.Attribute) and x.attr == "kind" or isinstance(x, ast.Name)
+                             and x.id == "kind" for x in sides)
+            strings = any(isinstance(x, ast.Constant) and isinstance(x.value, str) for x in sides)
+            if names_kind and strings:
+                bad.append(f"{name}:{node.lineno}")
+    return sorted(bad)
+
+
 def check(root: Path) -> dict:
     """All layout findings for the package at `root`."""
     known = modules(root)
     graph = {m: imports(p, known, root.name) - {m} for m, p in known.items()}
     long_modules, long_functions = sizes(known)
     return {"modules": len(known), "cycles": cycles(graph), "upward_imports": upward_imports(graph),
-            "long_modules": long_modules, "long_functions": long_functions}
+            "long_modules": long_modules, "long_functions": long_functions,
+            "web_imports": web_imports(known, root.name),
+            "annotate_layers": annotate_layer_imports(graph, root.name),
+            "kind_dispatch": kind_dispatch(known, root.name)}
+
+
+RULES = ("cycles", "upward_imports", "long_modules", "long_functions", "web_imports", "annotate_layers",
+         "kind_dispatch")
 
 
 def main() -> int:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "src" / "medsamkit"
     report = check(root)
     print(json.dumps(report, indent=2))
-    return int(any(report[k] for k in ("cycles", "upward_imports", "long_modules", "long_functions")))
+    return int(any(report[k] for k in RULES))
 
 
 if __name__ == "__main__":

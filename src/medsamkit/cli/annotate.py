@@ -16,7 +16,7 @@ from medsamkit.core.errors import InputError
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="interface to listen on; anything but loopback exposes the server (the token protects it)")
 @click.option("--port", type=int, default=8765, show_default=True, help="TCP port")
-@click.option("--classes", default=None,
+@click.option("--class-names", "class_names", default=None,
               help="class names to annotate, comma list (e.g. tumour,node); default: the model's class head")
 @click.option("--no-token", "no_token", is_flag=True, help="do not require the session token (loopback only!)")
 @click.option("--three-slice", is_flag=True, help="volumes: feed slices k-1, k, k+1 as the three input channels")
@@ -27,7 +27,7 @@ from medsamkit.core.errors import InputError
               help="committed objects (on >= 2 images) before a learn round, and new ones before the next")
 @click.option("--learn-budget", type=float, default=180.0, show_default=True, help="seconds per learn round")
 @model_options
-def annotate(source, out, host, port, classes, no_token, three_slice, window, learn, learn_min_objects,
+def annotate(source, out, host, port, class_names, no_token, three_slice, window, learn, learn_min_objects,
              learn_budget, model_name, checkpoint, device):
     """Annotate 2D images or volumes in a local web page (box + clicks, objects, propagation, autosave).
 
@@ -38,15 +38,15 @@ def annotate(source, out, host, port, classes, no_token, three_slice, window, le
     Prints one line `medsamkit annotate: http://127.0.0.1:PORT/?token=TOKEN`, then serves until Ctrl-C.
     """
     try:
-        from medsamkit.annotate.launch import serve
-        from medsamkit.annotate.workspace import AnnotateConfig
+        from medsamkit.annotate.http.launch import serve
+        from medsamkit.annotate.session.config import AnnotateConfig
     except ImportError as exc:  # the server's packages are the `annotate` extra
         raise InputError(f"annotate needs {exc.name}: pip install 'medsamkit[annotate]' "
                          "(make install does)") from None
 
-    names = [c.strip() for c in (classes or "").split(",") if c.strip()]
+    names = [c.strip() for c in (class_names or "").split(",") if c.strip()]
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
-                         host=host, port=port, classes=names, token=not no_token, window=window,
+                         host=host, port=port, class_names=names, token=not no_token, window=window,
                          three_slice=three_slice, learn=learn, learn_min_objects=learn_min_objects,
                          learn_budget=learn_budget)
     try:

@@ -27,6 +27,7 @@ class BuiltinInfo:
     package: str
     licence: str
     relpath: str
+    volumes: bool  # 3D volumes (served slice by slice) rather than 2D images
 
 
 BUILTINS: dict[str, BuiltinInfo] = {
@@ -37,6 +38,7 @@ BUILTINS: dict[str, BuiltinInfo] = {
         "pycerr==2.5.1 (data files only; the code is GPL and never imported)",
         "CC BY-NC 3.0 (Lambin, Radiomics Digital Phantom, CancerData)",
         "cerr/datasets/radiomics_phantom_dicom",
+        volumes=True,
     ),
     "dsb-nuclei": BuiltinInfo(
         "dsb-nuclei",
@@ -44,6 +46,7 @@ BUILTINS: dict[str, BuiltinInfo] = {
         "stardist==0.9.2",
         "BSD-3-Clause package; image from the 2018 Data Science Bowl (CC0/CC BY as released)",
         "stardist/data/images",
+        volumes=False,
     ),
 }
 
@@ -67,13 +70,16 @@ def builtin_path(name: str) -> Path:
     return path
 
 
+DSB_NAME = "dsb-nuclei/img2d"
+
+
 def _dsb_case() -> Case:
     import tifffile
 
     folder = builtin_path("dsb-nuclei")
     img = tifffile.imread(folder / "img2d.tif")
     lab = tifffile.imread(folder / "mask2d.tif").astype(np.int32)
-    return Case("dsb-nuclei/img2d", img, lab, "instance", meta={"image_path": str(folder / "img2d.tif")})
+    return Case(DSB_NAME, img, lab, "instance", meta={"image_path": str(folder / "img2d.tif")})
 
 
 def lung_patients() -> list[Path]:
@@ -111,10 +117,7 @@ def open_builtin(name: str, window: str | tuple[float, float] | None = None) -> 
     info = BUILTINS[name]
     if name == "dsb-nuclei":
         builtin_path(name)
-        return Dataset(f"builtin:{name}", [_dsb_case], info.description, "instance")
-    return Dataset(
-        f"builtin:{name}",
-        [lambda p=p: load_lung_volume(p, window=window) for p in lung_patients()],
-        info.description,
-        "class",
-    )
+        return Dataset(f"builtin:{name}", [_dsb_case], info.description, "instance", [DSB_NAME])
+    patients = lung_patients()
+    return Dataset(f"builtin:{name}", [lambda p=p: load_lung_volume(p, window=window) for p in patients],
+                   info.description, "class", [f"lung-gtv/{p.name}" for p in patients])

@@ -30,7 +30,7 @@ class VolumeCase:
 
     name: str
     image: np.ndarray  # (Z, Y, X) intensity, already windowed to [0,1] for display / prompting
-    label: np.ndarray  # (Z, Y, X) integer
+    label: np.ndarray | None  # (Z, Y, X) integer; None for a volume opened without labels (to annotate)
     spacing: tuple[float, float, float]
     kind: str = "class"
     meta: dict = field(default_factory=dict)
@@ -53,6 +53,7 @@ class Dataset:
     loaders: list[Callable[[], Case | VolumeCase]]
     description: str = ""
     kind: str = "instance"
+    names: list[str] = field(default_factory=list)  # each loader's case name, where the SPEC tells it unread
 
     def __len__(self) -> int:
         return len(self.loaders)
@@ -61,7 +62,7 @@ class Dataset:
         """The first ``max_items`` images/volumes (all when None): what ``--max-images`` means everywhere."""
         if max_items is None:
             return self
-        return Dataset(self.name, self.loaders[:max_items], self.description, self.kind)
+        return Dataset(self.name, self.loaders[:max_items], self.description, self.kind, self.names[:max_items])
 
     def items(self) -> Iterator[Case | VolumeCase]:
         """Cases or volumes in order, loaded one at a time."""

@@ -30,4 +30,4 @@ def image_folder_dataset(root: Path, kind: str = "instance") -> Dataset:
 
         return load
 
-    return Dataset(root.name, [loader(s) for s in stems], f"folder {root}", kind)
+    return Dataset(root.name, [loader(s) for s in stems], f"folder {root}", kind, stems)

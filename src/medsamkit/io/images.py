@@ -44,6 +44,29 @@ def read_image(path: str | Path) -> np.ndarray:
     return arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
 
 
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file as ``read_image`` would return it, without decoding the pixels where the
+    format allows (TIFF, PNG/JPG/BMP headers)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+            channel_first = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
+            return tuple(int(v) for v in (shape[1:3] if channel_first else shape[:2]))
+        if suffix != ".npy":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return int(im.height), int(im.width)
+    except Exception as exc:  # a broken file is the user's, reported with its name
+        raise InputError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    return tuple(read_image(path).shape[:2])
+
+
 def read_label(path: str | Path) -> np.ndarray:
     """Read an instance or class label map (2D integer array)."""
     arr = read_image(path)
@@ -57,6 +80,17 @@ def read_label(path: str | Path) -> np.ndarray:
             raise InputError(f"{Path(path)}: label map must hold integer labels (dtype {arr.dtype})")
         arr = arr.astype(np.int64)
     return arr
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG of a 2D uint8/uint16 array or an (H, W, 3|4) uint8 array (fast compression: written on every change)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> Path:

@@ -6,12 +6,14 @@ Readers keep the stored voxel order and turn LPS / LAS NRRD spaces into the RAS 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import nrrd
 import numpy as np
 
+from medsamkit.core.atomic import write_atomic
 from medsamkit.core.errors import InputError
 from medsamkit.io.volume import LPS_TO_RAS, Volume, first_line, label_dtype, spacing_from_affine
 
@@ -82,6 +84,22 @@ def write_nifti(
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))
     return path
+
+
+def write_label_map(array: np.ndarray, path: str | Path, like: Volume) -> Path:
+    """Write a label map as NIfTI on ``like``'s grid atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        raise InputError(f"{path}: output must be a NIfTI file (.nii or .nii.gz)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(fh) -> None:
+        # nibabel picks the format from the file name, so it writes a properly named scratch file that
+        # is copied into the temporary file beside the target.
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".nifti-") as scratch:
+            fh.write(write_nifti(array, Path(scratch) / path.name, like=like).read_bytes())
+
+    return write_atomic(path, write)
 
 
 _NRRD_SPACE_FLIPS = {

@@ -217,4 +217,5 @@ def nnunet_dataset(root: Path, kind: str = "class", window: WindowChoice = None)
     cases = nnunet_cases(root, info)
     n_channels = len(cases[0].channels)
     return Dataset(root.name, [lambda c=c: load_nnunet_case(c, info, kind, window) for c in cases],
-                   f"nnU-Net folder {root}: {len(cases)} cases x {n_channels} channels", kind)
+                   f"nnU-Net folder {root}: {len(cases)} cases x {n_channels} channels", kind,
+                   [c.case_id for c in cases])

@@ -110,6 +110,7 @@ def export_onnx(model: SamFamilyModel, out: str | Path, opset: int = OPSET, name
         "preprocessing": asdict(model.preprocessing),
         "embedding_shape": list(emb.shape[1:]),
         "mask_input_size": list(m),
+        "point_prompts": bool(model.point_prompts),
         "opset": opset,
         "encoder": ENCODER_FILE,
         "decoder": DECODER_FILE,

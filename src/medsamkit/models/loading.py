@@ -28,9 +28,8 @@ def load_registry_model(name: str, checkpoint: str | Path | None = None) -> SamF
     else:
         sha = None
     state = read_state_dict(checkpoint, expected_sha256=sha)
-    model = spec.build()
+    model = spec.build(point_prompts=spec.point_prompts)
     load_strict(model, state, str(checkpoint), name)
-    model.point_prompts = spec.point_prompts
     return model
 
 
@@ -76,6 +75,25 @@ def model_fingerprint(name: str) -> str | None:
         return None
     path = run_checkpoint_file(name)
     return sha256_of(path) if path.is_file() else None
+
+
+def weights_identity(name: str, checkpoint: str | Path | None = None) -> dict:
+    """Which weights a ``--model`` / ``--checkpoint`` pair names: the model and the sha256 of its weights (the
+    fine-tuned file, the user's checkpoint, or the registry's pinned bundled file), as results record them."""
+    if names_finetuned(name):
+        return {"model": name, "checkpoint_sha256": model_fingerprint(name)}
+    if checkpoint is None:
+        return {"model": name, "checkpoint_sha256": get_spec(name).sha256}
+    return {"model": name, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of(checkpoint)}
+
+
+def base_model(name: str, checkpoint: str | Path | None = None) -> tuple[str, str | None, str | None]:
+    """(registry base, its checkpoint, the fine-tuned weights file or None) a ``--model`` / ``--checkpoint`` pair
+    stands for: what a new fine-tuning run starting from that model is given."""
+    if names_finetuned(name):
+        ckpt = read_run_checkpoint(name)
+        return ckpt["base_model"], ckpt.get("base_checkpoint") or None, ckpt["path"]
+    return name, None if checkpoint is None else str(checkpoint), None
 
 
 def run_identity(cfg) -> dict:

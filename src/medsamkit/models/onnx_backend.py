@@ -30,6 +30,8 @@ class OnnxSamModel:
         meta = json.loads(meta_path.read_text())
         self.name = meta["model"]
         self.preprocessing = Preprocessing(**meta["preprocessing"])
+        self.point_prompts: bool = bool(meta.get("point_prompts", True))  # as SamFamilyModel.point_prompts
+        self.class_names: list[str] = []  # the exported decoder has no class head
         self._mask_size = tuple(meta["mask_input_size"])
         opts = ort.SessionOptions()
         n = threads or int(os.environ.get("MEDSAMKIT_THREADS", "0")) or torch.get_num_threads()

@@ -47,14 +47,13 @@ def _prompt_and_decoder(image_size: int, embed_size: int) -> tuple[nn.Module, nn
     return prompt, decoder
 
 
-def build_litemedsam() -> SamFamilyModel:
+def build_litemedsam(point_prompts: bool = True) -> SamFamilyModel:
     """LiteMedSAM: our TinyViT encoder (256x256 input, 64x64 embedding) + official SAM prompt encoder/decoder."""
     from medsamkit.models.tiny_vit import build_litemedsam_encoder
 
     prompt, decoder = _prompt_and_decoder(256, 64)
-    return SamFamilyModel(
-        "litemedsam", build_litemedsam_encoder(), prompt, decoder, Preprocessing(256, "longest", "minmax", "area")
-    )
+    return SamFamilyModel("litemedsam", build_litemedsam_encoder(), prompt, decoder,
+                          Preprocessing(256, "longest", "minmax", "area"), point_prompts)
 
 
 _VIT = {  # embed dim, depth, heads, global attention blocks (SAM paper / official configs)
@@ -64,7 +63,7 @@ _VIT = {  # embed dim, depth, heads, global attention blocks (SAM paper / offici
 }
 
 
-def build_sam_vit(variant: str, name: str, preprocessing: Preprocessing) -> SamFamilyModel:
+def build_sam_vit(variant: str, name: str, preprocessing: Preprocessing, point_prompts: bool = True) -> SamFamilyModel:
     """Official SAM ViT encoder (1024x1024 input, 64x64 embedding) with the official prompt encoder/decoder."""
     m = sam_modeling()
     dim, depth, heads, global_idx = _VIT[variant]
@@ -83,7 +82,7 @@ def build_sam_vit(variant: str, name: str, preprocessing: Preprocessing) -> SamF
         out_chans=256,
     )
     prompt, decoder = _prompt_and_decoder(1024, 64)
-    return SamFamilyModel(name, encoder, prompt, decoder, preprocessing)
+    return SamFamilyModel(name, encoder, prompt, decoder, preprocessing, point_prompts)
 
 
 _SAM_PRE = Preprocessing(1024, "longest", "imagenet", "bilinear")
@@ -95,7 +94,7 @@ class ModelSpec:
     """A registry entry: how to build the model and where its weights come from."""
 
     name: str
-    build: Callable[[], SamFamilyModel]
+    build: Callable[..., SamFamilyModel]  # build(point_prompts=...) -> the model with random weights
     description: str
     weights: str  # "bundled" or "user"
     source: str

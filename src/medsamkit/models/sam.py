@@ -40,6 +40,7 @@ class SamFamilyModel(nn.Module):
         prompt_encoder: nn.Module,
         mask_decoder: nn.Module,
         preprocessing: Preprocessing,
+        point_prompts: bool = True,
     ) -> None:
         super().__init__()
         self.name = name
@@ -52,7 +53,9 @@ class SamFamilyModel(nn.Module):
         self.decode_chunk = 8  # prompts per fast-decoder pass (bounds peak memory)
         # Whether point prompts give meaningful masks: from the registry, or from what a fine-tuned
         # checkpoint was trained with (a box-only LiteMedSAM fine-tuned on clicks keeps its name).
-        self.point_prompts = True
+        self.point_prompts: bool = point_prompts
+        self.class_names: list[str] = []  # the class head's classes (fine-tuned with --class-head)
+        self.finetuned_from: str | None = None  # the fine-tuning checkpoint applied, if any
 
     @property
     def device(self) -> torch.device:

@@ -13,7 +13,6 @@ from medsamkit.core.objects import ImageObject, extract_objects, parse_classes
 from medsamkit.core.seeds import name_key
 from medsamkit.core.tiling import plan_tiles, tile_size_for
 from medsamkit.io.datasets import Case, open_dataset
-from medsamkit.training.annotations import annotation_dataset, is_annotation_folder
 from medsamkit.training.config import FinetuneConfig
 
 Window = tuple[int, int, int, int]
@@ -38,7 +37,7 @@ def load_cases(cfg: FinetuneConfig) -> tuple[list[Case], list[int], list[str]]:
         raise InputError("no --data given")
     cases, origin, names = [], [], []
     for i, spec in enumerate(specs):
-        ds = annotation_dataset(spec) if is_annotation_folder(spec) else open_dataset(spec, window=cfg.window)
+        ds = open_dataset(spec, window=cfg.window)  # an annotation folder is a SPEC too (io.spec)
         if len(ds) == 0:
             raise InputError(f"{spec}: empty dataset")
         names.append(ds.name if ds.name not in names else str(spec))

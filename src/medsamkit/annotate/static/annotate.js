@@ -4,6 +4,9 @@
 "use strict";
 
 const token = new URLSearchParams(location.search).get("token");
+// this tab's client id: the server keeps a prompt session per client, so two tabs (or people) never commit
+// each other's answer; getRandomValues also works where randomUUID does not (plain http on a LAN address)
+const client = Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
 const $ = (id) => document.getElementById(id);
 const app = {
   info: null, index: 0, image: null, ready: false, prompt: { box: null, points: [] },
@@ -28,7 +31,10 @@ async function api(path, body) {
 
 function status(text, busy) { const s = $("status"); s.textContent = text; s.classList.toggle("busy", !!busy); }
 function notice(text, error) { const n = $("notice"); n.textContent = text || ""; n.classList.toggle("error", !!error); }
-function view() { return app.vol ? { image: app.image, slice: app.vol.slice, axis: app.vol.axis } : { image: app.image, slice: null, axis: 0 }; }
+function view() {
+  const at = app.vol ? { slice: app.vol.slice, axis: app.vol.axis } : { slice: null, axis: 0 };
+  return { image: app.image, ...at, client };
+}
 
 async function start() {
   try {
@@ -107,11 +113,12 @@ function renderObjects() {
     li.classList.toggle("hidden-object", !!o.hidden);
     const [r, g, b] = MskView.colour(o.id);
     const options = names.map((n) => `<option ${n === o.class ? "selected" : ""}>${escapeHtml(n)}</option>`).join("");
-    li.innerHTML = `<span class="swatch" style="background:rgb(${r},${g},${b})"></span>`
+    li.innerHTML = `<span class="swatch"></span>`
       + `<span class="grow">#${o.id} ${escapeHtml(o.class ?? "")} <small>${o.area}px</small></span>`
       + (names.length ? `<select title="class">${options}</select>` : "")
       + `<button class="hide" title="hide / show">${o.hidden ? "show" : "hide"}</button>`
       + `<button class="del" title="delete">&times;</button>`;
+    li.querySelector(".swatch").style.background = `rgb(${r},${g},${b})`;  // no inline style: the page's CSP
     li.onclick = (ev) => { if (ev.target.tagName === "SPAN") select(o.id); };
     const sel = li.querySelector("select");
     if (sel) sel.onchange = () => change("/api/objects/update", { image: app.image, object: o.id, class: sel.value });

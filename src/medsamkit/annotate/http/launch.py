@@ -10,11 +10,11 @@ import sys
 import threading
 import time
 
-from medsamkit.annotate.server import create_app
-from medsamkit.annotate.workspace import AnnotateConfig, Workspace
+from medsamkit.annotate.http.app import create_app
+from medsamkit.annotate.http.guards import LOOPBACK
+from medsamkit.annotate.session.config import AnnotateConfig
+from medsamkit.annotate.session.workspace import Workspace
 from medsamkit.core.errors import InputError
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -61,8 +61,7 @@ def serve(cfg: AnnotateConfig) -> None:
     try:
         server.run(sockets=[sock])
     finally:
-        app.state.learning.close()
-        workspace.segmenter.close()
+        workspace.close()
 
 
 class BackgroundServer:
@@ -99,6 +98,5 @@ class BackgroundServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
+        self.server.should_exit = True  # the app's lifespan stops its learn rounds
         self.thread.join(timeout=10)
-        self.app.state.learning.close()

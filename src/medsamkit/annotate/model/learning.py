@@ -2,11 +2,11 @@
 
 Once the person has committed enough objects (``--learn-min-objects``, across at least two images: one is
 held out for validation), a round starts (automatically with ``--learn``, or on request): a separate,
-niced, one-thread process (``annotate.learn_job``) fine-tunes the decoder with the training engine on the
-annotation folder, reusing the session's embedding cache, within ``--learn-budget`` seconds. When its
+niced, one-thread process (``annotate.model.learn_job``) fine-tunes the decoder with the training engine on
+the annotation folder, reusing the session's embedding cache, within ``--learn-budget`` seconds. When its
 validation says the new model is better (click Dice higher, box Dice not lower) it becomes a new version
-(``annotate.versions``) and is hot-swapped into the segmenter; otherwise the old model stays. Annotation
-files are only ever written by the server, so a crash or kill of the job loses nothing.
+(``annotate.model.versions``) and is hot-swapped into the ``ModelHost``; otherwise the old model stays.
+Annotation files are only ever written by the server, so a crash or kill of the job loses nothing.
 
 Phases: ``waiting`` (for objects), ``ready``, ``training`` (with ``job.phase`` preparing / validating /
 training and progress), then ``updated``, ``kept`` (the old model) or ``failed``.
@@ -23,14 +23,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from medsamkit.annotate.learn_job import FIRST_VALIDATION
-from medsamkit.annotate.versions import ModelVersions
+from medsamkit.annotate.model.host import ModelHost, ModelLaunch
+from medsamkit.annotate.model.learn_job import FIRST_VALIDATION
+from medsamkit.annotate.model.versions import ModelVersions
 from medsamkit.core.atomic import write_json_atomic
 from medsamkit.core.errors import InputError
-from medsamkit.models.finetuned import read_run_checkpoint
+from medsamkit.io.annotations import annotated_objects
 from medsamkit.models.loading import load_model
-from medsamkit.models.registry import names_finetuned
-from medsamkit.training.annotations import annotated_objects
 
 POLL_SECONDS = 0.5
 JOB_THREADS = 1
@@ -45,34 +44,24 @@ class LearnSettings:
     min_images: int = 2
     budget: float = 180.0  # seconds per round, everything included
     prompts: str = "box,jitter+5,center,random1,iter3"
-    lr: float = 1e-4  # finetune's default: 3e-4 learnt clicks faster but broke box prompts on MoNuSeg
-    # every object also trains with its tight box (training.objective): without it 30 MoNuSeg objects lost
-    # 0.06-0.08 box Dice within 300 steps; with it box Dice rose (0.927 -> 0.943 at the chosen step)
-    box_anchor: float = 1.0
+    lr: float = 1e-4  # finetune's default: larger steps trade box Dice for click Dice on a few dozen objects
+    box_anchor: float = 1.0  # every object also trains with its tight box (training.objective): box prompts keep working
     box_tolerance: float = 0.0  # box Dice may fall this much on validation and still count as "not lower"
     first_validation: int = FIRST_VALIDATION  # steps before a round's first validation (then 2x, 4x, ...)
     batch_size: int = 16
     seed: int = 0
 
 
-def base_of(model: str, checkpoint: str | None) -> tuple[str, str | None, str | None]:
-    """(registry base, its checkpoint, fine-tuned weights to start from) of the launch model."""
-    if names_finetuned(model):
-        ckpt = read_run_checkpoint(model)
-        return ckpt["base_model"], ckpt.get("base_checkpoint") or None, ckpt["path"]
-    return model, checkpoint, None
-
-
 class LearnController:
     """The learn rounds of one session: when to start, the job process, versions and the hot swap."""
 
-    def __init__(self, workspace, settings: LearnSettings) -> None:
-        self.ws = workspace
+    def __init__(self, host: ModelHost, annotations: Path, launch: ModelLaunch, settings: LearnSettings) -> None:
+        self.host = host
+        self.annotations = Path(annotations)
+        self.launch = launch
         self.settings = settings
-        self.folder = Path(workspace.store.out) / "learn"
-        cfg = workspace.cfg
-        self.launch = {"model": cfg.model, "checkpoint": cfg.checkpoint, "device": cfg.device}
-        self.versions = ModelVersions(self.folder, workspace.segmenter.identity)
+        self.folder = self.annotations / "learn"
+        self.versions = ModelVersions(self.folder, host.identity)
         self._lock = threading.RLock()
         self._proc: subprocess.Popen | None = None
         self._job: dict | None = None  # the running or last round
@@ -81,7 +70,7 @@ class LearnController:
         self._stop = threading.Event()
         current = self.versions.current
         if current == 0:
-            workspace.segmenter.identity = self.versions.identity(0)
+            host.relabel(self.versions.identity(0))
         else:  # resume with the version the person was using
             try:
                 self._serve(current)
@@ -89,14 +78,14 @@ class LearnController:
                 print(f"medsamkit annotate: model version {current} not loadable ({exc}); serving version 0",
                       file=sys.stderr)
                 self.versions.set_current(0)
-                workspace.segmenter.identity = self.versions.identity(0)
+                host.relabel(self.versions.identity(0))
         self._thread = threading.Thread(target=self._watch, name="learn", daemon=True)
         self._thread.start()
 
     # --- reading -------------------------------------------------------------------------------------
     def counts(self) -> dict:
         """Committed objects and images that have some (from the files: every image, not only open ones)."""
-        objects = annotated_objects(self.ws.store.out)
+        objects = annotated_objects(self.annotations)
         return {"objects": sum(len(v) for v in objects.values()), "images": len(objects)}
 
     def _ready(self, counts: dict) -> bool:
@@ -115,7 +104,7 @@ class LearnController:
             return {"phase": phase, "auto": self.settings.auto, **counts,
                     "min_objects": self.settings.min_objects, "min_images": self.settings.min_images,
                     "budget": self.settings.budget, "current": self.versions.current,
-                    "model": self.ws.segmenter.identity, "job": job}
+                    "model": self.host.identity, "job": job}
 
     # --- control -------------------------------------------------------------------------------------
     def set_auto(self, on: bool) -> dict:
@@ -138,15 +127,15 @@ class LearnController:
     def _job_config(self, run: Path) -> dict:
         from medsamkit.training.config import FinetuneConfig
 
-        base, base_ckpt, start = base_of(self.launch["model"], self.launch["checkpoint"])
+        base, base_ckpt, start = self.launch.base()
         current = self.versions.path(self.versions.current)
         s = self.settings
         cfg = FinetuneConfig(
-            data=[str(self.ws.store.out)], out=str(run), mode="decoder", prompts=s.prompts, epochs=100000,
+            data=[str(self.annotations)], out=str(run), mode="decoder", prompts=s.prompts, epochs=100000,
             validate_every=100000, lr=s.lr, box_anchor=s.box_anchor, batch_size=s.batch_size, seed=s.seed, model=base,
             checkpoint=base_ckpt, init_from=str(current) if current is not None else start,
-            cache=str(self.ws.segmenter.cache.folder), device="cpu", save_every=0, show_progress=False,
-            tile_size=None)  # the evaluate view rule, as the server prompts them (annotate.views): the same
+            cache=str(self.host.cache.folder), device="cpu", save_every=0, show_progress=False,
+            tile_size=None)  # the evaluate view rule, as the server prompts them (annotate.session.views): the same
         # tiles, so the server's cached embeddings are reused and validation scores the views people use
         return asdict(cfg)
 
@@ -163,7 +152,7 @@ class LearnController:
                "MEDSAMKIT_THREADS": str(JOB_THREADS)}
         log = (job_dir / "log.txt").open("wb")
         # its own session: the server decides when it stops (close), and a Ctrl-C reaches the server first
-        self._proc = subprocess.Popen([sys.executable, "-m", "medsamkit.annotate.learn_job", str(job_dir)],
+        self._proc = subprocess.Popen([sys.executable, "-m", "medsamkit.annotate.model.learn_job", str(job_dir)],
                                       stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         self._counted_at_start = counts["objects"]
@@ -191,11 +180,8 @@ class LearnController:
 
     def _serve(self, version: int) -> None:
         path = self.versions.path(version)
-        if path is None:
-            model = load_model(self.launch["model"], self.launch["checkpoint"], self.launch["device"])
-        else:
-            model = load_model(str(path), None, self.launch["device"])
-        self.ws.segmenter.swap(model, self.versions.identity(version))
+        model = self.launch.load() if path is None else load_model(str(path), None, self.launch.device)
+        self.host.swap(model, self.versions.identity(version))
 
     # --- the watcher thread --------------------------------------------------------------------------
     def _watch(self) -> None:

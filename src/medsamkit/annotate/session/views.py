@@ -6,7 +6,8 @@ overlap) choose the whole image or a native-resolution tile around it. A click-o
 big the object is, so its size is taken as the median longer side of the objects already committed in the
 session (the whole view before any commit), centred on the first click. The view is chosen when an object
 starts and kept for its follow-up clicks (their mask-feedback logits belong to that view's embedding);
-answers are pasted back into full-image coordinates. Volumes keep their whole-slice views (not handled here).
+answers are pasted back into full-image coordinates. ``ViewRule`` holds a session's committed sizes; volumes
+keep their whole-slice views (``VolumeItem.model_view``).
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ def view_of_object(obj: ImageObject | None, shape: Sequence[int], input_size: in
     return tuple(int(v) for v in window)
 
 
-def view_tiles(shape: Sequence[int], model) -> list[Window]:
+def view_tiles(shape: Sequence[int], input_size: int) -> list[Window]:
     """The grid tiles the rule answers small objects on (empty when every object keeps the whole view)."""
     size = (int(shape[0]), int(shape[1]))
-    tile = tile_size_for(size, None, int(model.preprocessing.input_size))
+    tile = tile_size_for(size, None, int(input_size))
     if not isinstance(tile, AutoTile):
         return []
     return [tuple(int(v) for v in w) for w in grid_windows(size, tile, min(VIEW_OVERLAP, tile - 1))]
@@ -99,3 +100,22 @@ def longer_side(mask: np.ndarray) -> int:
     if not len(rows):
         return 0
     return int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+
+
+class ViewRule:
+    """The view rule of one session's 2D images: the committed objects' sizes, the view of a new object."""
+
+    def __init__(self) -> None:
+        self.committed_sides: list[int] = []  # longer sides (px) of this run's 2D commits: click-only views
+
+    def window(self, prompt: Prompt, shape: Sequence[int], input_size: int) -> Window:
+        """The model view of a new object's prompt on an image of ``shape``."""
+        if prompt.box is not None:
+            return box_view(prompt.box, shape, input_size)
+        if not len(prompt.points):
+            return whole_window(shape)  # no prompt: the segmenter says so
+        return click_view(prompt.points[0], self.committed_sides, shape, input_size)
+
+    def remember(self, mask: np.ndarray) -> None:
+        """A committed object's size, for the views of later click-only objects."""
+        self.committed_sides.append(longer_side(mask))

@@ -1,8 +1,8 @@
-"""The learn job's process: ``python -m medsamkit.annotate.learn_job JOB_DIR`` fine-tunes the decoder on an
+"""The learn job's process: ``python -m medsamkit.annotate.model.learn_job JOB_DIR`` fine-tunes the decoder on an
 annotation folder with the training engine, inside a time budget, with one torch thread and a lowered
 priority, so the person's server keeps answering.
 
-It reads ``JOB_DIR/job.json`` (written by ``annotate.learning``), validates the model being served on the
+It reads ``JOB_DIR/job.json`` (written by ``annotate.model.learning``), validates the model being served on the
 held-out images (split by image), trains from that model's weights for what is left of the budget with the
 engine's ``Trainer``, validating after 2x as many steps each time (FIRST_VALIDATION, 2x, 4x, ...: a few dozen
 objects are over-fitted within a few hundred steps, so the early weights must be looked at) and at the end,
