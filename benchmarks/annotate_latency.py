@@ -17,6 +17,7 @@ Volumes (builtin:lung-gtv pat_4, DICOM CT, fresh embedding cache):
 Prints JSON (with the 1-minute load average, so noisy runs are visible); the volume part is also written to
 benchmarks/results/annotate_volume_latency.json.
 Usage: python benchmarks/annotate_latency.py [--calls 30] [--drags 10] [--device cpu] [--only 2d|volume]
+(--smoke: 2 calls, 1 drag, the volume JSON in a temporary folder).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _shared import add_smoke, apply_smoke
 from medsamkit.annotate.launch import BackgroundServer
 from medsamkit.annotate.workspace import AnnotateConfig, Workspace
 from medsamkit.core import runtime
@@ -149,7 +151,11 @@ def main() -> None:
     ap.add_argument("--drags", type=int, default=10)
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", choices=("2d", "volume"), default=None)
+    ap.add_argument("--volume-results", type=Path,
+                    default=Path(__file__).resolve().parent / "results" / "annotate_volume_latency.json")
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, ("volume_results",), calls=2, drags=1)
     runtime.setup()
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,8 +175,7 @@ def main() -> None:
                     "volume.first_mask_new_slice_s": 1.5, "volume.predict_http_median_ms": 60},
     }
     if "volume" in report:  # the 2D runs are curated by hand in results/annotate_latency.json
-        path = Path(__file__).resolve().parent / "results" / "annotate_volume_latency.json"
-        path.write_text(json.dumps({k: v for k, v in report.items() if k not in result or k == "volume"},
+        args.volume_results.write_text(json.dumps({k: v for k, v in report.items() if k not in result or k == "volume"},
                                    indent=1) + "\n")
     print(json.dumps(report))
 
