@@ -195,6 +195,23 @@ def test_two_processes_writing_the_same_cache_entry_leave_one_valid_entry(tmp_pa
     assert entry is not None and tuple(entry.features.shape) == (1, 256, 64, 64)
 
 
+def test_embed_on_a_worker_writes_the_index_of_one_process(tmp_path, small_folder, predictor):
+    import json
+
+    from medsamkit.embedding.precompute import EmbedConfig, embed_dataset
+
+    def cfg(out):
+        return EmbedConfig(data=str(small_folder), out=str(out), show_progress=False)
+
+    local = embed_dataset(cfg(tmp_path / "local"), predictor)
+    summary = embed_dataset(cfg(tmp_path / "dask"), executor=_on_dask(1))
+    assert summary["failed"] == [] and (summary["images"], summary["computed"]) == (local["images"], 2)
+    indexes = [json.loads((tmp_path / k / "index.json").read_text()) for k in ("local", "dask")]
+    assert indexes[0] == indexes[1]  # the same windows, cache keys and model header
+    again = embed_dataset(cfg(tmp_path / "dask"), executor=_on_dask(1))
+    assert (again["computed"], again["hits"]) == (0, 2)
+
+
 def test_samaug_priors_on_two_workers_are_byte_identical(tmp_path, small_folder):
     from medsamkit.samaug.everything import EverythingConfig
     from medsamkit.samaug.priors import PriorsConfig, compute_priors
