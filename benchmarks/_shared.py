@@ -56,7 +56,7 @@ def apply_smoke(args: argparse.Namespace, outputs: tuple[str, ...] = (), **sizes
     for name in outputs:
         current = getattr(args, name)
         target = tmp / (Path(current).name if current else name)
-        setattr(args, name, target if isinstance(current, Path) else str(target))
+        setattr(args, name, str(target) if isinstance(current, str) else target)
     return tmp
 
 

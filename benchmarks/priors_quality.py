@@ -3,7 +3,7 @@ prior's support (seg prior > 0) against the labelled objects, and the everything
 instances (painted in order of stability score, the most stable on top): AJI and GlaS object F1 / Dice.
 
 Usage: python benchmarks/priors_quality.py --priors PRIORS/test [--data shared/data/monuseg/test]
-       [--results benchmarks/results/priors_quality_NAME.json]   (--smoke: priors of builtin:dsb-nuclei made here)
+       [--results benchmarks/results/priors_quality_NAME.json]   (--smoke: priors of builtin:dsb-nuclei, one tile, made here)
 Prints JSON (medians and means over the images, and every image's row). benchmarks/samaug_glas.py and
 benchmarks/samaug_monuseg.py call `score_priors` for each priors variant (box- / point-model priors).
 """
@@ -81,7 +81,10 @@ def main() -> dict:
         from medsamkit.samaug.priors import PriorsConfig, compute_priors
 
         args.priors = str(smoke / "priors")
-        compute_priors(PriorsConfig(data=args.data, out=args.priors, progress=False))
+        from medsamkit.samaug.everything import EverythingConfig
+
+        compute_priors(PriorsConfig(data=args.data, out=args.priors, everything=EverythingConfig(tile_size=0),
+                                    progress=False))
     elif not args.priors:
         ap.error("--priors is required")
     data = args.data or str(require_shared(monuseg_dir("test"), "MoNuSeg test (shared/data/monuseg)"))

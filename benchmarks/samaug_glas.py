@@ -51,12 +51,13 @@ ARMS = ("baseline", "box-clip", "box-paper", "points-clip", "points-paper")
 SPLITS = ("train", "testA")
 
 
-def scaled_split(glas: Path, split: str, out: Path, scale: float) -> Path:
-    """OUT/data/SPLIT with images (bilinear) and instance labels (nearest) resized by `scale`; reused."""
+def scaled_split(glas: Path, split: str, out: Path, scale: float, limit: int | None = None) -> Path:
+    """OUT/data/SPLIT with the first `limit` (default all) images (bilinear) and instance labels (nearest) resized
+    by `scale`; files already there are reused."""
     from PIL import Image
 
     folder = out / "data" / split
-    names = sorted(p.name for p in (glas / split / "images").glob("*.png"))
+    names = sorted(p.name for p in (glas / split / "images").glob("*.png"))[:limit]
     for sub in ("images", "labels"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "GlaS (shared/data/glas/{train,testA})")
     setup(threads=args.threads)
     glas = base / "data" / "glas"
-    data = {s: scaled_split(glas, s, Path(args.out), args.scale) for s in SPLITS}
+    limits = {"train": args.train_images, "testA": args.test_images}
+    data = {s: scaled_split(glas, s, Path(args.out), args.scale, limits[s]) for s in SPLITS}
     kinds = sorted({a.partition("-")[0] for a in args.arms} - {"baseline"})
     if "points" in kinds and not args.points_model and not args.collect:
         args.points_model = points_model(data, args)

@@ -19,8 +19,8 @@ Example (everything computed here; the point model from 4 epochs on MoNuSeg trai
       --finetune-points 4 --seeds 0,1 --iterations 4000 --crop 128 --threads 1 --out runs/samaug_monuseg
 Every run resumes from its last.pt; finished priors, point model and evaluations are reused. Prints and writes
 OUT/results.json (and --results) and the runs' loss curves, OUT/loss_curves.png (or --curves).
---smoke: baseline and box-clip, 4 iterations on 128 px crops, 1 train and 1 test image (priors on the whole image),
-in a temporary folder.
+--smoke: baseline and box-clip, 2 iterations of 2 crops, the 256 px corner of one train and one test image (priors on
+the whole corner), in a temporary folder.
 """
 
 from __future__ import annotations
@@ -101,6 +101,19 @@ def computed_priors(kind: str, model: str, args: argparse.Namespace) -> tuple[st
     return folders["train"], folders["test"]
 
 
+def corner_crop(folder: Path, out: Path, size: int) -> str:
+    """OUT with the top-left SIZE x SIZE corner of FOLDER's first image and label (an images/ + labels/ SPEC)."""
+    from medsamkit.io.images import read_image, read_label, write_mask
+
+    name = sorted((folder / "images").glob("*.png"))[0].name
+    for sub in ("images", "labels"):
+        (out / sub).mkdir(parents=True)
+    image = read_image(folder / "images" / name)[:size, :size]
+    write_mask(out / "images" / name, image)
+    write_mask(out / "labels" / name, read_label(folder / "labels" / name)[:size, :size])
+    return str(out)
+
+
 def binned(series: dict[str, dict[str, list[float]]], bin_size: int = 200) -> dict:
     """The loss curves of a `loss_series`, as the mean training loss per bin of `bin_size` iterations."""
     return {arm: {seed: [round(statistics.fmean(losses[i:i + bin_size]), 4) for i in range(0, len(losses), bin_size)]
@@ -176,11 +189,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_smoke(p)
     args = p.parse_args(argv)
-    apply_smoke(args, ("out", "results", "curves"), arms="baseline,box-clip", iterations=4, checkpoint_every=2,
-                crop=128, train_images=1, test_images=1, priors_tile=0, quiet=True)
+    smoke = apply_smoke(args, ("out", "results", "curves"), arms="baseline,box-clip", iterations=2,
+                        checkpoint_every=1, batch_size=2, train_images=1, test_images=1, priors_tile=0, quiet=True)
     for split in ("train", "test"):
         given = getattr(args, split)
         setattr(args, split, given or str(require_shared(monuseg_dir(split), f"MoNuSeg {split} (shared/data/monuseg)")))
+        if smoke:  # a 256 px corner of the first image: every step runs, on a sixteenth of the pixels
+            setattr(args, split, corner_crop(Path(getattr(args, split)), smoke / "data" / split, 256))
     if not args.out:
         p.error("--out is required")
     folders = {"box": (args.priors_train, args.priors_test), "points": (args.points_priors_train,

@@ -1,7 +1,7 @@
 """Per-volume Dice / NSD of LiteMedSAM on builtin:lung-gtv: slice-wise box, box+5, propagation, 1 vs 3 slices.
 
 Usage: python benchmarks/volume_lung.py [--out DIR] [--patients pat_2,pat_3] [--threads 2] [--cache DIR]
-(--smoke: pat_2, one-slice input, no extra stop variants, in a temporary folder)
+(--smoke: pat_2, one-slice input, no extra stop variants, propagation stops below 100 px, in a temporary folder)
 Writes DIR/per_volume.jsonl (one line per volume and variant, resumable) and prints the summary JSON.
 Embeddings are shared between the variants of a volume, so each slice is encoded once per input kind.
 """
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--inputs", default="1,3", help="slice inputs: 1 (the slice) and/or 3 (k-1, k, k+1)")
     add_smoke(parser)
     args = parser.parse_args()
-    apply_smoke(args, ("out",), patients="pat_2", min_iou=[], inputs="1")
+    apply_smoke(args, ("out",), patients="pat_2", min_iou=[], inputs="1", min_area=100)
 
     device = setup("cpu", threads=args.threads)
     torch.set_num_threads(args.threads)
