@@ -3,8 +3,8 @@
 Prints JSON: per dataset, the summary table (Dice/IoU mean/median/n per prompt mode, model and random-walker
 baseline), the IoU-by-clicks curve (iter9 steps 1..9 = iter1..iter9), and the docs/facts.md reference values.
 Usage: python benchmarks/zero_shot.py [--out runs/zero_shot] [--monuseg PATH] [--max-images 3] [--max-objects 60]
-Resumable: rerun with the same --out to continue. --smoke: one volume, one MoNuSeg image (3 nuclei, when shared/
-is there), box and iter2, in a temporary folder.
+Resumable: rerun with the same --out to continue. --smoke: one MoNuSeg image (3 nuclei; one lung-gtv volume when
+shared/ is absent), box and iter2, in a temporary folder.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--lung-volumes", type=int, default=None, help="first N lung-gtv volumes (default: all 4)")
     add_smoke(ap)
     args = ap.parse_args()
-    apply_smoke(args, ("out",), max_images=1, max_objects=3, prompts="box,iter2", lung_volumes=1)
+    if apply_smoke(args, ("out",), max_images=1, max_objects=3, prompts="box,iter2", lung_volumes=1):
+        args.skip = "lung-gtv" if args.monuseg or monuseg_dir("test") else "monuseg"  # one dataset is enough
     runs = {"lung-gtv": EvaluateConfig(data="builtin:lung-gtv", out=f"{args.out}/lung-gtv", prompts=args.prompts,
                                        max_images=args.lung_volumes)}
     mon = Path(args.monuseg) if args.monuseg else monuseg_dir("test")
