@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow lint bench clean
+.PHONY: install browser demo test test-slow lint bench-smoke clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# every benchmark script at its --smoke size (tiny data, temporary outputs; benchmarks/results/ untouched)
+bench-smoke: install
+	$(BIN)/python tools/bench_smoke.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks tools

@@ -17,6 +17,7 @@ Volumes (builtin:lung-gtv pat_4, DICOM CT, fresh embedding cache):
 Prints JSON (with the 1-minute load average, so noisy runs are visible); the volume part is also written to
 benchmarks/results/annotate_volume_latency.json.
 Usage: python benchmarks/annotate_latency.py [--calls 30] [--drags 10] [--device cpu] [--only 2d|volume]
+(--smoke: 2 calls, 1 drag, the smallest patient pat_2, the volume JSON in a temporary folder).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _shared import add_smoke, apply_smoke
 from medsamkit.annotate.http.launch import BackgroundServer
 from medsamkit.annotate.session.config import AnnotateConfig
 from medsamkit.annotate.session.workspace import Workspace
@@ -103,16 +105,16 @@ def _timed_post(client: httpx.Client, path: str, body: dict) -> tuple[dict, floa
     return res.json(), time.perf_counter() - t
 
 
-def _volume(root: Path, device: str | None, calls: int) -> dict:
-    """The volume numbers on builtin:lung-gtv pat_4 (see the module docstring)."""
-    case = next(c for c in open_dataset("builtin:lung-gtv").items() if c.name.endswith("pat_4"))
+def _volume(root: Path, device: str | None, calls: int, patient: str = "pat_4") -> dict:
+    """The volume numbers on a builtin:lung-gtv patient (see the module docstring)."""
+    case = next(c for c in open_dataset("builtin:lung-gtv").items() if c.name.endswith(patient))
     truth = case.label == 1
     z = int(truth.sum((1, 2)).argmax())
     ys, xs = np.nonzero(truth[z])
     box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
-    vid = "lung-gtv_pat_4"
+    vid = f"lung-gtv_{patient}"
     ws = Workspace(AnnotateConfig("builtin:lung-gtv", out=str(root / "volume-out"), device=device))
-    out: dict = {"volume": "builtin:lung-gtv pat_4", "shape": list(case.image.shape)}
+    out: dict = {"volume": f"builtin:lung-gtv {patient}", "shape": list(case.image.shape)}
     with BackgroundServer(ws, token="bench") as server, \
             httpx.Client(base_url=server.base, headers={"Authorization": "Bearer bench"}, timeout=600) as client:
         firsts = []
@@ -150,7 +152,12 @@ def main() -> None:
     ap.add_argument("--drags", type=int, default=10)
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", choices=("2d", "volume"), default=None)
+    ap.add_argument("--volume-results", type=Path,
+                    default=Path(__file__).resolve().parent / "results" / "annotate_volume_latency.json")
+    add_smoke(ap)
+    ap.add_argument("--patient", default="pat_4", help="the builtin:lung-gtv volume of the volume numbers")
     args = ap.parse_args()
+    apply_smoke(args, ("volume_results",), calls=2, drags=1, patient="pat_2")
     runtime.setup()
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,7 +169,7 @@ def main() -> None:
                 result.update(_browser(server, args.drags))
             ws.segmenter.close()
         if args.only != "2d":
-            result["volume"] = _volume(Path(tmp), args.device, args.calls)
+            result["volume"] = _volume(Path(tmp), args.device, args.calls, args.patient)
     report = {
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "threads": torch.get_num_threads(),
         "load_avg_1min": float(open("/proc/loadavg").read().split()[0]), "calls": args.calls, **result,
@@ -170,8 +177,7 @@ def main() -> None:
                     "volume.first_mask_new_slice_s": 1.5, "volume.predict_http_median_ms": 60},
     }
     if "volume" in report:  # the 2D runs are curated by hand in results/annotate_latency.json
-        path = Path(__file__).resolve().parent / "results" / "annotate_volume_latency.json"
-        path.write_text(json.dumps({k: v for k, v in report.items() if k not in result or k == "volume"},
+        args.volume_results.write_text(json.dumps({k: v for k, v in report.items() if k not in result or k == "volume"},
                                    indent=1) + "\n")
     print(json.dumps(report))
 

@@ -16,6 +16,7 @@ Usage: python benchmarks/annotate_learning.py [--datasets monuseg,glas] [--per-i
        [--test-images 2] [--test-objects 30] [--box-anchor W] [--box-tolerance T]
        [--out benchmarks/results/annotate_learning.json]
 The ablation without the box term: --datasets monuseg --box-anchor 0 --out .../annotate_learning_no_anchor.json
+--smoke: MoNuSeg only, 2 train images x 4 objects, 3 test objects, a 10 s round, output in a temporary folder.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from medsamkit.prompts import parse_modes
 from medsamkit.prompts.objects import run_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import shared_dir  # noqa: E402
+from _shared import add_smoke, apply_smoke, require_shared, shared_dir  # noqa: E402
 
 DATA = {"monuseg": ("monuseg/train", "monuseg/test"), "glas": ("glas/train", "glas/testA")}
 # train images per data set: a GlaS image holds ~5-20 glands, so 4 of them give about what 2 MoNuSeg give
@@ -262,10 +263,12 @@ def main() -> None:
     ap.add_argument("--only-latency", action="store_true", help="skip the Dice evaluations")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="benchmarks/results/annotate_learning.json")
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, ("out",), datasets="monuseg", images=2, per_image=4, test_images=1, test_objects=3,
+                budget=10.0, latency_calls=2)
     runtime.setup(args.device)
-    if shared_dir() is None:
-        raise SystemExit("shared/data not found (set MEDSAMKIT_SHARED)")
+    require_shared(shared_dir(), "MoNuSeg / GlaS (shared/data)")
     out = Path(args.out)
     result: dict = {"settings": vars(args), "load_average_start": os.getloadavg()[0], "cpus": os.cpu_count()}
     root = Path(tempfile.mkdtemp(prefix="annotate-learning-"))

@@ -5,7 +5,9 @@ path), then the tiles prefetched after the first tiled answer (seconds) and firs
 in the same run on a fresh embedding cache. Box Dice of both views is reported too.
 
 Prints JSON and writes benchmarks/results/annotate_view_latency.json (with the 1-minute load average).
-Usage: python benchmarks/annotate_view_latency.py [--objects 12] [--device cpu]
+Usage: python benchmarks/annotate_view_latency.py [--objects 12] [--device cpu]   (--smoke: 2 objects)
+
+The prefetch is waited for with the segmenter's public ``prefetching`` / ``wait_idle``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import shared_dir  # noqa: E402
+from _shared import add_smoke, apply_smoke, require_shared, shared_dir  # noqa: E402
 from medsamkit.annotate.model.answers import AnswerMemory  # noqa: E402
 from medsamkit.annotate.session.config import AnnotateConfig  # noqa: E402
 from medsamkit.annotate.session.views import whole_window  # noqa: E402
@@ -45,11 +47,11 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=12)
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="benchmarks/results/annotate_view_latency.json")
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, ("out",), objects=2)
     runtime.setup(args.device)
-    shared = shared_dir()
-    if shared is None:
-        raise SystemExit("shared/data not found (set MEDSAMKIT_SHARED)")
+    shared = require_shared(shared_dir(), "MoNuSeg test (shared/data/monuseg)")
     src = sorted((shared / "data" / "monuseg" / "test" / "images").iterdir())[0]
     root = Path(tempfile.mkdtemp(prefix="annotate-views-"))
     try:

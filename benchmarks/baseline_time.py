@@ -5,6 +5,7 @@ a fresh folder, and reports the wall-time ratio of the two runs and, from the ba
 run, same conditions), (model + walker seconds) / model seconds.
 Writes benchmarks/results/baseline_time.json.
 Usage: MEDSAMKIT_THREADS=1 python benchmarks/baseline_time.py [--max-images 5] [--out runs/baseline_time]
+(--smoke: one image, outputs in a temporary folder)
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import shutil
 import time
 from pathlib import Path
 
-from _shared import REPO, shared_dir
+from _shared import REPO, add_smoke, apply_smoke, require_shared, shared_dir
 from medsamkit.core.runtime import setup
-from medsamkit.evaluation.engine import EvaluateConfig, evaluate
+from medsamkit.evaluation.config import EvaluateConfig
+from medsamkit.evaluation.run import evaluate
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
 
@@ -27,10 +29,12 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=5)
     ap.add_argument("--out", default="runs/baseline_time")
     ap.add_argument("--results", default=str(REPO / "benchmarks/results/baseline_time.json"))
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, ("out", "results"), max_images=1)
     base = shared_dir()
-    if base is None or not (base / "data/glas/testA/images").is_dir():
-        raise SystemExit("GlaS test A not found: set MEDSAMKIT_SHARED (shared/data/glas/testA)")
+    require_shared(base if base and (base / "data/glas/testA/images").is_dir() else None,
+                   "GlaS test A (shared/data/glas/testA)")
     setup()
     predictor = Predictor(load_model("litemedsam", device="cpu"))  # loaded once, outside both timings
     runs = {}

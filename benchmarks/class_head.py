@@ -4,6 +4,8 @@ lung tumour (builtin:lung-gtv, CT) and nucleus (MoNuSeg train, H&E); per-class a
 Held out = the validation split of `medsamkit finetune`: whole patients for the lung volumes (one of four),
 whole slides for MoNuSeg (6 of 30). The head is asked with the object's tight box.
 Usage: python benchmarks/class_head.py [--out FOLDER] [--epochs 2] [--max-objects 24] [--cache FOLDER]
+(--smoke: builtin:dsb-nuclei and 2 MoNuSeg images as the two classes, whole images, 4 objects, one epoch, in a
+temporary folder)
 Prints one JSON document (also OUT/result.json); rerunning with the same --out resumes the run.
 """
 
@@ -16,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from _shared import monuseg_dir
+from _shared import add_smoke, apply_smoke, monuseg_dir, require_shared
 from medsamkit.core.runtime import setup
 from medsamkit.training import FinetuneConfig, finetune
 
@@ -32,15 +34,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache", default=None, help="embedding cache folder (reuse finetune_monuseg's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--max-images", type=int, default=None, help="images / volumes per data set (default: all)")
+    ap.add_argument("--tile", type=int, default=None, help="tile size (default: auto; 0: whole images)")
+    ap.add_argument("--first", default="builtin:lung-gtv", help="the first class's data SPEC")
+    add_smoke(ap)
     args = ap.parse_args(argv)
-    monuseg = args.monuseg_train or (str(monuseg_dir("train")) if monuseg_dir("train") else None)
-    if monuseg is None:
-        print(json.dumps({"skipped": "MoNuSeg train not found (give --monuseg-train or set MEDSAMKIT_SHARED)"}))
-        return {}
+    apply_smoke(args, ("out",), epochs=1, max_objects=4, val_objects=4, max_images=2, tile=0,
+                first="builtin:dsb-nuclei")
+    monuseg = args.monuseg_train or str(require_shared(monuseg_dir("train"), "MoNuSeg train (shared/data/monuseg)"))
     setup(threads=args.threads)
-    cfg = FinetuneConfig(data=["builtin:lung-gtv", monuseg], out=str(args.out / "run"), mode="decoder",
+    cfg = FinetuneConfig(data=[args.first, monuseg], out=str(args.out / "run"), mode="decoder",
                          class_head=True, epochs=args.epochs, max_objects=args.max_objects,
-                         val_objects=args.val_objects, seed=args.seed,
+                         val_objects=args.val_objects, seed=args.seed, max_images=args.max_images,
+                         tile_size=args.tile,
                          cache=args.cache or str(args.out / "cache"), show_progress=sys.stderr.isatty())
     t0 = time.perf_counter()
     summary = finetune(cfg)

@@ -1,10 +1,10 @@
 """Dask against one process on the same `evaluate` workload (issue: scale-out must not cost what it brings).
 
 Each round runs, in fresh processes and in rotating order (so machine load hits all of them alike):
-- local:  one process with THREADS torch threads (default 2): `evaluation.engine.evaluate`, what `medsamkit
+- local:  one process with THREADS torch threads (default 2): `evaluation.run.evaluate`, what `medsamkit
           evaluate` runs;
-- dask:   `distributed.evaluate.evaluate_on_cluster` with `--workers W --threads-per-worker T` (default 2 x 1),
-          what `medsamkit evaluate --workers W` runs;
+- dask:   the same with the Dask executor (`distributed.runner.DaskExecutor`), `--workers W --threads-per-worker
+          T` (default 2 x 1), what `medsamkit evaluate --workers W` runs;
 - plain:  no Dask: W plain processes of T threads, each evaluating its share of the images/volumes (split by
           the local run's per-item times, largest first), started together. It measures what W one-thread
           processes give against one W-thread process without any engine.
@@ -18,6 +18,7 @@ throughput against the 2-thread process, wall and CPU seconds per call.
 Usage: python benchmarks/dask_scaling.py [--data builtin:lung-gtv] [--prompts box,box+5] [--rounds 3]
        [--modes local,dask,plain] [--name dask_scaling_lung] [--no-kernel | --kernel-only]
 Quiet machine: lung ~4 min per round, MoNuSeg (--data ../shared/data/monuseg/test --max-images 4) ~10 min.
+--smoke: builtin:dsb-nuclei, box prompts, one round of each mode, 10 empty tasks, results in a temporary folder.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _shared import add_smoke, apply_smoke
 
 TIMING = {"seconds", "embed_seconds", "decode_seconds", "baseline_seconds"}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,7 +67,7 @@ def _cpu() -> dict:
 def child_local(args, out: Path) -> dict:
     """One process: per-item seconds (an image, or a volume with its slices) from the finish times."""
     from medsamkit.core.runtime import setup
-    from medsamkit.evaluation.engine import evaluate
+    from medsamkit.evaluation.run import evaluate
 
     setup(threads=args.threads)
     marks: list[tuple[str, float]] = []
@@ -84,12 +87,13 @@ def child_dask(args, out: Path) -> dict:
     """The Dask driver: the run's cluster timeline, the driver's CPU and the bytes of the rows sent back."""
     from medsamkit.core.runtime import setup
     from medsamkit.distributed.cluster import DaskConfig
-    from medsamkit.distributed.evaluate import evaluate_on_cluster
+    from medsamkit.distributed.runner import DaskExecutor
+    from medsamkit.evaluation.run import evaluate
 
     setup(threads=args.threads)
     start = time.perf_counter()
-    summary = evaluate_on_cluster(_cfg(args, out), DaskConfig(workers=args.workers,
-                                                              threads_per_worker=args.threads_per_worker))
+    dask = DaskConfig(workers=args.workers, threads_per_worker=args.threads_per_worker)
+    summary = evaluate(_cfg(args, out), executor=DaskExecutor(dask))
     with (out / "per_object.csv").open(newline="") as fh:
         result_bytes = len(pickle.dumps(list(csv.DictReader(fh))))
     return {"cluster": summary["cluster"], "run_s": round(time.perf_counter() - start, 3),
@@ -98,14 +102,17 @@ def child_dask(args, out: Path) -> dict:
 
 def child_plain(args, out: Path) -> dict:
     """A plain process (no Dask): evaluate the items ``--items`` with ``--threads`` threads, no store."""
-    from medsamkit.core.runtime import setup
-    from medsamkit.evaluation.engine import _predictor_for, evaluate_case, iter_dataset
+    from medsamkit.core.runtime import select_device, setup
+    from medsamkit.evaluation.engine import evaluate_case, iter_dataset
     from medsamkit.io.datasets import VolumeCase
+    from medsamkit.models import load_model
+    from medsamkit.predictor import Predictor
     from medsamkit.prompts import parse_modes
 
     setup(threads=args.threads)
     cfg = _cfg(args, out)
-    predictor, modes = _predictor_for(cfg), parse_modes(cfg.prompts)
+    predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)), cfg.batch_size)
+    modes = parse_modes(cfg.prompts)
     loaders = iter_dataset(cfg).loaders
     items = {}
     for i in (int(v) for v in args.items.split(",") if v):
@@ -280,7 +287,11 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20, help="encoder calls per process (kernel efficiency)")
     ap.add_argument("--kernel-only", action="store_true", help="only the encoder kernel-efficiency comparison")
     ap.add_argument("--no-kernel", action="store_true", help="skip the encoder kernel-efficiency comparison")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS, help="where NAME.json goes")
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, ("out", "results_dir"), data="builtin:dsb-nuclei", prompts="box", rounds=1, tasks=10,
+                no_kernel=True)
     out = Path(args.out)
     if args.child:
         res = {"local": child_local, "dask": child_dask, "plain": child_plain, "encoder": child_encoder}[args.child](args, out)
@@ -311,14 +322,14 @@ def main() -> None:
         result["median_ratio_plain"] = _median(result["rounds"], "ratio_plain")
         result["median_dask_vs_plain"] = _median(result["rounds"], "dask_vs_plain")
         result["seconds"] = round(time.perf_counter() - began, 1)
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
-    RESULTS.mkdir(exist_ok=True)
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        (args.results_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     if args.tasks:
         result["task_overhead_ms"] = round(task_overhead_ms(args.tasks, args.workers), 2)
     result["load_after"] = round(os.getloadavg()[0], 2)
     result["seconds"] = round(time.perf_counter() - began, 1)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (args.results_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print(f"benchmark took {result['seconds']} s", file=sys.stderr)
 

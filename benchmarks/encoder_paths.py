@@ -5,7 +5,7 @@ inductor's freezing (--compile, about 75 s of compilation on 2 cores, reported).
 per 256x256 image, time ratios to the default (>1: slower), and the embedding's max abs / relative difference
 to the default path.
 
-Usage: python benchmarks/encoder_paths.py [--threads 2] [--rounds 6] [--onnx] [--compile]
+Usage: python benchmarks/encoder_paths.py [--threads 2] [--rounds 6] [--onnx] [--compile]   (--smoke: one round)
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from _shared import add_smoke, apply_smoke
 from medsamkit.core import runtime
 from medsamkit.models import load_model, onednn
 
@@ -33,7 +34,9 @@ def main() -> dict:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--onnx", action="store_true", help="also the onnxruntime encoder (exported to a temp folder)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile (inductor, freezing)")
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, rounds=1, onnx=False, compile=False)
     runtime.setup(threads=args.threads)
     model = load_model("litemedsam")
     encoder = model.image_encoder

@@ -8,7 +8,7 @@ path), this machine's fp32 GEMM rate on a large square matmul (best and median o
 matmul / convolution / attention kernels alone take inside the encoder, and what those FLOPs would take
 at the best GEMM rate.
 
-Usage: python benchmarks/encoder_profile.py [--threads 2] [--images 3] [--top 20]
+Usage: python benchmarks/encoder_profile.py [--threads 2] [--images 3] [--top 20]   (--smoke: one image)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from _shared import add_smoke, apply_smoke
 from medsamkit.core import runtime
 from medsamkit.models import load_model
 
@@ -61,7 +62,9 @@ def main() -> dict:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--top", type=int, default=20)
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, images=1, top=5)
     runtime.setup(threads=args.threads)
     encoder = load_model("litemedsam").image_encoder
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))

@@ -6,8 +6,9 @@ mark), RSS after each finished image (so growth with the number of images is vis
 the evaluate summary's counts.
 
 Usage: ``python benchmarks/evaluate_rss.py [--data MONUSEG_TEST] [--max-images 14] [--max-objects 60]
-[--prompts box,box+5,center,random3,iter5] [--no-baseline] [--out bench-out/evaluate_rss]``.
-Without MoNuSeg (shared/ absent) it prints a JSON line saying so and exits 0.
+[--prompts box,box+5,center,random3,iter5] [--no-baseline] [--out bench-out/evaluate_rss]`` (``--smoke``: one
+image, 5 nuclei, box prompts, in a temporary folder). Without MoNuSeg (shared/ absent) it prints a JSON line
+saying so and exits 0.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from _shared import monuseg_dir
+from _shared import add_smoke, apply_smoke, monuseg_dir, require_shared
 
 POLL_S = 1.0
 
@@ -58,12 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip the random-walker baseline")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench-out/evaluate_rss"))
+    add_smoke(ap)
     args = ap.parse_args(argv)
-
-    data = args.data or monuseg_dir("test")
-    if data is None or not (Path(data) / "images").is_dir():
-        print(json.dumps({"skipped": "MoNuSeg test not found (give --data or set MEDSAMKIT_SHARED)"}))
-        return 0
+    apply_smoke(args, ("out",), max_images=1, max_objects=5, prompts="box", no_baseline=True)
+    data = args.data or require_shared(monuseg_dir("test"), "MoNuSeg test (shared/data/monuseg)")
     if args.out.exists():
         shutil.rmtree(args.out)  # a cold run: no resumed rows, no cached embeddings
     cmd = [sys.executable, "-m", "medsamkit", "evaluate", "--data", str(data), "--out", str(args.out),

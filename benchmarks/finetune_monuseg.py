@@ -4,8 +4,9 @@ Usage: ``python benchmarks/finetune_monuseg.py [--data MONUSEG_ROOT] [--out FOLD
 MONUSEG_ROOT holds train/ and test/ (images/ + labels/); by default shared/data/monuseg beside the checkout
 or under $MEDSAMKIT_SHARED; when absent the script prints a JSON line saying so and exits 0.
 The defaults are the full run (< 1 hour on 2 CPU cores: the train tiles are embedded once into a cache,
-decoder training then runs on cached embeddings). A quick smoke run (~3 minutes on an idle machine):
-``--max-images 2 --max-objects 16 --epochs 1 --test-images 1 --eval-objects 10``.
+decoder training then runs on cached embeddings). A quick look (~3 minutes on an idle machine):
+``--max-images 2 --max-objects 16 --epochs 1 --test-images 1 --eval-objects 10``; ``--smoke`` is smaller still
+(whole images, 4 nuclei, a temporary folder).
 Prints one JSON document (also written to OUT/result.json); reruns with the same --out resume.
 """
 
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from _shared import monuseg_dir
+from _shared import add_smoke, apply_smoke, monuseg_dir, require_shared
 from medsamkit.core.runtime import setup
 from medsamkit.evaluation.config import EvaluateConfig
-from medsamkit.evaluation.engine import evaluate
+from medsamkit.evaluation.run import evaluate
 from medsamkit.training import FinetuneConfig, finetune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--progress", action="store_true", help="progress bars on stderr even when it is not a terminal")
+    ap.add_argument("--tile", type=int, default=None, help="training tile size (default: auto; 0: whole images)")
+    add_smoke(ap)
     args = ap.parse_args(argv)
-
+    apply_smoke(args, ("out",), max_images=2, max_objects=4, epochs=1, val_objects=4, test_images=1, eval_objects=4,
+                prompts="box,center", tile=0)
     root = args.data or default_root()
-    if not (root / "train" / "images").is_dir() or not (root / "test" / "images").is_dir():
-        print(json.dumps({"skipped": f"MoNuSeg not found at {root} (give --data or set MEDSAMKIT_SHARED)"}))
-        return 0
+    both = (root / "train" / "images").is_dir() and (root / "test" / "images").is_dir()
+    require_shared(root if both else None, f"MoNuSeg train and test ({root})")
     setup(threads=args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     train = finetune(FinetuneConfig(
         data=[str(root / "train")], out=str(run), mode="decoder", prompts=args.prompts, epochs=args.epochs,
         lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, max_images=args.max_images,
-        max_objects=args.max_objects,
+        max_objects=args.max_objects, tile_size=args.tile,
         val_objects=args.val_objects, seed=args.seed, cache=str(out / "cache_train"),
         show_progress=args.progress or sys.stderr.isatty(),
     ))

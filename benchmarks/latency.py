@@ -1,7 +1,7 @@
 """Idle-machine latency of the default path: LiteMedSAM encoder median per 256x256 image and decoder ms per
 prompt in a batch of 32 boxes. Prints JSON (with the 1-minute load average, so noisy runs are visible).
 
-Usage: python benchmarks/latency.py [--rounds 8]
+Usage: python benchmarks/latency.py [--rounds 8]   (--smoke: one round)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from _shared import add_smoke, apply_smoke
 from medsamkit.core import runtime
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
@@ -21,7 +22,9 @@ from medsamkit.predictor import Predictor
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=8)
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, rounds=1)
     runtime.setup()
     model = load_model("litemedsam")
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))

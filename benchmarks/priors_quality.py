@@ -3,7 +3,7 @@ prior's support (seg prior > 0) against the labelled objects, and the everything
 instances (painted in order of stability score, the most stable on top): AJI and GlaS object F1 / Dice.
 
 Usage: python benchmarks/priors_quality.py --priors PRIORS/test [--data shared/data/monuseg/test]
-       [--results benchmarks/results/priors_quality_NAME.json]
+       [--results benchmarks/results/priors_quality_NAME.json]   (--smoke: priors of builtin:dsb-nuclei, one tile, made here)
 Prints JSON (medians and means over the images, and every image's row). benchmarks/samaug_glas.py and
 benchmarks/samaug_monuseg.py call `score_priors` for each priors variant (box- / point-model priors).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _shared import monuseg_dir
+from _shared import add_smoke, apply_smoke, monuseg_dir, require_shared
 from medsamkit.io.datasets import open_dataset
 from medsamkit.metrics.instance import aji, object_dice, object_f1
 from medsamkit.samaug.priors import load_masks, load_priors
@@ -69,14 +69,27 @@ def score_priors(priors: str | Path, data: str, max_images: int | None = None,
 def main() -> dict:
     """Score every image that has priors and print the summary JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--priors", required=True, help="folder written by `medsamkit samaug priors`")
+    ap.add_argument("--priors", help="folder written by `medsamkit samaug priors` (required but with --smoke)")
     ap.add_argument("--data", default=None, help="the images' data SPEC (default: MoNuSeg test in shared/)")
     ap.add_argument("--results", default=None, help="also write the JSON here")
     ap.add_argument("--same-as", default=None, metavar="PRIORS2",
                     help="score only the images both folders have finished (compare a folder still running)")
+    add_smoke(ap)
     args = ap.parse_args()
+    smoke = apply_smoke(args, ("results",), data="builtin:dsb-nuclei")
+    if smoke:  # priors of the builtin nuclei image, made here
+        from medsamkit.samaug.priors import PriorsConfig, compute_priors
+
+        args.priors = str(smoke / "priors")
+        from medsamkit.samaug.everything import EverythingConfig
+
+        compute_priors(PriorsConfig(data=args.data, out=args.priors, everything=EverythingConfig(tile_size=0),
+                                    progress=False))
+    elif not args.priors:
+        ap.error("--priors is required")
+    data = args.data or str(require_shared(monuseg_dir("test"), "MoNuSeg test (shared/data/monuseg)"))
     names = finished(args.priors) & finished(args.same_as) if args.same_as else None
-    result = score_priors(args.priors, args.data or str(monuseg_dir("test")), names=names)
+    result = score_priors(args.priors, data, names=names)
     result["images_scored"] = sorted(r["image"] for r in result["per_image"])
     if args.results:
         Path(args.results).write_text(json.dumps(result, indent=2) + "\n")

@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/priors_speed.py [--data MONUSEG_TEST_FOLDER] [--out results.json] [--naive]``.
 The data folder defaults to shared/data/monuseg/test beside the checkout (or under $MEDSAMKIT_SHARED).
 Prints one JSON document (also written to --out). ``--naive`` adds the paper-style box grid with the full
-decoder (768 prompts per tile: minutes on 2 cores).
+decoder (768 prompts per tile: minutes on 2 cores). ``--smoke``: the tile comparison only.
 
 ``--images-only`` measures only the per-image table: priors (masks + seg + boundary maps) for one MoNuSeg
 image (1000x1000, 256 tiles) and one GlaS test A image (the samaug_glas.py scale, one tile), with box and
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _shared import monuseg_dir
+from _shared import add_smoke, apply_smoke, monuseg_dir, require_shared
 from medsamkit.core import runtime
 from medsamkit.io.images import read_image, read_label
 from medsamkit.models import load_model
@@ -135,7 +135,10 @@ def main() -> None:
     parser.add_argument("--images-only", action="store_true", help="only the per-image table (see above)")
     parser.add_argument("--points-model", default=None, help="RUN/best.pt fine-tuned with points")
     parser.add_argument("--glas-image", default="testA_1")
+    add_smoke(parser)
     args = parser.parse_args()
+    apply_smoke(args, ("out",), skip_full=True, naive=False, images_only=False)
+    require_shared(args.data if (args.data / "images").is_dir() else None, f"MoNuSeg test ({args.data})")
     runtime.setup(threads=args.threads)
     image = read_image(args.data / "images" / f"{args.image}.png")
     label = read_label(args.data / "labels" / f"{args.image}.png")

@@ -15,6 +15,7 @@ folders are reused, finished evaluations are reused; results are rewritten after
 
 Example (the paper's GPU schedule): python benchmarks/samaug_glas.py --iterations 50000 --lr-switch 30000 \\
     --seeds 0,1,2 --device cuda --out runs/samaug_glas_50k --results benchmarks/results/samaug_glas_50k.json
+--smoke: baseline and box-clip, one seed, 4 iterations, 2 train and 1 test images, in a temporary folder.
 """
 
 from __future__ import annotations
@@ -27,11 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from _shared import REPO, last_losses, logged_speed, loss_series, shared_dir, wins_losses
+import _samaug as samaug
+from _shared import (
+    REPO,
+    add_smoke,
+    apply_smoke,
+    last_losses,
+    logged_speed,
+    loss_series,
+    require_shared,
+    shared_dir,
+)
 from medsamkit.core.atomic import write_json_atomic
 from medsamkit.core.runtime import select_device, setup
 from medsamkit.samaug.everything import EverythingConfig
-from medsamkit.samaug.priors import PriorsConfig, compute_priors
 from priors_quality import score_priors
 
 PAPER = {"baseline": {"object_f1": 79.33, "object_dice": 86.35},
@@ -41,12 +51,13 @@ ARMS = ("baseline", "box-clip", "box-paper", "points-clip", "points-paper")
 SPLITS = ("train", "testA")
 
 
-def scaled_split(glas: Path, split: str, out: Path, scale: float) -> Path:
-    """OUT/data/SPLIT with images (bilinear) and instance labels (nearest) resized by `scale`; reused."""
+def scaled_split(glas: Path, split: str, out: Path, scale: float, limit: int | None = None) -> Path:
+    """OUT/data/SPLIT with the first `limit` (default all) images (bilinear) and instance labels (nearest) resized
+    by `scale`; files already there are reused."""
     from PIL import Image
 
     folder = out / "data" / split
-    names = sorted(p.name for p in (glas / split / "images").glob("*.png"))
+    names = sorted(p.name for p in (glas / split / "images").glob("*.png"))[:limit]
     for sub in ("images", "labels"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -71,36 +82,23 @@ def everything_config(kind: str, args: argparse.Namespace) -> EverythingConfig:
     """Everything mode for glands on the scaled images: one tile; box grid (box model) or point grid."""
     common = {"tile_size": 0, "min_area": args.min_area, "max_area": None, "pred_iou_thresh": 0.5,
               "stability_thresh": 0.6, "box_nms_thresh": 0.5}
-    if kind == "box":
-        return EverythingConfig(proposal="grid", grid_box_sizes=(96, 192), grid_stride=64, **common)
-    return EverythingConfig(proposal="points", points_per_side=args.points_per_side,
-                            point_window_tokens=args.point_window, **common)
+    return samaug.everything_config(kind, {"proposal": "grid", "grid_box_sizes": (96, 192), "grid_stride": 64,
+                                           **common},
+                                    {"points_per_side": args.points_per_side, "point_window_tokens": args.point_window,
+                                     **common})
 
 
 def points_model(data: dict[str, Path], args: argparse.Namespace) -> str:
-    """RUN/best.pt of the LiteMedSAM decoder fine-tuned with point prompts on the scaled GlaS TRAIN split only
-    (its validation images are train images too); a finished run is reused, a longer --finetune-points resumes."""
-    from medsamkit.training import FinetuneConfig, finetune
-
-    run = Path(args.out) / "points-model"
-    finetune(FinetuneConfig(data=[str(data["train"])], out=str(run), prompts="center,random1",
-                            epochs=args.finetune_points, batch_size=16, max_objects=32, val_fraction=0.2,
-                            min_area=args.min_area, device=args.device, show_progress=not args.quiet))
-    return str(run / "best.pt")
+    """The point model, fine-tuned on the scaled GlaS TRAIN split only (``_samaug.points_model``)."""
+    return samaug.points_model(data["train"], args.out, args.finetune_points, args.device, args.quiet,
+                               max_objects=32, min_area=args.min_area)
 
 
 def priors_folders(kind: str, data: dict[str, Path], args: argparse.Namespace) -> dict[str, str]:
     """Priors of both splits from the box-only model or the point model (computed once, then reused)."""
     model = "litemedsam" if kind == "box" else args.points_model
-    out = {}
-    for split in SPLITS:
-        folder = Path(args.out) / "priors" / kind / split
-        limit = args.train_images if split == "train" else args.test_images
-        cfg = PriorsConfig(data=str(data[split]), out=str(folder), model=model, device=args.device,
-                           everything=everything_config(kind, args), max_images=limit, progress=not args.quiet)
-        compute_priors(cfg)
-        out[split] = str(folder)
-    return out
+    splits = {"train": (data["train"], args.train_images), "testA": (data["testA"], args.test_images)}
+    return samaug.priors_folders(kind, model, splits, args.out, everything_config(kind, args), args.device, args.quiet)
 
 
 def prior_quality(folder: str, data: Path, limit: int | None) -> dict:
@@ -195,15 +193,8 @@ def table(results: dict) -> dict:
 
 def paired(results: dict) -> dict:
     """Per seed, each SAMAug arm against the same seed's baseline: per-image object F1 wins / losses / ties."""
-    out: dict = {}
-    for seed, arms in results["seeds"].items():
-        base = {r["image"]: r["object_f1"] for r in arms.get("baseline", {}).get("per_image", [])}
-        for arm, got in arms.items():
-            if arm == "baseline" or not base:
-                continue
-            out.setdefault(arm, {})[seed] = wins_losses(base, {r["image"]: r["object_f1"]
-                                                                for r in got.get("per_image", [])})
-    return out
+    return samaug.paired({seed: {arm: {r["image"]: r["object_f1"] for r in got.get("per_image", [])}
+                                 for arm, got in arms.items()} for seed, arms in results["seeds"].items()})
 
 
 def merge_earlier(results: dict, path: str) -> dict:
@@ -256,7 +247,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "the table and the per-image comparison, without rerunning them")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: gather the finished evaluations of OUT (runs still going elsewhere)")
+    add_smoke(p)
     args = p.parse_args(argv)
+    apply_smoke(args, ("out", "results"), arms="baseline,box-clip", seeds="0", iterations=4, checkpoint_every=2,
+                train_images=2, test_images=1, quiet=True)
     args.arms = [a for a in args.arms.split(",") if a]
     if set(args.arms) - set(ARMS):
         p.error(f"unknown arms {sorted(set(args.arms) - set(ARMS))}")
@@ -269,11 +263,12 @@ def main(argv: list[str] | None = None) -> dict:
     """Every seed x arm; returns (and writes, after each arm) the results dict."""
     args = parse_args(argv)
     base = shared_dir()
-    if base is None or not (base / "data/glas/testA/images").is_dir():
-        raise SystemExit("GlaS not found: set MEDSAMKIT_SHARED (shared/data/glas/{train,testA})")
+    require_shared(base if base and (base / "data/glas/testA/images").is_dir() else None,
+                   "GlaS (shared/data/glas/{train,testA})")
     setup(threads=args.threads)
     glas = base / "data" / "glas"
-    data = {s: scaled_split(glas, s, Path(args.out), args.scale) for s in SPLITS}
+    limits = {"train": args.train_images, "testA": args.test_images}
+    data = {s: scaled_split(glas, s, Path(args.out), args.scale, limits[s]) for s in SPLITS}
     kinds = sorted({a.partition("-")[0] for a in args.arms} - {"baseline"})
     if "points" in kinds and not args.points_model and not args.collect:
         args.points_model = points_model(data, args)

@@ -19,6 +19,8 @@ Example (everything computed here; the point model from 4 epochs on MoNuSeg trai
       --finetune-points 4 --seeds 0,1 --iterations 4000 --crop 128 --threads 1 --out runs/samaug_monuseg
 Every run resumes from its last.pt; finished priors, point model and evaluations are reused. Prints and writes
 OUT/results.json (and --results) and the runs' loss curves, OUT/loss_curves.png (or --curves).
+--smoke: baseline and box-clip, 2 iterations of 2 crops, the 256 px corner of one train and one test image (priors on
+the whole corner), in a temporary folder.
 """
 
 from __future__ import annotations
@@ -30,9 +32,17 @@ import statistics
 import sys
 from pathlib import Path
 
-from _shared import last_losses, logged_speed, loss_series, monuseg_dir, wins_losses
+import _samaug as samaug
+from _shared import (
+    add_smoke,
+    apply_smoke,
+    last_losses,
+    logged_speed,
+    loss_series,
+    monuseg_dir,
+    require_shared,
+)
 from medsamkit.samaug.everything import EverythingConfig
-from medsamkit.samaug.priors import PriorsConfig, compute_priors
 from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate
 from medsamkit.samaug.unet_train import UNetConfig, train
 from priors_quality import score_priors
@@ -69,37 +79,39 @@ def _arm(args: argparse.Namespace, seed: int, arm: str, priors_train: str | None
 
 
 def points_model(args: argparse.Namespace) -> str:
-    """RUN/best.pt of the LiteMedSAM decoder fine-tuned with center / random1 clicks on the TRAIN split only (its
-    validation images are train images too) on the 256 px tiles the priors use; a finished run is reused, a larger
-    --finetune-points resumes."""
-    from medsamkit.training import FinetuneConfig, finetune
-
-    run = Path(args.out) / "points-model"
-    finetune(FinetuneConfig(data=[args.train], out=str(run), prompts="center,random1", epochs=args.finetune_points,
-                            batch_size=16, max_objects=48, val_fraction=0.2, tile_size=256,
-                            max_images=args.points_train_images or args.train_images,
-                            device=args.device, show_progress=not args.quiet))
-    return str(run / "best.pt")
+    """The point model, fine-tuned on the MoNuSeg TRAIN split only on the 256 px tiles the priors use
+    (``_samaug.points_model``)."""
+    return samaug.points_model(args.train, args.out, args.finetune_points, args.device, args.quiet, max_objects=48,
+                               tile_size=256, max_images=args.points_train_images or args.train_images)
 
 
 def everything_config(kind: str, args: argparse.Namespace) -> EverythingConfig:
     """Stain-blob boxes for the box-only model; for the point model a grid of --points-per-side per 256 px tile
     (8: a point every 32 px, the density of SAM's 32x32 grid on a 1000 px image, the paper's setting)."""
-    if kind == "box":
-        return EverythingConfig(proposal="blobs")
-    return EverythingConfig(proposal="points", points_per_side=args.points_per_side)
+    tile = {"tile_size": args.priors_tile}
+    return samaug.everything_config(kind, {"proposal": "blobs", **tile}, {"points_per_side": args.points_per_side,
+                                                                          **tile})
 
 
 def computed_priors(kind: str, model: str, args: argparse.Namespace) -> tuple[str, str]:
     """The train and test priors folders of one kind under OUT/priors (computed once, then reused)."""
-    folders = []
-    for split, limit in (("train", args.train_images), ("test", args.test_images)):
-        folder = Path(args.out) / "priors" / kind / split
-        compute_priors(PriorsConfig(data=getattr(args, split), out=str(folder), model=model, device=args.device,
-                                    everything=everything_config(kind, args), max_images=limit,
-                                    progress=not args.quiet))
-        folders.append(str(folder))
-    return folders[0], folders[1]
+    splits = {"train": (args.train, args.train_images), "test": (args.test, args.test_images)}
+    folders = samaug.priors_folders(kind, model, splits, args.out, everything_config(kind, args), args.device,
+                                    args.quiet)
+    return folders["train"], folders["test"]
+
+
+def corner_crop(folder: Path, out: Path, size: int) -> str:
+    """OUT with the top-left SIZE x SIZE corner of FOLDER's first image and label (an images/ + labels/ SPEC)."""
+    from medsamkit.io.images import read_image, read_label, write_mask
+
+    name = sorted((folder / "images").glob("*.png"))[0].name
+    for sub in ("images", "labels"):
+        (out / sub).mkdir(parents=True)
+    image = read_image(folder / "images" / name)[:size, :size]
+    write_mask(out / "images" / name, image)
+    write_mask(out / "labels" / name, read_label(folder / "labels" / name)[:size, :size])
+    return str(out)
 
 
 def binned(series: dict[str, dict[str, list[float]]], bin_size: int = 200) -> dict:
@@ -131,17 +143,6 @@ def plot_curves(curves: dict, bin_size: int, path: Path) -> None:
     plt.close(fig)
 
 
-def paired(per_image: dict[str, dict[str, dict[str, float]]]) -> dict:
-    """Per seed, each SAMAug arm against the same seed's baseline: per-image AJI wins / losses / ties."""
-    out: dict = {}
-    for seed, arms in per_image.items():
-        base = arms.get("baseline", {})
-        for arm, got in arms.items():
-            if arm != "baseline" and base:
-                out.setdefault(arm, {})[seed] = wins_losses(base, got)
-    return out
-
-
 def _priors_stats(folder: str) -> dict:
     """What `medsamkit samaug priors` recorded for a folder: images, masks, seconds per image (median, max)."""
     index = Path(folder) / "index.json"
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--points-train-images", type=int, default=None,
                    help="fine-tune the point model on the first N train images (default: all; 20%% validate)")
     p.add_argument("--points-per-side", type=int, default=8, help="point grid per 256 px tile (8: SAM's density)")
-    p.add_argument("--out", required=True, help="folder for all runs and results.json")
+    p.add_argument("--priors-tile", type=int, default=256, help="everything-mode tile size (0: whole image)")
+    p.add_argument("--out", help="folder for all runs and results.json (required but with --smoke)")
     p.add_argument("--results", default=None, help="also write the results here")
     p.add_argument("--curves", default=None, help="loss-curve figure (default OUT/loss_curves.png)")
     p.add_argument("--iterations", type=int, default=2000)
@@ -185,13 +187,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_smoke(p)
     args = p.parse_args(argv)
+    smoke = apply_smoke(args, ("out", "results", "curves"), arms="baseline,box-clip", iterations=2,
+                        checkpoint_every=1, batch_size=2, train_images=1, test_images=1, priors_tile=0, quiet=True)
     for split in ("train", "test"):
-        found = monuseg_dir(split)
-        setattr(args, split, getattr(args, split) or (str(found) if found else None))
-    if args.train is None or args.test is None:
-        print(json.dumps({"skipped": "MoNuSeg not found (give --train/--test or set MEDSAMKIT_SHARED)"}))
-        return {}
+        given = getattr(args, split)
+        setattr(args, split, given or str(require_shared(monuseg_dir(split), f"MoNuSeg {split} (shared/data/monuseg)")))
+        if smoke:  # a 256 px corner of the first image: every step runs, on a sixteenth of the pixels
+            setattr(args, split, corner_crop(Path(getattr(args, split)), smoke / "data" / split, 256))
+    if not args.out:
+        p.error("--out is required")
     folders = {"box": (args.priors_train, args.priors_test), "points": (args.points_priors_train,
                                                                          args.points_priors_test)}
     if any((a is None) != (b is None) for a, b in folders.values()):
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         values = [r[f"{arm}_aji"] for r in results["seeds"].values()]
         results.setdefault("mean", {})[f"{arm}_aji"] = statistics.fmean(values)
     results["paper"] = PAPER_AJI
-    results["per_image_aji_vs_baseline"] = paired(per_image)
+    results["per_image_aji_vs_baseline"] = samaug.paired(per_image)
     results["per_image_aji"] = per_image
     series = loss_series(Path(args.out), [str(s) for s in seeds], arms)
     results["train_loss_last_50"] = last_losses(series)

@@ -1,6 +1,7 @@
 """LiteMedSAM speed on this machine: medsamkit's paths against the upstream inference recipe, in one run.
 
-Usage: ``python benchmarks/speed.py [--tiles 3] [--max-objects 16] [--rounds 1] [--onnx] [--out speed.json]``.
+Usage: ``python benchmarks/speed.py [--tiles 3] [--max-objects 16] [--rounds 1] [--onnx] [--out speed.json]``
+(``--smoke``: one crop, 4 objects, box prompts, one round).
 Data: 256x256 crops of MoNuSeg test images (shared/data/monuseg beside the checkout or under
 $MEDSAMKIT_SHARED), else crops of builtin:dsb-nuclei. Workload: `evaluate` with 5 box prompts per object.
 Each side runs in its own subprocess, alternating, on the same number of threads:
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _shared import shared_dir
+from _shared import add_smoke, apply_smoke, shared_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = "box,box+5,jitter+5,box+10,jitter+10"  # 5 box prompts per object (LiteMedSAM is box-trained)
@@ -76,14 +77,15 @@ def run_peer(data: str, prompts: str, max_objects: int, threads: int) -> dict:
     import torch.nn.functional as F
 
     from _upstream import upstream_encoder
-    from medsamkit.core.objects import extract_objects
-    from medsamkit.core.seeds import object_rng
-    from medsamkit.evaluation.engine import _case_key, _mode_key, _select_objects
+    from medsamkit.core.seeds import name_key
+    from medsamkit.evaluation.config import EvaluateConfig
+    from medsamkit.evaluation.engine import case_objects
     from medsamkit.io.datasets import open_dataset
     from medsamkit.metrics import dice
     from medsamkit.models import load_model
     from medsamkit.predictor import as_rgb_float, preprocess
     from medsamkit.prompts import initial_prompt, parse_modes
+    from medsamkit.prompts.objects import object_rngs
 
     torch.set_num_threads(threads)
     model = load_model("litemedsam", device="cpu")  # its prompt encoder and mask decoder: SAM's own modules
@@ -118,13 +120,13 @@ def run_peer(data: str, prompts: str, max_objects: int, threads: int) -> dict:
             t0 = time.perf_counter()
             embedding = encoder(x)
             enc_t.append(time.perf_counter() - t0)
-            key = _case_key(case.name)
-            objs = _select_objects(list(extract_objects(case.label, case.kind, 20, 0.0)), max_objects, 0, key)
+            # the objects and first prompts `evaluate` draws for this case (same seed, same generators)
+            objs, _ = case_objects(case, EvaluateConfig(data=data, out="", max_objects=max_objects))
             for obj in objs:
                 truth = obj.mask_in((0, 0, *case.label.shape[:2]))
                 for mode in modes:
-                    prompt = initial_prompt(mode, truth, object_rng(0, key, obj.label, _mode_key(mode)),
-                                            truth.shape)
+                    rng = object_rngs([obj], mode, 0, name_key(case.name))[0]
+                    prompt = initial_prompt(mode, truth, rng, truth.shape)
                     mask = segment(embedding, prompt.box, nh, nw, truth.shape)
                     dices[f"{case.name}/{obj.label}/{mode.name}"] = round(dice(mask, truth), 6)
                     n_prompts += 1
@@ -193,7 +195,7 @@ def run_ours(data: str, prompts: str, max_objects: int, threads: int, onnx_dir: 
 def timed_evaluate(data: str, pred, prompts: str, max_objects: int) -> tuple[dict, float, list[dict]]:
     """The evaluate engine once, into a temporary folder: (summary, wall seconds, per-object CSV rows)."""
     from medsamkit.evaluation.config import EvaluateConfig
-    from medsamkit.evaluation.engine import evaluate
+    from medsamkit.evaluation.run import evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = EvaluateConfig(data=data, out=tmp, prompts=prompts, max_objects=max_objects, baseline=False,
@@ -276,7 +278,9 @@ def main() -> None:
     ap.add_argument("--worker", choices=("peer", "ours"), help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--onnx-dir", help=argparse.SUPPRESS)
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, ("out",), tiles=1, max_objects=4, rounds=1, prompts="box", onnx=False)
     if args.worker == "peer":
         print(json.dumps(run_peer(args.data, args.prompts, args.max_objects, args.threads)))
         return

@@ -12,6 +12,7 @@ plans): their Dice is unchanged by construction and is not recomputed unless ``-
 Per-object rows go to OUT/<dataset>.jsonl as each image finishes (rerun to resume); the summary is printed
 and written to benchmarks/results/view_rule.json.
 Usage: MEDSAMKIT_THREADS=1 python benchmarks/view_rule.py [--datasets monuseg,glas,lung-gtv] [--out runs/view_rule]
+(--smoke: one MoNuSeg image, 5 nuclei, two rules, in a temporary folder)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _shared import REPO, shared_dir
+from _shared import REPO, add_smoke, apply_smoke, require_shared, shared_dir
 from medsamkit.core.objects import extract_objects
 from medsamkit.core.runtime import setup
 from medsamkit.core.seeds import name_key
@@ -156,7 +157,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/view_rule")
     ap.add_argument("--compute-identical", action="store_true")
     ap.add_argument("--results", default=str(REPO / "benchmarks/results/view_rule.json"))
+    ap.add_argument("--max-images", type=int, default=None, help="images per dataset (default: the dataset's own)")
+    ap.add_argument("--max-objects", type=int, default=None, help="objects per image (default: the dataset's own)")
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, ("out", "results"), datasets="monuseg", rules="whole,object-16", max_images=1, max_objects=5)
     setup()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +179,11 @@ def main() -> None:
     result["method"] = __doc__.split("\n\n")[1].replace("\n", " ")
     result["prompts"] = args.prompts
     for name in args.datasets.split(","):
+        if name not in found:
+            require_shared(None, f"{name} (shared/data)")
+        for key in ("max_images", "max_objects"):
+            if getattr(args, key) is not None:
+                found[name][key] = getattr(args, key)
         rules = [r for r in args.rules.split(",") if not (r == "legacy" and name in args.skip_legacy.split(","))]
         result.setdefault("datasets", {})[name] = {
             "data": found[name]["data"].replace(str(shared_dir()), "shared"),

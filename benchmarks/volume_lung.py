@@ -1,6 +1,7 @@
 """Per-volume Dice / NSD of LiteMedSAM on builtin:lung-gtv: slice-wise box, box+5, propagation, 1 vs 3 slices.
 
 Usage: python benchmarks/volume_lung.py [--out DIR] [--patients pat_2,pat_3] [--threads 2] [--cache DIR]
+(--smoke: pat_2, one-slice input, no extra stop variants, propagation stops below 100 px, in a temporary folder)
 Writes DIR/per_volume.jsonl (one line per volume and variant, resumable) and prints the summary JSON.
 Embeddings are shared between the variants of a volume, so each slice is encoded once per input kind.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _shared import add_smoke, apply_smoke
 from medsamkit.core.runtime import setup
 from medsamkit.embedding.cache import EmbeddingCache
 from medsamkit.io.builtin import load_lung_volume, lung_patients
@@ -38,13 +40,17 @@ def main() -> None:
                         help="extra propagation variants stopping below these predicted IoUs")
     parser.add_argument("--cache", "--embed-store", dest="cache", default=None,
                         help="embedding cache folder: slice embeddings saved, checked and reused")
+    parser.add_argument("--inputs", default="1,3", help="slice inputs: 1 (the slice) and/or 3 (k-1, k, k+1)")
+    add_smoke(parser)
     args = parser.parse_args()
+    apply_smoke(args, ("out",), patients="pat_2", min_iou=[], inputs="1", min_area=100)
 
     device = setup("cpu", threads=args.threads)
     torch.set_num_threads(args.threads)
     predictor = Predictor(load_model("litemedsam", device=device))
     box, box5 = parse_mode("box"), parse_mode("box+5")
-    runs = [v for t in (False, True) for v in (
+    three = [k == "3" for k in args.inputs.split(",")]
+    runs = [v for t in three for v in (
         Variant(box, False, t), Variant(box5, False, t), Variant(box, True, t), Variant(box5, True, t),
         *(Variant(box, True, t, q) for q in args.min_iou))]
     out = Path(args.out)

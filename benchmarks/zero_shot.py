@@ -3,7 +3,8 @@
 Prints JSON: per dataset, the summary table (Dice/IoU mean/median/n per prompt mode, model and random-walker
 baseline), the IoU-by-clicks curve (iter9 steps 1..9 = iter1..iter9), and the docs/facts.md reference values.
 Usage: python benchmarks/zero_shot.py [--out runs/zero_shot] [--monuseg PATH] [--max-images 3] [--max-objects 60]
-Resumable: rerun with the same --out to continue.
+Resumable: rerun with the same --out to continue. --smoke: one MoNuSeg image (3 nuclei; one lung-gtv volume when
+shared/ is absent), box and iter2, in a temporary folder.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import json
 import time
 from pathlib import Path
 
-from _shared import monuseg_dir
+from _shared import add_smoke, apply_smoke, monuseg_dir
 from medsamkit.evaluation.config import EvaluateConfig
-from medsamkit.evaluation.engine import evaluate
+from medsamkit.evaluation.run import evaluate
 
 MODES = "box,box+5,jitter+5,center,random1,random3,iter9"
 REFERENCE = {"lung-gtv": {"box": 0.786, "box+5": 0.841}, "monuseg": {"box": 0.861}}
@@ -29,8 +30,13 @@ def main() -> None:
     ap.add_argument("--max-objects", type=int, default=60, help="nuclei per MoNuSeg image (seeded choice)")
     ap.add_argument("--prompts", default=MODES)
     ap.add_argument("--skip", default="", help="comma list of datasets to skip (lung-gtv, monuseg)")
+    ap.add_argument("--lung-volumes", type=int, default=None, help="first N lung-gtv volumes (default: all 4)")
+    add_smoke(ap)
     args = ap.parse_args()
-    runs = {"lung-gtv": EvaluateConfig(data="builtin:lung-gtv", out=f"{args.out}/lung-gtv", prompts=args.prompts)}
+    if apply_smoke(args, ("out",), max_images=1, max_objects=3, prompts="box,iter2", lung_volumes=1):
+        args.skip = "lung-gtv" if args.monuseg or monuseg_dir("test") else "monuseg"  # one dataset is enough
+    runs = {"lung-gtv": EvaluateConfig(data="builtin:lung-gtv", out=f"{args.out}/lung-gtv", prompts=args.prompts,
+                                       max_images=args.lung_volumes)}
     mon = Path(args.monuseg) if args.monuseg else monuseg_dir("test")
     if mon is not None:
         runs["monuseg"] = EvaluateConfig(data=str(mon), out=f"{args.out}/monuseg", prompts=args.prompts,

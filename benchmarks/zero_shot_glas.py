@@ -4,6 +4,7 @@ random-walker baseline, with evaluate's default view rule and the same simulated
 Writes benchmarks/results/zero_shot_glas.json: per (method, prompt mode) Dice/IoU mean and median, n,
 prompts/s; the IoU-by-clicks curve of iter5; seconds per method. Resumable (rerun with the same --out).
 Usage: MEDSAMKIT_THREADS=1 python benchmarks/zero_shot_glas.py [--out runs/zero_shot_glas] [--max-images N]
+(--smoke: one image, box prompts, in a temporary folder)
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import json
 import time
 from pathlib import Path
 
-from _shared import REPO, shared_dir
+from _shared import REPO, add_smoke, apply_smoke, require_shared, shared_dir
 from medsamkit.core.runtime import setup
-from medsamkit.evaluation.engine import EvaluateConfig, evaluate
+from medsamkit.evaluation.config import EvaluateConfig
+from medsamkit.evaluation.run import evaluate
 
 MODES = "box,box+5,jitter+5,center,iter5"
 
@@ -26,10 +28,12 @@ def main() -> None:
     ap.add_argument("--max-images", type=int, default=None, help="first N of the 60 test A images")
     ap.add_argument("--prompts", default=MODES)
     ap.add_argument("--results", default=str(REPO / "benchmarks/results/zero_shot_glas.json"))
+    add_smoke(ap)
     args = ap.parse_args()
+    apply_smoke(args, ("out", "results"), max_images=1, prompts="box")
     base = shared_dir()
-    if base is None or not (base / "data/glas/testA/images").is_dir():
-        raise SystemExit("GlaS test A not found: set MEDSAMKIT_SHARED (shared/data/glas/testA)")
+    require_shared(base if base and (base / "data/glas/testA/images").is_dir() else None,
+                   "GlaS test A (shared/data/glas/testA)")
     setup()
     cfg = EvaluateConfig(data=str(base / "data/glas/testA"), out=args.out, prompts=args.prompts,
                          max_images=args.max_images, figures=False)

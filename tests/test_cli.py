@@ -85,3 +85,40 @@ def test_run_resumable_returns_or_exits_130_with_the_resume_hint(capsys):
         run_resumable(interrupted, None, "rerun the same command to resume from RUN/last.pt")
     assert exc.value.code == 130
     assert capsys.readouterr().err.strip() == "interrupted: rerun the same command to resume from RUN/last.pt"
+
+
+# Each verb's flags that do not fill a config field of their name: given to build_config under another name,
+# or read by the command itself (the Dask flags choose the executor).
+DASK = {"workers", "threads_per_worker", "scheduler"}
+CONFIGS = {
+    "evaluate": (("medsamkit.evaluation.config", "EvaluateConfig"),),
+    "embed": (("medsamkit.embedding.precompute", "EmbedConfig"),),
+    "evaluate-volume": (("medsamkit.volumes.evaluate", "EvaluateVolumeConfig"),),
+    "segment-volume": (("medsamkit.volumes.segment", "SegmentVolumeConfig"),
+                       ("medsamkit.volumes.segment_many", "SegmentDatasetConfig")),
+    "samaug masks": (("medsamkit.samaug.priors", "PriorsConfig"), ("medsamkit.samaug.everything", "EverythingConfig")),
+    "samaug priors": (("medsamkit.samaug.priors", "PriorsConfig"), ("medsamkit.samaug.everything", "EverythingConfig")),
+    "finetune": (("medsamkit.training.config", "FinetuneConfig"),),
+    "unet train": (("medsamkit.samaug.unet_train", "UNetConfig"),),
+    "unet eval": (("medsamkit.samaug.unet_eval", "UNetEvalConfig"),),
+    "segment": (("medsamkit.segment", "SegmentConfig"),),
+    "demo": (("medsamkit.evaluation.demo", "DemoConfig"),),
+}
+RENAMED = {"evaluate": DASK, "embed": DASK, "evaluate-volume": DASK, "segment-volume": DASK | {"volume"},
+           "samaug masks": DASK | {"max_area", "point_window", "full_decoder"},
+           "samaug priors": DASK | {"max_area", "point_window", "full_decoder"},
+           "unet train": {"fusion"}, "unet eval": {"run_dir", "no_masks"}}
+
+
+@pytest.mark.parametrize("verb", sorted(CONFIGS))
+def test_every_flag_of_a_verb_reaches_its_config(verb):
+    """build_config fills fields by name, so a flag whose name matches no field would be dropped silently."""
+    import importlib
+    from dataclasses import fields
+
+    cmd = main
+    for part in verb.split():
+        cmd = cmd.commands[part]
+    names = {f.name for module, cls in CONFIGS[verb] for f in fields(getattr(importlib.import_module(module), cls))}
+    params = {"model" if p.name == "model_name" else p.name for p in cmd.params}
+    assert params - names - RENAMED.get(verb, set()) == set()

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from medsamkit.distributed.cluster import DaskConfig
-from medsamkit.distributed.evaluate import evaluate_on_cluster
+from medsamkit.distributed.runner import DaskExecutor
 from medsamkit.evaluation.config import EvaluateConfig
-from medsamkit.evaluation.engine import evaluate
+from medsamkit.evaluation.run import evaluate
 
 TIMING = {"seconds", "embed_seconds", "decode_seconds", "baseline_seconds"}
 
@@ -27,6 +27,10 @@ def _sorted_rows(path: Path) -> list[tuple]:
     with path.open(newline="") as fh:
         rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(fh)]
     return sorted(tuple(sorted(r.items())) for r in rows)
+
+
+def _on_dask(workers: int) -> DaskExecutor:
+    return DaskExecutor(DaskConfig(workers=workers))
 
 
 def _cfg(out: Path, **kw) -> EvaluateConfig:
@@ -53,12 +57,12 @@ def local_run(tmp_path_factory, predictor):
 def test_two_workers_give_the_rows_and_summary_of_one_process(tmp_path, local_run):
     local_out, local_summary = local_run
     out = tmp_path / "dask"
-    summary = evaluate_on_cluster(_cfg(out), DaskConfig(workers=2))
+    summary = evaluate(_cfg(out), executor=_on_dask(2))
     assert summary["failed"] == []
     assert _sorted_rows(out / "per_object.csv") == _sorted_rows(local_out / "per_object.csv")
     assert summary["images"] == local_summary["images"] and summary["objects"] == local_summary["objects"]
     assert [r["dice"] for r in summary["table"]] == [r["dice"] for r in local_summary["table"]]
-    again = evaluate_on_cluster(_cfg(out), DaskConfig(workers=1))  # all done: nothing recomputed
+    again = evaluate(_cfg(out), executor=_on_dask(1))  # all done: nothing recomputed
     assert again["new_images"] == 0
 
 
@@ -104,7 +108,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path, six_crop
         os.kill(victim, signal.SIGKILL)
         killed.append(victim)
 
-    summary = evaluate_on_cluster(_crops_cfg(six_crops, out), DaskConfig(workers=2), on_case=kill_a_worker)
+    summary = evaluate(_crops_cfg(six_crops, out), on_image=kill_a_worker, executor=_on_dask(2))
     assert killed and summary["failed"] == [] and summary["images"] == 6
     rows = _sorted_rows(out / "per_object.csv")
     assert len(rows) == len(set(rows))
@@ -132,7 +136,6 @@ def test_a_killed_driver_resumes_on_the_cluster_and_ends_identical(tmp_path, six
 
 
 def test_evaluate_volume_on_two_workers_gives_the_rows_of_one_process(tmp_path):
-    from medsamkit.distributed.volumes import evaluate_volumes_on_cluster
     from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
 
     def cfg(out):
@@ -140,7 +143,7 @@ def test_evaluate_volume_on_two_workers_gives_the_rows_of_one_process(tmp_path):
                                     show_progress=False)
 
     local = evaluate_volumes(cfg(tmp_path / "local"))
-    summary = evaluate_volumes_on_cluster(cfg(tmp_path / "dask"), DaskConfig(workers=2))
+    summary = evaluate_volumes(cfg(tmp_path / "dask"), executor=_on_dask(2))
     assert summary["failed"] == [] and summary["volumes"] == local["volumes"] == 1
     for table in ("per_volume.csv", "per_slice.csv"):
         assert _sorted_rows(tmp_path / "dask" / table) == _sorted_rows(tmp_path / "local" / table)
@@ -157,7 +160,7 @@ def test_bad_input_in_one_case_is_reported_once_and_the_run_goes_on(tmp_path, sm
     write_mask(broken / "labels" / "crop1.png", np.ones((7, 9), np.uint8))  # label/image size mismatch
     cfg = EvaluateConfig(data=str(broken), out=str(tmp_path / "ev"), prompts="box", baseline=False,
                          figures=False, show_progress=False)
-    summary = evaluate_on_cluster(cfg, DaskConfig(workers=1))
+    summary = evaluate(cfg, executor=_on_dask(1))
     assert len(summary["failed"]) == 1 and "crop1" in summary["failed"][0]
     assert summary["images"] == 1
 
@@ -192,8 +195,24 @@ def test_two_processes_writing_the_same_cache_entry_leave_one_valid_entry(tmp_pa
     assert entry is not None and tuple(entry.features.shape) == (1, 256, 64, 64)
 
 
+def test_embed_on_a_worker_writes_the_index_of_one_process(tmp_path, small_folder, predictor):
+    import json
+
+    from medsamkit.embedding.precompute import EmbedConfig, embed_dataset
+
+    def cfg(out):
+        return EmbedConfig(data=str(small_folder), out=str(out), show_progress=False)
+
+    local = embed_dataset(cfg(tmp_path / "local"), predictor)
+    summary = embed_dataset(cfg(tmp_path / "dask"), executor=_on_dask(1))
+    assert summary["failed"] == [] and (summary["images"], summary["computed"]) == (local["images"], 2)
+    indexes = [json.loads((tmp_path / k / "index.json").read_text()) for k in ("local", "dask")]
+    assert indexes[0] == indexes[1]  # the same windows, cache keys and model header
+    again = embed_dataset(cfg(tmp_path / "dask"), executor=_on_dask(1))
+    assert (again["computed"], again["hits"]) == (0, 2)
+
+
 def test_samaug_priors_on_two_workers_are_byte_identical(tmp_path, small_folder):
-    from medsamkit.distributed.priors import priors_on_cluster
     from medsamkit.samaug.everything import EverythingConfig
     from medsamkit.samaug.priors import PriorsConfig, compute_priors
 
@@ -201,7 +220,7 @@ def test_samaug_priors_on_two_workers_are_byte_identical(tmp_path, small_folder)
         return PriorsConfig(data=str(small_folder), out=str(out), everything=EverythingConfig(), progress=False)
 
     compute_priors(cfg(tmp_path / "local"))
-    index = priors_on_cluster(cfg(tmp_path / "dask"), DaskConfig(workers=2))
+    index = compute_priors(cfg(tmp_path / "dask"), executor=_on_dask(2))
     assert index["failed"] == [] and len(index["images"]) == 2
     files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / "priors").rglob("*") if p.is_file())
     assert files
@@ -228,7 +247,7 @@ def _assert_tiles_spread_and_join(cfg, tmp_path: Path, predictor) -> None:
         evaluate(cfg(tmp_path / "local"), predictor)
     finally:
         torch.set_num_threads(threads)
-    summary = evaluate_on_cluster(cfg(tmp_path / "dask"), DaskConfig(workers=2))
+    summary = evaluate(cfg(tmp_path / "dask"), executor=_on_dask(2))
     assert summary["failed"] == [] and summary["cluster"]["tasks"] > 1
     local_rows = _sorted_rows(tmp_path / "local" / "per_object.csv")
     assert len({dict(r)["tile"] for r in local_rows}) > 1  # the objects lie on several tiles to spread

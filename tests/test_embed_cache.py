@@ -142,7 +142,7 @@ def test_evaluate_reads_a_cache_built_with_another_tile_overlap(tmp_path, predic
     """Bug: `embed --tile-overlap` existed on no sibling verb, so a cache built with overlap 32 was never read
     by evaluate (fixed 64). Now the same flag reaches evaluate's tile plan: nothing is re-embedded."""
     from medsamkit.evaluation.config import EvaluateConfig
-    from medsamkit.evaluation.engine import evaluate
+    from medsamkit.evaluation.run import evaluate
 
     cache = tmp_path / "cache"
     embed_dataset(EmbedConfig(data="builtin:dsb-nuclei", out=str(cache), tile_size=256, tile_overlap=32,

@@ -13,7 +13,7 @@ from medsamkit.core.errors import InputError
 from medsamkit.core.objects import extract_objects
 from medsamkit.core.tiling import plan_tiles
 from medsamkit.evaluation.config import EvaluateConfig
-from medsamkit.evaluation.engine import evaluate
+from medsamkit.evaluation.run import evaluate
 from medsamkit.io.images import write_mask
 
 

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from medsamkit.distributed.cluster import DaskConfig
-from medsamkit.distributed.volumes import segment_volumes_on_cluster
-from medsamkit.volumes.segment_many import SegmentVolumesConfig, segment_volumes
+from medsamkit.distributed.runner import DaskExecutor
+from medsamkit.volumes.segment_many import SegmentDatasetConfig, segment_volumes
 
 
 def _write(path: Path, array_zyx: np.ndarray, spacing_zyx) -> None:
@@ -46,8 +46,8 @@ def _slabs(root: Path, bad: bool = False, n: int = 3) -> Path:
     return root
 
 
-def _cfg(data: Path, out: Path, **kw) -> SegmentVolumesConfig:
-    return SegmentVolumesConfig(data=str(data), out=str(out), show_progress=False, **kw)
+def _cfg(data: Path, out: Path, **kw) -> SegmentDatasetConfig:
+    return SegmentDatasetConfig(data=str(data), out=str(out), show_progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_a_folder_of_volumes_gives_one_label_map_per_volume_on_its_grid(slabs, l
 
 def test_two_workers_write_the_same_label_maps(slabs, local_run, tmp_path):
     local_out, _ = local_run
-    summary = segment_volumes_on_cluster(_cfg(slabs, tmp_path / "dask"), DaskConfig(workers=2))
+    summary = segment_volumes(_cfg(slabs, tmp_path / "dask"), executor=DaskExecutor(DaskConfig(workers=2)))
     assert summary["failed"] == [] and summary["volumes"] == 3
     mine, theirs = _labels(tmp_path / "dask"), _labels(local_out)
     assert sorted(mine) == sorted(theirs)
@@ -115,7 +115,7 @@ def test_a_partial_run_resumes_on_the_cluster_and_ends_identical(slabs, local_ru
         torch.set_num_threads(threads)
     assert first["volumes"] == 1
     written = (out / "slab0.nii.gz").stat().st_mtime_ns
-    summary = segment_volumes_on_cluster(_cfg(slabs, out), DaskConfig(workers=2))
+    summary = segment_volumes(_cfg(slabs, out), executor=DaskExecutor(DaskConfig(workers=2)))
     assert summary["new_volumes"] == 2 and summary["volumes"] == 3
     assert (out / "slab0.nii.gz").stat().st_mtime_ns == written  # a done volume is not recomputed
     assert len((out / "done.txt").read_text().split()) == 3

@@ -111,7 +111,8 @@ def test_evaluate_prompts_each_object_in_its_view(tmp_path, predictor):
     """builtin:dsb-nuclei upscaled 4x (2048 px): nuclei of 6-17 px at model scale, viewed by the rule."""
     import csv
 
-    from medsamkit.evaluation.engine import EvaluateConfig, evaluate
+    from medsamkit.evaluation.config import EvaluateConfig
+    from medsamkit.evaluation.run import evaluate
     from medsamkit.io.images import write_mask
 
     case = next(open_builtin("dsb-nuclei").cases())

@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from medsamkit.core.errors import InputError, where
-from medsamkit.models.sam import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, SamFamilyModel
+from medsamkit.models.sam import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    SamFamilyModel,
+    medsam_masks,
+    medsam_resize,
+)
 
 
 @dataclass
@@ -76,7 +83,9 @@ def preprocess(pre: Preprocessing, image: np.ndarray) -> tuple[torch.Tensor, tup
     h, w = image.shape[:2]
     nh, nw = resized_size(pre, h, w)
     x = torch.from_numpy(image).permute(2, 0, 1)[None]
-    if (nh, nw) != (h, w):
+    if pre.interpolation == "medsam":
+        x = medsam_resize(image, (nh, nw))
+    elif (nh, nw) != (h, w):
         mode = pre.interpolation
         if mode == "area" and (nh > h or nw > w):
             mode = "bilinear"  # area averaging only defines downscaling
@@ -232,6 +241,8 @@ class Predictor:
     def postprocess(self, low_res: torch.Tensor) -> torch.Tensor:
         """Low-res logits (P,C,m,m) -> boolean masks (P,C,H,W) at the original resolution."""
         emb = self.embedding
+        if self.model.preprocessing.interpolation == "medsam":
+            return medsam_masks(low_res.float(), emb.original_size)
         s = self.model.preprocessing.input_size
         return upscale_logits(low_res.float(), s, emb.input_size, emb.original_size) > 0
 

@@ -7,9 +7,9 @@ import json
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.interrupt import report_failures
+from medsamkit.cli.interrupt import report_failures, run_batch
 from medsamkit.cli.options import (
-    dask_config,
+    build_config,
     dask_options,
     max_images_option,
     model_options,
@@ -28,20 +28,12 @@ from medsamkit.cli.options import (
               help="objects smaller than this do not get a tile of their own")
 @model_options
 @dask_options
-def embed(data, out, max_images, tile_size, tile_overlap, window, min_area, model_name, checkpoint, device,
-          workers, threads_per_worker, scheduler):
+def embed(**params):
     """Embed every image (tiles of large images) of DATA into OUT; writes OUT/index.json."""
     from medsamkit.embedding.precompute import EmbedConfig, embed_dataset
 
-    cfg = EmbedConfig(data=data, out=out, model=model_name, checkpoint=checkpoint, device=device,
-                      tile_size=tile_size, tile_overlap=tile_overlap, max_images=max_images, min_area=min_area,
-                      window=window)
-    dask = dask_config(workers, threads_per_worker, scheduler)
-    if dask is None:
-        click.echo(json.dumps(embed_dataset(cfg)))
-        return
-    from medsamkit.distributed.embed import embed_on_cluster
-
-    result = embed_on_cluster(cfg, dask)
-    click.echo(json.dumps(result))
+    cfg = build_config(EmbedConfig, params)
+    result = run_batch(embed_dataset, cfg, params, f"finished entries are kept in {cfg.out}; rerun the same command "
+                                                   "to complete the cache")
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "cluster"}))
     report_failures(result)

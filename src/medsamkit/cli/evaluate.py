@@ -7,9 +7,9 @@ import click
 from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import print_report, run_batch
 from medsamkit.cli.options import (
+    build_config,
     cache_option,
     classes_option,
-    dask_config,
     dask_options,
     max_images_option,
     model_options,
@@ -41,24 +41,11 @@ from medsamkit.cli.options import (
               help="IoU-vs-clicks curve and percentile examples under OUT/figures")
 @model_options
 @dask_options
-def evaluate(data, prompts, out, max_images, max_objects, seed, min_area, tile_size, tile_overlap, baseline,
-             save_masks, multimask, cache, classes, window, figures, model_name, checkpoint, device, workers,
-             threads_per_worker, scheduler):
+def evaluate(**params):
     """Evaluate a model with simulated prompts; writes per_object.csv, summary.json/.md and figures/."""
     from medsamkit.evaluation.config import EvaluateConfig
-    from medsamkit.evaluation.engine import evaluate as run
+    from medsamkit.evaluation.run import evaluate as run
 
-    cfg = EvaluateConfig(data=data, out=out, prompts=prompts, model=model_name, checkpoint=checkpoint,
-                         device=device, max_images=max_images, max_objects=max_objects, seed=seed,
-                         min_area=min_area, tile_size=tile_size, tile_overlap=tile_overlap, baseline=baseline,
-                         save_masks=save_masks, multimask=multimask, cache=cache, classes=classes, window=window,
-                         figures=figures)
-    summary = run_batch(run, cfg, f"finished images are kept in {out}; rerun the same command to resume",
-                        dask_config(workers, threads_per_worker, scheduler), _cluster)
-    print_report(out, f"{summary['images']} images; results in {out}", summary)
-
-
-def _cluster():
-    from medsamkit.distributed.evaluate import evaluate_on_cluster
-
-    return evaluate_on_cluster
+    cfg = build_config(EvaluateConfig, params)
+    summary = run_batch(run, cfg, params, f"finished images are kept in {cfg.out}; rerun the same command to resume")
+    print_report(cfg.out, f"{summary['images']} images; results in {cfg.out}", summary)

@@ -9,6 +9,7 @@ import click
 from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import run_resumable
 from medsamkit.cli.options import (
+    build_config,
     cache_option,
     classes_option,
     max_images_option,
@@ -54,7 +55,7 @@ from medsamkit.cli.options import (
 @click.option("--lora-targets", default="qkv", show_default=True, help="comma list among qkv, proj")
 @click.option("--train-decoder", is_flag=True, help="adapter/lora: also train prompt encoder and mask decoder")
 @model_options
-def finetune(data, out, model_name, **options):
+def finetune(**params):
     """Fine-tune on DATA with simulated prompts; writes metrics.csv, curves.png, last.pt and best.pt in OUT.
 
     An annotation folder (`annotate --out`) trains on its committed, visible objects; the run loads back with
@@ -64,6 +65,6 @@ def finetune(data, out, model_name, **options):
     from medsamkit.training import FinetuneConfig
     from medsamkit.training import finetune as run
 
-    cfg = FinetuneConfig(data=list(data), out=out, model=model_name, **options)
-    summary = run_resumable(run, cfg, f"rerun the same command to resume from {out}/last.pt")
+    cfg = build_config(FinetuneConfig, params, data=list(params["data"]))
+    summary = run_resumable(run, cfg, f"rerun the same command to resume from {cfg.out}/last.pt")
     click.echo(json.dumps(summary, indent=2, default=str))

@@ -9,6 +9,8 @@ from typing import TypeVar
 
 import click
 
+from medsamkit.cli.options import executor_of
+
 T = TypeVar("T")
 
 
@@ -21,12 +23,10 @@ def run_resumable(run: Callable[[object], T], cfg: object, resume_hint: str) -> 
         sys.exit(130)
 
 
-def run_batch(local: Callable[[object], T], cfg: object, resume_hint: str, dask: object | None = None,
-              cluster: Callable[[], Callable[..., T]] | None = None) -> T:
-    """A resumable batch verb: ``local(cfg)``, or with a DaskConfig ``cluster()(cfg, dask=dask)`` (``cluster``
-    imports the distributed runner, so Dask is only imported when asked for)."""
-    run = local if dask is None else partial(cluster(), dask=dask)
-    return run_resumable(run, cfg, resume_hint)
+def run_batch(run: Callable[..., T], cfg: object, params: dict, resume_hint: str) -> T:
+    """A batch verb: ``run(cfg, executor=...)`` in this process, or on Dask when the command's --workers /
+    --scheduler ask for it; Ctrl-C as in `run_resumable`."""
+    return run_resumable(partial(run, executor=executor_of(params)), cfg, resume_hint)
 
 
 def print_report(out: str, line: str, summary: dict) -> None:

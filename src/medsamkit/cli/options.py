@@ -1,8 +1,14 @@
-"""Option parsers shared by the verbs: `x0,y0,x1,y1` boxes, `x,y[,label]` points, comma lists."""
+"""The verbs' shared flags, their parsers (`x0,y0,x1,y1` boxes, `x,y[,label]` points) and the one way a verb turns
+its parameters into a config (`build_config`) and an executor (`executor_of`)."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import TypeVar
+
 import click
+
+C = TypeVar("C")
 
 
 def parse_box(text: str) -> list[float]:
@@ -107,10 +113,21 @@ def dask_options(fn):
     return fn
 
 
-def dask_config(workers: int | None, threads_per_worker: int, scheduler: str | None):
-    """The DaskConfig of the three flags, or None when neither --workers nor --scheduler is given (no Dask)."""
+def build_config(cls: type[C], params: dict, **values) -> C:
+    """``cls`` (a config dataclass) filled from a command's parameters: each field takes the parameter of its
+    name (``--model``, whose parameter is ``model_name``, fills ``model``); ``values`` set the other fields."""
+    names = {f.name for f in fields(cls)}
+    given = {("model" if k == "model_name" else k): v for k, v in params.items()}
+    return cls(**{**{k: v for k, v in given.items() if k in names}, **values})
+
+
+def executor_of(params: dict):
+    """The executor of a batch verb: None (this process) unless --workers or --scheduler ask for Dask."""
+    workers, scheduler = params.get("workers"), params.get("scheduler")
     if workers is None and not scheduler:
         return None
     from medsamkit.distributed.cluster import DaskConfig
+    from medsamkit.distributed.runner import DaskExecutor
 
-    return DaskConfig(workers=workers, threads_per_worker=threads_per_worker, scheduler=scheduler)
+    return DaskExecutor(DaskConfig(workers=workers, threads_per_worker=params["threads_per_worker"],
+                                   scheduler=scheduler))

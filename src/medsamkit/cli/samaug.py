@@ -7,8 +7,8 @@ import json
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.interrupt import report_failures
-from medsamkit.cli.options import dask_config, dask_options, max_images_option, model_options, window_option
+from medsamkit.cli.interrupt import report_failures, run_batch
+from medsamkit.cli.options import build_config, dask_options, max_images_option, model_options, window_option
 
 
 def everything_options(fn):
@@ -22,10 +22,13 @@ def everything_options(fn):
         click.option("--box-nms-thresh", type=float, default=0.5, show_default=True),
         click.option("--min-area", type=int, default=20, show_default=True, help="pixels"),
         click.option("--max-area", type=int, default=3000, show_default=True, help="pixels; 0 = no limit"),
-        # cli/options.py's tile_options carries the embedding cache's overlap (64); everything mode's tiles
-        # overlap by 48 (more than a large nucleus), so the same flags are declared here with its defaults.
+        # Not cli/options.py's tile_options: its auto size is the view rule, which picks a view per labelled
+        # object, and everything mode has no objects yet; and its overlap (64) is the embedding cache's, where
+        # everything mode needs only more than a large nucleus (48).
         click.option("--tile", "--tile-size", "tile_size", type=int, default=256, show_default=True,
-                     help="tile size in px at native resolution (0: the whole image as one tile)"),
+                     help="tile size in px at native resolution (0: the whole image as one tile); a fixed size, "
+                          "not auto: the other verbs' auto picks a view per labelled object, and everything "
+                          "mode has no objects to look at yet"),
         click.option("--tile-overlap", type=int, default=48, show_default=True,
                      help="overlap of the tile grid in px (more than the largest object)"),
         click.option("--points-per-side", type=int, default=16, show_default=True, help="points mode, per tile"),
@@ -38,39 +41,19 @@ def everything_options(fn):
     return max_images_option(window_option(fn))
 
 
-def _config(data, out, write_priors, model_name, checkpoint, device, thickness, **kw):
+def _run(params: dict, write_priors: bool) -> None:
+    """compute_priors here, or on Dask with --workers / --scheduler; a one-line summary, failed cases."""
     from medsamkit.samaug.everything import EverythingConfig
-    from medsamkit.samaug.priors import PriorsConfig
+    from medsamkit.samaug.priors import PriorsConfig, compute_priors
 
-    everything = EverythingConfig(
-        proposal=kw["proposal"],
-        pred_iou_thresh=kw["pred_iou_thresh"],
-        stability_thresh=kw["stability_thresh"],
-        box_nms_thresh=kw["box_nms_thresh"],
-        min_area=kw["min_area"],
-        max_area=kw["max_area"] or None,
-        tile_size=kw["tile_size"],
-        tile_overlap=kw["tile_overlap"],
-        points_per_side=kw["points_per_side"],
-        point_window_tokens=kw["point_window"] or None,
-        local_decode=not kw["full_decoder"],
-    )
-    return PriorsConfig(
-        data=data, out=out, model=model_name, checkpoint=checkpoint, device=device, everything=everything,
-        max_images=kw["max_images"], window=kw["window"], write_priors=write_priors, boundary_thickness=thickness,
-    )
-
-
-def _run(cfg, workers, threads_per_worker, scheduler) -> dict:
-    """compute_priors here, or on Dask with --workers / --scheduler."""
-    dask = dask_config(workers, threads_per_worker, scheduler)
-    if dask is None:
-        from medsamkit.samaug.priors import compute_priors
-
-        return compute_priors(cfg)
-    from medsamkit.distributed.priors import priors_on_cluster
-
-    return priors_on_cluster(cfg, dask)
+    everything = build_config(EverythingConfig, params, max_area=params["max_area"] or None,
+                              point_window_tokens=params["point_window"] or None,
+                              local_decode=not params["full_decoder"])
+    cfg = build_config(PriorsConfig, params, everything=everything, write_priors=write_priors)
+    index = run_batch(compute_priors, cfg, params, f"finished images are kept in {cfg.out}; rerun the same command "
+                                                    "to resume")
+    _summary(index)
+    report_failures(index)
 
 
 def _summary(index: dict) -> None:
@@ -93,12 +76,9 @@ def samaug() -> None:
 @everything_options
 @model_options
 @dask_options
-def masks(data, out, model_name, checkpoint, device, workers, threads_per_worker, scheduler, **kw):
+def masks(**params):
     """Everything-mode masks for every image of DATA into OUT/masks/NAME.npz (resumable)."""
-    cfg = _config(data, out, False, model_name, checkpoint, device, 2, **kw)
-    index = _run(cfg, workers, threads_per_worker, scheduler)
-    _summary(index)
-    report_failures(index)
+    _run(params, write_priors=False)
 
 
 @samaug.command()
@@ -109,10 +89,6 @@ def masks(data, out, model_name, checkpoint, device, workers, threads_per_worker
 @everything_options
 @model_options
 @dask_options
-def priors(data, out, boundary_thickness, model_name, checkpoint, device, workers, threads_per_worker, scheduler,
-           **kw):
+def priors(**params):
     """Masks, segmentation/boundary priors (npz + 16-bit PNG) and visuals for every image of DATA."""
-    cfg = _config(data, out, True, model_name, checkpoint, device, boundary_thickness, **kw)
-    index = _run(cfg, workers, threads_per_worker, scheduler)
-    _summary(index)
-    report_failures(index)
+    _run(params, write_priors=True)

@@ -7,7 +7,7 @@ import json
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.options import model_options, multimask_option, parse_box, parse_point
+from medsamkit.cli.options import build_config, model_options, multimask_option, parse_box, parse_point
 
 
 @main.command()
@@ -18,19 +18,11 @@ from medsamkit.cli.options import model_options, multimask_option, parse_box, pa
 @click.option("-o", "--out", type=click.Path(), required=True, help="output mask (PNG or .npy)")
 @multimask_option
 @model_options
-def segment(image, boxes, points, out, multimask, model_name, checkpoint, device):
+def segment(**params):
     """Segment IMAGE with box and/or point prompts; prints per-prompt predicted IoU as JSON lines."""
     from medsamkit.segment import SegmentConfig, segment_image
 
-    cfg = SegmentConfig(
-        image=image,
-        boxes=[parse_box(b) for b in boxes],
-        points=[parse_point(p) for p in points],
-        out=out,
-        model=model_name,
-        checkpoint=checkpoint,
-        device=device,
-        multimask=multimask,
-    )
+    cfg = build_config(SegmentConfig, params, boxes=[parse_box(b) for b in params["boxes"]],
+                       points=[parse_point(p) for p in params["points"]])
     for row in segment_image(cfg):
         click.echo(json.dumps(row))

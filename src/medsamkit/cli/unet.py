@@ -8,7 +8,7 @@ import click
 
 from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import run_resumable
-from medsamkit.cli.options import max_images_option
+from medsamkit.cli.options import build_config, max_images_option
 from medsamkit.core.runtime import setup
 
 
@@ -47,19 +47,16 @@ def unet() -> None:
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: env MEDSAMKIT_THREADS, else all)")
-def train(data, priors, fusion, out, iterations, lr, lr_after, lr_switch, batch_size, crop, seed, val_images, channels,
-          strides, num_res_units, dice, checkpoint_every, device, threads):
+def train(**params):
     """Train (or resume) a U-Net; writes RUN/last.pt, metrics.csv, loss.png."""
     from medsamkit.samaug.unet_train import UNetConfig
     from medsamkit.samaug.unet_train import train as run
 
-    cfg = UNetConfig(data=data, out=out, priors=priors, prior_normalisation=fusion, iterations=iterations, lr=lr, lr_after=lr_after,
-                     lr_switch=lr_switch, batch_size=batch_size, crop=crop, seed=seed, val_images=val_images,
-                     channels=_ints(channels), strides=_ints(strides), num_res_units=num_res_units, dice=dice,
-                     checkpoint_every=checkpoint_every, device=device, threads=threads)
-    setup(threads=threads)
-    result = run_resumable(run, cfg, f"rerun the same command to resume from {out}/last.pt")
-    click.echo(f"trained to iteration {result.iterations} ({result.iterations_per_second:.2f} it/s); run in {out}")
+    cfg = build_config(UNetConfig, params, prior_normalisation=params["fusion"], channels=_ints(params["channels"]),
+                       strides=_ints(params["strides"]))
+    setup(threads=cfg.threads)
+    result = run_resumable(run, cfg, f"rerun the same command to resume from {cfg.out}/last.pt")
+    click.echo(f"trained to iteration {result.iterations} ({result.iterations_per_second:.2f} it/s); run in {cfg.out}")
     if result.validation:
         click.echo(f"validation: {json.dumps(result.validation)}")
 
@@ -75,12 +72,11 @@ def train(data, priors, fusion, out, iterations, lr, lr_after, lr_switch, batch_
 @click.option("--no-masks", is_flag=True, help="do not write predicted instance PNGs")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: env MEDSAMKIT_THREADS, else all)")
-def eval_(run_dir, data, priors, out, max_images, glas, min_size, no_masks, device, threads):
+def eval_(**params):
     """Sliding-window segmentation + AJI per image; writes per_image.csv, summary.json, masks/."""
     from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate
 
-    cfg = UNetEvalConfig(run=run_dir, data=data, priors=priors, out=out, max_images=max_images, glas=glas,
-                         min_size=min_size, save_masks=not no_masks, device=device, threads=threads)
-    setup(threads=threads)
+    cfg = build_config(UNetEvalConfig, params, run=params["run_dir"], save_masks=not params["no_masks"])
+    setup(threads=cfg.threads)
     summary = evaluate(cfg)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "eval"}, indent=2))

@@ -9,10 +9,11 @@ import click
 from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import print_report, run_batch
 from medsamkit.cli.options import (
+    build_config,
     cache_option,
     classes_option,
-    dask_config,
     dask_options,
+    executor_of,
     max_images_option,
     model_options,
     prompts_option,
@@ -45,47 +46,27 @@ from medsamkit.cli.options import (
               help="output label volume (.nii.gz); for a SPEC of many volumes a folder (rerun to resume)")
 @model_options
 @dask_options
-def segment_volume(volume, label, box_slice, prompts, propagate, three_slice, window, classes, min_area,
-                   margin, min_iou, seed, cache, max_images, out, model_name, checkpoint, device, workers,
-                   threads_per_worker, scheduler):
+def segment_volume(**params):
     """Segment VOLUME (NIfTI, NRRD, DICOM folder) and write a NIfTI label map on its grid (one prompt mode).
 
     Without --label/--box-slice and with -o FOLDER (not a .nii/.nii.gz name), VOLUME is a SPEC of labelled
     volumes (builtin:lung-gtv, nnU-Net folder, DICOM folder with RTSTRUCT/SEG, IMAGE::LABEL): one
     FOLDER/<volume>.nii.gz per volume on its grid, prompted from its label; rerun to resume.
     """
-    dask = dask_config(workers, threads_per_worker, scheduler)
-    if label is None and box_slice is None and not str(out).lower().endswith((".nii", ".nii.gz")):
-        _segment_many(volume, dict(
-            prompts=prompts, propagate=propagate, three_slice=three_slice, window=window, classes=classes,
-            min_area=min_area, margin=margin, min_iou=min_iou, seed=seed, cache=cache, max_images=max_images,
-            out=out, model=model_name, checkpoint=checkpoint, device=device), dask)
+    out = params["out"]
+    if params["label"] is None and params["box_slice"] is None and not str(out).lower().endswith((".nii", ".nii.gz")):
+        from medsamkit.volumes.segment_many import SegmentDatasetConfig, segment_volumes
+
+        cfg = build_config(SegmentDatasetConfig, params, data=params["volume"])
+        summary = run_batch(segment_volumes, cfg, params,
+                            f"finished volumes are kept in {out}; rerun the same command to resume")
+        print_report(out, f"{summary['volumes']} label volumes in {out}", summary)
         return
-    if dask is not None or max_images is not None:
+    if executor_of(params) is not None or params["max_images"] is not None:
         raise click.UsageError("--workers/--scheduler/--max-images need a SPEC of many volumes and -o FOLDER")
     from medsamkit.volumes import SegmentVolumeConfig, run_segment_volume
 
-    cfg = SegmentVolumeConfig(volume=volume, out=out, label=label, box_slice=box_slice, prompts=prompts,
-                              propagate=propagate, three_slice=three_slice, window=window, classes=classes,
-                              min_area=min_area, margin=margin, min_iou=min_iou, seed=seed, model=model_name,
-                              checkpoint=checkpoint, device=device, cache=cache)
-    click.echo(json.dumps(run_segment_volume(cfg)))
-
-
-def _segment_many(data: str, settings: dict, dask) -> None:
-    from medsamkit.volumes.segment_many import SegmentVolumesConfig, segment_volumes
-
-    out = settings["out"]
-    cfg = SegmentVolumesConfig(data=data, **settings)
-    summary = run_batch(segment_volumes, cfg, f"finished volumes are kept in {out}; rerun the same command to resume",
-                        dask, _segment_cluster)
-    print_report(out, f"{summary['volumes']} label volumes in {out}", summary)
-
-
-def _segment_cluster():
-    from medsamkit.distributed.volumes import segment_volumes_on_cluster
-
-    return segment_volumes_on_cluster
+    click.echo(json.dumps(run_segment_volume(build_config(SegmentVolumeConfig, params))))
 
 
 @main.command("evaluate-volume")
@@ -99,8 +80,6 @@ def _segment_cluster():
 @window_option
 @classes_option
 @max_images_option
-@click.option("--max-volumes", "max_volumes", type=int, default=None, hidden=True,
-              help="former name of --max-images")
 @click.option("--min-area", type=int, default=20, show_default=True)
 @click.option("--margin", type=float, default=0.0, show_default=True, help="px around each propagated box")
 @click.option("--min-iou", type=float, default=0.0, show_default=True,
@@ -111,24 +90,12 @@ def _segment_cluster():
 @click.option("--out", required=True, type=click.Path(), help="results folder (rerun to resume)")
 @model_options
 @dask_options
-def evaluate_volume(data, prompts, propagate, three_slice, predictions, window, classes, max_images, max_volumes,
-                    min_area, margin, min_iou, seed, cache, save_masks, out, model_name, checkpoint, device,
-                    workers, threads_per_worker, scheduler):
+def evaluate_volume(**params):
     """Per-volume Dice / NSD / HD95 (mm) and per-slice Dice; writes per_volume.csv, per_slice.csv, summary
     (predicted label maps under OUT/masks/ with --save-masks)."""
     from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
 
-    cfg = EvaluateVolumeConfig(data=data, out=out, prompts=prompts, propagate=propagate, three_slice=three_slice,
-                               model=model_name, checkpoint=checkpoint, device=device, window=window,
-                               max_images=max_images if max_images is not None else max_volumes, classes=classes,
-                               seed=seed, min_area=min_area, margin=margin, min_iou=min_iou, save_masks=save_masks,
-                               predictions=predictions, cache=cache)
-    summary = run_batch(evaluate_volumes, cfg, f"finished volumes are kept in {out}; rerun the same command to resume",
-                        dask_config(workers, threads_per_worker, scheduler), _cluster)
-    print_report(out, f"{summary['volumes']} volumes; results in {out}", summary)
-
-
-def _cluster():
-    from medsamkit.distributed.volumes import evaluate_volumes_on_cluster
-
-    return evaluate_volumes_on_cluster
+    cfg = build_config(EvaluateVolumeConfig, params)
+    summary = run_batch(evaluate_volumes, cfg, params,
+                        f"finished volumes are kept in {cfg.out}; rerun the same command to resume")
+    print_report(cfg.out, f"{summary['volumes']} volumes; results in {cfg.out}", summary)

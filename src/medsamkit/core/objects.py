@@ -19,6 +19,7 @@ from medsamkit.core.errors import InputError, where
 SAM_MED2D_MIN_FRACTION = 0.00153
 
 ObjectKind = Literal["instance", "class"]
+#: A tile: (y0, x0, y1, x1) in image pixels, end exclusive (a CT intensity window is io.windowing.IntensityWindow).
 Window = tuple[int, int, int, int]
 
 

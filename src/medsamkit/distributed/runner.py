@@ -1,4 +1,5 @@
-"""The driver side of a distributed run: submit one task per case, take results as they finish.
+"""The driver side of a distributed run: submit one task per case, take results as they finish
+(`DaskExecutor`: the Dask executor of ``core.batch``).
 
 Results come back to the driver, which alone writes the run's results store, so progress, resume after a
 crash of the driver or a worker, Ctrl-C and the refusal of a folder holding another configuration behave as
@@ -18,12 +19,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from medsamkit.core.batch import BatchJob, Outcome, TaskFn
 from medsamkit.core.errors import InputError
+from medsamkit.distributed.cluster import DaskConfig, close_client, open_client
 
-TaskFn = Callable[..., dict]
 
-
-def guarded(fn: TaskFn, *args: Any) -> dict:
+def guarded(fn: Callable[..., dict], *args: Any) -> dict:
     """Run a task; bad input becomes ``{"error": line}`` so one bad case does not stop the run. The result
     also carries ``task``: the worker's pid, the task's start and end (epoch seconds), the worker process's CPU
     seconds meanwhile (the task and whatever else the worker did) and its model load."""
@@ -69,14 +70,14 @@ class RunReport:
                 "task_s": [round(t["end"] - t["start"], 3) for t in self.tasks]}
 
 
-def run_tasks(client, fn: TaskFn, task_args: Sequence[tuple], on_result: Callable[[dict], None],
+def run_tasks(client, fn: Callable[..., dict], task_args: Sequence[tuple], on_result: Callable[[dict], None],
               retries: int = 2, desc: str = "tasks", show_progress: bool = True) -> RunReport:
     """Submit ``fn(*args)`` for every args tuple; call ``on_result`` on the driver as each one finishes."""
     from distributed import as_completed
 
     report = RunReport(submitted_at=time.time())
     futures = [client.submit(guarded, fn, *args, pure=False, retries=retries) for args in task_args]
-    bar = tqdm(total=len(futures), desc=desc, unit="case", disable=not show_progress)
+    bar = tqdm(total=len(futures), desc=desc, unit="task", disable=not show_progress)
     try:
         for future in as_completed(futures):
             try:
@@ -98,3 +99,36 @@ def run_tasks(client, fn: TaskFn, task_args: Sequence[tuple], on_result: Callabl
     finally:
         bar.close()
     return report
+
+
+def batch_task(fn: TaskFn, args: tuple) -> dict:
+    """Worker side of a batch task: every result of ``fn(WORKER, *args)``."""
+    from medsamkit.distributed.worker_state import WORKER
+
+    return {"results": list(fn(WORKER, *args))}
+
+
+class DaskExecutor:
+    """Runs a batch job's tasks on Dask (``--workers N`` or ``--scheduler ADDRESS``); the driver takes the
+    results as tasks finish, so the job's files grow as in a local run."""
+
+    def __init__(self, cfg: DaskConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, job: BatchJob) -> Outcome:
+        """Start or join the cluster, run the job's tasks, close what was started."""
+        started = time.time()
+        client = open_client(self.cfg)
+        try:
+            tasks = job.tasks(sum(client.nthreads().values()) or 1)
+
+            def take(result: dict) -> None:
+                for one in result["results"]:
+                    job.take(one)
+
+            report = run_tasks(client, batch_task, [(t.fn, t.args) for t in tasks], take, retries=self.cfg.retries,
+                               desc=job.desc, show_progress=job.show_progress)
+        finally:
+            close_client(client)
+        cluster = {"start_s": round(report.submitted_at - started, 3), **report.timeline()}
+        return Outcome(report.interrupted, report.errors, cluster)

@@ -1,5 +1,6 @@
 """What a worker process keeps between tasks: one predictor per (model, checkpoint, file sha256, device),
-one embedding cache object per folder, one opened dataset per SPEC. A worker holds the model + one case."""
+one embedding cache object per folder, one opened dataset per SPEC. A worker holds the model + one case.
+`WORKER` serves them to batch tasks (``embedding.resources.Resources``)."""
 
 from __future__ import annotations
 
@@ -81,3 +82,20 @@ def take_load_seconds() -> float:
     seconds = sum(_LOADS)
     _LOADS.clear()
     return seconds
+
+
+class WorkerResources:
+    """A batch task's resources on a Dask worker: this process's kept predictor, caches and datasets."""
+
+    def item(self, spec: str, window: str | None, kind: str | None, index: int):  # noqa: D102
+        return worker_item(spec, window, index, kind)
+
+    def predictor(self, model: str, checkpoint: str | None, device: str | None,  # noqa: D102
+                  batch_size: int = 32) -> Predictor:
+        return worker_predictor(model, checkpoint, device, batch_size)
+
+    def cache(self, folder: str | None, predictor: Predictor) -> EmbeddingCache | None:  # noqa: D102
+        return worker_cache(folder, predictor)
+
+
+WORKER = WorkerResources()

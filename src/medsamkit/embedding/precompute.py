@@ -7,23 +7,21 @@ The windows embedded are exactly those `evaluate` and `finetune` ask for with th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from medsamkit.core.atomic import write_json_atomic
+from medsamkit.core.batch import Executor, Task, run_batch
 from medsamkit.core.errors import InputError
-from medsamkit.core.objects import extract_objects
-from medsamkit.core.runtime import select_device
+from medsamkit.core.objects import Window, extract_objects
 from medsamkit.core.tiling import AutoTile, grid_windows, plan_tiles, tile_size_for
 from medsamkit.embedding.cache import EmbeddingCache, encoder_fingerprint
-from medsamkit.io.datasets import open_dataset
-from medsamkit.models import load_model
+from medsamkit.embedding.resources import LocalResources, Resources
+from medsamkit.io.datasets import Dataset, VolumeCase, open_dataset
 from medsamkit.predictor import Predictor
-
-Window = tuple[int, int, int, int]
 
 
 def image_windows(label: np.ndarray, kind: str, tile: int, overlap: int, min_area: int = 20) -> list[Window]:
@@ -80,39 +78,76 @@ def embed_case(case, predictor: Predictor, cache: EmbeddingCache, cfg: EmbedConf
 class CacheIndex:
     """OUT/index.json: which windows of which case are in the cache, rewritten atomically after each case."""
 
-    def __init__(self, folder: str | Path, model) -> None:
+    def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / "index.json"
         self.index = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.images = self.index.setdefault("images", {})
-        self.index.update(model=model.name, encoder_fingerprint=encoder_fingerprint(model),
-                          preprocessing=repr(model.preprocessing))
 
-    def add(self, name: str, entry: dict) -> None:
-        """Record one case's windows and rewrite the index (it stays valid if the run is interrupted)."""
+    def add(self, name: str, entry: dict, header: dict) -> None:
+        """Record one case's windows (``header``: the model they were computed with, `index_header`) and rewrite
+        the index (it stays valid if the run is interrupted)."""
+        self.index.update(header)
         self.images[name] = entry
         write_json_atomic(self.path, self.index, indent=1)
 
 
-def open_embed_dataset(cfg: EmbedConfig):
-    """The dataset `embed` runs over (InputError when empty)."""
+def index_header(model) -> dict:
+    """What identifies the embeddings of a cache: the model's name, encoder fingerprint and preprocessing."""
+    return {"model": model.name, "encoder_fingerprint": encoder_fingerprint(model),
+            "preprocessing": repr(model.preprocessing)}
+
+
+def open_embed_dataset(cfg: EmbedConfig) -> Dataset:
+    """The dataset `embed` runs over, cut to --max-images (InputError when empty)."""
     ds = open_dataset(cfg.data, window=cfg.window)
     if len(ds) == 0:
         raise InputError(f"{cfg.data}: empty dataset")
-    return ds
+    return ds.head(cfg.max_images)
 
 
-def embed_dataset(cfg: EmbedConfig, predictor: Predictor | None = None) -> dict:
-    """Precompute (or complete) the cache for every image/tile of a dataset; writes OUT/index.json."""
-    if predictor is None:
-        predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
-    cache = EmbeddingCache(cfg.out, predictor.model)
-    index = CacheIndex(cfg.out, predictor.model)
-    n_tiles = 0
-    bar = tqdm(open_embed_dataset(cfg).cases(cfg.max_images), desc="embed", unit="img",
-               disable=not cfg.show_progress)
-    for case in bar:
+def embed_item(res: Resources, cfg: EmbedConfig, index: int) -> Iterator[dict]:
+    """Task: embed every 2D case of dataset item ``index``; per case its index entry and cache counts."""
+    item = res.item(cfg.data, cfg.window, None, index)
+    for case in item.slices() if isinstance(item, VolumeCase) else [item]:
+        predictor = res.predictor(cfg.model, cfg.checkpoint, cfg.device)
+        cache = res.cache(cfg.out, predictor)
+        before = dict(cache.stats)
         entry = embed_case(case, predictor, cache, cfg)
-        index.add(case.name, entry)
-        n_tiles += len(entry["tiles"])
-        bar.set_postfix(computed=cache.stats["computed"], cached=cache.stats["hits"])
-    return {"images": len(index.images), "tiles": n_tiles, **cache.stats, "index": str(index.path)}
+        yield {"name": case.name, "entry": entry, "header": index_header(predictor.model),
+               "stats": {k: cache.stats[k] - before[k] for k in before}}
+
+
+class EmbedJob:
+    """A cache folder being filled, as a batch job (``core.batch.BatchJob``)."""
+
+    desc, unit = "embed", "case"
+
+    def __init__(self, cfg: EmbedConfig, predictor: Predictor | None = None) -> None:
+        self.cfg, self.show_progress = cfg, cfg.show_progress
+        dataset = open_embed_dataset(cfg)
+        self.n_items = len(dataset)
+        self.resources = LocalResources(predictor, {(cfg.data, cfg.window, None): dataset})
+        self.index = CacheIndex(cfg.out)
+        self.totals = {"hits": 0, "computed": 0, "discarded": 0}
+        self.n_tiles = 0
+
+    def tasks(self, slots: int | None) -> list[Task]:  # noqa: D102
+        return [Task(embed_item, (self.cfg, i)) for i in range(self.n_items)]
+
+    def take(self, result: dict) -> None:  # noqa: D102
+        self.index.add(result["name"], result["entry"], result["header"])
+        self.n_tiles += len(result["entry"]["tiles"])
+        for k, v in result["stats"].items():
+            self.totals[k] = self.totals.get(k, 0) + v
+
+    def finish(self, interrupted: bool) -> dict:  # noqa: D102
+        return {"images": len(self.index.images), "tiles": self.n_tiles, **self.totals, "index": str(self.index.path)}
+
+    def has_results(self) -> bool:  # noqa: D102
+        return bool(self.index.images)
+
+
+def embed_dataset(cfg: EmbedConfig, predictor: Predictor | None = None, executor: Executor | None = None) -> dict:
+    """Precompute (or complete) the cache for every image/tile of a dataset (here, or with ``executor``, e.g. on
+    Dask); writes OUT/index.json."""
+    return run_batch(EmbedJob(cfg, predictor), executor)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medsamkit.evaluation.config import EvaluateConfig
-from medsamkit.evaluation.engine import evaluate
+from medsamkit.evaluation.run import evaluate
 from medsamkit.io.datasets import open_dataset
 from medsamkit.io.images import to_uint8_rgb
 

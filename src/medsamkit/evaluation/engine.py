@@ -1,4 +1,5 @@
-"""Zero-shot evaluation with simulated prompts (docs/protocols.md): per-object rows, resumable, summary + figures.
+"""Zero-shot evaluation with simulated prompts (docs/protocols.md): the per-object rows of one image (the run,
+resumable, with its summary and figures: ``evaluation.run``).
 
 Each object is prompted in its view (``core.tiling``: the whole image resized to the model input unless the
 object is too small there, then a native-resolution tile holding it with context; ``--tile N`` tiles every
@@ -13,30 +14,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from medsamkit.core.errors import InputError
-from medsamkit.core.objects import ImageObject, extract_objects, parse_classes
+from medsamkit.core.objects import ImageObject, Window, extract_objects, parse_classes
 from medsamkit.core.results import RunStore
 from medsamkit.core.seeds import name_key
 from medsamkit.core.tiling import plan_tiles, tile_size_for
-from medsamkit.embedding.cache import EmbeddingCache
 from medsamkit.evaluation.baseline import run_mode_baseline
 from medsamkit.evaluation.config import RESULT_KEYS, TABLES, EvaluateConfig
-from medsamkit.evaluation.report import write_reports
 from medsamkit.io.datasets import Case, Dataset, open_dataset
-from medsamkit.io.images import write_mask
 from medsamkit.metrics import dice, iou
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
-from medsamkit.prompts import PromptMode, parse_modes
+from medsamkit.prompts import PromptMode
 from medsamkit.prompts.objects import ObjectRun, run_mode_model
-
-Window = tuple[int, int, int, int]
 
 
 def open_store(cfg: EvaluateConfig) -> RunStore:
@@ -134,73 +128,6 @@ def iter_dataset(cfg: EvaluateConfig) -> Dataset:
     return ds.head(cfg.max_images)
 
 
-def iter_cases(cfg: EvaluateConfig) -> Iterator[Case]:
-    """The dataset's 2D cases, limited to --max-images images/volumes."""
-    yield from iter_dataset(cfg).cases()
-
-
 def mask_path(out: Path, mode_name: str, case_name: str) -> Path:
     """Where the final label map of one mode on one case is written (``--save-masks`` and figures)."""
     return out / "masks" / mode_name / f"{case_name.replace('/', '__')}.png"
-
-
-def _predictor_for(cfg: EvaluateConfig) -> Predictor:
-    from medsamkit.core.runtime import select_device
-    from medsamkit.models import load_model
-
-    return Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)), cfg.batch_size)
-
-
-def finish(cfg: EvaluateConfig, store: RunStore, modes: list[PromptMode], interrupted: bool, n_new: int) -> dict:
-    """Summary and figures of what the store holds (a valid report after Ctrl-C too)."""
-    out = Path(cfg.out)
-    if not store.done:
-        raise InputError(f"{cfg.data}: no image with objects was evaluated")
-    summary = write_reports(out, modes, cfg, lambda mode, case: mask_path(out, mode, case))
-    summary["interrupted"] = interrupted
-    summary["new_images"] = n_new
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def evaluate(cfg: EvaluateConfig, predictor: Predictor | None = None,
-             on_image: Callable[[dict], None] | None = None) -> dict:
-    """Run (or resume) an evaluation; writes CSVs, summary.json/.md and figures under cfg.out; returns the summary.
-
-    The model is loaded only when a case is left to compute: a finished run just rewrites its report.
-    """
-    modes = parse_modes(cfg.prompts)
-    out = Path(cfg.out)
-    store = open_store(cfg)
-    cache = None
-    interrupted, n_new = False, 0
-    bar = tqdm(desc="evaluate", unit="img", disable=not cfg.show_progress)
-    try:
-        for case in iter_cases(cfg):
-            if store.is_done(case.name):
-                continue
-            if predictor is None:
-                predictor = _predictor_for(cfg)
-            if cfg.cache and cache is None:
-                cache = EmbeddingCache(cfg.cache, predictor.model)
-            image_row, rows, saved = evaluate_case(case, predictor, modes, cfg, cache)
-            for mode_name, lab in saved.items():
-                write_mask(mask_path(out, mode_name, case.name), lab)
-            store.add_case(case.name, {"per_object": rows, "per_image": [image_row]})
-            n_new += 1
-            bar.update(1)
-            if on_image:
-                on_image(image_row)
-    except KeyboardInterrupt:
-        interrupted = True
-    except InputError:
-        bar.close()  # a bad case stops the run, but what was finished is reported first
-        if store.done:
-            finish(cfg, store, modes, False, n_new)
-        raise
-    finally:
-        bar.close()
-    summary = finish(cfg, store, modes, interrupted, n_new)
-    if interrupted:
-        raise KeyboardInterrupt
-    return summary

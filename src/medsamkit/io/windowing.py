@@ -27,8 +27,8 @@ import numpy as np
 from medsamkit.core.errors import InputError
 
 
-class Window(NamedTuple):
-    """A CT display window in HU: centre ``level`` and full ``width``."""
+class IntensityWindow(NamedTuple):
+    """A CT intensity window in HU: centre ``level`` and full ``width`` (not a tile: that is ``core.objects.Window``)."""
 
     level: float
     width: float
@@ -37,13 +37,13 @@ class Window(NamedTuple):
 #: A window as `parse_window` returns it: a preset name, (lo, hi) in HU, or None for the automatic rule.
 WindowChoice = str | tuple[float, float] | None
 
-WINDOWS: dict[str, Window] = {
-    "lung": Window(-600.0, 1500.0),
-    "mediastinum": Window(40.0, 400.0),
-    "soft_tissue": Window(40.0, 400.0),
-    "abdomen": Window(40.0, 400.0),
-    "bone": Window(400.0, 1800.0),
-    "brain": Window(40.0, 80.0),
+WINDOWS: dict[str, IntensityWindow] = {
+    "lung": IntensityWindow(-600.0, 1500.0),
+    "mediastinum": IntensityWindow(40.0, 400.0),
+    "soft_tissue": IntensityWindow(40.0, 400.0),
+    "abdomen": IntensityWindow(40.0, 400.0),
+    "bone": IntensityWindow(400.0, 1800.0),
+    "brain": IntensityWindow(40.0, 80.0),
 }
 
 

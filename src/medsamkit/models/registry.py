@@ -86,7 +86,7 @@ def build_sam_vit(variant: str, name: str, preprocessing: Preprocessing, point_p
 
 
 _SAM_PRE = Preprocessing(1024, "longest", "imagenet", "bilinear")
-_MEDSAM_PRE = Preprocessing(1024, "square", "minmax", "bicubic")
+_MEDSAM_PRE = Preprocessing(1024, "square", "minmax", "medsam")  # MedSAM_Inference.py, models.sam.medsam_resize
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ MODELS: dict[str, ModelSpec] = {
         "user", "sam_vit_h_4b8939.pth (Meta, Apache-2.0)"),
     "medsam_vit_b": ModelSpec(
         "medsam_vit_b", partial(build_sam_vit, "vit_b", "medsam_vit_b", _MEDSAM_PRE),
-        "MedSAM ViT-B (1024x1024 stretched, min-max [0,1]); box prompts",
+        "MedSAM ViT-B (1024x1024 stretched as MedSAM does, min-max [0,1]); box prompts",
         "user", "medsam_vit_b.pth (MedSAM authors, Apache-2.0)", point_prompts=False),
 }
 

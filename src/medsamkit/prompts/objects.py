@@ -7,14 +7,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medsamkit.core.objects import ImageObject
+from medsamkit.core.objects import ImageObject, Window
 from medsamkit.core.prompt_modes import PromptMode
 from medsamkit.core.seeds import name_key, object_rng
 from medsamkit.predictor import Predictor
 from medsamkit.prompts.session import BatchPredict, ClickSession, StepResult
 from medsamkit.prompts.simulate import Prompt, stack_prompts
-
-Window = tuple[int, int, int, int]
 
 
 @dataclass

@@ -58,8 +58,8 @@ class EverythingConfig:
 
     proposal: str = "auto"  # auto (points if the model takes points, else blobs) | blobs | grid | points
     pred_iou_thresh: float = 0.5  # SAMAug paper
-    # SAM uses 0.95; LiteMedSAM's nucleus masks score a median 0.73 at offset 1 (small objects: a large
-    # boundary share), so 0.8 kept a quarter of the nuclei and 0.6 keeps ~3/4 (benchmarks/priors_speed.py).
+    # Below SAM's 0.95: LiteMedSAM's nucleus masks score a median 0.73 at offset 1 (small objects have a large
+    # boundary share); 0.6 keeps ~3/4 of the nuclei, 0.8 only a quarter (benchmarks/priors_speed.py).
     stability_thresh: float = 0.6
     stability_offset: float = 1.0  # SAM default
     box_nms_thresh: float = 0.5  # SAMAug paper, within and across tiles
@@ -67,10 +67,10 @@ class EverythingConfig:
     max_area: int | None = 3000  # pixels; None keeps any size
     tile_size: int = 256  # native-resolution tiles; 0: the whole image as one tile (resized by the model)
     tile_overlap: int = 48  # > a large nucleus, so every object lies whole inside some tile
-    # Points mode, per tile: 16 per 256 px tile is a point every 16 px (SAM: 32 per whole image). Measured on a
-    # MoNuSeg tile, one thread, every mask kept (worst case): 16/tile + 16-token windows 2.9 CPU-s (encoder
-    # 1.45), 32/tile + 16-token windows 7.5 s, 16/tile on the whole embedding 16.4 s; a 1000x1000 image is 25
-    # tiles, so only the first stays under 60 s per image (samaug2 note, benchmarks/priors_speed.py).
+    # Points mode, per tile: 16 per 256 px tile is a point every 16 px (SAM: 32 per whole image), the densest
+    # grid that keeps a 1000x1000 image (25 tiles) under 60 s on 2 cores: per MoNuSeg tile, every mask kept,
+    # 16/tile with 16-token windows costs 2.9 CPU-s (encoder 1.45), 32/tile 7.5, 16/tile on the whole
+    # embedding 16.4 s (benchmarks/priors_speed.py).
     points_per_side: int = 16
     grid_box_sizes: tuple[int, ...] = (16, 24, 32)  # grid mode: box sides in pixels
     grid_stride: int = 16  # grid mode: box centre spacing in pixels

@@ -14,14 +14,19 @@ Outputs of `compute_priors` (per image NAME, "/" in case names becomes "__"):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medsamkit.core.atomic import save_npz_atomic, write_atomic, write_json_atomic
+from medsamkit.core.batch import Executor, Task, run_batch
 from medsamkit.core.errors import InputError
 from medsamkit.core.results import RunStore
+from medsamkit.embedding.resources import LocalResources, Resources
+from medsamkit.io.datasets import VolumeCase, open_dataset
+from medsamkit.predictor import Predictor
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 from medsamkit.samaug.fusion import NORMALISATIONS, fuse, unit_image  # noqa: F401  (unit_image: re-exported)
 
@@ -254,19 +259,14 @@ def _saved_masks(path: Path, shape: tuple[int, int]) -> list[MaskRecord] | None:
     return records if saved_shape == tuple(shape) else None
 
 
-def image_outputs(cfg: PriorsConfig, out: Path, name: str, image: np.ndarray, predictor) -> tuple[dict, object]:
-    """Masks (reused when a valid file exists), priors and visual of one image; its table row and the
-    predictor (loaded on first need, so a folder of finished images loads no model)."""
+def image_outputs(cfg: PriorsConfig, out: Path, name: str, image: np.ndarray, predictor: Callable[[], Predictor]) -> dict:
+    """Masks (reused when a valid file exists), priors and visual of one image; its table row. ``predictor()``
+    gives the model, asked for only when masks are computed (a folder of finished images loads none)."""
     start = time.perf_counter()
     shape = image.shape[:2]
     records = _saved_masks(out / "masks" / f"{name}.npz", shape)  # e.g. from an earlier `samaug masks`
     if records is None:
-        if predictor is None:
-            from medsamkit.models.loading import load_model
-            from medsamkit.predictor import Predictor
-
-            predictor = Predictor(load_model(cfg.model, cfg.checkpoint, cfg.device))
-        records = generate_masks(predictor, image, cfg.everything)
+        records = generate_masks(predictor(), image, cfg.everything)
         save_masks(out / "masks" / f"{name}.npz", records, shape)
     row = {"name": name, "masks": len(records)}
     if cfg.write_priors:
@@ -278,7 +278,7 @@ def image_outputs(cfg: PriorsConfig, out: Path, name: str, image: np.ndarray, pr
         row["seg_prior_max"] = round(float(seg.max()), 4)
         row["boundary_fraction"] = round(float(bnd.mean()), 4)
     row["seconds"] = round(time.perf_counter() - start, 2)
-    return row, predictor
+    return row
 
 
 def _entry(row: dict[str, str], skipped: bool) -> dict:
@@ -305,29 +305,58 @@ def record_image(store: RunStore, cfg: PriorsConfig, row: dict, skipped: set[str
     write_index(store, cfg, skipped)
 
 
-def compute_priors(cfg: PriorsConfig, predictor=None) -> dict:
-    """Everything-mode masks (and priors, visuals) for every image of `cfg.data`; returns the index dict.
+def priors_item(res: Resources, cfg: PriorsConfig, index: int, done: frozenset[str]) -> Iterator[dict]:
+    """Task: masks (and priors) of every 2D case of dataset item ``index``; per case its row, or ``skipped``
+    when the folder already holds its finished outputs."""
+    item = res.item(cfg.data, cfg.window, None, index)
+    out = Path(cfg.out)
+    for case in item.slices() if isinstance(item, VolumeCase) else [item]:
+        name = case.name.replace("/", "__")
+        if name in done and outputs_finished(out, name, cfg):
+            yield {"skipped": name}
+            continue
+        yield {"row": image_outputs(cfg, out, name, case.image,
+                                    lambda: res.predictor(cfg.model, cfg.checkpoint, cfg.device))}
+
+
+class PriorsJob:
+    """A `samaug masks|priors` folder as a batch job (``core.batch.BatchJob``)."""
+
+    desc, unit = "samaug", "case"
+
+    def __init__(self, cfg: PriorsConfig, predictor: Predictor | None = None) -> None:
+        if cfg.normalisation not in NORMALISATIONS:
+            raise InputError(f"unknown normalisation {cfg.normalisation!r}; choose one of: {', '.join(NORMALISATIONS)}")
+        self.cfg, self.show_progress = cfg, cfg.progress
+        dataset = open_dataset(cfg.data, window=cfg.window).head(cfg.max_images)
+        self.store = open_run(cfg)
+        self.n_items = len(dataset)
+        self.resources = LocalResources(predictor, {(cfg.data, cfg.window, None): dataset})
+        self.skipped: set[str] = set()
+
+    def tasks(self, slots: int | None) -> list[Task]:  # noqa: D102
+        done = frozenset(self.store.done)
+        return [Task(priors_item, (self.cfg, i, done)) for i in range(self.n_items)]
+
+    def take(self, result: dict) -> None:  # noqa: D102
+        if "skipped" in result:
+            self.skipped.add(result["skipped"])
+        else:
+            record_image(self.store, self.cfg, result["row"], self.skipped)
+
+    def finish(self, interrupted: bool) -> dict:  # noqa: D102
+        return write_index(self.store, self.cfg, self.skipped)
+
+    def has_results(self) -> bool:  # noqa: D102
+        return bool(self.store.done)
+
+
+def compute_priors(cfg: PriorsConfig, predictor: Predictor | None = None, executor: Executor | None = None) -> dict:
+    """Everything-mode masks (and priors, visuals) for every image of `cfg.data` (here, or with ``executor``,
+    e.g. on Dask); returns the index dict.
 
     Resumable: images marked done whose outputs exist and load are skipped (reported as "skipped" in the
     index); an image with a valid masks file but missing priors reuses the masks (`samaug masks` then
     `samaug priors`). A folder made with other settings is refused.
     """
-    from tqdm import tqdm
-
-    from medsamkit.io.datasets import open_dataset
-
-    if cfg.normalisation not in NORMALISATIONS:
-        raise InputError(f"unknown normalisation {cfg.normalisation!r}; choose one of: {', '.join(NORMALISATIONS)}")
-    dataset = open_dataset(cfg.data, window=cfg.window).head(cfg.max_images)
-    store = open_run(cfg)
-    out = store.out
-    skipped: set[str] = set()
-    bar = tqdm(dataset.cases(), total=len(dataset), desc="samaug", unit="img", disable=not cfg.progress)
-    for case in bar:
-        name = case.name.replace("/", "__")
-        if store.is_done(name) and outputs_finished(out, name, cfg):
-            skipped.add(name)
-            continue
-        row, predictor = image_outputs(cfg, out, name, case.image, predictor)
-        record_image(store, cfg, row, skipped)
-    return write_index(store, cfg, skipped)
+    return run_batch(PriorsJob(cfg, predictor), executor)

@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medsamkit.core.errors import InputError
-from medsamkit.core.objects import ImageObject, extract_objects, parse_classes
+from medsamkit.core.objects import ImageObject, Window, extract_objects, parse_classes
 from medsamkit.core.seeds import name_key
 from medsamkit.core.tiling import plan_tiles, tile_size_for
 from medsamkit.io.datasets import Case, open_dataset
 from medsamkit.training.config import FinetuneConfig
 
-Window = tuple[int, int, int, int]
 ClassOf = Callable[[int, ImageObject], int]
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from medsamkit.core.atomic import write_json_atomic, write_text_atomic
+from medsamkit.core.batch import Executor, Task, run_batch
 from medsamkit.core.errors import InputError
 from medsamkit.core.results import RunStore
 from medsamkit.embedding.cache import EmbeddingCache
+from medsamkit.embedding.resources import LocalResources, Resources
 from medsamkit.io.datasets import Dataset, VolumeCase
 from medsamkit.io.windowing import parse_window
 from medsamkit.models.loading import run_identity
@@ -69,11 +69,16 @@ VOLUME_RESULT_KEYS = ("data", "model", "model_sha256", "checkpoint", "window", "
                       "margin", "min_iou", "tolerances_mm", "predictions")
 
 
+def volume_kind(spec: str) -> str | None:
+    """The label kind a volume SPEC is opened with (class maps; builtin datasets say their own)."""
+    return "class" if not str(spec).startswith("builtin:") else None
+
+
 def open_volume_dataset(spec: str, window: str | tuple[float, float] | None = None) -> Dataset:
     """A dataset of volumes for a SPEC (builtin:lung-gtv, IMAGE::LABEL, nnU-Net folder, DICOM folder)."""
     from medsamkit.io.datasets import open_dataset
 
-    return open_dataset(spec, "class" if not str(spec).startswith("builtin:") else None, window)
+    return open_dataset(spec, volume_kind(spec), window)
 
 
 def evaluate_case(predictor: Predictor, case: VolumeCase, runs: list[Variant], seed: int = 0,
@@ -117,14 +122,38 @@ def _formatted(rows: list[dict]) -> list[dict]:
     return [{k: _fmt(v) for k, v in row.items()} for row in rows]
 
 
-class VolumeRun:
-    """One evaluate-volume folder: the store, which variants each volume still needs, the lazily loaded model."""
+def evaluate_volume_item(res: Resources, cfg: EvaluateVolumeConfig, index: int, n_volumes: int,
+                         finished: frozenset[tuple[str, str]], done: frozenset[str]) -> Iterator[dict]:
+    """Task: the rows of volume ``index`` for the variants it still needs (``rows`` None: nothing left)."""
+    case = res.item(cfg.data, cfg.window, volume_kind(cfg.data), index)
+    if not isinstance(case, VolumeCase):
+        raise InputError(f"{cfg.data}: evaluate-volume needs volumes; use `evaluate` for 2D images")
+    runs = [] if cfg.predictions else variants(cfg.prompts, cfg.propagate, cfg.three_slice, cfg.min_iou)
+    names = ["predictions"] if cfg.predictions else [v.name for v in runs]
+    if case.name in done and all((case.name, n) in finished for n in names):
+        yield {"name": case.name, "rows": None}
+        return
 
-    def __init__(self, cfg: EvaluateVolumeConfig, predictor: Predictor | None = None) -> None:
-        self.cfg = cfg
-        self.runs = [] if cfg.predictions else variants(cfg.prompts, cfg.propagate, cfg.three_slice, cfg.min_iou)
-        self.run_names = ["predictions"] if cfg.predictions else [v.name for v in self.runs]
-        self.classes = parse_class_list(cfg.classes)
+    def model() -> tuple[Predictor, EmbeddingCache | None]:
+        predictor = res.predictor(cfg.model, cfg.checkpoint, cfg.device)
+        return predictor, res.cache(cfg.cache, predictor)
+
+    todo = [r for r in runs if (case.name, r.name) not in finished]
+    yield {"name": case.name, "rows": compute_volume(cfg, case, todo, n_volumes, model, parse_class_list(cfg.classes))}
+
+
+class VolumeRun:
+    """One evaluate-volume folder as a batch job (``core.batch.BatchJob``): the store, which variants each volume
+    still needs, the model loaded on first need."""
+
+    desc, unit = "volumes", "volume"
+
+    def __init__(self, cfg: EvaluateVolumeConfig, predictor: Predictor | None = None,
+                 on_volume: Callable[[str], None] | None = None) -> None:
+        self.cfg, self.on_volume = cfg, on_volume
+        self.show_progress = cfg.show_progress
+        self.run_names = ["predictions"] if cfg.predictions else [
+            v.name for v in variants(cfg.prompts, cfg.propagate, cfg.three_slice, cfg.min_iou)]
         self.store = RunStore(cfg.out, run_identity(cfg), {"per_slice": SLICE_FIELDS,
                                                            "per_volume": volume_fields(cfg.tolerances_mm)},
                               keys=VOLUME_RESULT_KEYS, case_field="volume")
@@ -133,37 +162,27 @@ class VolumeRun:
         # finished volume got a new variant) would be duplicated by the rerun.
         if any((r["volume"], r["variant"]) not in self.finished for r in self.store.rows("per_slice")):
             self.store.keep_rows("per_slice", lambda r: (r["volume"], r["variant"]) in self.finished)
-        self._predictor = predictor
-        self.cache: EmbeddingCache | None = None
+        dataset = open_volume_dataset(cfg.data, parse_window(cfg.window)).head(cfg.max_images)
+        self.n_volumes = len(dataset)
+        self.resources = LocalResources(predictor, {(cfg.data, cfg.window, volume_kind(cfg.data)): dataset})
+        self.n_new = 0
 
-    def predictor(self) -> Predictor:
-        """The model (loaded on first need) and, with ``cfg.cache``, its embedding cache."""
-        if self._predictor is None:
-            from medsamkit.core.runtime import select_device
-            from medsamkit.models import load_model
+    def tasks(self, slots: int | None) -> list[Task]:  # noqa: D102
+        finished, done = frozenset(self.finished), frozenset(self.store.done)
+        return [Task(evaluate_volume_item, (self.cfg, i, self.n_volumes, finished, done))
+                for i in range(self.n_volumes)]
 
-            cfg = self.cfg
-            self._predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
-        if self.cfg.cache and self.cache is None:
-            self.cache = EmbeddingCache(self.cfg.cache, self._predictor.model)
-        return self._predictor
+    def take(self, result: dict) -> None:  # noqa: D102
+        if result["rows"] is not None and self.record(result["name"], result["rows"]):
+            self.n_new += 1
+            if self.on_volume is not None:
+                self.on_volume(result["name"])
 
-    def todo(self, case: VolumeCase) -> list[Variant] | None:
-        """The variants ``case`` still needs ([] for predictions to score), None when it is finished."""
-        if self.store.is_done(case.name) and all((case.name, n) in self.finished for n in self.run_names):
-            return None
-        return [r for r in self.runs if (case.name, r.name) not in self.finished]
-
-    def run(self, case: VolumeCase, n_volumes: int) -> bool:
-        """Evaluate one volume (the variants it still needs) and record it; False when nothing was left."""
-        todo = self.todo(case)
-        if todo is None:
-            return False
-        rows = compute_volume(self.cfg, case, todo, n_volumes, lambda: (self.predictor(), self.cache), self.classes)
-        return self.record(case.name, rows)
+    def has_results(self) -> bool:  # noqa: D102
+        return bool(self.store.done)
 
     def record(self, name: str, rows: dict) -> bool:
-        """Append one volume's rows (from ``compute_volume``, here or on a worker); False when it had none."""
+        """Append one volume's rows (from ``compute_volume``); False when it had none."""
         if not rows:
             if not self.store.is_done(name):
                 self.store.add_case(name, {})  # nothing to evaluate: done without rows
@@ -173,14 +192,15 @@ class VolumeRun:
         self.finished |= {(r["volume"], r["variant"]) for r in rows["per_volume"]}
         return True
 
-    def finish(self, interrupted: bool, n_new: int) -> dict:
+    def finish(self, interrupted: bool) -> dict:
         """summary.json / summary.md of every row the folder holds for this run's variants."""
         cfg, out = self.cfg, Path(self.cfg.out)
         rows = [r for r in self.store.rows("per_volume") if r["variant"] in self.run_names]
         summary = {"config": asdict(cfg), "volumes": len({r["volume"] for r in rows}),
-                   "results": summarise(rows, cfg.tolerances_mm), "interrupted": interrupted, "new_volumes": n_new}
-        if self.cache is not None:
-            summary["cache"] = dict(self.cache.stats)
+                   "results": summarise(rows, cfg.tolerances_mm), "interrupted": interrupted, "new_volumes": self.n_new}
+        cache = self.resources.caches.get(cfg.cache) if cfg.cache else None
+        if cache is not None:
+            summary["cache"] = dict(cache.stats)
         write_json_atomic(out / "summary.json", summary)
         write_text_atomic(out / "summary.md", summary_markdown(summary["results"], f"Volume evaluation: {cfg.data}"))
         return summary
@@ -207,36 +227,12 @@ def compute_volume(cfg: EvaluateVolumeConfig, case: VolumeCase, todo: list[Varia
 
 
 def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = None,
-                     on_volume: Callable[[str], None] | None = None) -> dict:
-    """Evaluate variants over a volume dataset; writes per_volume.csv, per_slice.csv, summary.json/.md.
+                     on_volume: Callable[[str], None] | None = None, executor: Executor | None = None) -> dict:
+    """Evaluate variants over a volume dataset (here, or with ``executor``, e.g. on Dask); writes per_volume.csv,
+    per_slice.csv, summary.json/.md.
 
     With ``cfg.predictions`` the given label maps are scored (variant ``predictions``) and no model runs.
     Resumable; on Ctrl-C the finished volumes stay on disk, the summary is written and KeyboardInterrupt
     propagates. ``on_volume(name)`` is called after each newly finished volume.
     """
-    run = VolumeRun(cfg, predictor)  # refuses a folder of another configuration before loading anything
-    dataset = open_volume_dataset(cfg.data, parse_window(cfg.window))
-    loaders = dataset.head(cfg.max_images).loaders
-    interrupted, n_new = False, 0
-    bar = tqdm(loaders, desc="volumes", disable=not cfg.show_progress)
-    try:
-        for load in bar:
-            case = load()
-            if not isinstance(case, VolumeCase):
-                raise InputError(f"{cfg.data}: evaluate-volume needs volumes; use `evaluate` for 2D images")
-            if run.run(case, len(loaders)):
-                n_new += 1
-                if on_volume is not None:
-                    on_volume(case.name)
-    except KeyboardInterrupt:
-        interrupted = True
-    except InputError:
-        if run.store.done:  # a bad volume stops the run; what was finished is reported first
-            run.finish(False, n_new)
-        raise
-    finally:
-        bar.close()
-    summary = run.finish(interrupted, n_new)
-    if interrupted:
-        raise KeyboardInterrupt
-    return summary
+    return run_batch(VolumeRun(cfg, predictor, on_volume), executor)

@@ -64,20 +64,23 @@ def _paint(out: np.ndarray, mask: np.ndarray, value: int) -> None:
     out[mask] = value
 
 
+def prompted_slices(label: np.ndarray, classes: list[int], min_area: int = 20) -> list[int]:
+    """The slices slice-wise prompting runs on: those where a class covers at least ``min_area`` px."""
+    areas = np.stack([(label == v).sum(axis=(1, 2)) for v in classes]) if classes else np.zeros((1, len(label)))
+    return [int(z) for z in np.flatnonzero((areas >= max(min_area, 1)).any(axis=0))]
+
+
 def segment_slicewise(embedder: SliceEmbedder, label: np.ndarray, mode: PromptMode, classes: list[int],
                       min_area: int = 20, seed: int = 0, volume_key: int = 0) -> np.ndarray:
     """One prompt per (labelled slice, class) from that slice's class mask; classes smaller than
     ``min_area`` px on a slice are not prompted (they still count as truth in the scores)."""
     out = np.zeros(label.shape, dtype=label.dtype)
-    zs = [z for z in range(label.shape[0]) if np.isin(label[z], classes).any()]
-    for z in zs:
+    for z in prompted_slices(label, classes, min_area):
         todo = []
         for v in classes:
             mask = label[z] == v
             if int(mask.sum()) >= max(min_area, 1):
                 todo.append((v, initial_prompt(mode, mask, object_rng(seed, volume_key, z, v), mask.shape)))
-        if not todo:
-            continue
         masks, _ = predict_prompts(embedder.use(z), [p for _, p in todo])
         for (v, _), m in zip(todo, masks):
             _paint(out[z], m, v)
@@ -212,8 +215,10 @@ def run_segment_volume(cfg: SegmentVolumeConfig, predictor: Predictor | None = N
         from medsamkit.models import load_model
 
         predictor = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
+    slicewise = label is not None and not cfg.propagate
+    total = len(prompted_slices(label, present_classes(label, classes), cfg.min_area)) if slicewise else None
     embedder = SliceEmbedder(predictor, image01, cfg.three_slice, str(cfg.volume), show_progress=cfg.show_progress,
-                             cache=cfg.cache)
+                             cache=cfg.cache, total=total)
     start = time.perf_counter()
     pred = segment_volume(embedder, image01, label, box_slice, mode, cfg.propagate or box_slice is not None,
                           cfg.three_slice, classes, cfg.min_area, cfg.margin, cfg.seed, str(cfg.volume), cfg.min_iou)

@@ -11,21 +11,23 @@ written, then it is marked done; a rerun skips done volumes and refuses a folder
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from medsamkit.core.atomic import write_json_atomic, write_text_atomic
+from medsamkit.core.batch import Executor, Task, run_batch
 from medsamkit.core.errors import InputError
 from medsamkit.core.results import RunStore
 from medsamkit.embedding.cache import EmbeddingCache
+from medsamkit.embedding.resources import LocalResources, Resources
 from medsamkit.io.datasets import VolumeCase
 from medsamkit.io.windowing import parse_window
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
+from medsamkit.volumes.evaluate import open_volume_dataset, volume_kind
 from medsamkit.volumes.masks import mask_file_name, write_label_map
 from medsamkit.volumes.segment import class_summary, one_mode, parse_class_list, segment_volume
 from medsamkit.volumes.slices import SliceEmbedder
@@ -38,7 +40,7 @@ Model = Callable[[], tuple[Predictor, EmbeddingCache | None]]
 
 
 @dataclass
-class SegmentVolumesConfig:
+class SegmentDatasetConfig:
     """Inputs of `medsamkit segment-volume SPEC -o FOLDER` (many volumes, labels from the SPEC)."""
 
     data: str
@@ -60,14 +62,14 @@ class SegmentVolumesConfig:
     show_progress: bool = True
 
 
-def open_segment_run(cfg: SegmentVolumesConfig) -> RunStore:
+def open_segment_run(cfg: SegmentDatasetConfig) -> RunStore:
     """The output folder's store (refuses a folder of another configuration before anything runs)."""
     one_mode(cfg.prompts)  # a bad --prompts fails before the model loads
     return RunStore(cfg.out, run_identity(cfg), {"per_class": SEGMENT_FIELDS}, keys=SEGMENT_KEYS,
                     case_field="volume")
 
 
-def segment_case(cfg: SegmentVolumesConfig, case: VolumeCase, model: Model) -> list[dict]:
+def segment_case(cfg: SegmentDatasetConfig, case: VolumeCase, model: Model) -> list[dict]:
     """Segment one volume, write OUT/<volume>.nii.gz on its grid; its per-class rows."""
     if not isinstance(case, VolumeCase):
         raise InputError(f"{cfg.data}: segment-volume needs volumes; use `segment` for 2D images")
@@ -88,7 +90,7 @@ def segment_case(cfg: SegmentVolumesConfig, case: VolumeCase, model: Model) -> l
             for v, entry in class_summary(pred, case.label, classes).items()]
 
 
-def finish_segment_run(cfg: SegmentVolumesConfig, store: RunStore, interrupted: bool, n_new: int) -> dict:
+def finish_segment_run(cfg: SegmentDatasetConfig, store: RunStore, interrupted: bool, n_new: int) -> dict:
     """summary.json / summary.md of the folder (mean Dice per class over the finished volumes)."""
     rows = store.rows("per_class")
     per_class: dict[str, list[float]] = {}
@@ -106,44 +108,52 @@ def finish_segment_run(cfg: SegmentVolumesConfig, store: RunStore, interrupted: 
     return summary
 
 
-def local_model(cfg: SegmentVolumesConfig) -> Model:
-    """The model (and embedding cache) of a one-process run, loaded on first need."""
-    held: dict[str, object] = {}
+def segment_volume_item(res: Resources, cfg: SegmentDatasetConfig, index: int, done: frozenset[str]) -> Iterator[dict]:
+    """Task: segment volume ``index`` into OUT/<volume>.nii.gz; its per-class rows (None: done before)."""
+    case = res.item(cfg.data, cfg.window, volume_kind(cfg.data), index)
+    if getattr(case, "name", None) in done:
+        yield {"name": case.name, "rows": None}
+        return
 
     def model() -> tuple[Predictor, EmbeddingCache | None]:
-        if "predictor" not in held:
-            from medsamkit.core.runtime import select_device
-            from medsamkit.models import load_model
+        predictor = res.predictor(cfg.model, cfg.checkpoint, cfg.device)
+        return predictor, res.cache(cfg.cache, predictor)
 
-            held["predictor"] = Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
-            held["cache"] = EmbeddingCache(cfg.cache, held["predictor"].model) if cfg.cache else None
-        return held["predictor"], held["cache"]
-
-    return model
+    yield {"name": case.name, "rows": segment_case(cfg, case, model)}
 
 
-def segment_volumes(cfg: SegmentVolumesConfig) -> dict:
-    """Segment every volume of ``cfg.data`` into ``cfg.out`` (resumable); the summary. On Ctrl-C the finished
-    volumes stay, the summary is written and KeyboardInterrupt propagates; bad input stops the run."""
-    from medsamkit.volumes.evaluate import open_volume_dataset
+class SegmentDatasetRun:
+    """A `segment-volume SPEC -o FOLDER` folder as a batch job (``core.batch.BatchJob``)."""
 
-    store = open_segment_run(cfg)
-    loaders = open_volume_dataset(cfg.data, parse_window(cfg.window)).head(cfg.max_images).loaders
-    model, interrupted, n_new = local_model(cfg), False, 0
-    try:
-        for load in tqdm(loaders, desc="volumes", disable=not cfg.show_progress):
-            case = load()
-            if store.is_done(case.name):
-                continue
-            store.add_case(case.name, {"per_class": segment_case(cfg, case, model)})
-            n_new += 1
-    except KeyboardInterrupt:
-        interrupted = True
-    except InputError:
-        if store.done:  # a bad volume stops the run; what was finished is reported first
-            finish_segment_run(cfg, store, False, n_new)
-        raise
-    summary = finish_segment_run(cfg, store, interrupted, n_new)
-    if interrupted:
-        raise KeyboardInterrupt
-    return summary
+    desc, unit = "volumes", "volume"
+
+    def __init__(self, cfg: SegmentDatasetConfig, predictor: Predictor | None = None) -> None:
+        self.cfg, self.show_progress = cfg, cfg.show_progress
+        self.store = open_segment_run(cfg)  # refuses a folder of another configuration before anything runs
+        dataset = open_volume_dataset(cfg.data, parse_window(cfg.window)).head(cfg.max_images)
+        self.n_volumes = len(dataset)
+        self.resources = LocalResources(predictor, {(cfg.data, cfg.window, volume_kind(cfg.data)): dataset})
+        self.n_new = 0
+
+    def tasks(self, slots: int | None) -> list[Task]:  # noqa: D102
+        done = frozenset(self.store.done)
+        return [Task(segment_volume_item, (self.cfg, i, done)) for i in range(self.n_volumes)]
+
+    def take(self, result: dict) -> None:  # noqa: D102
+        if result["rows"] is not None and not self.store.is_done(result["name"]):
+            self.store.add_case(result["name"], {"per_class": result["rows"]})
+            self.n_new += 1
+
+    def finish(self, interrupted: bool) -> dict:  # noqa: D102
+        return finish_segment_run(self.cfg, self.store, interrupted, self.n_new)
+
+    def has_results(self) -> bool:  # noqa: D102
+        return bool(self.store.done)
+
+
+def segment_volumes(cfg: SegmentDatasetConfig, predictor: Predictor | None = None,
+                    executor: Executor | None = None) -> dict:
+    """Segment every volume of ``cfg.data`` into ``cfg.out`` (resumable; here, or with ``executor``, e.g. on
+    Dask); the summary. On Ctrl-C the finished volumes stay, the summary is written and KeyboardInterrupt
+    propagates; bad input stops a local run."""
+    return run_batch(SegmentDatasetRun(cfg, predictor), executor)

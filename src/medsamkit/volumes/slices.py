@@ -41,7 +41,7 @@ class SliceEmbedder:
 
     def __init__(self, predictor: Predictor, image01: np.ndarray, three_slice: bool = False,
                  source: str = "", max_cached: int = 256, show_progress: bool = False,
-                 cache: EmbeddingCache | str | Path | None = None) -> None:
+                 cache: EmbeddingCache | str | Path | None = None, total: int | None = None) -> None:
         self.predictor = predictor
         if cache is not None and not isinstance(cache, EmbeddingCache):
             cache = EmbeddingCache(cache, predictor.model)
@@ -54,9 +54,11 @@ class SliceEmbedder:
         self._recent: OrderedDict[int, Embedding] = OrderedDict()
         self.encoded: set[int] = set()  # slices the encoder ran on (not those read from the cache)
         self.visits: list[int] = []  # every slice asked for, in order (propagation's path)
+        self._prompted: set[int] = set()
         self.seconds = 0.0
-        # The bar counts encoder passes (propagation's total is unknown in advance).
-        self._bar = tqdm(desc="slices encoded", unit="slice", disable=not show_progress)
+        # The bar counts the slices prompted; ``total`` when the work is known in advance (slice-wise prompts),
+        # None where it is not (propagation stops where the object ends).
+        self._bar = tqdm(desc="slices", unit="slice", total=total, disable=not show_progress)
 
     def close(self) -> None:
         """End the progress bar."""
@@ -79,11 +81,13 @@ class SliceEmbedder:
         if computed:
             self.seconds += time.perf_counter() - start
             self.encoded.add(z)
-            self._bar.update(1)
         return emb
 
     def use(self, z: int) -> Predictor:
         """Point the predictor at slice ``z``'s embedding (encoding it on first use) and return it."""
+        if z not in self._prompted:
+            self._prompted.add(z)
+            self._bar.update(1)
         self.visits.append(z)
         emb = self._recent.get(z)
         if emb is None:
