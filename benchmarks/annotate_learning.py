@@ -161,7 +161,8 @@ def latency(annotator: Annotator, image: str, box: list[float], stop: threading.
     out = []
     i = 0
     while (stop is None and i < calls) or (stop is not None and not stop.is_set()):
-        b = [box[0], box[1], box[2] + i % 7 + i * 1e-3, box[3] + i % 5]  # never a repeated (remembered) box
+        # never a repeated (remembered) box, and always inside the image: the box shrinks, it never grows
+        b = [box[0], box[1], max(box[0] + 1, box[2] - i % 7 - i * 1e-3), max(box[1] + 1, box[3] - i % 5)]
         t = time.perf_counter()
         annotator.post("/api/predict", {"image": image, "box": b})
         out.append((time.perf_counter() - t) * 1000)

@@ -215,7 +215,6 @@ def test_paths_outside_the_images_are_not_found(make_client, path, status):
     ({"image": DSB, "box": [1, 2, 3]}, 400, "box"),
     ({"image": DSB, "slice": 3, "box": [1, 1, 9, 9]}, 400, "slice"),
     ({"image": DSB, "axis": 2, "box": [1, 1, 9, 9]}, 400, "axis"),
-    ({"image": DSB, "points": [[5, 5, 1]]}, 400, "box prompts only"),
     ({"image": DSB, "box": [1, 1, 30, 30], "points": [[600, 5, 1]]}, 400, "outside the image"),
     ({"image": DSB, "box": [1, 1, 30, 30], "points": [[5, 5, 7]]}, 400, "labels"),
     ({"image": DSB}, 400, "no prompt"),

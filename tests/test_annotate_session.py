@@ -1,6 +1,7 @@
 """A simulated user through the API: Mazurowski's corrective clicks (``next_click``) on top of a box reach
-exactly the masks and Dice of ``run_mode_model`` with box+iterN on the same objects (the API feeds the
-previous low-res logits back as the mask prompt); undoing a click answers the earlier mask again."""
+exactly the masks and Dice of ``run_mode_model`` with box+iterN on the same objects, under both click
+strategies (native: the previous low-res logits go back as the mask prompt; search: the kept candidate is
+corrected); undoing a click answers the earlier mask again."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from medsamkit.io.datasets import open_dataset  # noqa: E402
 from medsamkit.metrics import dice  # noqa: E402
 from medsamkit.models.loading import weights_identity  # noqa: E402
 from medsamkit.prompts import next_click, parse_mode  # noqa: E402
+from medsamkit.prompts.clicks import ClickAnswerer  # noqa: E402
 from medsamkit.prompts.objects import object_rngs, run_mode_model  # noqa: E402
+from medsamkit.prompts.simulate import Prompt  # noqa: E402
 
 DSB = "dsb-nuclei_img2d"
 MODE = parse_mode("box+iter3")
@@ -35,12 +38,21 @@ def decode(b64: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64)))) > 127
 
 
+def _client(model, out, clicks: str) -> TestClient:
+    ws = Workspace(AnnotateConfig("builtin:dsb-nuclei", out=str(out), clicks=clicks),
+                   Segmenter(model, out / "embeddings", weights_identity("litemedsam", None), clicks=clicks))
+    return TestClient(create_app(ws, None), base_url="http://127.0.0.1")
+
+
 @pytest.fixture(scope="module")
 def client(litemedsam, tmp_path_factory):
-    out = tmp_path_factory.mktemp("session")
-    ws = Workspace(AnnotateConfig("builtin:dsb-nuclei", out=str(out)),
-                   Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None)))
-    return TestClient(create_app(ws, None), base_url="http://127.0.0.1")
+    """The default: the bundled box-only model answers clicks by the search strategy."""
+    return _client(litemedsam, tmp_path_factory.mktemp("session"), "auto")
+
+
+@pytest.fixture(scope="module")
+def native_client(litemedsam, tmp_path_factory):
+    return _client(litemedsam, tmp_path_factory.mktemp("native"), "native")
 
 
 def _user_clicks(client, objects, truths, rngs) -> list[list[np.ndarray]]:
@@ -64,14 +76,16 @@ def _user_clicks(client, objects, truths, rngs) -> list[list[np.ndarray]]:
     return runs
 
 
-def test_simulated_user_matches_run_mode_model(client, predictor):
+@pytest.mark.parametrize("strategy", ["search", "native"])
+def test_simulated_user_matches_run_mode_model(request, strategy, predictor):
+    client = request.getfixturevalue("client" if strategy == "search" else "native_client")
     case = next(open_dataset("builtin:dsb-nuclei").cases())
     objects = [o for o in extract_objects(case.label) if o.area >= 100][:8]
     window, key = (0, 0) + case.label.shape, name_key(case.name)
     predictor.set_image(case.image)
     # an annotator makes one object at a time: the reference runs each object in its own session
-    reference = [run_mode_model(predictor, [o], window, MODE, SEED, key)[0] for o in objects]
-    batched = run_mode_model(predictor, objects, window, MODE, SEED, key)
+    reference = [run_mode_model(predictor, [o], window, MODE, SEED, key, clicks=strategy)[0] for o in objects]
+    batched = run_mode_model(predictor, objects, window, MODE, SEED, key, clicks=strategy)
     truths = [o.mask(case.label.shape) for o in objects]
     api_runs = _user_clicks(client, objects, truths, object_rngs(objects, MODE, SEED, key))
     for ref, got in zip(reference, api_runs):
@@ -83,7 +97,7 @@ def test_simulated_user_matches_run_mode_model(client, predictor):
     assert api_dice == [dice(r.masks[-1], t) for r, t in zip(reference, truths)]
     # batching 8 prompts changes float rounding only (a pixel or so on an object)
     np.testing.assert_allclose(api_dice, [dice(r.masks[-1], t) for r, t in zip(batched, truths)], atol=2e-3)
-    # the clicks reach the model (LiteMedSAM is box-only: on these nuclei they make the masks worse)
+    # the clicks change the masks
     assert sum(not np.array_equal(g[0], g[-1]) for g in api_runs) >= len(api_runs) // 2
 
 
@@ -96,7 +110,8 @@ def test_undoing_a_click_answers_the_earlier_mask(client):
     assert client.post("/api/clear", json={"image": DSB}).json()["cleared"]
 
 
-def test_a_chosen_candidate_feeds_its_logits_to_the_next_click(client, predictor):
+def test_a_chosen_candidate_feeds_its_logits_to_the_next_click(native_client, predictor):
+    client = native_client
     case = next(open_dataset("builtin:dsb-nuclei").cases())
     predictor.set_image(case.image)
     box, click = [200, 250, 270, 320], [236.0, 284.0, 1]
@@ -113,3 +128,39 @@ def test_a_chosen_candidate_feeds_its_logits_to_the_next_click(client, predictor
     bad = client.post("/api/predict", json={"image": DSB, "box": box, "points": [click], "multimask": True,
                                             "mask_from": 5})
     assert bad.status_code == 400 and "mask_from" in bad.json()["error"]
+
+
+def test_a_chosen_candidate_is_the_one_a_search_click_corrects(client, predictor):
+    case = next(open_dataset("builtin:dsb-nuclei").cases())
+    predictor.set_image(case.image)
+    box, click = [200, 250, 270, 320], [236.0, 284.0, 0]
+    first = client.post("/api/predict", json={"image": DSB, "box": box, "multimask": True}).json()
+    other = (first["best"] + 1) % 3
+    reply = client.post("/api/predict", json={"image": DSB, "box": box, "points": [click], "multimask": True,
+                                              "mask_from": other}).json()
+    assert reply["mask_from"] == other
+    kept = decode(first["masks"][other])
+    prompt = Prompt(np.array(box, np.float32), np.array([click[:2]], np.float32), np.array([0]))
+    ref = ClickAnswerer(predictor, "search").answer([prompt], True, parents=[(kept, first["iou"][other])])
+    assert np.array_equal(decode(reply["masks"][0]), ref.masks[0, 0])
+    assert not decode(reply["masks"][0])[284, 236]  # the negative click is honoured
+
+
+def test_a_click_without_a_box_gets_a_mask_on_the_box_only_model(client):
+    case = next(open_dataset("builtin:dsb-nuclei").cases())
+    info = client.get("/api/info").json()
+    assert info["point_prompts"] is False and info["clicks"] == "search" and "points" in info["prompts"]
+    objects = [o for o in extract_objects(case.label) if o.area >= 100][:6]
+    scores = []
+    for obj in objects:
+        truth = obj.mask(case.label.shape)
+        y, x = (int(v) for v in np.argwhere(truth).mean(0))
+        if not truth[y, x]:
+            continue
+        reply = client.post("/api/predict", json={"image": DSB, "points": [[x, y, 1]], "multimask": True})
+        assert reply.status_code == 200, reply.text
+        masks = [decode(m) for m in reply.json()["masks"]]
+        assert all(m[y, x] for m in masks)  # every candidate holds the click
+        scores.append(dice(masks[reply.json()["best"]], truth))
+        client.post("/api/clear", json={"image": DSB})
+    assert len(scores) >= 4 and np.median(scores) > 0.6, scores

@@ -28,6 +28,8 @@ TABLE = {
     "--cache": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
     "--save-masks": {"evaluate", "evaluate-volume"},
     "--multimask": {"segment", "evaluate"},
+    # how clicks become masks (prompts.clicks): auto / native / search
+    "--clicks": {"segment", "evaluate", "annotate"},
     "--workers": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume", "segment-volume"},
     "--scheduler": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume", "segment-volume"},
     "--class-head": {"finetune"},

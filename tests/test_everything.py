@@ -134,9 +134,14 @@ def test_generate_masks_recall_on_real_tile(predictor, monuseg_tile):
     assert iou.max() <= cfg.box_nms_thresh  # de-duplicated
 
 
-def test_points_mode_needs_a_point_model(predictor):
-    with pytest.raises(InputError, match="box-only"):
-        ev.generate_masks(predictor, np.zeros((64, 64, 3), np.uint8), ev.EverythingConfig(proposal="points"))
+def test_point_grid_runs_on_the_box_only_model(predictor, monuseg_tile):
+    """SAMAug's point grid on the bundled LiteMedSAM: each grid point is answered by the click search."""
+    image, label = monuseg_tile
+    cfg = ev.EverythingConfig(proposal="points", points_per_side=12)
+    records = ev.generate_masks(predictor, image, cfg)
+    assert len(records) >= 10
+    assert ev.instance_recall(records, label) >= 0.4
+    assert all(r.predicted_iou > cfg.pred_iou_thresh and cfg.min_area <= r.area <= cfg.max_area for r in records)
 
 
 def test_window_decoding_fast_path_equals_official_modules(predictor, monuseg_tile):
@@ -182,7 +187,7 @@ def dsb_crop_folder(tmp_path_factory):
 def test_points_mode_takes_a_litemedsam_fine_tuned_with_points(dsb_crop_folder, tmp_path, predictor):
     """Bug 3: point support comes from the model, not its registry name. A LiteMedSAM decoder fine-tuned with
     point prompts keeps the name `litemedsam` yet answers points, so `samaug masks --proposal points` runs it;
-    the bundled LiteMedSAM (box-only) is refused with a one-line InputError."""
+    the bundled LiteMedSAM (box-only) answers the grid by the click search."""
     from medsamkit.models import load_model
     from medsamkit.samaug.priors import PriorsConfig, compute_priors, load_masks
     from medsamkit.training import FinetuneConfig, finetune
@@ -226,8 +231,7 @@ def test_points_mode_takes_a_litemedsam_fine_tuned_with_points(dsb_crop_folder, 
 
     bundled = PriorsConfig(data=str(dsb_crop_folder), out=str(tmp_path / "bundled"), everything=points,
                            write_priors=False, progress=False)
-    with pytest.raises(InputError, match=r"^model 'litemedsam' is box-only: use --proposal blobs or grid"):
-        compute_priors(bundled, predictor)
+    assert compute_priors(bundled, predictor)["images"][0]["masks"] > 0
 
 
 def test_whole_image_as_one_tile():

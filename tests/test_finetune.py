@@ -32,7 +32,7 @@ from medsamkit.predictor import Predictor
 from medsamkit.prompts import parse_modes
 from medsamkit.training import FinetuneConfig, finetune
 from medsamkit.training.config import check_config, lr_at, recipe_of, resume_differences
-from medsamkit.training.data import TrainTile, epoch_batches, split_by_image, split_cases
+from medsamkit.training.data import TrainTile, epoch_batches, grow_validation, split_by_image, split_cases
 from medsamkit.training.objective import Objective
 
 QUADRANTS = {"A": [(0, 0)], "B": [(128, 0), (128, 128)]}
@@ -104,6 +104,21 @@ def test_split_keeps_each_patient_volume_on_one_side_and_splits_within_each_data
     # one volume alone: its slices are split instead of holding out everything or nothing
     t1, v1 = split_cases(cases[:5], [0] * 5, 0.4, seed=0)
     assert len(v1) == 2 and len(t1) == 3
+
+
+def test_validation_grows_by_whole_images_to_its_minimum():
+    """A learn round's 20 glands on 4 images with 5 each: the 20% split holds 1 image (5 objects); growing to
+    8 moves a second whole image; training keeps at least half of the objects, so 2 images of 10 cannot
+    give 12."""
+    cases = [_case(f"img{i}") for i in range(4)]
+    train, val = split_cases(cases, [0] * 4, 0.2, seed=0)
+    objects = dict.fromkeys(range(4), 5)
+    assert len(val) == 1
+    t2, v2 = grow_validation(cases, train, val, objects, 8, seed=0)
+    assert len(v2) == 2 and set(val) <= set(v2) and sorted(t2 + v2) == [0, 1, 2, 3]
+    two = dict.fromkeys(range(2), 5)
+    t3, v3 = grow_validation(cases[:2], [0], [1], two, 12, seed=0)
+    assert (t3, v3) == ([0], [1])  # moving image 0 would leave training nothing
 
 
 def test_epoch_batches_cover_each_object_once_per_epoch():

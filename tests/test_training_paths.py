@@ -60,7 +60,7 @@ def test_training_clicks_equal_the_evaluation_clicks(predictor, dsb_case):
     mode, seed, key = parse_mode("iter4"), 3, name_key("dsb-crop")
     predictor.set_image(dsb_case.image[y0:y1, x0:x1])
     full = (0, 0, 128, 128)
-    runs = run_mode_model(predictor, objs, full, mode, seed, key)
+    runs = run_mode_model(predictor, objs, full, mode, seed, key, clicks="native")  # training decodes natively
     emb = predictor.embedding
     session = ClickSession(mode, [o.mask_in(full) for o in objs], object_rngs(objs, mode, seed, key), (128, 128))
     geometry = TileGeometry(predictor.model, emb.input_size, emb.original_size)

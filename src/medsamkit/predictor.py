@@ -38,10 +38,12 @@ class Prediction:
     masks: np.ndarray  # (P, C, H, W) bool, original resolution
     iou: np.ndarray  # (P, C) predicted IoU
     low_res_logits: np.ndarray  # (P, C, m, m) logits in the model-input frame (mask prompts)
+    ranked: bool = False  # candidates already ordered best first (the click search), not by predicted IoU
 
     def best(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per prompt, the mask with the highest predicted IoU: masks (P,H,W), iou (P,), logits (P,m,m)."""
-        idx = self.iou.argmax(axis=1)
+        """Per prompt, the best mask (highest predicted IoU, or the first when ranked): masks (P,H,W), iou
+        (P,), logits (P,m,m)."""
+        idx = np.zeros(len(self.iou), dtype=int) if self.ranked else self.iou.argmax(axis=1)
         rows = np.arange(len(idx))
         return self.masks[rows, idx], self.iou[rows, idx], self.low_res_logits[rows, idx]
 
@@ -142,6 +144,15 @@ class Predictor:
         assert self.embedding is not None
         (h, w), (nh, nw) = self.embedding.original_size, self.embedding.input_size
         return np.array([nw / w, nh / h], dtype=np.float32)
+
+    def check_prompts(self, boxes: object | None = None, points: object | None = None,
+                      point_labels: object | None = None) -> None:
+        """Refuse prompts ``predict`` would refuse (one-line InputError: shape, NaN, outside the image, labels)
+        without running the model; for callers that answer clicks another way (``prompts.clicks``)."""
+        if boxes is not None:
+            self._check_boxes(boxes)
+        if points is not None:
+            self._check_points(points, point_labels)
 
     def _check_boxes(self, boxes: object) -> np.ndarray:
         b = np.asarray(boxes, dtype=np.float32)

@@ -12,6 +12,8 @@ from medsamkit.core.runtime import select_device
 from medsamkit.io.images import read_image, write_mask
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
+from medsamkit.prompts.clicks import ClickAnswerer
+from medsamkit.prompts.simulate import Prompt
 
 
 @dataclass
@@ -26,6 +28,7 @@ class SegmentConfig:
     checkpoint: str | None = None
     device: str | None = None
     multimask: bool = False
+    clicks: str = "auto"  # how clicks become masks (prompts.clicks)
 
 
 def segment_image(cfg: SegmentConfig) -> list[dict]:
@@ -38,21 +41,26 @@ def segment_image(cfg: SegmentConfig) -> list[dict]:
     device = select_device(cfg.device)
     predictor = Predictor(load_model(cfg.model, cfg.checkpoint, device))
     predictor.set_image(image, source=cfg.image)
-    kwargs: dict = {"multimask": cfg.multimask}
-    if cfg.boxes:
-        kwargs["boxes"] = np.array(cfg.boxes, dtype=np.float32)
-        if cfg.points:
-            kwargs["points"] = np.array([p for p, _ in cfg.points], dtype=np.float32)[:, None]
-            kwargs["point_labels"] = np.array([lab for _, lab in cfg.points])[:, None]
-    else:
-        kwargs["points"] = np.array([p for p, _ in cfg.points], dtype=np.float32)[None]
-        kwargs["point_labels"] = np.array([lab for _, lab in cfg.points])[None]
-    masks, iou, _ = predictor.predict(**kwargs).best()
+    answerer = ClickAnswerer(predictor, cfg.clicks)
+    masks, iou, _ = answerer.answer(_prompts(cfg), cfg.multimask).best()
     label = np.zeros(masks.shape[1:], dtype=np.uint16 if len(masks) > 255 else np.uint8)
     for i, m in enumerate(masks):
         label[m] = i + 1
     write_mask(Path(cfg.out), label)
     return [
-        {"prompt": i + 1, "predicted_iou": round(float(q), 4), "area_px": int(m.sum())}
+        {"prompt": i + 1, "predicted_iou": round(float(q), 4), "area_px": int(m.sum()),
+         **({"clicks": answerer.strategy} if cfg.points else {})}
         for i, (m, q) in enumerate(zip(masks, iou))
     ]
+
+
+def _prompts(cfg: SegmentConfig) -> list[Prompt]:
+    """One prompt per box (with its point), or ONE prompt of all the points when there are no boxes."""
+    def clicks(pairs: list[tuple[list[float], int]]) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array([p for p, _ in pairs], dtype=np.float32).reshape(-1, 2),
+                np.array([lab for _, lab in pairs], dtype=np.int64))
+
+    if not cfg.boxes:
+        return [Prompt(None, *clicks(cfg.points))]
+    return [Prompt(np.array(box, dtype=np.float32), *clicks(cfg.points[i : i + 1]))
+            for i, box in enumerate(cfg.boxes)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.options import model_options, window_option
+from medsamkit.cli.options import clicks_option, model_options, window_option
 from medsamkit.core.errors import InputError
 
 
@@ -26,9 +26,10 @@ from medsamkit.core.errors import InputError
 @click.option("--learn-min-objects", type=int, default=20, show_default=True,
               help="committed objects (on >= 2 images) before a learn round, and new ones before the next")
 @click.option("--learn-budget", type=float, default=180.0, show_default=True, help="seconds per learn round")
+@clicks_option
 @model_options
 def annotate(source, out, host, port, class_names, no_token, three_slice, window, learn, learn_min_objects,
-             learn_budget, model_name, checkpoint, device):
+             learn_budget, clicks, model_name, checkpoint, device):
     """Annotate 2D images or volumes in a local web page (box + clicks, objects, propagation, autosave).
 
     FOLDER holds 2D images (optional labels/ to correct); any data SPEC works (builtin:dsb-nuclei). Volumes:
@@ -46,7 +47,7 @@ def annotate(source, out, host, port, class_names, no_token, three_slice, window
 
     names = [c.strip() for c in (class_names or "").split(",") if c.strip()]
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
-                         host=host, port=port, class_names=names, token=not no_token, window=window,
+                         host=host, port=port, class_names=names, clicks=clicks, token=not no_token, window=window,
                          three_slice=three_slice, learn=learn, learn_min_objects=learn_min_objects,
                          learn_budget=learn_budget)
     try:

@@ -10,6 +10,7 @@ from medsamkit.cli.options import (
     build_config,
     cache_option,
     classes_option,
+    clicks_option,
     dask_options,
     max_images_option,
     model_options,
@@ -34,6 +35,7 @@ from medsamkit.cli.options import (
               help="also run the random-walker baseline with the same prompts")
 @save_masks_option
 @multimask_option
+@clicks_option
 @cache_option
 @classes_option
 @window_option

@@ -96,6 +96,15 @@ def multimask_option(fn):
                         help="3 candidate masks per prompt, keep the best predicted IoU")(fn)
 
 
+def clicks_option(fn):
+    """--clicks: how clicks become masks (prompts.clicks): auto, native or search."""
+    return click.option("--clicks", type=click.Choice(["auto", "native", "search"]), default="auto",
+                        show_default=True,
+                        help="how clicks become masks: native (the decoder reads them), search (boxes searched "
+                             "around them, corrections edit the mask; for box-only models), auto (native for "
+                             "models trained with points, else search)")(fn)
+
+
 def prompts_option(default: str):
     """--prompts: a comma list of prompt modes (box, box+K, jitter+K, center, randomN, iterN, box+iterN)."""
     return click.option("--prompts", default=default, show_default=True,

@@ -7,7 +7,14 @@ import json
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.options import build_config, model_options, multimask_option, parse_box, parse_point
+from medsamkit.cli.options import (
+    build_config,
+    clicks_option,
+    model_options,
+    multimask_option,
+    parse_box,
+    parse_point,
+)
 
 
 @main.command()
@@ -17,6 +24,7 @@ from medsamkit.cli.options import build_config, model_options, multimask_option,
               help="x,y[,label]; with boxes: one per box, in order; without: all points form ONE prompt")
 @click.option("-o", "--out", type=click.Path(), required=True, help="output mask (PNG or .npy)")
 @multimask_option
+@clicks_option
 @model_options
 def segment(**params):
     """Segment IMAGE with box and/or point prompts; prints per-prompt predicted IoU as JSON lines."""

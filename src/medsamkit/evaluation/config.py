@@ -8,13 +8,14 @@ from medsamkit.core.tiling import WHOLE_VIEW_MIN_SIDE
 
 OBJECT_FIELDS = [
     "image", "object", "area", "method", "mode", "step", "n_points", "dice", "iou", "predicted_iou",
-    "seconds", "final", "tile", "prompt",
+    "seconds", "final", "tile", "prompt", "clicks",
 ]
 IMAGE_FIELDS = ["image", "objects", "skipped_small", "tiles", "embed_seconds", "decode_seconds", "baseline_seconds"]
 TABLES = {"per_object": OBJECT_FIELDS, "per_image": IMAGE_FIELDS}
 # fields whose change makes earlier results in the same folder incomparable
 RESULT_KEYS = ("data", "prompts", "model", "model_sha256", "checkpoint", "seed", "min_area", "min_fraction",
-               "tile_size", "tile_overlap", "multimask", "baseline", "window", "classes", "view_min_side")
+               "tile_size", "tile_overlap", "multimask", "baseline", "window", "classes", "view_min_side",
+               "clicks")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class EvaluateConfig:
     view_min_side: float = WHOLE_VIEW_MIN_SIDE  # auto: objects smaller at model scale get native tiles
     tile_overlap: int = 64
     multimask: bool = False
+    clicks: str = "auto"  # click strategy (prompts.clicks): auto, native or search
     baseline: bool = True
     save_masks: bool = False
     figures: bool = True

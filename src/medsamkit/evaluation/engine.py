@@ -30,6 +30,7 @@ from medsamkit.metrics import dice, iou
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import PromptMode
+from medsamkit.prompts.clicks import resolve_strategy
 from medsamkit.prompts.objects import ObjectRun, run_mode_model
 
 
@@ -38,7 +39,8 @@ def open_store(cfg: EvaluateConfig) -> RunStore:
     return RunStore(cfg.out, run_identity(cfg), TABLES, keys=RESULT_KEYS, case_field="image")
 
 
-def _rows(case: Case, window: Window, mode: PromptMode, method: str, runs: list[ObjectRun]) -> list[dict]:
+def _rows(case: Case, window: Window, mode: PromptMode, method: str, runs: list[ObjectRun],
+          clicks: str) -> list[dict]:
     rows = []
     for run in runs:
         truth = run.obj.mask_in(window)
@@ -51,6 +53,7 @@ def _rows(case: Case, window: Window, mode: PromptMode, method: str, runs: list[
                 "predicted_iou": "" if np.isnan(q) else round(q, 5), "seconds": round(step.seconds, 5),
                 "final": int(k == len(run.steps) - 1), "tile": ":".join(str(int(v)) for v in window),
                 "prompt": json.dumps(p.as_dict(), separators=(",", ":")) if k == len(run.steps) - 1 else "",
+                "clicks": clicks if mode.n_points else "",
             })
     return rows
 
@@ -104,16 +107,16 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
         tile_img = case.image[y0:y1, x0:x1]
         embed_s += _embed(predictor, tile_img, f"{case.name}[{y0}:{y1},{x0}:{x1}]", cache)
         for mode in modes:
-            runs = run_mode_model(predictor, tile_objs, window, mode, cfg.seed, key, cfg.multimask)
+            runs = run_mode_model(predictor, tile_objs, window, mode, cfg.seed, key, cfg.multimask, cfg.clicks)
             decode_s += sum(sum(r.seconds) for r in runs)
-            rows += _rows(case, window, mode, "model", runs)
+            rows += _rows(case, window, mode, "model", runs, resolve_strategy(predictor.model, cfg.clicks))
             for r in runs if keep_masks else ():
                 saved[mode.name][y0:y1, x0:x1][r.masks[-1]] = r.obj.label
             if cfg.baseline:
                 margin = max(16, min(y1 - y0, x1 - x0) // 8)
                 bruns = run_mode_baseline(tile_img, tile_objs, window, mode, cfg.seed, key, margin)
                 base_s += sum(sum(r.seconds) for r in bruns)
-                rows += _rows(case, window, mode, "random_walker", bruns)
+                rows += _rows(case, window, mode, "random_walker", bruns, "")
     image_row = {"image": case.name, "objects": len(chosen), "skipped_small": skipped,
                  "tiles": len(plan), "embed_seconds": round(embed_s, 4), "decode_seconds": round(decode_s, 4),
                  "baseline_seconds": round(base_s, 4)}

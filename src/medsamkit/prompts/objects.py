@@ -11,8 +11,9 @@ from medsamkit.core.objects import ImageObject, Window
 from medsamkit.core.prompt_modes import PromptMode
 from medsamkit.core.seeds import name_key, object_rng
 from medsamkit.predictor import Predictor
+from medsamkit.prompts.clicks import ClickAnswerer
 from medsamkit.prompts.session import BatchPredict, ClickSession, StepResult
-from medsamkit.prompts.simulate import Prompt, stack_prompts
+from medsamkit.prompts.simulate import Prompt
 
 
 @dataclass
@@ -44,14 +45,13 @@ def object_rngs(objects: list[ImageObject], mode: PromptMode, seed: int, case_ke
     return [object_rng(seed, case_key, o.label, name_key(mode.name)) for o in objects]
 
 
-def predictor_batch(predictor: Predictor, multimask: bool = False) -> BatchPredict:
-    """A session's ``predict_batch`` backed by the predictor's current embedding (best mask per prompt)."""
+def predictor_batch(predictor: Predictor, multimask: bool = False, clicks: str = "auto") -> BatchPredict:
+    """A session's ``predict_batch`` backed by the predictor's current embedding (best mask per prompt),
+    clicks answered by the ``clicks`` strategy (``prompts.clicks``)."""
+    answerer = ClickAnswerer(predictor, clicks)
 
     def predict(prompts: list[Prompt], mask_input: np.ndarray | None):
-        kwargs = stack_prompts(prompts)
-        if mask_input is not None:
-            kwargs["mask_input"] = mask_input
-        masks, q, low = predictor.predict(multimask=multimask, **kwargs).best()
+        masks, q, low = answerer.answer(prompts, multimask, mask_input).best()
         return masks, q, low
 
     return predict
@@ -69,6 +69,6 @@ def run_mode(objects: list[ImageObject], window: Window, mode: PromptMode, seed:
 
 
 def run_mode_model(predictor: Predictor, objects: list[ImageObject], window: Window, mode: PromptMode,
-                   seed: int, case_key: int, multimask: bool = False) -> list[ObjectRun]:
+                   seed: int, case_key: int, multimask: bool = False, clicks: str = "auto") -> list[ObjectRun]:
     """One prompt mode for all objects of one tile (the predictor holds the tile's embedding)."""
-    return run_mode(objects, window, mode, seed, case_key, predictor_batch(predictor, multimask))
+    return run_mode(objects, window, mode, seed, case_key, predictor_batch(predictor, multimask, clicks))

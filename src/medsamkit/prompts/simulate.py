@@ -165,6 +165,21 @@ def next_click(
     return np.array([rc[1], rc[0]], dtype=np.float32), label
 
 
+def prompt_signature(prompt: Prompt) -> tuple:
+    """A hashable key of a prompt (box + ordered labelled points)."""
+    box = None if prompt.box is None else tuple(np.round(prompt.box, 3).tolist())
+    points = tuple((round(float(x), 3), round(float(y), 3), int(v))
+                   for (x, y), v in zip(prompt.points.tolist(), prompt.labels.tolist()))
+    return box, points
+
+
+def parent_signature(prompt: Prompt) -> tuple | None:
+    """The signature of the prompt this one extends by its last click, None without clicks."""
+    if len(prompt.points) == 0:
+        return None
+    return prompt_signature(Prompt(prompt.box, prompt.points[:-1], prompt.labels[:-1]))
+
+
 def stack_prompts(prompts: list[Prompt]) -> dict[str, np.ndarray]:
     """Batch prompts for ``Predictor.predict``: ``boxes`` (P,4) when every prompt has one; ``points`` (P,N,2)
     and ``point_labels`` (P,N) padded with label -1 (not a point) when any prompt has points."""

@@ -1,7 +1,8 @@
 """Everything mode: masks for all objects of an image from a prompt-only SAM-family model (SAMAug step 1).
 
 Large images are cut into native-resolution tiles (``tiling.grid_windows``); each tile is encoded once and
-prompted with a grid of points (point-capable models, as SAM's automatic mask generator), a grid of boxes
+prompted with a grid of points (point-capable models, as SAM's automatic mask generator; on a box-only model
+each point is answered by the click search of ``prompts.search`` with a small box set), a grid of boxes
 (box-only models, the paper-style naive grid) or boxes around cheap classical blob proposals (box-only
 models, the default: far fewer prompts for better recall on nuclei). Masks are filtered by predicted IoU,
 stability score and area, then de-duplicated by box NMS across the whole image. Box prompts are decoded
@@ -28,6 +29,7 @@ from medsamkit.core.errors import InputError
 from medsamkit.core.tiling import grid_windows
 from medsamkit.models.local_decode import decode_local
 from medsamkit.predictor import Predictor, as_rgb_float
+from medsamkit.prompts.search import SearchSettings, search_many
 from medsamkit.samaug.nms import nms
 from medsamkit.samaug.proposals import assign_to_windows, blob_proposals, expand_boxes, grid_boxes, point_grid
 
@@ -82,6 +84,9 @@ class EverythingConfig:
     # A point says nothing of its object's size, so the window must hold the largest object: 16 tokens = a
     # quarter of a 256 px tile (64 px, > a nucleus); glands on one whole-image tile need 32.
     point_window_tokens: int | None = 16
+    # Points mode on a box-only model: the click search's box sides (model-input px, square boxes) per point;
+    # 4 boxes keep a 256 px tile at ~1000 windowed decodes.
+    point_search_sides: tuple[float, ...] = (8, 16, 32, 64)
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -197,6 +202,8 @@ def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: Ever
     grid = predictor.embedding.features.shape[-1]
     stride = model.preprocessing.input_size / grid
     records: list[MaskRecord] = []
+    if kind == "points" and not model_takes_points(predictor):
+        return _searched_points(predictor, prompts, cfg, win)
     if kind == "points":
         sizes = np.zeros(len(prompts))
     else:
@@ -227,6 +234,26 @@ def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: Ever
                 origin = np.zeros((len(chunk), 2))
             records += _records_from_logits(logits, iou, origin, geo, (win[0], win[1]), cfg)
     return records
+
+
+def _searched_points(predictor: Predictor, points: np.ndarray, cfg: EverythingConfig, win) -> list[MaskRecord]:
+    """Point prompts (tile pixels) on a box-only model: each point's best candidate of the click search."""
+    settings = SearchSettings(sides=tuple(cfg.point_search_sides), aspects=(1.0,))
+    scale = predictor.coordinate_scale()
+    frame = predictor.embedding.input_size
+    if not len(points):
+        return []
+    logits, iou = [], []
+    one = np.ones(1, dtype=np.int32)
+    for i in range(0, len(points), cfg.batch_size):
+        chunk = np.asarray(points[i : i + cfg.batch_size], dtype=np.float32)
+        for cands, _ in search_many(predictor.model, predictor.embedding.features, frame,
+                                    [(xy[None] * scale, one) for xy in chunk], settings):
+            logits.append(cands.logits[:1])
+            iou.append(float(cands.iou[0]))
+    stacked = torch.stack(logits)  # (P, 1, m, m) in the full low-res frame
+    return _records_from_logits(stacked, torch.tensor(iou)[:, None], np.zeros((len(iou), 2)), _geometry(predictor),
+                                (win[0], win[1]), cfg)
 
 
 def _tile_prompts(
@@ -268,8 +295,6 @@ def generate_masks(
     arr = np.asarray(image)
     as_rgb_float(arr)  # validation with a clear message before any work
     mode = resolve_proposal(predictor, cfg)
-    if mode == "points" and not model_takes_points(predictor):
-        raise InputError(f"model {predictor.model.name!r} is box-only: use --proposal blobs or grid, not points")
     shape = arr.shape[:2]
     if cfg.tile_size == 0:
         windows = [(0, 0, int(shape[0]), int(shape[1]))]

@@ -47,6 +47,9 @@ class FinetuneConfig:
     max_images: int | None = None  # per dataset
     max_objects: int | None = None  # per training image and epoch, drawn anew each epoch
     val_objects: int | None = 32  # per validation image, fixed
+    # validation holds at least this many objects where the images allow: whole images move from training to
+    # validation while training keeps at least half of the objects (0: the --val-fraction split alone)
+    min_val_objects: int = 0
     max_steps: int | None = None  # stop after this many steps in total (a later call with more resumes)
     save_every: int = 50  # steps between RUN/last.pt saves inside an epoch
     min_area: int = 20

@@ -113,6 +113,28 @@ def split_cases(cases: list[Case], origin: list[int], fraction: float, seed: int
     return sorted(train), sorted(val)
 
 
+def grow_validation(cases: list[Case], train: list[int], val: list[int], objects: dict[int, int], minimum: int,
+                    seed: int) -> tuple[list[int], list[int]]:
+    """Move whole images (sources) from training to validation, in a seeded order, until validation holds at
+    least ``minimum`` objects (``objects``: per case index); training keeps at least half of all objects."""
+    total = sum(objects.values())
+    have = sum(objects[i] for i in val)
+    sources = list(dict.fromkeys(source_of(cases[i]) for i in train))
+    order = np.random.default_rng([seed, 11]).permutation(len(sources))
+    train, val = list(train), list(val)
+    for k in order:
+        if have >= minimum:
+            break
+        moving = [i for i in train if source_of(cases[i]) == sources[k]]
+        n = sum(objects[i] for i in moving)
+        if total - have - n < total / 2 or len(moving) == len(train):
+            continue
+        train = [i for i in train if i not in moving]
+        val += moving
+        have += n
+    return sorted(train), sorted(val)
+
+
 def case_objects(case: Case, cfg: FinetuneConfig, limit: int | None = None) -> list[ImageObject]:
     """The objects of a case a run trains on: at least --min-area px, of the --classes label values, at
     most ``limit`` of them (chosen with the seed)."""

@@ -45,16 +45,18 @@ from medsamkit.training.config import FinetuneConfig, base_sha256, check_config,
 from medsamkit.training.curves import write_curves
 from medsamkit.training.data import (
     TrainTile,
+    case_objects,
     class_index_function,
     class_names_for,
     epoch_batches,
+    grow_validation,
     load_cases,
     plan_case_tiles,
     source_of,
     split_cases,
 )
 from medsamkit.training.objective import Objective
-from medsamkit.training.validate import metric_columns, validate
+from medsamkit.training.validate import metric_columns, trained_clicks, validate
 
 
 @dataclass
@@ -142,6 +144,9 @@ def prepare(cfg: FinetuneConfig, modes: list[PromptMode], out: Path, device: tor
     model.to(device).eval()  # eval throughout: the frozen encoder's BatchNorm statistics must not move
 
     train_idx, val_idx = split_cases(cases, origin, cfg.val_fraction, cfg.seed)
+    if cfg.min_val_objects and cfg.val_fraction > 0:
+        counts_of = {i: len(case_objects(cases[i], cfg, cfg.val_objects)) for i in train_idx + val_idx}
+        train_idx, val_idx = grow_validation(cases, train_idx, val_idx, counts_of, cfg.min_val_objects, cfg.seed)
     size = model.preprocessing.input_size
     train_tiles = [t for i in train_idx for t in plan_case_tiles(cases[i], i, cfg, size, None, class_of)]
     val_tiles = [t for i in val_idx for t in plan_case_tiles(cases[i], i, cfg, size, cfg.val_objects, class_of)]
@@ -294,7 +299,7 @@ class Trainer:
             state.next_epoch()
             return
         val = validate(run.model, run.val_tiles, run.cases, run.modes, self.cfg.seed, run.cache,
-                       run.class_names) if run.val_tiles else {}
+                       run.class_names, trained_clicks(run.modes)) if run.val_tiles else {}
         per_class = val.pop("class_accuracy", None)
         per_class_n = val.pop("class_objects", None)
         row.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in val.items()})

@@ -39,9 +39,16 @@ def _head_predictions(model: SamFamilyModel, predictor: Predictor, tile: TrainTi
 
 
 @torch.no_grad()
+def trained_clicks(modes: list[PromptMode]) -> str:
+    """The click strategy a run's weights will be served with: native once trained with clicks (the saved
+    model declares point prompts), else as the model says (``auto``)."""
+    return "native" if any(m.n_points > 0 for m in modes) else "auto"
+
+
 def validate(model: SamFamilyModel, tiles: list[TrainTile], cases: list[Case], modes: list[PromptMode],
-             seed: int, cache: EmbeddingCache | None, class_names: list[str]) -> dict:
-    """Validation Dice per prompt mode (the evaluate engine's protocol) and per-class accuracy of the head."""
+             seed: int, cache: EmbeddingCache | None, class_names: list[str], clicks: str = "auto") -> dict:
+    """Validation Dice per prompt mode (the evaluate engine's protocol, clicks answered by the ``clicks``
+    strategy of ``prompts.clicks``) and per-class accuracy of the head."""
     predictor = Predictor(model, batch_size=64)
     dices: dict[str, list[float]] = {m.name: [] for m in modes}
     correct = np.zeros(len(class_names), int)
@@ -50,7 +57,8 @@ def validate(model: SamFamilyModel, tiles: list[TrainTile], cases: list[Case], m
         case = cases[tile.case]
         _set_tile(predictor, case, tile, cache)
         for mode in modes:
-            for run in run_mode_model(predictor, tile.objects, tile.window, mode, seed, name_key(case.name)):
+            for run in run_mode_model(predictor, tile.objects, tile.window, mode, seed, name_key(case.name),
+                                      clicks=clicks):
                 dices[mode.name].append(dice(run.masks[-1], run.obj.mask_in(tile.window)))
         if class_names:
             for p, c in zip(_head_predictions(model, predictor, tile), tile.classes):

@@ -30,7 +30,7 @@ each client has its own prompt session per view, and commits only its own answer
   [..] | null, "class"}``; ``POST /api/proposals/reject`` ``{"image", "client", "indices"}``.
 
 Errors are one line of JSON ``{"error": "..."}``: 400 bad input (malformed JSON, box outside the image or not
-a finite number, slice out of range, points without a box on a box-only model, an id or class name that is
+a finite number, slice out of range, an id or class name that is
 not short printable text, a Host that is not this server), 401 missing/wrong token, 404 unknown image, object
 or path, 413 a body over 64 kB. There is no upload endpoint and nothing is written outside --out.
 

@@ -46,8 +46,8 @@ def png_response(array: np.ndarray, cache: str) -> Response:
 
 def info_reply(info: SessionInfo) -> dict:
     """``GET /api/info``."""
-    kinds = ["box", "box+points"] + (["points"] if info.point_prompts else [])
-    return {"model": info.model, "prompts": kinds, "point_prompts": info.point_prompts,
+    return {"model": info.model, "prompts": ["box", "box+points", "points"], "point_prompts": info.point_prompts,
+            "clicks": info.clicks,
             "class_head": info.class_head, "classes": info.classes, "images": info.items, "current": info.current,
             "out": info.out}
 

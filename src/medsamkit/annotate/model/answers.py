@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medsamkit.prompts.simulate import Prompt
+from medsamkit.prompts.simulate import Prompt, parent_signature, prompt_signature
 
 ViewKey = tuple  # (image id, axis, slice), + (window,) for a tile of a 2D image (annotate.session.views)
 ANSWERS_KEPT = 48  # per view of a prompt session: enough to undo a long click session
@@ -27,6 +27,7 @@ class Answer:
     logits: np.ndarray  # (C, m, m) low-res logits of every candidate
     seconds: float
     mask_from: int | None  # the previous answer's candidate whose logits went in as mask prompt
+    ranked: bool = False  # candidates come best first (a click search), not by predicted IoU
 
     @property
     def mask_prompted(self) -> bool:
@@ -34,23 +35,8 @@ class Answer:
         return self.mask_from is not None
 
     def best(self) -> int:
-        """Index of the candidate with the highest predicted IoU."""
-        return int(np.argmax(self.iou))
-
-
-def prompt_signature(prompt: Prompt) -> tuple:
-    """A hashable key of a prompt (box + ordered labelled points)."""
-    box = None if prompt.box is None else tuple(np.round(prompt.box, 3).tolist())
-    points = tuple((round(float(x), 3), round(float(y), 3), int(v))
-                   for (x, y), v in zip(prompt.points.tolist(), prompt.labels.tolist()))
-    return box, points
-
-
-def parent_signature(prompt: Prompt) -> tuple | None:
-    """The signature of the prompt this one extends by its last click, None without clicks."""
-    if len(prompt.points) == 0:
-        return None
-    return prompt_signature(Prompt(prompt.box, prompt.points[:-1], prompt.labels[:-1]))
+        """Index of the best candidate: the first of a ranked answer, else the highest predicted IoU."""
+        return 0 if self.ranked else int(np.argmax(self.iou))
 
 
 class AnswerMemory:

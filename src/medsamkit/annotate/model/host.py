@@ -27,6 +27,10 @@ class ModelHost(Protocol):
     def cache(self) -> EmbeddingCache:
         """The embedding cache of its encoder (on disk under --out)."""
 
+    @property
+    def click_strategy(self) -> str:
+        """How it answers clicks: ``native`` or ``search`` (``prompts.clicks``)."""
+
     def swap(self, model: SamFamilyModel, identity: dict) -> None:
         """Serve ``model`` from now on."""
 

@@ -137,7 +137,10 @@ def run_job(job_dir: Path) -> dict:
         raise RuntimeError("no validation image: annotate objects on at least 2 images")
     say("validating", step="before")
     t_val = time.perf_counter()
-    before = _dice_only(validate(run.model, run.val_tiles, run.cases, modes, cfg.seed, run.cache, []))
+    # before: the served model as it answers clicks now (the search on a box-only model), against which the
+    # round's weights (served natively once trained with clicks) must do better
+    before = _dice_only(validate(run.model, run.val_tiles, run.cases, modes, cfg.seed, run.cache, [],
+                                 job.get("served_clicks", "auto")))
     val_seconds = time.perf_counter() - t_val
     # what is left of the budget, keeping room for the last validation (the others count as training time)
     seconds = max(0.0, float(job["budget"]) - (time.perf_counter() - t0) - val_seconds)

@@ -24,7 +24,8 @@ from medsamkit.models.finetuned import ClassHeadMaskDecoder
 from medsamkit.models.loading import load_model, weights_identity
 from medsamkit.models.sam import SamFamilyModel
 from medsamkit.predictor import Embedding, Prediction, Predictor
-from medsamkit.prompts.simulate import Prompt, stack_prompts
+from medsamkit.prompts.clicks import ClickAnswerer
+from medsamkit.prompts.simulate import Prompt
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 from medsamkit.training.objective import decode_all, prompt_tensors
 
@@ -32,11 +33,14 @@ from medsamkit.training.objective import decode_all, prompt_tensors
 class Segmenter:
     """One model for the session: embeddings by view, answers to prompts, everything mode, class suggestions."""
 
-    def __init__(self, model: SamFamilyModel, cache_folder: str | Path, identity: dict, keep: int = 16) -> None:
+    def __init__(self, model: SamFamilyModel, cache_folder: str | Path, identity: dict, keep: int = 16,
+                 clicks: str = "auto") -> None:
         self._model = model.eval()
         self._identity = dict(identity)
         self.generation = 0  # counts hot swaps: answers of an earlier model must not prompt this one
         self.predictor = Predictor(model)
+        self._clicks = clicks
+        self._answerer = ClickAnswerer(self.predictor, clicks)
         self._cache = EmbeddingCache(cache_folder, model)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._futures: OrderedDict[ViewKey, Future] = OrderedDict()
@@ -46,9 +50,12 @@ class Segmenter:
         self._prefetch: deque = deque()  # (source, pixels) embedded when the worker has nothing else to do
 
     @classmethod
-    def load(cls, name: str, checkpoint: str | None, device, cache_folder: str | Path) -> Segmenter:
-        """Load the model by registry name or fine-tuned run and open the cache."""
-        return cls(load_model(name, checkpoint, device), cache_folder, weights_identity(name, checkpoint))
+    def load(cls, name: str, checkpoint: str | None, device, cache_folder: str | Path,
+             clicks: str = "auto") -> Segmenter:
+        """Load the model by registry name or fine-tuned run and open the cache; ``clicks``: the click
+        strategy (``prompts.clicks``)."""
+        return cls(load_model(name, checkpoint, device), cache_folder, weights_identity(name, checkpoint),
+                   clicks=clicks)
 
     # --- what it serves ------------------------------------------------------------------------------
     @property
@@ -70,6 +77,11 @@ class Segmenter:
     def point_prompts(self) -> bool:
         """Whether the model answers point prompts without a box."""
         return bool(self._model.point_prompts)
+
+    @property
+    def click_strategy(self) -> str:
+        """How clicks are answered: ``native`` (the decoder reads them) or ``search`` (``prompts.clicks``)."""
+        return self._answerer.strategy
 
     @property
     def class_names(self) -> list[str]:
@@ -133,16 +145,16 @@ class Segmenter:
         """Refuse a prompt the model cannot answer (one line naming what to do instead)."""
         if prompt.box is None and len(prompt.points) == 0:
             raise InputError("no prompt: give a box or at least one point")
-        if prompt.box is None and not self.point_prompts:
-            raise InputError(f"model {self._model.name!r} takes box prompts only: drag a box first, "
-                             "then click inside it to correct")
 
-    def _ask(self, prompt: Prompt, mask_input: np.ndarray | None, multimask: bool) -> Prediction:
-        """The model's answer to one prompt on the predictor's embedding (call with ``_decode`` held)."""
-        kwargs = stack_prompts([prompt])
-        if mask_input is not None:
-            kwargs["mask_input"] = mask_input
-        return self.predictor.predict(multimask=multimask, **kwargs)
+    def _ask(self, prompt: Prompt, parent: Answer | None, choice: int | None, multimask: bool) -> Prediction:
+        """The model's answer to one prompt on the predictor's embedding (call with ``_decode`` held), given the
+        remembered answer to its earlier clicks and the candidate the person kept of it."""
+        if parent is None:
+            return self._answerer.answer([prompt], multimask)
+        if self._answerer.strategy == "native":
+            return self._answerer.answer([prompt], multimask, mask_input=parent.logits[choice][None, None])
+        kept = [(parent.masks[choice], float(parent.iou[choice]))]
+        return self._answerer.answer([prompt], multimask, parents=kept)
 
     def answer(self, key: ViewKey, pixels: np.ndarray, prompt: Prompt, multimask: bool, mask_from: int | None,
                memory: AnswerMemory) -> Answer:
@@ -164,10 +176,10 @@ class Segmenter:
         with self._decode:
             t0 = time.perf_counter()
             self.predictor.set_embedding(embedding, key[0])
-            pred = self._ask(prompt, None if parent is None else parent.logits[choice][None, None], multimask)
+            pred = self._ask(prompt, parent, choice, multimask)
             seconds = time.perf_counter() - t0
             generation = self.generation
-        answer = Answer(prompt, pred.masks[0], pred.iou[0], pred.low_res_logits[0], seconds, choice)
+        answer = Answer(prompt, pred.masks[0], pred.iou[0], pred.low_res_logits[0], seconds, choice, pred.ranked)
         if generation == memory.generation:
             memory.put(key, multimask, answer)
         return answer
@@ -198,6 +210,7 @@ class Segmenter:
         predictor = Predictor(model)
         with self._decode, self._queue:
             self._model, self.predictor, self._identity = model, predictor, dict(identity)
+            self._answerer = ClickAnswerer(predictor, self._clicks)
             self._cache = EmbeddingCache(self._cache.folder, model)
             self.generation += 1
             if not same_encoder:

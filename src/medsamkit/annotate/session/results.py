@@ -15,7 +15,8 @@ class SessionInfo:
     """The model (identity, prompt kinds), the classes, the items and where the person was."""
 
     model: dict
-    point_prompts: bool
+    point_prompts: bool  # the decoder reads points natively
+    clicks: str  # how clicks are answered: native or search (prompts.clicks)
     class_head: bool
     classes: list[str]
     items: list[dict]

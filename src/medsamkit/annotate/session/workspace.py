@@ -65,7 +65,7 @@ class Workspace:
         self.files = AnnotationFolder(cfg.out or default_out(cfg.source))
         self.launch = ModelLaunch(cfg.model, cfg.checkpoint, cfg.device)
         self.segmenter = segmenter or Segmenter.load(cfg.model, cfg.checkpoint, cfg.device,
-                                                     self.files.embedding_folder)
+                                                     self.files.embedding_folder, cfg.clicks)
         self.classes = list(cfg.class_names) or self.segmenter.class_names
         self.states: dict[str, ImageAnnotation] = {}
         self.prompts: ClientViews[PromptSession] = ClientViews()
@@ -83,7 +83,7 @@ class Workspace:
     def info(self) -> SessionInfo:
         """Model, prompt kinds, classes, items and where the person was."""
         seg = self.segmenter
-        return SessionInfo(seg.identity, seg.point_prompts, bool(seg.class_names), self.classes,
+        return SessionInfo(seg.identity, seg.point_prompts, seg.click_strategy, bool(seg.class_names), self.classes,
                            [item.describe() for item in self.source.items.values()], self.current,
                            str(self.files.out))
 

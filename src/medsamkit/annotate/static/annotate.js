@@ -52,7 +52,6 @@ async function start() {
     d.onclick = () => openImage(i);
     list.appendChild(d);
   });
-  if (!app.info.point_prompts) notice(`${app.info.model.model} is box-only: drag a box, then click to correct it`);
   MskView.resize();
   const at = app.info.images.findIndex((im) => im.id === app.info.current);
   await openImage(Math.max(0, at));
@@ -180,7 +179,7 @@ async function predict() {
 
 function renderCandidates() {
   const div = $("candidates");
-  if (!app.answer) { div.innerHTML = "<em>drag a box</em>"; $("suggestion").textContent = ""; return; }
+  if (!app.answer) { div.innerHTML = "<em>drag a box or click on the object</em>"; $("suggestion").textContent = ""; return; }
   div.innerHTML = app.answer.iou.map((q, k) =>
     `<button data-k="${k}" class="${k === app.candidate ? "chosen" : ""}">${k + 1}: IoU ${q.toFixed(2)}</button>`).join("");
   div.querySelectorAll("button").forEach((b) => { b.onclick = () => chooseCandidate(+b.dataset.k); });
@@ -196,7 +195,7 @@ async function chooseCandidate(k) {
 }
 
 async function commit() {
-  if (!app.answer) { notice("nothing to commit: drag a box first"); return; }
+  if (!app.answer) { notice("nothing to commit: drag a box or click on the object first"); return; }
   const cls = $("class").value || null;
   if (app.vol && app.selected) {
     try {

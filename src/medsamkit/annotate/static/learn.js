@@ -54,10 +54,7 @@ async function learnRefresh() {
   if (learnPanel.version !== state.current) {
     learnPanel.version = state.current;
     await learnVersions(state.current);
-    if (typeof app !== "undefined" && app.info) {  // the new model may answer clicks without a box
-      app.info = await api("/api/info");
-      if (app.info.point_prompts) notice("");
-    }
+    if (typeof app !== "undefined" && app.info) app.info = await api("/api/info");  // the new model's click strategy
   }
 }
 

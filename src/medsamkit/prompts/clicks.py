@@ -1,0 +1,270 @@
+"""THE place where a prompt with clicks becomes masks, on any model: the native point path of the decoder,
+or the click search for models that only understand boxes (``prompts.search``).
+
+``ClickAnswerer(predictor, strategy).answer(prompts, ...)`` answers a batch of prompts on the predictor's
+current embedding. Strategies: ``native`` (the decoder reads the points, the previous logits come back as the
+mask prompt: the SAM protocol), ``search`` (clicks without a box are answered by searching boxes around them;
+each corrective click edits the previous answer where the click says it is wrong, with the model's own
+candidates), ``auto`` (native for models trained with points, search for box-only ones). A prompt without
+points is answered by the model directly under every strategy, so box answers do not depend on it.
+
+Under ``search`` an answer is defined by the prompt alone: a prompt with k clicks is the answer to its first
+k-1 clicks corrected by the last one (the answer to a box alone, or a search for the first clicks without a
+box). Answers are remembered per embedding, so a click session costs one correction per click; a prompt met
+for the first time is built click by click. Every click is honoured: the final mask holds each positive
+click and no negative one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medsamkit.core.errors import InputError
+from medsamkit.predictor import Prediction, Predictor, upscale_logits
+from medsamkit.prompts.corrections import CorrectionSettings, bend, disk_edit, is_near, region_edit
+from medsamkit.prompts.search import Candidates, SearchSettings, distinct, honours, search_many
+from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts
+
+STRATEGIES = ("auto", "native", "search")
+MEMORY = 512  # answers remembered per embedding (a click session needs the previous one of each object)
+
+
+def resolve_strategy(model: torch.nn.Module, requested: str = "auto") -> str:
+    """``native`` or ``search`` for ``model``: ``auto`` takes native for point-trained models."""
+    if requested not in STRATEGIES:
+        raise InputError(f"unknown click strategy {requested!r}; choose one of: {', '.join(STRATEGIES)}")
+    if requested == "auto":
+        return "native" if bool(getattr(model, "point_prompts", True)) else "search"
+    return requested
+
+
+@dataclass
+class _Answer:
+    """A search answer at the view's resolution: candidates best first and their predicted IoU."""
+
+    masks: list[np.ndarray]
+    iou: list[float]
+
+
+class ClickAnswerer:
+    """Answers prompts (boxes, clicks, both) on the predictor's current embedding with one click strategy."""
+
+    def __init__(self, predictor: Predictor, strategy: str = "auto", settings: SearchSettings | None = None,
+                 corrections: CorrectionSettings | None = None) -> None:
+        self.predictor = predictor
+        self.requested = strategy
+        self.strategy = resolve_strategy(predictor.model, strategy)
+        self.settings = settings or SearchSettings()
+        self.corrections = corrections or CorrectionSettings()
+        self._memory: OrderedDict[tuple, _Answer] = OrderedDict()
+        self._features: torch.Tensor | None = None
+
+    # --- public ---------------------------------------------------------------------------------------
+    def answer(self, prompts: list[Prompt], multimask: bool = False, mask_input: np.ndarray | None = None,
+               parents: list[tuple[np.ndarray, float] | None] | None = None) -> Prediction:
+        """Masks (P, C, H, W), predicted IoU (P, C) and low-res logits (P, C, m, m) for ``prompts``.
+
+        ``mask_input`` (P, 1, m, m): the previous logits (native strategy only). ``parents``: per prompt, the
+        mask the person kept of the previous answer and its predicted IoU (search; default: the remembered best
+        answer)."""
+        if not prompts:
+            raise InputError("no prompts to answer")
+        if self.strategy == "native" or all(len(p.points) == 0 for p in prompts):
+            kwargs = stack_prompts(prompts)
+            if mask_input is not None:
+                kwargs["mask_input"] = mask_input
+            pred = self.predictor.predict(multimask=multimask, **kwargs)
+            if self.strategy == "search":
+                self._follow_embedding()
+                for p, masks, iou in zip(prompts, pred.masks, pred.iou):
+                    self._remember((prompt_signature(p), multimask), _box_answer(masks, iou))
+            return pred
+        self.predictor.check_prompts(**stack_prompts(prompts))
+        self._follow_embedding()
+        if parents is None:
+            self._search_ahead(prompts, multimask)
+        count = 3 if multimask else 1
+        answers = [self._answer_one(p, multimask, None if parents is None else parents[i])
+                   for i, p in enumerate(prompts)]
+        shape = self.predictor.embedding.original_size
+        masks = np.zeros((len(prompts), count) + tuple(shape), dtype=bool)
+        iou = np.zeros((len(prompts), count), dtype=np.float32)
+        for i, a in enumerate(answers):
+            for j in range(count):
+                k = min(j, len(a.masks) - 1)
+                masks[i, j], iou[i, j] = a.masks[k], a.iou[k]
+        return Prediction(masks, iou, self._pseudo_logits(masks), ranked=True)
+
+    # --- the search strategy --------------------------------------------------------------------------
+    def _follow_embedding(self) -> None:
+        feats = self.predictor.embedding.features
+        if feats is not self._features:
+            self._memory.clear()
+            self._features = feats
+
+    def _remember(self, key: tuple, answer: _Answer) -> _Answer:
+        self._memory[key] = answer
+        self._memory.move_to_end(key)
+        while len(self._memory) > MEMORY:
+            self._memory.popitem(last=False)
+        return answer
+
+    def _answer_one(self, prompt: Prompt, multimask: bool, parent: tuple[np.ndarray, float] | None) -> _Answer:
+        """The search answer to one prompt (see the module docstring); ``parent`` (mask, predicted IoU)
+        overrides the remembered answer to the prompt's earlier clicks (such answers are not remembered)."""
+        key = (prompt_signature(prompt), multimask)
+        if parent is not None and len(prompt.points):
+            return self._correct(prompt, np.asarray(parent[0], dtype=bool), float(parent[1]))
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
+        if len(prompt.points) == 0:
+            pred = self.predictor.predict(boxes=prompt.box[None], multimask=multimask)
+            return self._remember(key, _box_answer(pred.masks[0], pred.iou[0]))
+        if prompt.box is None and self._searches_whole(prompt):
+            return self._remember(key, self._search(prompt))
+        parent = self._answer_one(_parent(prompt), multimask, None)
+        return self._remember(key, self._correct(prompt, parent.masks[0], parent.iou[0]))
+
+    def _searches_whole(self, prompt: Prompt) -> bool:
+        """Whether clicks without a box are answered by one search with all of them (else: the first
+        clicks' answer corrected by the last)."""
+        if len(prompt.points) == 1 or self.settings.whole_search == "always":
+            return True
+        return self.settings.whole_search == "positive" and bool((prompt.labels == 1).all())
+
+    def _frame(self) -> tuple[tuple[int, int], np.ndarray]:
+        emb = self.predictor.embedding
+        return emb.input_size, self.predictor.coordinate_scale()
+
+    def _to_view(self, logits: torch.Tensor) -> np.ndarray:
+        """Low-res logits (K, m, m) -> masks (K, H, W) at the view's resolution."""
+        emb = self.predictor.embedding
+        s = self.predictor.model.preprocessing.input_size
+        return (upscale_logits(logits[:, None].float(), s, emb.input_size, emb.original_size)[:, 0] > 0).cpu().numpy()
+
+    def _candidates(self, clicks: np.ndarray, labels: np.ndarray) -> Candidates:
+        return self._candidates_many([(clicks, labels)])[0]
+
+    def _candidates_many(self, clicks: list[tuple[np.ndarray, np.ndarray]]) -> list[Candidates]:
+        frame, scale = self._frame()
+        found = search_many(self.predictor.model, self.predictor.embedding.features, frame,
+                            [(c * scale, lab) for c, lab in clicks], self.settings)
+        return [cands for cands, _ in found]
+
+    def _search_ahead(self, prompts: list[Prompt], multimask: bool) -> None:
+        """Search the prompts that need a search of their clicks alone in one batched decode (remembered)."""
+        todo = {}
+        for p in prompts:
+            key = (prompt_signature(p), multimask)
+            if p.box is None and len(p.points) and key not in self._memory and self._searches_whole(p):
+                todo[key] = p
+        if len(todo) < 2:
+            return
+        found = self._candidates_many([(p.points, p.labels) for p in todo.values()])
+        for (key, p), cands in zip(todo.items(), found):
+            self._remember(key, self._search(p, cands))
+
+    def _search(self, prompt: Prompt, cands: Candidates | None = None) -> _Answer:
+        """Clicks without a box: the best distinct candidates of the search, each made to honour the clicks."""
+        cands = self._candidates(prompt.points, prompt.labels) if cands is None else cands
+        picks = distinct(cands.masks, 3, self.settings.distinct_iou)
+        views = self._to_view(cands.logits[picks])
+        masks = [enforce(m, prompt.points, prompt.labels) for m in views]
+        return _Answer(masks, [float(cands.iou[i]) for i in picks])
+
+    def _correct(self, prompt: Prompt, mask: np.ndarray, iou: float) -> _Answer:
+        """The answer to the prompt's earlier clicks, corrected where its last click says it is wrong
+        (``prompts.corrections``): a click near the boundary bends it; a click far from it adds or removes
+        the thing the model sees under the click."""
+        xy, label = prompt.points[-1], int(prompt.labels[-1])
+        fix = self.corrections
+        if honours(mask, xy[None], np.array([label])).all():
+            edited = mask
+        elif is_near(mask, xy, fix):
+            edited = bend(mask, xy, label, fix)
+        else:
+            edited = region_edit(mask, self._thing_at(prompt, mask.shape), label, fix)
+            if edited is None:
+                edited = disk_edit(mask, xy, label, fix)
+        return _Answer([enforce(edited, prompt.points, prompt.labels)], [iou])
+
+    def _thing_at(self, prompt: Prompt, shape: tuple[int, int]) -> np.ndarray:
+        """What the model sees under the prompt's last click: the best search answer around it that keeps
+        clear of the earlier clicks of the other kind (and, for a positive click after a box, inside the
+        box grown to hold the positive clicks); the part connected to the click."""
+        xy, label = prompt.points[-1], int(prompt.labels[-1])
+        others = prompt.labels[:-1] != label
+        clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
+        labels = np.concatenate([[1], np.zeros(int(others.sum()), dtype=np.int32)])
+        cands = self._candidates(clicks, labels)
+        part = _component_at(self._to_view(cands.logits[:1])[0], xy)
+        if prompt.box is not None and label == 1:
+            part &= _box_mask(prompt, shape)
+        return part
+
+    def _pseudo_logits(self, masks: np.ndarray) -> np.ndarray:
+        """Masks (P, C, H, W) as low-res logits (+10 inside, -10 outside) in the model frame, so a search
+        answer has the same fields as a native one."""
+        model, emb = self.predictor.model, self.predictor.embedding
+        m = model.mask_input_size[0]
+        per_px = m / model.preprocessing.input_size
+        h, w = int(round(emb.input_size[0] * per_px)), int(round(emb.input_size[1] * per_px))
+        x = torch.from_numpy(masks.astype(np.float32)).flatten(0, 1)[:, None]
+        small = torch.nn.functional.interpolate(x, size=(h, w), mode="area")[:, 0] >= 0.5
+        out = np.full((masks.shape[0] * masks.shape[1], m, m), -10.0, dtype=np.float32)
+        out[:, :h, :w] = np.where(small.numpy(), 10.0, -10.0)
+        return out.reshape(masks.shape[:2] + (m, m))
+
+
+def _box_answer(masks: np.ndarray, iou: np.ndarray) -> _Answer:
+    """A model answer (C, H, W) as a search answer, best predicted IoU first."""
+    order = np.argsort(-np.asarray(iou), kind="stable")
+    return _Answer([masks[i] for i in order], [float(iou[i]) for i in order])
+
+
+def _parent(prompt: Prompt) -> Prompt:
+    return Prompt(prompt.box, prompt.points[:-1], prompt.labels[:-1])
+
+
+def _component_at(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """The connected part of ``mask`` holding pixel (x, y) (empty when the pixel is background)."""
+    x = int(np.clip(xy[0], 0, mask.shape[1] - 1))
+    y = int(np.clip(xy[1], 0, mask.shape[0] - 1))
+    if not mask[y, x]:
+        return np.zeros_like(mask)
+    labels, _ = ndimage.label(mask)
+    return labels == labels[y, x]
+
+
+def _box_mask(prompt: Prompt, shape: tuple[int, int]) -> np.ndarray:
+    """The prompt's box grown to hold its positive clicks, as a mask."""
+    x0, y0, x1, y1 = prompt.box
+    pos = prompt.points[prompt.labels == 1]
+    if len(pos):
+        x0, y0 = min(x0, pos[:, 0].min()), min(y0, pos[:, 1].min())
+        x1, y1 = max(x1, pos[:, 0].max()), max(y1, pos[:, 1].max())
+    out = np.zeros(shape, dtype=bool)
+    out[max(int(np.floor(y0)), 0) : int(np.ceil(y1)) + 1, max(int(np.floor(x0)), 0) : int(np.ceil(x1)) + 1] = True
+    return out
+
+
+def enforce(mask: np.ndarray, points: np.ndarray, labels: np.ndarray, radius: int = 1) -> np.ndarray:
+    """``mask`` made to honour every click: a disk of ``radius`` px added at positive clicks outside it and
+    removed at negative clicks inside it (later clicks win where disks overlap)."""
+    out = np.array(mask, dtype=bool, copy=True)
+    h, w = out.shape
+    for (x, y), lab in zip(np.asarray(points), np.asarray(labels)):
+        cx, cy = int(np.clip(x, 0, w - 1)), int(np.clip(y, 0, h - 1))
+        if out[cy, cx] == (lab == 1):
+            continue
+        y0, y1, x0, x1 = max(cy - radius, 0), min(cy + radius + 1, h), max(cx - radius, 0), min(cx + radius + 1, w)
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius
+        out[y0:y1, x0:x1][disk] = lab == 1
+    return out

@@ -1,0 +1,231 @@
+"""Click search: what a click means to a model that understands boxes.
+
+A box-only model (the bundled LiteMedSAM) answers a point with an empty mask, but it segments whatever
+object a box frames. So a click is answered by asking the model many boxes around it (several sides and
+aspect ratios, each containing every positive click) in one batched decoder call on the cached embedding,
+and keeping the candidate masks that contain every positive click and no negative one. They are ranked by
+the model's predicted IoU, the stability of their logits, how deep inside the mask the clicks lie, and how
+persistent the mask is across the other boxes (an object appears under many boxes, a blob of several
+objects or a part of one under few). Settings were chosen on GlaS train and MoNuSeg train
+(docs/protocols.md "Clicks on box-only models").
+
+Everything here works in the model's low-res frame (m x m logits; the image occupies its top-left part):
+boxes are in model-input pixels, clicks are given in the same frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medsamkit.models.local_decode import decode_local
+from medsamkit.models.sam import SamFamilyModel
+
+NEG_LOGIT = -20.0  # logits outside a decoding window: certainly background
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The candidate set and the ranking weights of the click search."""
+
+    sides: tuple[float, ...] = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192)  # box sides, model-input pixels
+    aspects: tuple[float, ...] = (1.0, 2.0, 0.5)  # width / height
+    depth_weight: float = 0.5
+    persistence_weight: float = 2.0
+    stability_weight: float = 1.0
+    stability_offset: float = 1.0  # as SAM's stability score
+    window_factor: float = 2.0  # a box is decoded on a window this many times its side (in tokens, x8)
+    min_window: int = 16  # tokens
+    full_window: int = 40  # windows this large or larger decode on the whole embedding (shared work)
+    distinct_iou: float = 0.9  # multimask alternatives overlap the better ones by less than this
+    # clicks without a box: one search with all of them ("always"), only while all are positive
+    # ("positive"), or only the first ("first": every later click corrects the answer so far; best on GlaS
+    # train iter5: 0.880 after 5 clicks vs 0.873 "positive")
+    whole_search: str = "first"
+
+
+@dataclass
+class Candidates:
+    """K candidate masks of one prompt in the low-res frame."""
+
+    boxes: np.ndarray  # (K, 4) model-input pixels
+    logits: torch.Tensor  # (K, m, m)
+    iou: np.ndarray  # (K,) predicted IoU
+    masks: np.ndarray  # (K, m, m) bool, zero outside the image part of the frame
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def candidate_boxes(positives: np.ndarray, frame: tuple[float, float], settings: SearchSettings) -> np.ndarray:
+    """Boxes (K, 4) around the positive clicks (N, 2) (model-input px), each containing all of them, clipped
+    to the image part of the input ``frame`` (h, w); duplicates removed."""
+    pos = np.asarray(positives, dtype=np.float32).reshape(-1, 2)
+    lo, hi = pos.min(0), pos.max(0)
+    centre, extent = (lo + hi) / 2, hi - lo
+    h, w = frame
+    boxes = []
+    for side in settings.sides:
+        for aspect in settings.aspects:
+            bw = max(side * np.sqrt(aspect), extent[0] + 4)
+            bh = max(side / np.sqrt(aspect), extent[1] + 4)
+            box = [centre[0] - bw / 2, centre[1] - bh / 2, centre[0] + bw / 2, centre[1] + bh / 2]
+            boxes.append(np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]))
+    boxes = np.round(np.asarray(boxes, dtype=np.float32), 1)
+    _, first = np.unique(boxes, axis=0, return_index=True)
+    return boxes[np.sort(first)]
+
+
+@torch.inference_mode()
+def decode_boxes(model: SamFamilyModel, features: torch.Tensor, boxes: np.ndarray,
+                 settings: SearchSettings) -> tuple[torch.Tensor, np.ndarray]:
+    """Single-mask logits (K, m, m) in the full low-res frame and predicted IoU (K,) of boxes (model px).
+
+    Small boxes are decoded on a window of the embedding around them (``models.local_decode``), large ones
+    on the whole embedding, where the work shared by all prompts makes a large window no cheaper."""
+    grid = features.shape[-1]
+    m = model.mask_input_size[0]
+    stride = model.preprocessing.input_size / grid
+    bt = torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=features.device)
+    out = torch.full((len(bt), m, m), NEG_LOGIT, device=features.device)
+    iou = torch.zeros(len(bt), device=features.device)
+    if not len(bt):
+        return out, iou.cpu().numpy()
+    side = ((bt[:, 2:] - bt[:, :2]).max(1).values + 1) / stride
+    windows = torch.clamp(torch.ceil(side * settings.window_factor / 8) * 8, min=settings.min_window).long()
+    windows[windows >= min(settings.full_window, grid)] = grid
+    for size in windows.unique().tolist():
+        idx = (windows == size).nonzero()[:, 0]
+        if size >= grid:
+            low, q = model.decode(features, None, bt[idx], None, False)
+            out[idx], iou[idx] = low[:, 0].float(), q[:, 0].float()
+            continue
+        low, q, origin = decode_local(model, features, bt[idx], None, int(size), False)
+        span = low.shape[-1]
+        for j, i in enumerate(idx.tolist()):
+            ox, oy = origin[j].tolist()
+            out[i, oy : oy + span, ox : ox + span] = low[j, 0].float()
+            iou[i] = q[j, 0].float()
+    return out, iou.cpu().numpy()
+
+
+def click_depth(mask: np.ndarray, clicks: np.ndarray) -> float:
+    """Mean over ``clicks`` (N, 2; x, y low-res px) of the distance to the background of the mask component
+    holding the click, over that component's largest distance (1: the click is at its centre; 0: outside)."""
+    if not len(clicks):
+        return 0.0
+    labels, _ = ndimage.label(mask)
+    depths = []
+    for x, y in np.asarray(clicks).astype(int):
+        comp = labels[y, x]
+        if comp == 0:
+            depths.append(0.0)
+            continue
+        rows, cols = np.nonzero(labels == comp)
+        r0, c0 = rows.min(), cols.min()
+        crop = np.pad(labels[r0 : rows.max() + 1, c0 : cols.max() + 1] == comp, 1)
+        dist = ndimage.distance_transform_edt(crop)
+        depths.append(float(dist[y - r0 + 1, x - c0 + 1] / dist.max()))
+    return float(np.mean(depths))
+
+
+def persistence(masks: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per mask, the mean over the other boxes' masks of their IoU with it: how many boxes agree on it."""
+    k = len(masks)
+    if k < 2:
+        return np.zeros(k)
+    any_px = masks.any(0)
+    rows, cols = np.nonzero(any_px.any(1))[0], np.nonzero(any_px.any(0))[0]
+    if not len(rows):
+        return np.zeros(k)
+    flat = masks[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].reshape(k, -1).astype(np.float32)
+    area = flat.sum(1)
+    inter = flat @ flat.T
+    union = area[:, None] + area[None] - inter
+    pair = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    other = groups[:, None] != groups[None]
+    return np.where(other, pair, 0).sum(1) / np.maximum(other.sum(1), 1)
+
+
+def stability(logits: torch.Tensor, offset: float) -> np.ndarray:
+    """SAM's stability score per mask: |logits > offset| / |logits > -offset| (0 when nothing is above)."""
+    high = (logits > offset).flatten(1).sum(1).double()
+    low = (logits > -offset).flatten(1).sum(1).double()
+    return torch.where(low > 0, high / low.clamp(min=1), torch.zeros_like(low)).cpu().numpy()
+
+
+def honours(mask: np.ndarray, clicks: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per click (x, y in the mask's pixels), whether the mask agrees with it (positive inside, negative out)."""
+    if not len(clicks):
+        return np.zeros(0, dtype=bool)
+    xy = np.asarray(clicks).astype(int)
+    xy[:, 0] = np.clip(xy[:, 0], 0, mask.shape[1] - 1)
+    xy[:, 1] = np.clip(xy[:, 1], 0, mask.shape[0] - 1)
+    inside = mask[xy[:, 1], xy[:, 0]]
+    return inside == (np.asarray(labels) == 1)
+
+
+def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings,
+         groups: np.ndarray | None = None) -> np.ndarray:
+    """Scores (K,) of the candidates for clicks (N, 2; low-res px) with labels (N,): candidates that break
+    a click rank below every one that honours all, fewer broken clicks first."""
+    k = len(cands)
+    groups = np.arange(k) if groups is None else groups
+    positives = clicks[labels == 1]
+    broken = np.array([(~honours(m, clicks, labels)).sum() for m in cands.masks])
+    depth = np.array([click_depth(m, positives) if b == 0 else 0.0 for m, b in zip(cands.masks, broken)])
+    score = (cands.iou + settings.depth_weight * depth
+             + settings.persistence_weight * persistence(cands.masks, groups)
+             + settings.stability_weight * stability(cands.logits, settings.stability_offset))
+    return score - 10.0 * broken
+
+
+def search(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int], clicks: np.ndarray,
+           labels: np.ndarray, settings: SearchSettings) -> tuple[Candidates, np.ndarray]:
+    """Candidates for clicks (N, 2; model-input px) with labels (N,), and their scores (K,), best first.
+
+    ``frame`` is the (h, w) of the image inside the model input. Needs at least one positive click."""
+    return search_many(model, features, frame, [(clicks, labels)], settings)[0]
+
+
+def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int],
+                prompts: list[tuple[np.ndarray, np.ndarray]], settings: SearchSettings
+                ) -> list[tuple[Candidates, np.ndarray]]:
+    """``search`` for several prompts (clicks, labels) at once: all their boxes in one batched decode."""
+    boxes = [candidate_boxes(clicks[labels == 1], frame, settings) for clicks, labels in prompts]
+    logits, iou = decode_boxes(model, features, np.concatenate(boxes), settings)
+    m = model.mask_input_size[0]
+    per_px = m / model.preprocessing.input_size
+    valid = np.zeros((m, m), dtype=bool)
+    valid[: int(round(frame[0] * per_px)), : int(round(frame[1] * per_px))] = True
+    masks = (logits > 0).cpu().numpy() & valid
+    out, start = [], 0
+    for (clicks, labels), b in zip(prompts, boxes):
+        part = slice(start, start + len(b))
+        start += len(b)
+        cands = Candidates(b, logits[part], iou[part], masks[part])
+        scores = rank(cands, clicks * per_px, labels, settings)
+        order = np.argsort(-scores, kind="stable")
+        out.append((Candidates(b[order], cands.logits[order], cands.iou[order], cands.masks[order]), scores[order]))
+    return out
+
+
+def distinct(masks: np.ndarray, count: int, max_iou: float) -> list[int]:
+    """Indices of up to ``count`` masks in order, each overlapping every earlier pick by IoU < max_iou."""
+    picked: list[int] = []
+    for i, m in enumerate(masks):
+        area = m.sum()
+        ok = True
+        for j in picked:
+            inter = (m & masks[j]).sum()
+            if inter / max(area + masks[j].sum() - inter, 1) >= max_iou:
+                ok = False
+                break
+        if ok:
+            picked.append(i)
+        if len(picked) == count:
+            break
+    return picked
