@@ -1,7 +1,8 @@
 """Latency of `medsamkit annotate` as a person feels it, through a real uvicorn on loopback:
 
 - predict: POST /api/predict with one box on an already embedded 512x512 image (builtin:dsb-nuclei),
-  median of --calls calls (target <= 60 ms);
+  median of --calls calls (target <= 60 ms); a click alone and a corrective click after a box (the click
+  strategy of the served model: the search on the bundled LiteMedSAM; target <= 120 ms);
 - first mask: opening a not yet embedded image (empty cache) until its first box mask (target <= 1.5 s);
 - browser: mouse release to overlay drawn, from the page's own performance marks, median over --drags
   drags in headless Chromium (target <= 150 ms; skipped without chromium/chromedriver).
@@ -73,7 +74,21 @@ def _http(server: BackgroundServer, calls: int) -> dict:
             res.raise_for_status()
             times.append(time.perf_counter() - t)
             server.append(res.json()["seconds"])
+        clicks, corrections = [], []
+        for i in range(calls + 2):  # a click alone (the click search on a box-only model), then a box + a click
+            x0, y0, x1, y1 = BOXES[i % len(BOXES)]
+            cx, cy = (x0 + x1) / 2 + i % 3, (y0 + y1) / 2
+            t = time.perf_counter()
+            client.post("/api/predict", json={"image": "a", "points": [[cx, cy, 1]]}).raise_for_status()
+            clicks.append(time.perf_counter() - t)
+            box = [x0, y0, x1 + i % 7, y1]
+            client.post("/api/predict", json={"image": "a", "box": box}).raise_for_status()
+            t = time.perf_counter()
+            client.post("/api/predict", json={"image": "a", "box": box, "points": [[x1 - 1, cy, 0]]}).raise_for_status()
+            corrections.append(time.perf_counter() - t)
     return {"predict_http_median_ms": round(1000 * statistics.median(times[2:]), 1),
+            "click_alone_http_median_ms": round(1000 * statistics.median(clicks[2:]), 1),
+            "box_then_click_http_median_ms": round(1000 * statistics.median(corrections[2:]), 1),
             "predict_http_p90_ms": round(1000 * float(np.percentile(times[2:], 90)), 1),
             # the same calls timed inside the server (model + masks + PNGs): the rest is HTTP and JSON
             "predict_in_server_median_ms": round(1000 * statistics.median(server[2:]), 1),
