@@ -100,6 +100,8 @@ def test_clicks_undo_redo_and_next_image(page):
     wait_for(driver, "app.answer !== null && app.prompt.points.length === 1 && !app.prompt.box")
     assert driver.execute_script("return app.answer.masks.length") >= 1
     assert "box" not in driver.execute_script("return document.getElementById('notice').textContent")
+    body.send_keys(Keys.ESCAPE)  # clear it: the box below starts a new object
+    wait_for(driver, "app.answer === null")
     drag_box(driver, (402, 236, 446, 282))
     wait_for(driver, "app.answer !== null")
     first = driver.execute_script("return app.answer.masks[0]")

@@ -119,8 +119,12 @@ def test_a_good_round_updates_the_model_while_serving_and_revert_restores_it(lit
     source, truths = crops
     out = tmp_path / "out"
     _write(out, source, truths)
-    seg = Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None))
-    ws = Workspace(AnnotateConfig(str(source), out=str(out), learn_budget=BUDGET, learn_min_objects=4), seg)
+    # served with native clicks (the decoder reading points: ~0 Dice on this box-only model), so that a few
+    # training steps can win the round: this test is about the update path. Served with the default click
+    # search, "before" is the search's clicks (test_the_round_compares_against_the_served_clicks).
+    seg = Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None), clicks="native")
+    ws = Workspace(AnnotateConfig(str(source), out=str(out), learn_budget=BUDGET, learn_min_objects=4,
+                                  clicks="native"), seg)
     base_sha = seg.identity["checkpoint_sha256"]
     ys, xs = np.nonzero(truths["a"][0])
     box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
@@ -147,6 +151,7 @@ def test_a_good_round_updates_the_model_while_serving_and_revert_restores_it(lit
             stop.set()
             hammer.join()
         job = state["job"]
+        assert json.loads((Path(job["folder"]) / "job.json").read_text())["served_clicks"] == "native"
         assert state["phase"] == "updated", job
         assert answers and all(code == 200 for code, _ in answers), [a for a in answers if a[0] != 200][:3]
         clicks = ("center", "random1", "iter3")
@@ -192,6 +197,10 @@ def test_killing_the_job_loses_no_annotation(litemedsam, crops, tmp_path):
         learning.start()
         learning._proc.kill()  # a crash of the job process, as abrupt as it gets
         state = learning.wait(60)
+        # the round was to compare against the served model's clicks (the click search on the bundled
+        # box-only model) and validate on at least 8 objects
+        job_file = json.loads((Path(state["job"]["folder"]) / "job.json").read_text())
+        assert job_file["served_clicks"] == "search" and job_file["config"]["min_val_objects"] == 8
         assert state["phase"] == "failed" and "status" in state["job"]["error"]
         assert {p.name: p.read_bytes() for p in out.glob("*.*")} == before
         assert learning.versions.current == 0
