@@ -137,10 +137,10 @@ def test_generate_masks_recall_on_real_tile(predictor, monuseg_tile):
 def test_point_grid_runs_on_the_box_only_model(predictor, monuseg_tile):
     """SAMAug's point grid on the bundled LiteMedSAM: each grid point is answered by the click search."""
     image, label = monuseg_tile
-    cfg = ev.EverythingConfig(proposal="points", points_per_side=12)
+    cfg = ev.EverythingConfig(proposal="points")  # 16 x 16 points on the tile
     records = ev.generate_masks(predictor, image, cfg)
     assert len(records) >= 10
-    assert ev.instance_recall(records, label) >= 0.4
+    assert ev.instance_recall(records, label) >= 0.5  # measured 0.606 (20 of 33 nuclei; blob boxes: 0.758)
     assert all(r.predicted_iou > cfg.pred_iou_thresh and cfg.min_area <= r.area <= cfg.max_area for r in records)
 
 
