@@ -8,9 +8,16 @@ same mask for an object well inside it (everything mode, click search).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode_chunked
+
+
+def window_tokens(sides: np.ndarray, factor: float = 2.0, minimum: int = 16) -> np.ndarray:
+    """The decoding window (tokens, a multiple of 8) per prompt of ``sides`` (its longer side, in tokens):
+    ``factor`` times the side, so the object keeps its context, and at least ``minimum``."""
+    return np.maximum(minimum, np.ceil(np.asarray(sides) * factor / 8) * 8).astype(int)
 
 
 def _window_starts(centres: torch.Tensor, size: int, grid: int) -> torch.Tensor:

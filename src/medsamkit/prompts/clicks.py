@@ -26,7 +26,15 @@ from scipy import ndimage
 
 from medsamkit.core.errors import InputError
 from medsamkit.predictor import Prediction, Predictor, upscale_logits
-from medsamkit.prompts.corrections import CorrectionSettings, bend, disk_edit, is_near, region_edit
+from medsamkit.prompts.corrections import (
+    CorrectionSettings,
+    bend,
+    disk_edit,
+    is_near,
+    pixel_of,
+    region_edit,
+    signed_distance,
+)
 from medsamkit.prompts.search import Candidates, SearchSettings, distinct, honours, search_many
 from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts
 
@@ -57,7 +65,6 @@ class ClickAnswerer:
     def __init__(self, predictor: Predictor, strategy: str = "auto", settings: SearchSettings | None = None,
                  corrections: CorrectionSettings | None = None) -> None:
         self.predictor = predictor
-        self.requested = strategy
         self.strategy = resolve_strategy(predictor.model, strategy)
         self.settings = settings or SearchSettings()
         self.corrections = corrections or CorrectionSettings()
@@ -185,13 +192,14 @@ class ClickAnswerer:
         xy, label = prompt.points[-1], int(prompt.labels[-1])
         fix = self.corrections
         if honours(mask, xy[None], np.array([label])).all():
-            edited = mask
-        elif is_near(mask, xy, fix):
-            edited = bend(mask, xy, label, fix)
+            return _Answer([enforce(mask, prompt.points, prompt.labels)], [iou])
+        sdf = signed_distance(mask) if mask.any() else None  # computed once for every edit below
+        if is_near(mask, xy, fix, sdf):
+            edited = bend(mask, xy, label, fix, sdf)
         else:
             edited = region_edit(mask, self._thing_at(prompt, mask.shape), label, fix)
             if edited is None:
-                edited = disk_edit(mask, xy, label, fix)
+                edited = disk_edit(mask, xy, label, fix, sdf)
         return _Answer([enforce(edited, prompt.points, prompt.labels)], [iou])
 
     def _thing_at(self, prompt: Prompt, shape: tuple[int, int]) -> np.ndarray:
@@ -234,8 +242,7 @@ def _parent(prompt: Prompt) -> Prompt:
 
 def _component_at(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """The connected part of ``mask`` holding pixel (x, y) (empty when the pixel is background)."""
-    x = int(np.clip(xy[0], 0, mask.shape[1] - 1))
-    y = int(np.clip(xy[1], 0, mask.shape[0] - 1))
+    x, y = pixel_of(xy, mask.shape)
     if not mask[y, x]:
         return np.zeros_like(mask)
     labels, _ = ndimage.label(mask)
@@ -259,8 +266,8 @@ def enforce(mask: np.ndarray, points: np.ndarray, labels: np.ndarray, radius: in
     removed at negative clicks inside it (later clicks win where disks overlap)."""
     out = np.array(mask, dtype=bool, copy=True)
     h, w = out.shape
-    for (x, y), lab in zip(np.asarray(points), np.asarray(labels)):
-        cx, cy = int(np.clip(x, 0, w - 1)), int(np.clip(y, 0, h - 1))
+    for xy, lab in zip(np.asarray(points), np.asarray(labels)):
+        cx, cy = pixel_of(xy, out.shape)
         if out[cy, cx] == (lab == 1):
             continue
         y0, y1, x0, x1 = max(cy - radius, 0), min(cy + radius + 1, h), max(cx - radius, 0), min(cx + radius + 1, w)

@@ -45,24 +45,26 @@ def mask_radius(mask: np.ndarray) -> float:
     return float(np.sqrt(max(int(np.count_nonzero(mask)), 1) / np.pi))
 
 
-def click_distance(mask: np.ndarray, xy: np.ndarray) -> float:
-    """How far (px) pixel ``xy`` (x, y) lies from the boundary of ``mask``."""
-    x, y = _pixel(xy, mask.shape)
-    sdf = signed_distance(mask)
+def click_distance(mask: np.ndarray, xy: np.ndarray, sdf: np.ndarray | None = None) -> float:
+    """How far (px) pixel ``xy`` (x, y) lies from the boundary of ``mask`` (``sdf``: its signed distance when
+    the caller has it)."""
+    x, y = pixel_of(xy, mask.shape)
+    sdf = signed_distance(mask) if sdf is None else sdf
     return float(abs(sdf[y, x]))
 
 
-def is_near(mask: np.ndarray, xy: np.ndarray, settings: CorrectionSettings) -> bool:
+def is_near(mask: np.ndarray, xy: np.ndarray, settings: CorrectionSettings, sdf: np.ndarray | None = None) -> bool:
     """Whether a click at ``xy`` is close enough to the boundary of ``mask`` to be a local bend."""
-    return bool(mask.any()) and click_distance(mask, xy) <= settings.near * mask_radius(mask)
+    return bool(mask.any()) and click_distance(mask, xy, sdf) <= settings.near * mask_radius(mask)
 
 
-def bend(mask: np.ndarray, xy: np.ndarray, label: int, settings: CorrectionSettings) -> np.ndarray:
+def bend(mask: np.ndarray, xy: np.ndarray, label: int, settings: CorrectionSettings,
+         sdf: np.ndarray | None = None) -> np.ndarray:
     """``mask`` with its boundary moved locally past a click at ``xy`` (label 1 adds, 0 removes)."""
     mask = np.asarray(mask, dtype=bool)
     h, w = mask.shape
-    x, y = _pixel(xy, mask.shape)
-    sdf = signed_distance(mask)
+    x, y = pixel_of(xy, mask.shape)
+    sdf = signed_distance(mask) if sdf is None else sdf
     level = float(sdf[y, x])
     d = abs(level) + 0.5  # pixels to the nearest pixel of the other side
     sigma = max(settings.spread * d, settings.min_spread)
@@ -93,16 +95,19 @@ def region_edit(mask: np.ndarray, region: np.ndarray, label: int, settings: Corr
     return mask & ~region
 
 
-def disk_edit(mask: np.ndarray, xy: np.ndarray, label: int, settings: CorrectionSettings) -> np.ndarray:
+def disk_edit(mask: np.ndarray, xy: np.ndarray, label: int, settings: CorrectionSettings,
+              sdf: np.ndarray | None = None) -> np.ndarray:
     """``mask`` with a disk at the click added or removed, of the click's scale (its distance to the
     boundary, at most ``near`` x the mask's radius, times ``overshoot``)."""
-    x, y = _pixel(xy, mask.shape)
-    scale = min(click_distance(mask, xy), settings.near * mask_radius(mask)) if mask.any() else settings.min_spread
+    x, y = pixel_of(xy, mask.shape)
+    scale = (min(click_distance(mask, xy, sdf), settings.near * mask_radius(mask)) if mask.any()
+             else settings.min_spread)
     r = max(settings.overshoot * scale, 1.0)
     yy, xx = np.ogrid[: mask.shape[0], : mask.shape[1]]
     disk = (yy - y) ** 2 + (xx - x) ** 2 <= r * r
     return mask | disk if label == 1 else mask & ~disk
 
 
-def _pixel(xy: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int]:
+def pixel_of(xy: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The pixel (x, y) of a click at ``xy``, clamped into an image of ``shape`` (h, w, ...)."""
     return int(np.clip(xy[0], 0, shape[1] - 1)), int(np.clip(xy[1], 0, shape[0] - 1))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medsamkit.models.local_decode import decode_local
+from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.models.sam import SamFamilyModel
 
 NEG_LOGIT = -20.0  # logits outside a decoding window: certainly background
@@ -95,10 +95,10 @@ def decode_boxes(model: SamFamilyModel, features: torch.Tensor, boxes: np.ndarra
     if not len(bt):
         return out, iou.cpu().numpy()
     side = ((bt[:, 2:] - bt[:, :2]).max(1).values + 1) / stride
-    windows = torch.clamp(torch.ceil(side * settings.window_factor / 8) * 8, min=settings.min_window).long()
+    windows = window_tokens(side.cpu().numpy(), settings.window_factor, settings.min_window)
     windows[windows >= min(settings.full_window, grid)] = grid
-    for size in windows.unique().tolist():
-        idx = (windows == size).nonzero()[:, 0]
+    for size in np.unique(windows).tolist():
+        idx = torch.from_numpy(np.nonzero(windows == size)[0]).to(features.device)
         if size >= grid:
             low, q = model.decode(features, None, bt[idx], None, False)
             out[idx], iou[idx] = low[:, 0].float(), q[:, 0].float()

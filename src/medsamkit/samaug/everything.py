@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from medsamkit.core.errors import InputError
 from medsamkit.core.tiling import grid_windows
-from medsamkit.models.local_decode import decode_local
+from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.predictor import Predictor, as_rgb_float
 from medsamkit.prompts.search import SearchSettings, search_many
 from medsamkit.samaug.nms import nms
@@ -209,7 +209,7 @@ def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: Ever
     else:
         sizes = (prompts[:, 2:] - prompts[:, :2] + 1).max(axis=1) * scale.max() / stride
     # A window twice the prompt (in tokens, rounded up to 8) keeps the object's context; grouped for batching.
-    windows = np.maximum(cfg.window_tokens, np.ceil(sizes * 2 / 8) * 8).astype(int)
+    windows = window_tokens(sizes, 2.0, cfg.window_tokens)
     local = cfg.local_decode and (kind == "boxes" or cfg.point_window_tokens is not None)
     if not local:
         windows[:] = grid
