@@ -5,6 +5,8 @@ decoder's own answers bit for bit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from medsamkit.prompts import parse_mode
 from medsamkit.prompts.clicks import ClickAnswerer, resolve_strategy
 from medsamkit.prompts.corrections import CorrectionSettings, bend, is_near, signed_distance
 from medsamkit.prompts.objects import object_rngs, run_mode_model
+from medsamkit.prompts.search import SearchSettings, candidate_boxes, search
 from medsamkit.prompts.simulate import Prompt, next_click, stack_prompts
 from shared_data import require_data
 
@@ -61,6 +64,27 @@ def test_a_click_alone_becomes_a_mask_holding_it(predictor, dsb):
     native = predictor.predict(**stack_prompts(prompts)).masks[:, 0]  # the decoder reading the points
     scores = [iou(m, t) for m, t in zip(pred.best()[0], truths)]
     assert np.median(scores) > 0.6 > np.median([iou(m, t) for m, t in zip(native, truths)]), scores
+
+
+def test_the_search_tries_other_aspects_only_at_the_best_square_sides(predictor, dsb):
+    """Coarse to fine: every square side is decoded, the 2:1 and 1:2 boxes only at the two best squares'
+    sides, and the ranked result holds the click (all 30 boxes in one decode with refine_sides=0)."""
+    case, objects = dsb
+    predictor.set_image(case.image)
+    truth = objects[0].mask(case.label.shape)
+    y, x = np.argwhere(truth).mean(0)
+    scale = predictor.coordinate_scale()
+    click, frame = np.array([[x, y]]) * scale, predictor.embedding.input_size
+    model, feats = predictor.model, predictor.embedding.features
+    coarse = SearchSettings()
+    cands, scores = search(model, feats, frame, click, np.array([1]), coarse)
+    squares = candidate_boxes(click, frame, coarse, aspects=(1.0,))
+    assert len(squares) < len(cands) <= len(squares) + 2 * coarse.refine_sides
+    assert {tuple(b) for b in squares} <= {tuple(b) for b in cands.boxes}
+    cx, cy = (click[0] * model.mask_input_size[0] / model.preprocessing.input_size).astype(int)
+    assert np.all(np.diff(scores) <= 0) and cands.masks[0][cy, cx]
+    full, _ = search(model, feats, frame, click, np.array([1]), replace(coarse, refine_sides=0))
+    assert len(full) == len(candidate_boxes(click, frame, coarse)) > len(cands)
 
 
 def test_every_final_mask_honours_its_clicks(predictor, dsb):
@@ -134,12 +158,14 @@ def test_a_near_click_bends_the_boundary_only_near_it():
     assert sdf[40, 40] > 0 > sdf[40, 70] and sdf[0, 0] < 0
 
 
-def test_the_iou_by_click_curve_does_not_fall(predictor, dsb):
-    """Mean IoU after each click of box+iter5 on real nuclei: never falls by more than 0.005."""
+@pytest.mark.parametrize("name", ["box+iter5", "iter5"])
+def test_the_iou_by_click_curve_does_not_fall(predictor, dsb, name):
+    """Mean IoU after each click of box+iter5 and iter5 (clicks alone) on real nuclei: never falls by more
+    than 0.005."""
     case, objects = dsb
     window, key = (0, 0) + case.label.shape, name_key(case.name)
     predictor.set_image(case.image)
-    mode = parse_mode("box+iter5")
+    mode = parse_mode(name)
     runs = run_mode_model(predictor, objects, window, mode, 0, key, clicks="search")
     curve = np.mean([[iou(m, r.obj.mask_in(window)) for m in r.masks] for r in runs], axis=0)
     assert np.all(np.diff(curve) >= -0.005) and curve[-1] > curve[0], curve

@@ -1,8 +1,9 @@
 """Click search: what a click means to a model that understands boxes.
 
 A box-only model (the bundled LiteMedSAM) answers a point with an empty mask, but it segments whatever
-object a box frames. So a click is answered by asking the model many boxes around it (several sides and
-aspect ratios, each containing every positive click) in one batched decoder call on the cached embedding,
+object a box frames. So a click is answered by asking the model many boxes around it (square boxes of several
+sides, then other aspect ratios at the best sides, each containing every positive click) in two batched
+decoder calls on the cached embedding,
 and keeping the candidate masks that contain every positive click and no negative one. They are ranked by
 the model's predicted IoU, the stability of their logits, how deep inside the mask the clicks lie, and how
 persistent the mask is across the other boxes (an object appears under many boxes, a blob of several
@@ -37,10 +38,15 @@ class SearchSettings:
     persistence_weight: float = 2.0
     stability_weight: float = 1.0
     stability_offset: float = 1.0  # as SAM's stability score
-    window_factor: float = 2.0  # a box is decoded on a window this many times its side (in tokens, x8)
+    window_factor: float = 1.5  # a box is decoded on a window this many times its side (in tokens, x8)
     min_window: int = 16  # tokens
-    full_window: int = 40  # windows this large or larger decode on the whole embedding (shared work)
+    full_window: int = 64  # windows this large or larger decode on the whole embedding (shared work)
     distinct_iou: float = 0.9  # multimask alternatives overlap the better ones by less than this
+    # coarse to fine: square boxes of every side first, then the other aspects only at the sides of the
+    # best ``refine_sides`` squares (0: every side and aspect in one decode). With the windows above: 1.7-1.9x
+    # fewer CPU seconds per click than (0, 2.0, 40), centre-click IoU GlaS train 0.781 vs 0.795, MoNuSeg train
+    # 0.582 vs 0.579, random1 GlaS train 0.447 vs 0.445
+    refine_sides: int = 2
     # clicks without a box: one search with all of them ("always"), only while all are positive
     # ("positive"), or only the first ("first": every later click corrects the answer so far; best on GlaS
     # train iter5: 0.880 after 5 clicks vs 0.873 "positive")
@@ -60,16 +66,18 @@ class Candidates:
         return len(self.boxes)
 
 
-def candidate_boxes(positives: np.ndarray, frame: tuple[float, float], settings: SearchSettings) -> np.ndarray:
+def candidate_boxes(positives: np.ndarray, frame: tuple[float, float], settings: SearchSettings,
+                    sides: tuple[float, ...] | None = None, aspects: tuple[float, ...] | None = None) -> np.ndarray:
     """Boxes (K, 4) around the positive clicks (N, 2) (model-input px), each containing all of them, clipped
-    to the image part of the input ``frame`` (h, w); duplicates removed."""
+    to the image part of the input ``frame`` (h, w); duplicates removed. ``sides`` and ``aspects`` default to
+    the settings'."""
     pos = np.asarray(positives, dtype=np.float32).reshape(-1, 2)
     lo, hi = pos.min(0), pos.max(0)
     centre, extent = (lo + hi) / 2, hi - lo
     h, w = frame
     boxes = []
-    for side in settings.sides:
-        for aspect in settings.aspects:
+    for side in settings.sides if sides is None else sides:
+        for aspect in settings.aspects if aspects is None else aspects:
             bw = max(side * np.sqrt(aspect), extent[0] + 4)
             bh = max(side / np.sqrt(aspect), extent[1] + 4)
             box = [centre[0] - bw / 2, centre[1] - bh / 2, centre[0] + bw / 2, centre[1] + bh / 2]
@@ -194,8 +202,45 @@ def search(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int]
 def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int],
                 prompts: list[tuple[np.ndarray, np.ndarray]], settings: SearchSettings
                 ) -> list[tuple[Candidates, np.ndarray]]:
-    """``search`` for several prompts (clicks, labels) at once: all their boxes in one batched decode."""
-    boxes = [candidate_boxes(clicks[labels == 1], frame, settings) for clicks, labels in prompts]
+    """``search`` for several prompts (clicks, labels) at once: all their boxes in one batched decode (two
+    when ``settings.refine_sides``: squares, then the other aspects at the best squares' sides)."""
+    per_px = model.mask_input_size[0] / model.preprocessing.input_size
+    positives = [clicks[labels == 1] for clicks, labels in prompts]
+    if not settings.refine_sides:
+        boxes = [candidate_boxes(pos, frame, settings) for pos in positives]
+        found = _decode(model, features, frame, boxes, settings)
+        return [_ranked(c, clicks * per_px, labels, settings) for c, (clicks, labels) in zip(found, prompts)]
+    squares, square_sides = zip(*(_squares(pos, frame, settings) for pos in positives))
+    first = _decode(model, features, frame, list(squares), settings)
+    others = tuple(a for a in settings.aspects if a != 1.0)
+    more = []
+    for pos, cands, sides, (clicks, labels) in zip(positives, first, square_sides, prompts):
+        scores = rank(cands, clicks * per_px, labels, settings)
+        best = np.argsort(-scores, kind="stable")[: settings.refine_sides]
+        more.append(candidate_boxes(pos, frame, settings, sides=tuple(sides[best]), aspects=others))
+    second = _decode(model, features, frame, more, settings)
+    out = []
+    for a, b, (clicks, labels) in zip(first, second, prompts):
+        both = Candidates(np.concatenate([a.boxes, b.boxes]), torch.cat([a.logits, b.logits]),
+                          np.concatenate([a.iou, b.iou]), np.concatenate([a.masks, b.masks]))
+        out.append(_ranked(both, clicks * per_px, labels, settings))
+    return out
+
+
+def _squares(positives: np.ndarray, frame: tuple[int, int], settings: SearchSettings
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The square boxes of every side (K, 4) and the side each was made with (K,), duplicates (boxes clipped
+    to the same one at the image border) removed."""
+    boxes = np.concatenate([candidate_boxes(positives, frame, settings, sides=(s,), aspects=(1.0,))
+                            for s in settings.sides])
+    _, first = np.unique(boxes, axis=0, return_index=True)
+    keep = np.sort(first)
+    return boxes[keep], np.asarray(settings.sides, dtype=np.float32)[keep]
+
+
+def _decode(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int], boxes: list[np.ndarray],
+            settings: SearchSettings) -> list[Candidates]:
+    """The candidates of several prompts' boxes (model-input px), decoded in one batched call."""
     logits, iou = decode_boxes(model, features, np.concatenate(boxes), settings)
     m = model.mask_input_size[0]
     per_px = m / model.preprocessing.input_size
@@ -203,14 +248,19 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
     valid[: int(round(frame[0] * per_px)), : int(round(frame[1] * per_px))] = True
     masks = (logits > 0).cpu().numpy() & valid
     out, start = [], 0
-    for (clicks, labels), b in zip(prompts, boxes):
+    for b in boxes:
         part = slice(start, start + len(b))
         start += len(b)
-        cands = Candidates(b, logits[part], iou[part], masks[part])
-        scores = rank(cands, clicks * per_px, labels, settings)
-        order = np.argsort(-scores, kind="stable")
-        out.append((Candidates(b[order], cands.logits[order], cands.iou[order], cands.masks[order]), scores[order]))
+        out.append(Candidates(b, logits[part], iou[part], masks[part]))
     return out
+
+
+def _ranked(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings
+            ) -> tuple[Candidates, np.ndarray]:
+    """The candidates best first and their scores (clicks in low-res px)."""
+    scores = rank(cands, clicks, labels, settings)
+    order = np.argsort(-scores, kind="stable")
+    return Candidates(cands.boxes[order], cands.logits[order], cands.iou[order], cands.masks[order]), scores[order]
 
 
 def distinct(masks: np.ndarray, count: int, max_iou: float) -> list[int]:
