@@ -36,6 +36,7 @@ TABLE = {
     "--learn": {"annotate"},
     "--learn-min-objects": {"annotate"},
     "--learn-budget": {"annotate"},
+    "--monailabel": {"annotate"},
     "--fusion": {"unet train"},
 }
 
