@@ -182,3 +182,121 @@ def test_token_in_the_path(server2d):
     with pytest.raises(MONAILabelClientException):
         MONAILabelClient(f"{base}/monailabel/nope/").info()
     assert running.token not in httpx.get(f"{base}/openapi.json").text
+
+
+# --- volumes: builtin:lung-gtv ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server3d(litemedsam, tmp_path_factory):
+    pytest.importorskip("cerr")  # builtin:lung-gtv data
+    out = tmp_path_factory.mktemp("out3d")
+    ws = Workspace(AnnotateConfig("builtin:lung-gtv", out=str(out), monailabel=True),
+                   Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None)))
+    with BackgroundServer(ws, token="tok-3d") as running:
+        yield running, ws, out
+    ws.segmenter.close()
+
+
+def gtv_view(ws: Workspace, vid: str) -> tuple[int, np.ndarray]:
+    """The GTV's largest slice and its mask (the SPEC's label: the volume's first object)."""
+    truth = ws.state(vid).label > 0
+    k = int(truth.sum((1, 2)).argmax())
+    return k, truth[k]
+
+
+def slicer_infer(url: str, image: str, params: dict) -> httpx.Response:
+    """POST /infer as Slicer's module sends it (MONAILabelClient.infer: a multipart form holding only the
+    ``params`` field, with that client's boundary)."""
+    limit = "----------lImIt_of_THE_fIle_eW_$"
+    body = (f"--{limit}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
+            f"--{limit}--\r\n\r\n").encode()
+    return httpx.post(f"{url}infer/medsamkit", params={"image": image}, content=body, timeout=120,
+                      headers={"content-type": f"multipart/form-data; boundary={limit}"})
+
+
+def multipart_label(reply: httpx.Response) -> np.ndarray:
+    """The label file of an infer answer (multipart: params + file), read like the client (NIfTI)."""
+    import email
+
+    msg = email.message_from_bytes(b"Content-Type: " + reply.headers["content-type"].encode() + b"\r\n\r\n"
+                                   + reply.content)
+    parts = {p.get_param("name", header="content-disposition"): p for p in msg.get_payload()}
+    import gzip
+
+    import nibabel as nib
+
+    data = gzip.decompress(parts["image"].get_payload(decode=True))
+    image = nib.Nifti1Image.from_bytes(data)
+    return np.asarray(image.dataobj).transpose(2, 1, 0), json.loads(parts["params"].get_payload(decode=True))
+
+
+def test_volume_client_infer_matches_our_api_and_slicer_replay(server3d, tmp_path):
+    running, ws, out = server3d
+    client = MONAILabelClient(running.monailabel, tmpdir=str(tmp_path), client_id="slicer")
+    info = client.info()
+    assert info["datastore"]["total"] == len(ws.source.ids) and info["models"]["medsamkit"]["dimension"] == 2
+    vid = client.next_sample("first", {})["id"]
+    assert vid == ws.source.ids[0]
+    k, truth = gtv_view(ws, vid)
+    # the image a client downloads is the volume on its grid: NIfTI voxel (i, j, k) = our (x, y, slice)
+    import nibabel as nib
+
+    got = httpx.get(running.monailabel.rstrip("/") + f"/datastore/image?image={vid}", timeout=120)
+    path = tmp_path / "ct.nii.gz"
+    path.write_bytes(got.content)
+    ct = nib.load(str(path))
+    assert np.asarray(ct.dataobj).transpose(2, 1, 0).shape == ws.state(vid).label.shape
+    assert np.allclose(ct.affine, ws.item(vid).as_volume("").grid.affine, atol=1e-4)
+    # foreground then background clicks through the client: the label file equals our API's answer
+    fg = centre(truth)
+    ring = (np.abs(np.indices(truth.shape) - np.array(fg[::-1])[:, None, None]).sum(0) < 30) & ~truth
+    bg = centre(ring)
+    client.infer("medsamkit", vid, {"foreground": [[*fg, k]], "background": [], "label": "GTV"})
+    label_file, params = client.infer("medsamkit", vid, {"foreground": [[*fg, k]], "background": [[*bg, k]],
+                                                          "label": "GTV"})
+    label = read_label_file(label_file)
+    assert label.shape == ws.state(vid).label.shape and params["slice"] == k
+    assert not label[np.arange(label.shape[0]) != k].any()
+    ours = our_answer(running.base, running.token, vid, k, [[*fg, 1], [*bg, 0]], "page")
+    assert np.array_equal(label[k] > 0, ours)
+    assert dice(label[k] > 0, truth) == pytest.approx(dice(ours, truth)) and dice(ours, truth) > 0.5
+    # Slicer's own request sequence: a click (points [i, j, k] and the slice), then a box (roi [i0, i1, j0, j1,
+    # k0, k1] in IJK, corners as RAS -> IJK gives them) on a new label
+    click = {"label": "GTV", "foreground": [[*fg, k]], "background": [], "slice": k, "client_id": None}
+    reply = slicer_infer(running.monailabel, vid, click)
+    assert reply.status_code == 200, reply.text
+    replayed, _ = multipart_label(reply)
+    assert np.array_equal(replayed[k] > 0, our_answer(running.base, running.token, vid, k, [[*fg, 1]], "page2"))
+    ys, xs = np.nonzero(truth)
+    roi = [int(xs.max()), int(xs.min()), int(ys.min()), int(ys.max()), k, k]
+    box = {"label": "GTV", "foreground": [], "background": [], "roi": roi, "slice": 123.0, "reset_state": True,
+           "client_id": "slicer-box"}
+    reply = slicer_infer(running.monailabel, vid, box)
+    assert reply.status_code == 200, reply.text
+    replayed, params = multipart_label(reply)
+    assert params["box"] == [xs.min(), ys.min(), xs.max(), ys.max()] and params["slice"] == k
+    by_box = our_answer(running.base, running.token, vid, k, [], "page3", box=[float(v) for v in params["box"]])
+    assert np.array_equal(replayed[k] > 0, by_box) and dice(by_box, truth) > 0.5
+    assert slicer_infer(running.monailabel, vid, {"foreground": [[1, 2]]}).status_code == 400
+
+
+def test_volume_upload_save_label_lands_in_the_store(server3d, tmp_path):
+    from volume_crop import write_gtv_crop
+
+    running, ws, out = server3d
+    image, label, truth, affine = write_gtv_crop(tmp_path, 2)
+    client = MONAILabelClient(running.monailabel, tmpdir=str(tmp_path))
+    ident = client.upload_image(str(image), "my_ct")["image"]
+    assert ident == "my_ct" and (out / "uploads" / "my_ct.nii.gz").is_file()
+    label_file, params = client.infer("medsamkit", ident, {"foreground": [[*centre(truth[2]), 2]]})
+    assert dice(read_label_file(label_file)[2] > 0, truth[2]) > 0.5
+    saved = client.save_label(ident, str(label), tag="final", params={"label_info": [{"name": "GTV", "idx": 1}]})
+    assert saved["objects"] == 1
+    meta = json.loads((out / "my_ct.json").read_text())
+    assert meta["format"] == "medsamkit-annotate-volume/1" and meta["objects"][0]["tag"] == "final"
+    from medsamkit.io.nifti_nrrd import read_nifti
+
+    stored = read_nifti(out / "my_ct.nii.gz")
+    assert np.array_equal(stored.array > 0, truth) and np.allclose(stored.affine, affine, atol=1e-4)
+    assert client.datastore()["objects"]["my_ct"]["labels"]["final"]["ext"] == ".nii.gz"
+    with pytest.raises(MONAILabelClientException):  # another image under a taken name
+        client.upload_image(str(label), "my_ct")

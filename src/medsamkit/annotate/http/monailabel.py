@@ -70,7 +70,8 @@ def multipart_reply(params: dict, file: ClientFile) -> Response:
 
 async def form_of(request: Request) -> tuple[dict, dict[str, tuple[str, bytes]]]:
     """A request's form: text fields, and files as (file name, bytes)."""
-    if not request.headers.get("content-type", "").startswith("multipart/"):
+    kind = request.headers.get("content-type", "")
+    if not kind.startswith(("multipart/", "application/x-www-form-urlencoded")):
         return {}, {}
     form = await request.form()
     fields, files = {}, {}

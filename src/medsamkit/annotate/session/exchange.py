@@ -137,17 +137,10 @@ class Exchange:
         continues the object as on the page (``Workspace.predict``)."""
         ws = self.ws
         volume = self._ndim(image) == 3
-        clicks = [(p, 1) for p in foreground or []] + [(p, 0) for p in background or []]
-        for p, _ in clicks:
-            if len(p) < 2 or (volume and len(p) < 3):
-                raise InputError(f"a point must be [x, y{', z' if volume else ''}], got {p}")
-        if volume:
-            k = slice_index if slice_index is not None else _slice_of(clicks, roi)
-            clicks = [(p, lab) for p, lab in clicks if len(p) < 3 or round(float(p[2])) == k]
-        else:
-            k = None
-        points = [[float(p[0]), float(p[1]), float(lab)] for p, lab in clicks]
-        box = roi_box(roi) if roi else None
+        try:
+            k, points, box = _view_prompt(foreground, background, roi, slice_index, volume)
+        except (TypeError, ValueError):
+            raise InputError("params: foreground / background / roi / slice must be numbers") from None
         if not points and box is None:
             raise InputError("give foreground / background points or a roi")
         key = (image, 0, k)
@@ -233,12 +226,30 @@ class Exchange:
         return left[0] if strategy == "first" else (rng or random.Random()).choice(left)
 
 
-def _slice_of(clicks: list, roi: list | None) -> int:
-    """The slice of a volume prompt: the last click's, else the roi's middle."""
+def _view_prompt(foreground, background, roi, slice_index, volume: bool):
+    """(slice, points [x, y, 1|0], box) of a client's prompt: clicks on other slices are left out."""
+    clicks = [(p, 1) for p in foreground or []] + [(p, 0) for p in background or []]
+    for p, _ in clicks:
+        if not isinstance(p, (list, tuple)) or len(p) < 2 or (volume and len(p) < 3):
+            raise InputError(f"a point must be [x, y{', z' if volume else ''}], got {str(p)[:40]}")
+    k = None
+    if volume:
+        k = _slice_of(clicks, roi, slice_index)
+        clicks = [(p, lab) for p, lab in clicks if round(float(p[2])) == k]
+    points = [[float(p[0]), float(p[1]), float(lab)] for p, lab in clicks]
+    return k, points, (roi_box(roi) if roi else None)
+
+
+def _slice_of(clicks: list, roi: list | None, given: int | None) -> int:
+    """The slice of a volume prompt: ``given`` (MONAI Label's "slice") when it lies in the roi's z range,
+    else the last click's, else the roi's middle (Slicer sends a box alone with a slice offset in mm)."""
+    span = sorted(float(v) for v in roi[4:6]) if roi and len(roi) >= 6 else None
+    if given is not None and (span is None or span[0] - 0.5 <= float(given) <= span[1] + 0.5):
+        return int(round(float(given)))
     if clicks:
         return int(round(float(clicks[-1][0][2])))
-    if roi and len(roi) >= 6:
-        return int(round((float(roi[4]) + float(roi[5])) / 2))
+    if span is not None:
+        return int(round((span[0] + span[1]) / 2))
     raise InputError("a volume prompt needs a slice: points [x, y, z], a roi with z, or params 'slice'")
 
 

@@ -177,7 +177,8 @@ class ItemSource:
         """The uploaded file ``path`` (in the uploads folder) as item ``ident``; InputError when it is not the
         session's kind (2D images or volumes) or not readable."""
         folder = resolve_spec(path.parent)
-        found = next((i for i in folder.items(self.window) if i.name == path.name or i.key == path.name), None)
+        names = (path.name, path.name.split(".")[0])  # a plain image is named by its file, a volume by its stem
+        found = next((i for i in folder.items(self.window) if i.name in names), None)
         if found is None or folder.volumes != self.spec.volumes:
             want = "a volume (NIfTI / NRRD)" if self.spec.volumes else "a 2D image (PNG, JPEG, TIFF)"
             raise InputError(f"{path.name}: this session annotates {want}; the upload is not one")
