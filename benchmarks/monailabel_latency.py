@@ -4,7 +4,8 @@ click [i, j, k] on an embedded CT slice, the slice, the label, reset_state), ans
 holding the whole label volume as NIfTI on the CT's grid (gzip; encoding included), through a real uvicorn on
 loopback, on builtin:lung-gtv (the GTV's largest slice of --patient). Median over --calls clicks, each a new
 object (target <= 250 ms). The peer in the same run: our own API's click alone (POST /api/predict, JSON with
-base64 PNG masks) on the same slice, interleaved call by call.
+base64 PNG masks) on the same slice, interleaved call by call; and the same for a box (Slicer's ROI), whose
+model answer is fast, so its time is mostly the API's own (HTTP, forms, NIfTI).
 
 Prints JSON and writes it to benchmarks/results/monailabel_latency.json.
 Usage: python benchmarks/monailabel_latency.py [--calls 30] [--patient pat_4] [--device cpu]
@@ -64,7 +65,9 @@ def run(patient: str, calls: int, device: str | None, root: Path) -> dict:
     k = int(truth.sum((1, 2)).argmax())
     vid = f"lung-gtv_{patient}"
     ws = Workspace(AnnotateConfig("builtin:lung-gtv", out=str(root / "out"), device=device, monailabel=True))
-    compat, ours, inside, sizes = [], [], [], []
+    compat, ours, inside, sizes, boxes, our_boxes = [], [], [], [], [], []
+    ys, xs = np.nonzero(truth[k])
+    tight = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
     with BackgroundServer(ws, token="bench") as server, httpx.Client(timeout=600) as http:
         url = f"{server.monailabel}infer/medsamkit"
         auth = {"Authorization": "Bearer bench"}
@@ -87,8 +90,23 @@ def run(patient: str, calls: int, device: str | None, root: Path) -> dict:
             answer.json()
             ours.append(time.perf_counter() - t)
             inside.append(answer.json()["seconds"])
+            # a box (Slicer's ROI: [i0, i1, j0, j1, k0, k1]), a new one every call, and our API's box
+            x0, y0, x1, y1 = tight[0] - i % 5, tight[1], tight[2] + i % 3, tight[3]
+            params = {"label": "GTV", "foreground": [], "background": [], "roi": [x0, x1, y0, y1, k, k],
+                      "reset_state": True, "client_id": "bench"}
+            t = time.perf_counter()
+            reply = http.post(url, params={"image": vid}, content=slicer_body(params),
+                              headers={"content-type": f"multipart/form-data; boundary={LIMIT}"})
+            reply.raise_for_status()
+            label_bytes(reply)
+            boxes.append(time.perf_counter() - t)
+            body = {"image": vid, "axis": 0, "slice": k, "box": [x0, y0, x1 + 1, y1], "client": f"page{i}"}
+            t = time.perf_counter()
+            http.post(f"{server.base}/api/predict", json=body, headers=auth).raise_for_status()
+            our_boxes.append(time.perf_counter() - t)
     ws.segmenter.close()
-    med = {name: 1000 * statistics.median(v[2:]) for name, v in (("compat", compat), ("ours", ours))}
+    med = {name: 1000 * statistics.median(v[2:]) for name, v in (("compat", compat), ("ours", ours),
+                                                                  ("box", boxes), ("our_box", our_boxes))}
     return {"volume": f"builtin:lung-gtv {patient}", "shape": list(case.image.shape), "slice": k,
             "embed_slice_s": round(embed, 3),
             "monailabel_infer_click_http_median_ms": round(med["compat"], 1),
@@ -96,7 +114,10 @@ def run(patient: str, calls: int, device: str | None, root: Path) -> dict:
             "label_nifti_bytes_median": int(statistics.median(sizes)),
             "our_api_click_http_median_ms": round(med["ours"], 1),
             "our_api_click_in_server_median_ms": round(1000 * statistics.median(inside[2:]), 1),
-            "monailabel_over_our_api": round(med["compat"] / med["ours"], 2)}
+            "monailabel_over_our_api": round(med["compat"] / med["ours"], 2),
+            "monailabel_infer_box_http_median_ms": round(med["box"], 1),
+            "our_api_box_http_median_ms": round(med["our_box"], 1),
+            "monailabel_box_over_our_api": round(med["box"] / med["our_box"], 2)}
 
 
 def main() -> None:

@@ -302,3 +302,36 @@ def test_volume_upload_save_label_lands_in_the_store(server3d, tmp_path):
     assert client.datastore()["objects"]["my_ct"]["labels"]["final"]["ext"] == ".nii.gz"
     with pytest.raises(MONAILabelClientException):  # another image under a taken name
         client.upload_image(str(label), "my_ct")
+
+
+def test_cli_prints_the_monailabel_url_and_serves_it(folder2d, weights_path, tmp_path):
+    import signal
+
+    from test_annotate_cli import _start  # the CLI as a person starts it
+
+    from medsamkit.annotate.http.launch import free_port
+
+    port = free_port()
+    proc = _start([str(folder2d[0] / "images"), "--out", str(tmp_path / "out"), "--port", str(port),
+                   "--device", "cpu", "--monailabel"])
+    try:
+        page = proc.stdout.readline().strip()
+        line = proc.stdout.readline().strip()
+        token = page.split("token=", 1)[1]
+        assert line == f"medsamkit annotate: MONAI Label server (3D Slicer / OHIF / QuPath): " \
+                       f"http://127.0.0.1:{port}/monailabel/{token}/", line
+        info = MONAILabelClient(line.rsplit(" ", 1)[1], tmpdir=str(tmp_path)).info()
+        assert info["datastore"]["total"] == 2 and list(info["models"]) == ["medsamkit"]
+        assert httpx.get(f"http://127.0.0.1:{port}/monailabel/info/").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
+def test_without_the_flag_there_is_no_monailabel_api(litemedsam, folder2d, tmp_path):
+    ws = Workspace(AnnotateConfig(str(folder2d[0] / "images"), out=str(tmp_path / "out")),
+                   Segmenter(litemedsam, tmp_path / "emb", weights_identity("litemedsam", None)))
+    with BackgroundServer(ws, token="tok") as running:
+        assert httpx.get(f"{running.base}/monailabel/tok/info/").status_code == 404
+        assert httpx.get(f"{running.base}/monailabel/other/info/").status_code == 401
+    ws.segmenter.close()
