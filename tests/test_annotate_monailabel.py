@@ -172,6 +172,8 @@ def test_2d_save_label_is_training_data_and_trains_a_round(server2d, folder2d, t
         status = client.train_status()
     assert status["status"] == "DONE", status
     assert status["phase"] in ("updated", "kept") and status["details"]
+    stats = client.info()["train_stats"]["medsamkit"]  # what Slicer's progress and accuracy bars read
+    assert stats["total_time"] > 0 and 0 < stats["best_metric"] <= 1
 
 
 def test_token_in_the_path(server2d):

@@ -115,15 +115,26 @@ def info(ex: Exchange = Depends(exchange)) -> dict:
     model = {"type": "deepgrow", "dimension": 2, "labels": names, "config": {},
              "description": f"{ws.segmenter.identity.get('model', 'model')}: clicks and a box (roi) on one view"}
     rounds = ws.learning.status() if ws.learning is not None else {}
-    job = rounds.get("job") or {}
-    stats = {MODEL: {"total_time": job.get("seconds", 0), "phase": rounds.get("phase"), "version":
-                     rounds.get("current")}} if job else {}
     return {"name": "medsamkit", "description": "medsamkit annotate (MONAI Label-compatible API)",
             "version": "1", "labels": names, "models": {MODEL: model},
             "trainers": {MODEL: {"description": "learn round: fine-tune the decoder on the saved labels",
                                  "config": {}}},
             "strategies": {k: {"description": v} for k, v in STRATEGIES.items()}, "scoring": {},
-            "train_stats": stats, "datastore": status_of(ex)}
+            "train_stats": train_stats(rounds), "datastore": status_of(ex)}
+
+
+def train_stats(rounds: dict) -> dict:
+    """The last learn round as MONAI Label's train stats (Slicer's progress bar: epoch of total_epochs while
+    it runs, total_time once done; best_metric: the mean validation Dice over the prompt types)."""
+    job = rounds.get("job") or {}
+    if not job:
+        return {}
+    dice = [v for v in (job.get("after") or job.get("before") or {}).values() if isinstance(v, (int, float))]
+    running = rounds.get("phase") == "training"
+    return {MODEL: {"epoch": int(100 * job.get("progress", 0)), "total_epochs": 100,
+                    "total_time": 0 if running else job.get("seconds", 0),
+                    "best_metric": round(sum(dice) / len(dice), 4) if dice else 0,
+                    "phase": rounds.get("phase"), "version": rounds.get("current")}}
 
 
 @router.post("/infer/{model}")
