@@ -304,6 +304,20 @@ def test_volume_upload_save_label_lands_in_the_store(server3d, tmp_path):
     assert client.datastore()["objects"]["my_ct"]["labels"]["final"]["ext"] == ".nii.gz"
     with pytest.raises(MONAILabelClientException):  # another image under a taken name
         client.upload_image(str(label), "my_ct")
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"not a volume" * 100)
+    with pytest.raises(MONAILabelClientException, match="400"):
+        client.upload_image(str(junk), "junk")
+    assert not (out / "uploads" / "junk.nii.gz").exists() and "junk" not in ws.source.items
+    # a session (Slicer's "upload as session"): an image infer names by session_id
+    sid = client.create_session(str(image))["session_id"]
+    assert client.get_session(sid)["image"] == sid
+    label_file, _ = client.infer("medsamkit", "", {"foreground": [[*centre(truth[2]), 2]]}, session_id=sid)
+    assert dice(read_label_file(label_file)[2] > 0, truth[2]) > 0.5
+    assert client.remove_session(sid)["session_id"] == sid
+    # a restart finds the uploads and their saved objects again
+    again = Workspace(AnnotateConfig("builtin:lung-gtv", out=str(out), monailabel=True), ws.segmenter)
+    assert {"my_ct", sid} <= set(again.source.items) and len(again.objects("my_ct").objects) == 1
 
 
 def test_cli_prints_the_monailabel_url_and_serves_it(folder2d, weights_path, tmp_path):

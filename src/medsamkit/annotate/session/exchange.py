@@ -108,9 +108,10 @@ class Exchange:
             path = ws.files.write_upload(ident + suffix, data)
             try:
                 ws.source.add_uploaded(path, ident)
-                ws.item(ident).describe()
+                ws.state(ident)  # reads it: a file that is not what its name says is refused now
             except Exception:
                 ws.source.items.pop(ident, None)
+                ws.states.pop(ident, None)
                 path.unlink(missing_ok=True)
                 raise
         return ident
