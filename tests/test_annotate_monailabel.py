@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import time
 
 import numpy as np
@@ -18,7 +19,12 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-client_module = pytest.importorskip("monailabel.client.client")  # the dev extra: pip install --no-deps monailabel
+try:  # `make install` puts it there (pip install --no-deps monailabel; requests from the dev extra)
+    from monailabel.client import client as client_module
+except ImportError:
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("the monailabel client is not installed (make install)", allow_module_level=True)
 import httpx  # noqa: E402
 
 from medsamkit.annotate.http.launch import BackgroundServer  # noqa: E402
