@@ -329,9 +329,8 @@ def test_volume_upload_save_label_lands_in_the_store(server3d, tmp_path):
 def test_cli_prints_the_monailabel_url_and_serves_it(folder2d, weights_path, tmp_path):
     import signal
 
-    from test_annotate_cli import _start  # the CLI as a person starts it
-
     from medsamkit.annotate.http.launch import free_port
+    from test_annotate_cli import _start  # the CLI as a person starts it
 
     port = free_port()
     proc = _start([str(folder2d[0] / "images"), "--out", str(tmp_path / "out"), "--port", str(port),
