@@ -32,6 +32,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from medsamkit import __version__
 from medsamkit.annotate.http.requests import session
 from medsamkit.annotate.session.exchange import STRATEGIES, ClientFile, Exchange
 from medsamkit.annotate.session.workspace import Workspace
@@ -116,7 +117,7 @@ def info(ex: Exchange = Depends(exchange)) -> dict:
              "description": f"{ws.segmenter.identity.get('model', 'model')}: clicks and a box (roi) on one view"}
     rounds = ws.learning.status() if ws.learning is not None else {}
     return {"name": "medsamkit", "description": "medsamkit annotate (MONAI Label-compatible API)",
-            "version": "1", "labels": names, "models": {MODEL: model},
+            "version": __version__, "labels": names, "models": {MODEL: model},
             "trainers": {MODEL: {"description": "learn round: fine-tune the decoder on the saved labels",
                                  "config": {}}},
             "strategies": {k: {"description": v} for k, v in STRATEGIES.items()}, "scoring": {},
