@@ -142,6 +142,11 @@ def test_2d_client_info_next_sample_infer_upload(server2d, folder2d, tmp_path):
     label_file, _ = client.infer("medsamkit", "c", {"foreground": [centre(truth_c)], "background": []})
     assert dice(read_label_file(label_file) > 0, truth_c) > 0.6
     assert client.datastore()["objects"]["c"]["image"]["ext"] == ".png"
+    # the automatic model: everything mode's objects as one label
+    assert info["models"]["medsamkit_everything"]["type"] == "segmentation"
+    label_file, params = client.infer("medsamkit_everything", "b", {})
+    found = read_label_file(label_file) > 0
+    assert dice(found, truths["b"] > 0) > 0.7  # 0.815 when written
 
 
 def test_2d_save_label_is_training_data_and_trains_a_round(server2d, folder2d, tmp_path):
@@ -287,6 +292,8 @@ def test_volume_client_infer_matches_our_api_and_slicer_replay(server3d, tmp_pat
     by_box = our_answer(running.base, running.token, vid, k, [], "page3", box=[float(v) for v in params["box"]])
     assert np.array_equal(replayed[k] > 0, by_box) and dice(by_box, truth) > 0.5
     assert slicer_infer(running.monailabel, vid, {"foreground": [[1, 2]]}).status_code == 400
+    with pytest.raises(MONAILabelClientException, match="slice"):  # automatic segmentation: slice by slice
+        client.infer("medsamkit_everything", vid, {})
 
 
 def test_volume_upload_save_label_lands_in_the_store(server3d, tmp_path):
@@ -342,7 +349,7 @@ def test_cli_prints_the_monailabel_url_and_serves_it(folder2d, weights_path, tmp
         assert line == f"medsamkit annotate: MONAI Label server (3D Slicer / OHIF / QuPath): " \
                        f"http://127.0.0.1:{port}/monailabel/{token}/", line
         info = MONAILabelClient(line.rsplit(" ", 1)[1], tmpdir=str(tmp_path)).info()
-        assert info["datastore"]["total"] == 2 and list(info["models"]) == ["medsamkit"]
+        assert info["datastore"]["total"] == 2 and list(info["models"]) == ["medsamkit", "medsamkit_everything"]
         assert httpx.get(f"http://127.0.0.1:{port}/monailabel/info/").status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)

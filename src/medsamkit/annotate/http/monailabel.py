@@ -3,9 +3,10 @@ OHIF's MONAI Label mode, QuPath and other MONAI Label clients drive medsamkit. I
 ``/monailabel/TOKEN/`` (``guards``: those clients keep a URL's path but send no header; with --no-token under
 ``/monailabel/``) and is left out of /docs and /openapi.json, which would show the token.
 
-- ``GET /info/`` -> the app: one interactive model ``MODEL`` ("deepgrow" type, 2D: clicks on one slice of a
-  volume, and a "roi" box), the labels (``--class-names``), the strategies, the datastore's counts.
-- ``POST /infer/MODEL?image=ID[&session_id=][&output=image|json|all]`` with form ``params`` (JSON:
+- ``GET /info/`` -> the app: the interactive model ``MODEL`` ("deepgrow" type, 2D: clicks on one slice of a
+  volume, and a "roi" box), the automatic one ``AUTO`` ("segmentation" type: everything mode on a 2D image or
+  the slice ``params["slice"]`` of a volume), the labels (``--class-names``), the strategies, the datastore.
+- ``POST /infer/MODEL|AUTO?image=ID[&session_id=][&output=image|json|all]`` with form ``params`` (JSON:
   ``foreground`` / ``background`` [[x, y(, z)], ...] voxel indices, ``roi`` [x0, x1, y0, y1(, z0, z1)],
   ``slice``, ``label``, ``reset_state``, ``client_id``) -> multipart: ``params`` (JSON) and the label file
   (1 inside the answer) in the image's space: NIfTI on a volume's grid, PNG for a 2D image.
@@ -39,6 +40,7 @@ from medsamkit.annotate.session.workspace import Workspace
 from medsamkit.core.errors import InputError
 
 MODEL = "medsamkit"
+AUTO = "medsamkit_everything"  # the automatic ("segmentation") model: everything mode on a 2D image or a slice
 TAG = "final"  # MONAI Label's tag of a finished label; the annotation folder keeps one label per image
 router = APIRouter(include_in_schema=False)
 
@@ -113,11 +115,14 @@ def info(ex: Exchange = Depends(exchange)) -> dict:
     """The app as MONAI Label clients read it."""
     ws = ex.ws
     names = labels(ws)
+    name = ws.segmenter.identity.get("model", "model")
     model = {"type": "deepgrow", "dimension": 2, "labels": names, "config": {},
-             "description": f"{ws.segmenter.identity.get('model', 'model')}: clicks and a box (roi) on one view"}
+             "description": f"{name}: clicks and a box (roi) on one view"}
+    auto = {"type": "segmentation", "dimension": 2, "labels": names[:1], "config": {},
+            "description": f"{name} everything mode: every object found on a 2D image or one slice ('slice')"}
     rounds = ws.learning.status() if ws.learning is not None else {}
     return {"name": "medsamkit", "description": "medsamkit annotate (MONAI Label-compatible API)",
-            "version": __version__, "labels": names, "models": {MODEL: model},
+            "version": __version__, "labels": names, "models": {MODEL: model, AUTO: auto},
             "trainers": {MODEL: {"description": "learn round: fine-tune the decoder on the saved labels",
                                  "config": {}}},
             "strategies": {k: {"description": v} for k, v in STRATEGIES.items()}, "scoring": {},
@@ -142,17 +147,20 @@ def train_stats(rounds: dict) -> dict:
 async def infer(model: str, request: Request, image: str = "", session_id: str = "", output: str | None = None,
                 ex: Exchange = Depends(exchange)) -> Response:
     """A click / box answer as a label file (NIfTI on a volume's grid, PNG for a 2D image)."""
-    if model != MODEL:
-        raise KeyError(f"model {model} (this server has {MODEL})")
+    if model not in (MODEL, AUTO):
+        raise KeyError(f"model {model} (this server has {MODEL} and {AUTO})")
     fields, files = await form_of(request)
     params = params_of(fields.get("params"))
     if "file" in files:
         name, data = files["file"]
         image = await run_in_threadpool(ex.upload, image or name, name, data)
     ident = ex.resolve(session_id or image)
-    answer = await run_in_threadpool(ex.answer, ident, params.get("foreground") or [],
-                                     params.get("background") or [], params.get("roi") or None,
-                                     params.get("slice"), client_of(params), bool(params.get("reset_state")))
+    if model == AUTO:
+        answer = await run_in_threadpool(ex.everything, ident, params.get("slice"), client_of(params))
+    else:
+        answer = await run_in_threadpool(ex.answer, ident, params.get("foreground") or [],
+                                         params.get("background") or [], params.get("roi") or None,
+                                         params.get("slice"), client_of(params), bool(params.get("reset_state")))
     reply = {"label": params.get("label") or labels(ex.ws)[0], "label_names": {params.get("label") or
              labels(ex.ws)[0]: 1}, "slice": answer.slice, "points": answer.points, "box": answer.box,
              "iou": round(answer.iou, 4), "latency": {"infer": answer.seconds}}

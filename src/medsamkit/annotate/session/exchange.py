@@ -157,6 +157,24 @@ class Exchange:
             label[...] = best
         return ClientAnswer(label, k, points, box, float(done.answer.iou[done.answer.best()]), done.seconds)
 
+    def everything(self, image: str, slice_index: int | None, client: str) -> ClientAnswer:
+        """Automatic segmentation: every object everything mode finds on a 2D image or one slice of a volume
+        (``slice_index``), painted as 1 on a whole label map; they stay the client's proposals as on the page."""
+        volume = self._ndim(image) == 3
+        if volume and slice_index is None:
+            raise InputError("automatic segmentation of a volume works slice by slice: give params 'slice'")
+        try:
+            k = int(round(float(slice_index))) if volume else None
+        except (TypeError, ValueError):
+            raise InputError("params: slice must be a number") from None
+        found = self.ws.everything(image, 0, k, client)
+        label = np.zeros(self.ws.state(image).label.shape, dtype=np.uint8)
+        view = label[k] if volume else label
+        for record in found.records:
+            view[record.mask(view.shape)] = 1
+        iou = float(np.mean([r.predicted_iou for r in found.records])) if found.records else 0.0
+        return ClientAnswer(label, k, [], None, iou, found.seconds)
+
     def label_file(self, image: str, label: np.ndarray) -> ClientFile:
         """A label map of the item as a client reads it: NIfTI on a volume's grid, PNG for a 2D image."""
         if label.ndim == 3:
