@@ -248,7 +248,8 @@ def test_volume_client_infer_matches_our_api_and_slicer_replay(server3d, tmp_pat
     running, ws, out = server3d
     client = MONAILabelClient(running.monailabel, tmpdir=str(tmp_path), client_id="slicer")
     info = client.info()
-    assert info["datastore"]["total"] == len(ws.source.ids) and info["models"]["medsamkit"]["dimension"] == 2
+    assert info["datastore"]["total"] == len(ws.source.ids) and list(info["models"]) == ["medsamkit"]
+    assert info["models"]["medsamkit"]["dimension"] == 2
     vid = client.next_sample("first", {})["id"]
     assert vid == ws.source.ids[0]
     k, truth = gtv_view(ws, vid)

@@ -122,7 +122,9 @@ def info(ex: Exchange = Depends(exchange)) -> dict:
             "description": f"{name} everything mode: every object found on a 2D image or one slice ('slice')"}
     rounds = ws.learning.status() if ws.learning is not None else {}
     return {"name": "medsamkit", "description": "medsamkit annotate (MONAI Label-compatible API)",
-            "version": __version__, "labels": names, "models": {MODEL: model, AUTO: auto},
+            # volumes: not listed, as Slicer runs a listed automatic model on every next sample's whole volume
+            "version": __version__, "labels": names,
+            "models": {MODEL: model} if ws.source.spec.volumes else {MODEL: model, AUTO: auto},
             "trainers": {MODEL: {"description": "learn round: fine-tune the decoder on the saved labels",
                                  "config": {}}},
             "strategies": {k: {"description": v} for k, v in STRATEGIES.items()}, "scoring": {},
