@@ -295,6 +295,8 @@ def test_volume_client_infer_matches_our_api_and_slicer_replay(server3d, tmp_pat
     assert slicer_infer(running.monailabel, vid, {"foreground": [[1, 2]]}).status_code == 400
     with pytest.raises(MONAILabelClientException, match="slice"):  # automatic segmentation: slice by slice
         client.infer("medsamkit_everything", vid, {})
+    with pytest.raises(MONAILabelClientException, match="learning needs objects"):  # rounds learn from 2D only
+        client.train_start("medsamkit", {})
 
 
 def test_volume_upload_save_label_lands_in_the_store(server3d, tmp_path):
