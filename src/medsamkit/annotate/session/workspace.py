@@ -78,7 +78,8 @@ class Workspace:
         self.source_record = self.source.spec.record  # in each image's JSON: training finds the image again
         for path in self.files.upload_files():  # images a client sent in an earlier run
             try:
-                self.source.add_uploaded(path, path.name.split(".")[0])
+                if path.name.split(".")[0] not in self.source.items:  # the SPEC's own items come first
+                    self.source.add_uploaded(path, path.name.split(".")[0])
             except InputError:
                 pass  # not this session's kind (a 2D upload beside volumes): left as it is
         current = self.files.load_session().get("current")
