@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from volume_crop import lung_case
 
 from medsamkit.core.errors import InputError
 from medsamkit.io.nifti_nrrd import write_nifti
@@ -16,6 +15,7 @@ from medsamkit.io.volume import Volume
 from medsamkit.volumes import EvaluateVolumeConfig, SliceEmbedder, evaluate_volumes
 from medsamkit.volumes.engine import Box3D, VolumeEngine, parse_box3d
 from medsamkit.volumes.protocol import challenge_click, class_row, click_auc
+from volume_crop import lung_case
 
 
 # --- the click rule and the AUC, by hand ------------------------------------------------------------------

@@ -14,7 +14,14 @@ import numpy as np
 
 from medsamkit.metrics.instance import aji, object_dice, object_f1, object_f1_counts, object_hausdorff
 from medsamkit.metrics.overlap import confusion, dice, iou
-from medsamkit.metrics.surface import HD95_CONVENTION, NSD_CONVENTIONS, hd95, nsd, surface_dice, surface_distances
+from medsamkit.metrics.surface import (
+    HD95_CONVENTION,
+    NSD_CONVENTIONS,
+    hd95,
+    nsd,
+    surface_dice,
+    surface_distances,
+)
 
 __all__ = [
     "HD95_CONVENTION",

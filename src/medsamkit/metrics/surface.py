@@ -26,7 +26,6 @@ from scipy import ndimage
 from medsamkit.core.errors import InputError
 from medsamkit.metrics.overlap import checked_pair
 
-
 NSD_CONVENTIONS = ("voxel", "surfel")
 HD95_CONVENTION = "boundary voxels, max of the two directed 95th percentiles"
 

@@ -24,7 +24,12 @@ from medsamkit.io.datasets import VolumeCase
 from medsamkit.io.windowing import parse_window
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
-from medsamkit.volumes.config import VOLUME_RESULT_KEYS, EvaluateVolumeConfig, open_volume_dataset, volume_kind
+from medsamkit.volumes.config import (
+    VOLUME_RESULT_KEYS,
+    EvaluateVolumeConfig,
+    open_volume_dataset,
+    volume_kind,
+)
 from medsamkit.volumes.masks import mask_file_name, read_prediction, variant_folder, write_label_map
 from medsamkit.volumes.scores import (
     SLICE_FIELDS,

@@ -32,7 +32,12 @@ from medsamkit.io.windowing import parse_window
 from medsamkit.metrics import HD95_CONVENTION, dice, hd95, surface_dice
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
-from medsamkit.volumes.config import VOLUME_RESULT_KEYS, EvaluateVolumeConfig, open_volume_dataset, volume_kind
+from medsamkit.volumes.config import (
+    VOLUME_RESULT_KEYS,
+    EvaluateVolumeConfig,
+    open_volume_dataset,
+    volume_kind,
+)
 from medsamkit.volumes.engine import Box3D, EngineSettings, VolumeEngine
 from medsamkit.volumes.scores import present_classes
 from medsamkit.volumes.segment import parse_class_list
