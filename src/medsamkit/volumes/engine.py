@@ -88,7 +88,7 @@ class EngineSettings:
     min_iou: float = 0.0  # predicted IoU under this: the object has ended (0: off)
     max_area_change: float = 0.0  # area ratio between neighbouring slices beyond this: ended (0: off)
     agree: float = 0.9  # re-propagation stops at a slice whose answer agrees (Dice) with what is there
-    reach: int = 0  # re-propagation after a click goes at most this many slices each way (0: no limit)
+    reach: int = 2  # re-propagation after a click goes at most this many slices each way (0: no limit)
     max_growth: float = 3.0  # a click's answer larger than this x the slice's and its neighbours' areas: a disk
     clicks: str = "auto"  # prompts.clicks strategy: auto, native, search
 
