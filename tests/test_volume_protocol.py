@@ -4,6 +4,7 @@ CT volume (a NIfTI made from builtin:lung-gtv with another orientation), resumab
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -12,7 +13,15 @@ import pytest
 from medsamkit.core.errors import InputError
 from medsamkit.io.nifti_nrrd import write_nifti
 from medsamkit.io.volume import Volume
-from medsamkit.volumes import EvaluateVolumeConfig, SliceEmbedder, evaluate_volumes
+from medsamkit.io.volume_reader import read_label_volume, read_volume
+from medsamkit.metrics import dice
+from medsamkit.volumes import (
+    EvaluateVolumeConfig,
+    SegmentVolumeConfig,
+    SliceEmbedder,
+    evaluate_volumes,
+    run_segment_volume,
+)
 from medsamkit.volumes.engine import Box3D, VolumeEngine, parse_box3d
 from medsamkit.volumes.protocol import challenge_click, class_row, click_auc
 from volume_crop import lung_case
@@ -82,14 +91,12 @@ def sphere_volume(radius: int = 7, size: int = 48, depth: int = 21) -> tuple[np.
 def test_propagation_stays_inside_the_box_z_extent_and_keeps_corrections(predictor):
     image, ball = sphere_volume()
     box3d = Box3D.of_truth(ball)
-    narrow = Box3D(box3d.z - 2, box3d.z + 2, box3d.z, box3d.box)
+    narrow = Box3D(box3d.z - 1, box3d.z + 1, box3d.z, box3d.box)
     engine = VolumeEngine(SliceEmbedder(predictor, image, source="sphere"))
     mask = engine.start(narrow)
     inside = mask[narrow.z_min : narrow.z_max + 1]
     assert not mask[: narrow.z_min].any() and not mask[narrow.z_max + 1 :].any()
-    assert inside.reshape(5, -1).any(1).all()
-    from medsamkit.metrics import dice
-
+    assert inside.reshape(3, -1).any(1).all()
     assert dice(inside, ball[narrow.z_min : narrow.z_max + 1]) > 0.8
     # a negative click in the middle of slice z+1 removes what is under it there; that slice is then an anchor
     k = narrow.z + 1
@@ -124,7 +131,7 @@ def test_cvpr25_protocol_rows_summary_and_resume(tmp_path, predictor):
     image, label = write_flipped_gtv(tmp_path)
     out = tmp_path / "run"
     cfg = EvaluateVolumeConfig(data=f"{image}::{label}", out=str(out), protocol="cvpr25", window="lung",
-                               show_progress=False)
+                               cache=str(tmp_path / "cache"), show_progress=False)
     summary = evaluate_volumes(cfg, predictor)
     cls = summary["classes"]["class 1"]
     assert [s["step"] for s in cls["steps"]] == list(range(6)) and cls["n"] == 1
@@ -140,4 +147,14 @@ def test_cvpr25_protocol_rows_summary_and_resume(tmp_path, predictor):
     assert again["new_volumes"] == 0 and again["classes"] == json.loads((out / "summary.json").read_text())["classes"]
     with pytest.raises(InputError, match="differ"):
         evaluate_volumes(EvaluateVolumeConfig(data=cfg.data, out=str(out), protocol="cvpr25", window="lung",
-                                              clicks="native", show_progress=False), predictor)
+                                              cache=cfg.cache, clicks="native", show_progress=False), predictor)
+    # segment-volume --box3d: the same engine from the command line's 3D box gives the protocol's step-0 answer
+    box = next(r for r in csv.DictReader((out / "steps.csv").open()) if r["step"] == "0")
+    truth = read_label_volume(str(label), read_volume(str(image))).array == 1
+    b = Box3D.of_truth(truth)
+    text = ",".join(str(int(v)) for v in (b.z_min, b.z_max, b.z, *b.box))
+    res = run_segment_volume(SegmentVolumeConfig(volume=str(image), out=str(tmp_path / "seg.nii.gz"), box3d=text,
+                                                 window="lung", cache=cfg.cache, show_progress=False), predictor)
+    seg = read_volume(str(tmp_path / "seg.nii.gz")).array != 0
+    assert res["encoded_slices"] == 0 and int(seg.sum()) == int(box["pred_voxels"])
+    assert dice(seg, truth) == pytest.approx(float(box["dice"]), abs=1e-5)
