@@ -6,7 +6,9 @@ shrinking or drifting, as the plain walk does with a box-only model (see ``propa
 given box and the model's answer on the box's slice is measured once and added to every propagated box (a
 model that under-segments inside a tight box is given the margin it needed there), and each slice chooses
 between that box and the given box itself (a second seed on every slice of the range), by predicted IoU plus
-agreement (IoU) with the previous slice. A direction stops where the answer falls under ``min_area`` px or
+agreement (IoU) with the previous slice. Every answer (propagated or clicked) is kept inside the given box
+grown by ``slack`` x its size on each side, stretched to hold every positive click (a box-only model's answer
+can leak into the organ around the object). A direction stops where the answer falls under ``min_area`` px or
 ``min_iou`` predicted IoU, or its area changes by more than ``max_area_change`` times from slice to slice
 (0: off); the object has ended there and the slices beyond (up to an anchor) are cleared.
 
@@ -89,6 +91,7 @@ class EngineSettings:
     max_area_change: float = 0.0  # area ratio between neighbouring slices beyond this: ended (0: off)
     agree: float = 0.9  # re-propagation stops at a slice whose answer agrees (Dice) with what is there
     reach: int = 2  # re-propagation after a click goes at most this many slices each way (0: no limit)
+    slack: float = 0.5  # answers are kept inside the given box grown by this x its size each side (0: off)
     max_growth: float = 3.0  # a click's answer larger than this x the slice's and its neighbours' areas: a disk
     clicks: str = "auto"  # prompts.clicks strategy: auto, native, search
 
@@ -102,6 +105,7 @@ class EngineState:
     z_max: int = -1
     offset: np.ndarray = field(default_factory=lambda: np.zeros(4, dtype=np.float32))
     seed: np.ndarray | None = None
+    region: tuple[float, float, float, float] | None = None  # where answers may lie (x0, y0, x1, y1)
     anchors: set[int] = field(default_factory=set)
     clicks: dict[int, list[tuple[float, float, int]]] = field(default_factory=dict)
 
@@ -131,6 +135,10 @@ class VolumeEngine:
         st.mask[b.z] = masks[0]
         if masks[0].any():
             st.offset = box - tight_box(masks[0]).astype(np.float32)
+        x0, y0, x1, y1 = b.box
+        grow = self.settings.slack * max(x1 - x0, y1 - y0)
+        st.region = (x0 - grow, y0 - grow, x1 + grow, y1 + grow)
+        st.mask[b.z] &= self._allowed()
         st.anchors.add(b.z)
         self.trace.append({"z": b.z, "area": int(masks[0].sum()), "iou": round(float(ious[0]), 4), "event": "box"})
         for step in (1, -1):
@@ -152,13 +160,28 @@ class VolumeEngine:
         native_box = tight_box(current) if self.answerer.strategy == "native" and current.any() else None
         self.embedder.use(z)
         pred = self.answerer.answer([Prompt(box=native_box, points=pts, labels=labels)], parents=[(current, 1.0)])
-        st.mask[z] = self._bounded(pred.masks[0, 0], z, pts[-1], int(bool(positive)))
+        if positive:
+            st.region = (min(st.region[0], x), min(st.region[1], y), max(st.region[2], x), max(st.region[3], y))
+        answer = pred.masks[0, 0] & self._allowed()
+        st.mask[z] = self._bounded(answer, z, pts[-1], int(bool(positive)))
         st.anchors.add(z)
         self.trace.append({"z": z, "area": int(st.mask[z].sum()), "iou": round(float(pred.iou[0, 0]), 4),
                            "event": "click+" if positive else "click-"})
         for step in (1, -1):
             self._walk(z, step, self.settings.agree)
         return self.mask
+
+    def _allowed(self) -> np.ndarray:
+        """Where answers may lie: the given box grown by ``slack`` x its size each side, stretched to hold every
+        positive click (everywhere when slack is 0)."""
+        st, (h, w) = self.state, self.state.mask.shape[1:]
+        out = np.zeros((h, w), dtype=bool)
+        if self.settings.slack <= 0 or st.region is None:
+            out[:] = True
+            return out
+        x0, y0, x1, y1 = st.region
+        out[max(int(y0), 0) : int(np.ceil(y1)) + 1, max(int(x0), 0) : int(np.ceil(x1)) + 1] = True
+        return out
 
     def _bounded(self, answer: np.ndarray, z: int, xy: np.ndarray, label: int) -> np.ndarray:
         """A click's answer, or the click's own disk edit when the answer grew past ``max_growth`` x the largest
@@ -182,6 +205,7 @@ class VolumeEngine:
             boxes.append(st.seed)
         pred = self.embedder.use(z).predict(boxes=np.stack(boxes).astype(np.float32))
         masks, ious, _ = pred.best()
+        masks = masks & self._allowed()
         scores = [float(ious[i]) + iou(masks[i], previous) for i in range(len(masks))]
         best = int(np.argmax(scores))
         return masks[best], float(ious[best])
