@@ -1,0 +1,219 @@
+"""Parameter-efficient fine-tuning side by side (SAM-Med2D's table): LiteMedSAM zero-shot, decoder only, encoder
+adapters + decoder, LoRA on the encoder's attention + decoder, each trained at the same CPU-time budget.
+
+Usage: ``python benchmarks/peft_table.py [--datasets monuseg,glas] [--budget-cpu SECONDS] [--out FOLDER]``.
+MoNuSeg: train -> test; GlaS: train -> test A (shared/data, found as every benchmark finds it; when absent the
+script prints a JSON line saying so and exits 0).
+
+Each training run gets the same budget in CPU seconds of its own process (time.process_time: other jobs on a
+shared machine slow the wall clock, not this count); wall seconds and steps are reported beside it. Every run
+is a fresh process (its peak RSS, ru_maxrss, is its own). Settings (the learning rate, one per mode) are chosen
+on a validation split of the training images (mean validation Dice over the prompt modes, one validation at the
+end of the budget); only the chosen run of each mode is evaluated on the test images, once.
+Resumable: each finished run, evaluation and timing is written to OUT/results.json as it completes and skipped
+on a rerun (a run interrupted mid-budget is started again from scratch, so its budget stays whole).
+``--smoke``: tiny budget and sizes, one learning rate, a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _shared import add_smoke, apply_smoke, require_shared, shared_dir
+from medsamkit.core.atomic import write_json_atomic
+from medsamkit.core.runtime import setup
+from medsamkit.evaluation.config import EvaluateConfig
+from medsamkit.evaluation.run import evaluate
+from medsamkit.models import load_model
+from medsamkit.models.finetuned import apply_recipe, read_run_checkpoint
+from medsamkit.predictor import as_rgb_float, preprocess
+from medsamkit.training import FinetuneConfig, finetune
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_MODES = "box,center,random3,iter5"  # SAM-Med2D's Bbox / 1 pt / 3 pts / 5 pts (see the README section)
+MODES = ("decoder", "adapter", "lora")
+SPLITS = {"monuseg": ("monuseg/train", "monuseg/test"), "glas": ("glas/train", "glas/testA")}
+
+
+def train_one(cfg: FinetuneConfig, threads: int | None, queue) -> None:
+    """Child process: one fine-tuning run; puts its summary and its own peak RSS (ru_maxrss, MB) on ``queue``."""
+    setup(threads=threads)
+    summary = finetune(cfg)
+    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    queue.put(summary)
+
+
+def run_training(cfg: FinetuneConfig, threads: int | None) -> dict:
+    """A fine-tuning run in a fresh process (spawned: no memory shared with this one)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=train_one, args=(cfg, threads, queue))
+    proc.start()
+    summary = queue.get()
+    proc.join()
+    return summary
+
+
+def mean_dice(summary: dict) -> dict[str, float | None]:
+    """Mean final-step Dice per prompt mode of the model rows of an evaluate summary."""
+    return {row["mode"]: row["dice"]["mean"] for row in summary["table"] if row["method"] == "model"}
+
+
+def encoder_speed(models: dict[str, torch.nn.Module], image: np.ndarray, rounds: int) -> dict:
+    """Encoder images/s of each model, timed in interleaved rounds (median), and each one's ratio to 'base'."""
+    x, _ = preprocess(models["base"].preprocessing, as_rgb_float(image))
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.no_grad():
+        for m in models.values():
+            m.encode(x)  # warm-up
+        for _ in range(rounds):
+            for name, m in models.items():
+                t = time.perf_counter()
+                m.encode(x)
+                times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"images_per_s": {k: round(1 / v, 3) for k, v in med.items()},
+            "ratio_to_base": {k: round(med["base"] / v, 3) for k, v in med.items()}, "rounds": rounds}
+
+
+class Table:
+    """OUT/results.json: everything finished so far, rewritten atomically after each piece."""
+
+    def __init__(self, path: Path, settings: dict) -> None:
+        self.path = path
+        self.doc = json.loads(path.read_text()) if path.exists() else {}
+        self.doc["settings"] = settings
+        self.doc.setdefault("runs", {})
+        self.doc.setdefault("test", {})
+        self.doc.setdefault("speed", {})
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.doc)
+
+
+def train_candidates(args, table: Table, ds: str, train_dir: Path) -> None:
+    """Every (mode, lr) run of a dataset at the budget; the chosen lr per mode by validation Dice."""
+    for mode in MODES:
+        for lr in args.lrs:
+            key = f"{ds}/{mode}/lr{lr:g}"
+            if key in table.doc["runs"]:
+                continue
+            out = args.out / key
+            shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts again with its whole budget
+            cfg = FinetuneConfig(
+                data=[str(train_dir)], out=str(out), mode=mode, train_decoder=mode != "decoder", use_cache=False,
+                prompts=EVAL_MODES, lr=lr, epochs=10_000, validate_every=10_000, max_cpu_seconds=args.budget_cpu,
+                batch_size=args.batch_size, max_objects=args.max_objects, val_objects=args.val_objects,
+                max_images=args.max_images, seed=args.seed, save_every=0, show_progress=args.progress)
+            s = run_training(cfg, args.threads)
+            table.doc["runs"][key] = {
+                "mode": mode, "lr": lr, "best": str(out / "best.pt"), "steps": s["steps"],
+                "train_cpu_seconds": s.get("train_cpu_seconds"), "train_seconds": s.get("train_seconds"),
+                "trainable": s["parameters"]["trainable"], "added": s["parameters"]["added"],
+                "val_score": s["best_score"], "val": {k: v for k, v in s["last"].items() if k.startswith("val_")},
+                "train_images": s["train_images"], "val_images": s["val_images"], "peak_rss_mb": s["peak_rss_mb"]}
+            table.save()
+
+
+def chosen(table: Table, ds: str, mode: str) -> dict:
+    """The run of ``mode`` on ``ds`` with the best validation score."""
+    runs = [r for k, r in table.doc["runs"].items() if k.startswith(f"{ds}/{mode}/")]
+    return max(runs, key=lambda r: r["val_score"])
+
+
+def evaluate_all(args, table: Table, ds: str, test_dir: Path) -> None:
+    """Zero-shot and each mode's chosen run on the test images (a seeded subset of images and objects)."""
+    models = {"zero_shot": "litemedsam", **{m: chosen(table, ds, m)["best"] for m in MODES}}
+    for name, model in models.items():
+        key = f"{ds}/{name}"
+        if key in table.doc["test"]:
+            continue
+        t = time.perf_counter()
+        summary = evaluate(EvaluateConfig(
+            data=str(test_dir), out=str(args.out / ds / f"eval_{name}"), prompts=EVAL_MODES, model=model,
+            max_images=args.test_images, max_objects=args.eval_objects, seed=args.seed, baseline=False,
+            figures=False, show_progress=args.progress))
+        table.doc["test"][key] = {"model": name if name == "zero_shot" else model, "dice": mean_dice(summary),
+                                  "images": summary["images"], "objects": summary["objects"],
+                                  "seconds": round(time.perf_counter() - t, 1)}
+        table.save()
+
+
+def speed(args, table: Table, ds: str, test_dir: Path) -> None:
+    """Encoder images/s: base, adapters (as loaded), LoRA unmerged (as trained) and merged (as loaded)."""
+    if ds in table.doc["speed"]:
+        return
+    from medsamkit.io.datasets import open_dataset
+
+    image = next(open_dataset(str(test_dir)).cases(1)).image
+    lora = read_run_checkpoint(chosen(table, ds, "lora")["best"])
+    unmerged = load_model("litemedsam")
+    apply_recipe(unmerged, lora["recipe"])
+    unmerged.load_state_dict(lora["model"], strict=False)
+    models = {"base": load_model("litemedsam"), "adapter": load_model(chosen(table, ds, "adapter")["best"]),
+              "lora_unmerged": unmerged.eval(), "lora_merged": load_model(chosen(table, ds, "lora")["best"])}
+    table.doc["speed"][ds] = encoder_speed(models, image, args.speed_rounds)
+    table.save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default="monuseg,glas")
+    ap.add_argument("--out", type=Path, default=Path("bench-out/peft_table"))
+    ap.add_argument("--results", type=Path, default=None, help="copy of the final JSON (e.g. benchmarks/results/)")
+    ap.add_argument("--budget-cpu", type=float, default=150.0, help="CPU seconds of training steps per run")
+    ap.add_argument("--lrs", default="1e-4,1e-3", help="learning rates tried per mode (chosen on validation)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-objects", type=int, default=32, help="objects per training image and epoch")
+    ap.add_argument("--max-images", type=int, default=None, help="training images (default: all)")
+    ap.add_argument("--val-objects", type=int, default=8, help="objects per validation image")
+    ap.add_argument("--test-images", type=int, default=None, help="test images (seeded subset; default: all)")
+    ap.add_argument("--eval-objects", type=int, default=None, help="objects per test image (seeded choice)")
+    ap.add_argument("--speed-rounds", type=int, default=9)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--progress", action="store_true")
+    add_smoke(ap)
+    args = ap.parse_args(argv)
+    apply_smoke(args, ("out", "results"), datasets="glas", budget_cpu=4.0, lrs="1e-4", max_images=3,
+                max_objects=2, batch_size=2, val_objects=2, test_images=1, eval_objects=2, speed_rounds=1)
+    args.lrs = [float(v) for v in str(args.lrs).split(",")]
+    base = shared_dir()
+    wanted = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    found = base is not None and all((base / "data" / SPLITS[d][1] / "images").is_dir() for d in wanted)
+    require_shared(base if found else None, f"{', '.join(wanted)} train and test")
+    setup(threads=args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    table = Table(args.out / "results.json", settings)
+    table.doc["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    for ds in wanted:
+        train_dir, test_dir = (base / "data" / p for p in SPLITS[ds])
+        train_candidates(args, table, ds, train_dir)
+        evaluate_all(args, table, ds, test_dir)
+        speed(args, table, ds, test_dir)
+    table.doc["chosen"] = {ds: {m: chosen(table, ds, m)["lr"] for m in MODES} for ds in wanted}
+    table.save()
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.results, table.doc)
+    print(json.dumps(table.doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
