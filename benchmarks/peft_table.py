@@ -104,28 +104,27 @@ class Table:
         write_json_atomic(self.path, self.doc)
 
 
-def train_candidates(args, table: Table, ds: str, train_dir: Path) -> None:
-    """Every (mode, lr) run of a dataset at the budget; the chosen lr per mode by validation Dice."""
-    for mode in MODES:
-        for lr in args.lrs:
-            key = f"{ds}/{mode}/lr{lr:g}"
-            if key in table.doc["runs"]:
-                continue
-            out = args.out / key
-            shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts again with its whole budget
-            cfg = FinetuneConfig(
-                data=[str(train_dir)], out=str(out), mode=mode, train_decoder=mode != "decoder", use_cache=False,
-                prompts=EVAL_MODES, lr=lr, epochs=10_000, validate_every=10_000, max_cpu_seconds=args.budget_cpu,
-                batch_size=args.batch_size, max_objects=args.max_objects, val_objects=args.val_objects,
-                max_images=args.max_images, seed=args.seed, save_every=0, show_progress=args.progress)
-            s = run_training(cfg, args.threads)
-            table.doc["runs"][key] = {
-                "mode": mode, "lr": lr, "best": str(out / "best.pt"), "steps": s["steps"],
-                "train_cpu_seconds": s.get("train_cpu_seconds"), "train_seconds": s.get("train_seconds"),
-                "trainable": s["parameters"]["trainable"], "added": s["parameters"]["added"],
-                "val_score": s["best_score"], "val": {k: v for k, v in s["last"].items() if k.startswith("val_")},
-                "train_images": s["train_images"], "val_images": s["val_images"], "peak_rss_mb": s["peak_rss_mb"]}
-            table.save()
+def train_candidates(args, table: Table, ds: str, mode: str, train_dir: Path) -> None:
+    """Every learning rate of ``mode`` on ``ds`` at the budget (each run validated once, at its end)."""
+    for lr in args.lrs:
+        key = f"{ds}/{mode}/lr{lr:g}"
+        if key in table.doc["runs"]:
+            continue
+        out = args.out / key
+        shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts again with its whole budget
+        cfg = FinetuneConfig(
+            data=[str(train_dir)], out=str(out), mode=mode, train_decoder=mode != "decoder", use_cache=False,
+            prompts=EVAL_MODES, lr=lr, epochs=10_000, validate_every=10_000, max_cpu_seconds=args.budget_cpu,
+            batch_size=args.batch_size, max_objects=args.max_objects, val_objects=args.val_objects,
+            max_images=args.max_images, seed=args.seed, save_every=0, show_progress=args.progress)
+        s = run_training(cfg, args.threads)
+        table.doc["runs"][key] = {
+            "mode": mode, "lr": lr, "best": str(out / "best.pt"), "steps": s["steps"],
+            "train_cpu_seconds": s.get("train_cpu_seconds"), "train_seconds": s.get("train_seconds"),
+            "trainable": s["parameters"]["trainable"], "added": s["parameters"]["added"],
+            "val_score": s["best_score"], "val": {k: v for k, v in s["last"].items() if k.startswith("val_")},
+            "train_images": s["train_images"], "val_images": s["val_images"], "peak_rss_mb": s["peak_rss_mb"]}
+        table.save()
 
 
 def chosen(table: Table, ds: str, mode: str) -> dict:
@@ -134,22 +133,20 @@ def chosen(table: Table, ds: str, mode: str) -> dict:
     return max(runs, key=lambda r: r["val_score"])
 
 
-def evaluate_all(args, table: Table, ds: str, test_dir: Path) -> None:
-    """Zero-shot and each mode's chosen run on the test images (a seeded subset of images and objects)."""
-    models = {"zero_shot": "litemedsam", **{m: chosen(table, ds, m)["best"] for m in MODES}}
-    for name, model in models.items():
-        key = f"{ds}/{name}"
-        if key in table.doc["test"]:
-            continue
-        t = time.perf_counter()
-        summary = evaluate(EvaluateConfig(
-            data=str(test_dir), out=str(args.out / ds / f"eval_{name}"), prompts=EVAL_MODES, model=model,
-            max_images=args.test_images, max_objects=args.eval_objects, seed=args.seed, baseline=False,
-            figures=False, show_progress=args.progress))
-        table.doc["test"][key] = {"model": name if name == "zero_shot" else model, "dice": mean_dice(summary),
-                                  "images": summary["images"], "objects": summary["objects"],
-                                  "seconds": round(time.perf_counter() - t, 1)}
-        table.save()
+def evaluate_one(args, table: Table, ds: str, name: str, test_dir: Path) -> None:
+    """Zero-shot or a mode's chosen run on the test images (a seeded subset of images and objects)."""
+    key = f"{ds}/{name}"
+    if key in table.doc["test"]:
+        return
+    model = "litemedsam" if name == "zero_shot" else chosen(table, ds, name)["best"]
+    t = time.perf_counter()
+    summary = evaluate(EvaluateConfig(
+        data=str(test_dir), out=str(args.out / ds / f"eval_{name}"), prompts=EVAL_MODES, model=model,
+        max_images=args.test_images, max_objects=args.eval_objects, seed=args.seed, baseline=False,
+        figures=False, show_progress=args.progress))
+    table.doc["test"][key] = {"model": model, "dice": mean_dice(summary), "images": summary["images"],
+                              "objects": summary["objects"], "seconds": round(time.perf_counter() - t, 1)}
+    table.save()
 
 
 def speed(args, table: Table, ds: str, test_dir: Path) -> None:
@@ -174,12 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default="monuseg,glas")
     ap.add_argument("--out", type=Path, default=Path("bench-out/peft_table"))
     ap.add_argument("--results", type=Path, default=None, help="copy of the final JSON (e.g. benchmarks/results/)")
-    ap.add_argument("--budget-cpu", type=float, default=150.0, help="CPU seconds of training steps per run")
+    ap.add_argument("--budget-cpu", type=float, default=90.0, help="CPU seconds of training steps per run")
     ap.add_argument("--lrs", default="1e-4,1e-3", help="learning rates tried per mode (chosen on validation)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-objects", type=int, default=32, help="objects per training image and epoch")
     ap.add_argument("--max-images", type=int, default=None, help="training images (default: all)")
-    ap.add_argument("--val-objects", type=int, default=8, help="objects per validation image")
+    ap.add_argument("--val-objects", type=int, default=4, help="objects per validation image")
     ap.add_argument("--test-images", type=int, default=None, help="test images (seeded subset; default: all)")
     ap.add_argument("--eval-objects", type=int, default=None, help="objects per test image (seeded choice)")
     ap.add_argument("--speed-rounds", type=int, default=9)
@@ -203,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     for ds in wanted:
         train_dir, test_dir = (base / "data" / p for p in SPLITS[ds])
-        train_candidates(args, table, ds, train_dir)
-        evaluate_all(args, table, ds, test_dir)
+        evaluate_one(args, table, ds, "zero_shot", test_dir)
+        for mode in MODES:  # each column is complete (trained, chosen, tested) before the next begins
+            train_candidates(args, table, ds, mode, train_dir)
+            evaluate_one(args, table, ds, mode, test_dir)
         speed(args, table, ds, test_dir)
     table.doc["chosen"] = {ds: {m: chosen(table, ds, m)["lr"] for m in MODES} for ds in wanted}
     table.save()
