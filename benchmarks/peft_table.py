@@ -18,6 +18,8 @@ on a rerun (a run interrupted mid-budget is started again from scratch, so its b
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import multiprocessing as mp
 import os
@@ -90,25 +92,46 @@ def encoder_speed(models: dict[str, torch.nn.Module], image: np.ndarray, rounds:
 
 
 class Table:
-    """OUT/results.json: everything finished so far, rewritten atomically after each piece."""
+    """OUT/results.json: everything finished so far. Several processes (``--modes``) may share it: each piece
+    is merged into the file on disk under a lock and written atomically."""
 
     def __init__(self, path: Path, settings: dict) -> None:
         self.path = path
-        self.doc = json.loads(path.read_text()) if path.exists() else {}
-        self.doc["settings"] = settings
-        self.doc.setdefault("runs", {})
-        self.doc.setdefault("test", {})
-        self.doc.setdefault("speed", {})
+        self.doc: dict = {}
+        self.put("settings", None, settings)
 
-    def save(self) -> None:
-        write_json_atomic(self.path, self.doc)
+    @contextlib.contextmanager  # the file read under an exclusive lock (released on leaving)
+    def locked(self):
+        with open(self.path.with_suffix(".lock"), "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                self.doc = json.loads(self.path.read_text()) if self.path.exists() else {}
+                for section in ("runs", "test", "speed"):
+                    self.doc.setdefault(section, {})
+                yield self.doc
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def has(self, section: str, key: str) -> bool:
+        """Whether ``section`` of the file on disk holds ``key`` (finished by this or another process)."""
+        with self.locked() as doc:
+            return key in doc[section]
+
+    def put(self, section: str, key: str | None, value) -> None:
+        """Merge one finished piece into the file (``key`` None: the whole section)."""
+        with self.locked() as doc:
+            if key is None:
+                doc[section] = value
+            else:
+                doc[section][key] = value
+            write_json_atomic(self.path, doc)
 
 
 def train_candidates(args, table: Table, ds: str, mode: str, train_dir: Path) -> None:
     """Every learning rate of ``mode`` on ``ds`` at the budget (each run validated once, at its end)."""
     for lr in args.lrs:
         key = f"{ds}/{mode}/lr{lr:g}"
-        if key in table.doc["runs"]:
+        if table.has("runs", key):
             continue
         out = args.out / key
         shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts again with its whole budget
@@ -118,13 +141,12 @@ def train_candidates(args, table: Table, ds: str, mode: str, train_dir: Path) ->
             batch_size=args.batch_size, max_objects=args.max_objects, val_objects=args.val_objects,
             max_images=args.max_images, seed=args.seed, save_every=0, show_progress=args.progress)
         s = run_training(cfg, args.threads)
-        table.doc["runs"][key] = {
+        table.put("runs", key, {
             "mode": mode, "lr": lr, "best": str(out / "best.pt"), "steps": s["steps"],
             "train_cpu_seconds": s.get("train_cpu_seconds"), "train_seconds": s.get("train_seconds"),
             "trainable": s["parameters"]["trainable"], "added": s["parameters"]["added"],
             "val_score": s["best_score"], "val": {k: v for k, v in s["last"].items() if k.startswith("val_")},
-            "train_images": s["train_images"], "val_images": s["val_images"], "peak_rss_mb": s["peak_rss_mb"]}
-        table.save()
+            "train_images": s["train_images"], "val_images": s["val_images"], "peak_rss_mb": s["peak_rss_mb"]})
 
 
 def chosen(table: Table, ds: str, mode: str) -> dict:
@@ -136,7 +158,7 @@ def chosen(table: Table, ds: str, mode: str) -> dict:
 def evaluate_one(args, table: Table, ds: str, name: str, test_dir: Path) -> None:
     """Zero-shot or a mode's chosen run on the test images (a seeded subset of images and objects)."""
     key = f"{ds}/{name}"
-    if key in table.doc["test"]:
+    if table.has("test", key):
         return
     model = "litemedsam" if name == "zero_shot" else chosen(table, ds, name)["best"]
     t = time.perf_counter()
@@ -144,15 +166,14 @@ def evaluate_one(args, table: Table, ds: str, name: str, test_dir: Path) -> None
         data=str(test_dir), out=str(args.out / ds / f"eval_{name}"), prompts=EVAL_MODES, model=model,
         max_images=args.test_images, max_objects=args.eval_objects, seed=args.seed, baseline=False,
         figures=False, show_progress=args.progress))
-    table.doc["test"][key] = {"model": model, "dice": mean_dice(summary), "images": summary["images"],
-                              "objects": summary["objects"], "seconds": round(time.perf_counter() - t, 1)}
-    table.save()
+    table.put("test", key, {"model": model, "dice": mean_dice(summary), "images": summary["images"],
+                            "objects": summary["objects"], "seconds": round(time.perf_counter() - t, 1)})
 
 
 def speed(args, table: Table, ds: str, test_dir: Path) -> None:
     """Encoder images/s: base, adapters (as loaded), LoRA unmerged (as trained) and merged (as loaded)."""
-    if ds in table.doc["speed"]:
-        return
+    if table.has("speed", ds) or any(not table.has("test", f"{ds}/{m}") for m in ("adapter", "lora")):
+        return  # done, or the runs it times are not chosen yet (another --modes process)
     from medsamkit.io.datasets import open_dataset
 
     image = next(open_dataset(str(test_dir)).cases(1)).image
@@ -162,13 +183,14 @@ def speed(args, table: Table, ds: str, test_dir: Path) -> None:
     unmerged.load_state_dict(lora["model"], strict=False)
     models = {"base": load_model("litemedsam"), "adapter": load_model(chosen(table, ds, "adapter")["best"]),
               "lora_unmerged": unmerged.eval(), "lora_merged": load_model(chosen(table, ds, "lora")["best"])}
-    table.doc["speed"][ds] = encoder_speed(models, image, args.speed_rounds)
-    table.save()
+    table.put("speed", ds, encoder_speed(models, image, args.speed_rounds))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="monuseg,glas")
+    ap.add_argument("--modes", default="zero_shot,decoder,adapter,lora",
+                    help="columns this process computes (processes with other --modes may share --out)")
     ap.add_argument("--out", type=Path, default=Path("bench-out/peft_table"))
     ap.add_argument("--results", type=Path, default=None, help="copy of the final JSON (e.g. benchmarks/results/)")
     ap.add_argument("--budget-cpu", type=float, default=90.0, help="CPU seconds of training steps per run")
@@ -188,25 +210,29 @@ def main(argv: list[str] | None = None) -> int:
     apply_smoke(args, ("out", "results"), datasets="glas", budget_cpu=4.0, lrs="1e-4", max_images=3,
                 max_objects=2, batch_size=2, val_objects=2, test_images=1, eval_objects=2, speed_rounds=1)
     args.lrs = [float(v) for v in str(args.lrs).split(",")]
+    modes = {m.strip() for m in args.modes.split(",")}
     base = shared_dir()
     wanted = [d.strip() for d in args.datasets.split(",") if d.strip()]
     found = base is not None and all((base / "data" / SPLITS[d][1] / "images").is_dir() for d in wanted)
     require_shared(base if found else None, f"{', '.join(wanted)} train and test")
     setup(threads=args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "modes"}
     table = Table(args.out / "results.json", settings)
-    table.doc["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    table.put("machine", None, {"python": platform.python_version(), "torch": torch.__version__,
+                                "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()})
     for ds in wanted:
         train_dir, test_dir = (base / "data" / p for p in SPLITS[ds])
-        evaluate_one(args, table, ds, "zero_shot", test_dir)
-        for mode in MODES:  # each column is complete (trained, chosen, tested) before the next begins
+        if "zero_shot" in modes:
+            evaluate_one(args, table, ds, "zero_shot", test_dir)
+        for mode in (m for m in MODES if m in modes):  # each column trained, chosen and tested before the next
             train_candidates(args, table, ds, mode, train_dir)
             evaluate_one(args, table, ds, mode, test_dir)
         speed(args, table, ds, test_dir)
-    table.doc["chosen"] = {ds: {m: chosen(table, ds, m)["lr"] for m in MODES} for ds in wanted}
-    table.save()
+    with table.locked() as doc:
+        complete = all(f"{ds}/{m}" in doc["test"] for ds in wanted for m in MODES)
+    if complete:
+        table.put("chosen", None, {ds: {m: chosen(table, ds, m)["lr"] for m in MODES} for ds in wanted})
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.results, table.doc)
