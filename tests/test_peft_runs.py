@@ -62,6 +62,16 @@ def run(request, crops, tmp_path_factory) -> tuple[str, Path]:
     return request.param, out
 
 
+def test_a_cpu_second_budget_stops_a_run_and_decoder_mode_can_skip_the_cache(crops, tmp_path):
+    """max_cpu_seconds 0: validated and saved without a step; use_cache False: no tile is embedded up front."""
+    out = tmp_path / "run"
+    summary = finetune(_cfg(crops, out, "decoder", train_decoder=False, use_cache=False, max_cpu_seconds=0.0,
+                            epochs=50))
+    assert summary["stopped"] == "max_seconds" and summary["steps"] == 0 and summary["epochs_done"] == 1
+    assert summary["train_cpu_seconds"] < 1.0 and (out / "best.pt").is_file()
+    assert summary["cache"] is None and not (out / "embeddings").exists()
+
+
 def _intended(name: str) -> bool:
     return name.startswith(("prompt_encoder.", "mask_decoder.")) or is_peft_parameter(name)
 
