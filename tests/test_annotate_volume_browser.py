@@ -5,6 +5,7 @@ screenshot). Skips without chromium/chromedriver, except under CI=true (as test_
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -19,9 +20,10 @@ from volume_crop import write_gtv_crop  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-@pytest.fixture(scope="module")
-def volume_page(litemedsam, tmp_path_factory):
-    """(driver, server, out, truth): the page of a single NIfTI CT file (no label: no objects yet)."""
+@contextlib.contextmanager
+def crop_page(litemedsam, folder: Path, half: int):
+    """(driver, server, workspace, out, truth): the page of pat_4's CT, the GTV's largest slice +/- ``half``, as a
+    single NIfTI file (no label: no objects yet)."""
     require_browser()
     from medsamkit.annotate.http.launch import BackgroundServer
     from medsamkit.annotate.model.segmenter import Segmenter
@@ -29,12 +31,18 @@ def volume_page(litemedsam, tmp_path_factory):
     from medsamkit.annotate.session.workspace import Workspace
     from medsamkit.models.loading import weights_identity
 
-    folder = tmp_path_factory.mktemp("volume-browser")
-    image, _, truth, _ = write_gtv_crop(folder, 3)
+    image, _, truth, _ = write_gtv_crop(folder, half)
     out = folder / "annotations"
     ws = Workspace(AnnotateConfig(str(image), out=str(out), window="-1000,400"),
                    Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None)))
     with BackgroundServer(ws, token="volume-token") as server, headless_chrome() as driver:
+        yield driver, server, ws, out, truth
+
+
+@pytest.fixture(scope="module")
+def volume_page(litemedsam, tmp_path_factory):
+    """(driver, server, out, truth): the page of 7 slices."""
+    with crop_page(litemedsam, tmp_path_factory.mktemp("volume-browser"), 3) as (driver, server, _, out, truth):
         yield driver, server, out, truth
 
 
@@ -90,21 +98,8 @@ def test_scroll_box_commit_propagate_strip_reload(volume_page):
 
 @pytest.fixture(scope="module")
 def long_page(litemedsam, tmp_path_factory):
-    """(driver, server, workspace, truth): the page of pat_4's CT from 11 slices under the GTV's largest slice to
-    11 above it (NIfTI, no label)."""
-    require_browser()
-    from medsamkit.annotate.http.launch import BackgroundServer
-    from medsamkit.annotate.model.segmenter import Segmenter
-    from medsamkit.annotate.session.config import AnnotateConfig
-    from medsamkit.annotate.session.workspace import Workspace
-    from medsamkit.models.loading import weights_identity
-
-    folder = tmp_path_factory.mktemp("volume-correct")
-    image, _, truth, _ = write_gtv_crop(folder, 11)
-    out = folder / "annotations"
-    ws = Workspace(AnnotateConfig(str(image), out=str(out), window="-1000,400"),
-                   Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None)))
-    with BackgroundServer(ws, token="volume-token") as server, headless_chrome() as driver:
+    """(driver, server, workspace, truth): the page of 23 slices (11 each side of the GTV's largest)."""
+    with crop_page(litemedsam, tmp_path_factory.mktemp("volume-correct"), 11) as (driver, server, ws, _, truth):
         yield driver, server, ws, truth
 
 
