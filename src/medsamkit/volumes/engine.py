@@ -20,10 +20,16 @@ least as well (IoU), an anchor, or the object's end. A click's answer that grows
 areas around it (a box-only model's "thing under the click" can be the organ around the object) is replaced
 by the click's own disk edit (``prompts.corrections.disk_edit``). A positive click
 outside the z-range extends it. Settings: docs/protocols.md "Interactive 3D".
+
+The engine's slice-to-slice step is the project's only one: ``walk`` with ``EngineSettings.plain`` (each slice
+prompted with the previous answer's box grown by ``margin`` px, through the whole volume, never into anchors)
+is ``volumes.propagate.propagate_from`` (``segment-volume --propagate/--box-slice``) and the annotator's
+propagation (``annotate.model.propagation``: the person's corrected views are the anchors).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +100,13 @@ class EngineSettings:
     slack: float = 0.5  # answers are kept inside the given box grown by this x its size each side (0: off)
     max_growth: float = 3.0  # a click's answer larger than this x the slice's and its neighbours' areas: a disk
     clicks: str = "auto"  # prompts.clicks strategy: auto, native, search
+    margin: float = 0.0  # px added on every side of each propagated box
+
+    @classmethod
+    def plain(cls, min_area: int = 20, min_iou: float = 0.0, margin: float = 0.0) -> EngineSettings:
+        """The plain walk (``volumes.propagate``, the annotator's propagation): each slice prompted with the
+        previous answer's box grown by ``margin`` px alone, no z-range, seed box, calibration or region."""
+        return cls(calibrate=0.0, seed_box=False, min_area=min_area, min_iou=min_iou, slack=0.0, margin=margin)
 
 
 @dataclass
@@ -144,6 +157,28 @@ class VolumeEngine:
         for step in (1, -1):
             self._walk(b.z, step, None)
         return self.mask
+
+    def walk(self, z: int, mask: np.ndarray, steps: tuple[int, ...] = (1, -1), anchors: Collection[int] = ()
+             ) -> np.ndarray:
+        """Propagate ``mask`` (the answer on slice ``z``) through the whole volume in each of ``steps`` (+1 up,
+        -1 down), never into ``anchors`` (slices a person corrected); returns the new 3D mask."""
+        z_count = self.embedder.image01.shape[0]
+        if not 0 <= z < z_count:
+            raise InputError(f"start slice {z} is outside the volume (0..{z_count - 1})")
+        st = self.state = EngineState(np.zeros(self.embedder.image01.shape, dtype=bool), 0, z_count - 1)
+        st.mask[z] = mask
+        st.anchors = {int(a) for a in anchors} | {z}
+        for step in steps:
+            self._walk(z, step, None)
+        return self.mask
+
+    def ended(self, mask: np.ndarray, predicted_iou: float, previous: np.ndarray) -> bool:
+        """Whether an answer says the object has ended: under ``min_area`` px or ``min_iou`` predicted IoU, or its
+        area changed more than ``max_area_change`` times from ``previous``."""
+        s = self.settings
+        area, before = int(mask.sum()), max(int(previous.sum()), 1)
+        changed = s.max_area_change > 0 and max(area / before, before / max(area, 1)) > s.max_area_change
+        return area < max(s.min_area, 1) or predicted_iou < s.min_iou or changed
 
     def click(self, z: int, y: int, x: int, positive: bool) -> np.ndarray:
         """Correct slice ``z`` with a click at (x, y), anchor it, and re-propagate from it both ways."""
@@ -200,21 +235,16 @@ class VolumeEngine:
         scores more (predicted IoU + IoU with the previous answer)."""
         st, h, w = self.state, *self.state.mask.shape[1:]
         limits = np.array([w - 1, h - 1, w - 1, h - 1], dtype=np.float32)
-        boxes = [np.clip(tight_box(previous) + self.settings.calibrate * st.offset, 0, limits)]
+        grow = self.settings.margin * np.array([-1, -1, 1, 1], dtype=np.float32)
+        boxes = [np.clip(tight_box(previous) + self.settings.calibrate * st.offset + grow, 0, limits)]
         if st.seed is not None:
             boxes.append(st.seed)
         pred = self.embedder.use(z).predict(boxes=np.stack(boxes).astype(np.float32))
         masks, ious, _ = pred.best()
         masks = masks & self._allowed()
-        scores = [float(ious[i]) + iou(masks[i], previous) for i in range(len(masks))]
+        scores = [float(ious[i]) + iou(masks[i], previous) for i in range(len(masks))] if len(masks) > 1 else [0]
         best = int(np.argmax(scores))
         return masks[best], float(ious[best])
-
-    def _ended(self, mask: np.ndarray, predicted_iou: float, previous: np.ndarray) -> bool:
-        s = self.settings
-        area, before = int(mask.sum()), max(int(previous.sum()), 1)
-        changed = s.max_area_change > 0 and max(area / before, before / max(area, 1)) > s.max_area_change
-        return area < max(s.min_area, 1) or predicted_iou < s.min_iou or changed
 
     def _walk(self, start: int, step: int, agree: float | None) -> None:
         """Propagate from slice ``start`` in direction ``step`` within the z-range, up to an anchor; with
@@ -228,7 +258,7 @@ class VolumeEngine:
                 self._clear_from(z, step)
                 return
             answer, predicted = self._answer(z, previous)
-            if self._ended(answer, predicted, previous):
+            if self.ended(answer, predicted, previous):
                 self.trace.append({"z": z, "area": int(answer.sum()), "iou": round(predicted, 4), "event": "ended"})
                 self._clear_from(z, step)
                 return
