@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medsamkit.core.errors import InputError
 from medsamkit.core.objects import extract_objects
 from medsamkit.core.seeds import name_key
 from medsamkit.io.datasets import open_dataset
@@ -61,6 +62,15 @@ def test_a_click_alone_becomes_a_mask_holding_it(predictor, dsb):
     native = predictor.predict(**stack_prompts(prompts)).masks[:, 0]  # the decoder reading the points
     scores = [iou(m, t) for m, t in zip(pred.best()[0], truths)]
     assert np.median(scores) > 0.6 > np.median([iou(m, t) for m, t in zip(native, truths)]), scores
+
+
+def test_a_negative_click_alone_is_a_clear_error(predictor, dsb):
+    """A lone negative click (no box, no positive click) on the search strategy: a one-line InputError, not
+    a crash in the box search (found through the annotator's API)."""
+    case, _ = dsb
+    predictor.set_image(case.image)
+    with pytest.raises(InputError, match="need a positive click"):
+        ClickAnswerer(predictor, "search").answer([Prompt(points=[[20.0, 20.0]], labels=[0])])
 
 
 def test_every_final_mask_honours_its_clicks(predictor, dsb):
