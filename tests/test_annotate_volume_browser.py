@@ -5,6 +5,7 @@ screenshot). Skips without chromium/chromedriver, except under CI=true (as test_
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -19,9 +20,10 @@ from volume_crop import write_gtv_crop  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-@pytest.fixture(scope="module")
-def volume_page(litemedsam, tmp_path_factory):
-    """(driver, server, out, truth): the page of a single NIfTI CT file (no label: no objects yet)."""
+@contextlib.contextmanager
+def crop_page(litemedsam, folder: Path, half: int):
+    """(driver, server, workspace, out, truth): the page of pat_4's CT, the GTV's largest slice +/- ``half``, as a
+    single NIfTI file (no label: no objects yet)."""
     require_browser()
     from medsamkit.annotate.http.launch import BackgroundServer
     from medsamkit.annotate.model.segmenter import Segmenter
@@ -29,12 +31,18 @@ def volume_page(litemedsam, tmp_path_factory):
     from medsamkit.annotate.session.workspace import Workspace
     from medsamkit.models.loading import weights_identity
 
-    folder = tmp_path_factory.mktemp("volume-browser")
-    image, _, truth, _ = write_gtv_crop(folder, 3)
+    image, _, truth, _ = write_gtv_crop(folder, half)
     out = folder / "annotations"
     ws = Workspace(AnnotateConfig(str(image), out=str(out), window="-1000,400"),
                    Segmenter(litemedsam, out / "embeddings", weights_identity("litemedsam", None)))
     with BackgroundServer(ws, token="volume-token") as server, headless_chrome() as driver:
+        yield driver, server, ws, out, truth
+
+
+@pytest.fixture(scope="module")
+def volume_page(litemedsam, tmp_path_factory):
+    """(driver, server, out, truth): the page of 7 slices."""
+    with crop_page(litemedsam, tmp_path_factory.mktemp("volume-browser"), 3) as (driver, server, _, out, truth):
         yield driver, server, out, truth
 
 
@@ -86,3 +94,62 @@ def test_scroll_box_commit_propagate_strip_reload(volume_page):
         else out.parent / "shot.png"
     shot.quantize(colors=256).save(target, optimize=True)
     assert target.stat().st_size < 400_000
+
+
+@pytest.fixture(scope="module")
+def long_page(litemedsam, tmp_path_factory):
+    """(driver, server, workspace, truth): the page of 23 slices (11 each side of the GTV's largest)."""
+    with crop_page(litemedsam, tmp_path_factory.mktemp("volume-correct"), 11) as (driver, server, ws, _, truth):
+        yield driver, server, ws, truth
+
+
+@pytest.mark.slow
+def test_click_on_a_wrong_slice_corrects_it_and_repropagation_fixes_the_next(long_page):
+    """Box on the largest slice, propagate both ways; 10 slices up the walk has lost the tumour: a click there,
+    Enter on the selected object (correct), Propagate up: the slice above finds the tumour, the click's slice
+    stays as corrected."""
+    from scipy import ndimage
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from browser import view_offset
+    from medsamkit.metrics import dice
+
+    driver, server, ws, truth = long_page
+    driver.get(server.url)
+    wait_for(driver, READY)
+    assert driver.execute_script("return app.vol.slice") == 11
+    ys, xs = np.nonzero(truth[11])
+    drag_box(driver, (xs.min(), ys.min(), xs.max(), ys.max()))
+    wait_for(driver, "app.answer !== null")
+    body = driver.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.ENTER)
+    wait_for(driver, "document.querySelectorAll('#objects li').length === 1")
+    driver.find_element(By.ID, "prop-both").click()
+    wait_for(driver, "document.getElementById('strip-info').textContent.includes('stopped at')", timeout=300)
+    label = ws.state(driver.execute_script("return app.image")).label
+    before = label == 1
+    j = 21
+    assert dice(before[j], truth[j]) < 0.2  # the walk lost the tumour here
+    for _ in range(j - 11):
+        body.send_keys(Keys.ARROW_UP)
+    wait_for(driver, f"app.vol.slice === {j}")
+    wait_for(driver, READY)
+    depth = ndimage.distance_transform_edt(truth[j] & ~before[j])
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    overlay = driver.find_element(By.ID, "overlay")
+    ActionChains(driver).move_to_element_with_offset(overlay, *view_offset(driver, x, y)).click().perform()
+    wait_for(driver, "app.answer !== null")
+    driver.find_element(By.CSS_SELECTOR, "#objects li span").click()
+    wait_for(driver, "app.selected === 1")
+    body.send_keys(Keys.ENTER)
+    wait_for(driver, "document.getElementById('notice').textContent.includes('corrected')")
+    corrected = (label[j] == 1).copy()
+    assert dice(corrected, truth[j]) > 0.8
+    driver.execute_script("document.getElementById('strip-info').textContent = ''")
+    driver.find_element(By.ID, "prop-up").click()
+    wait_for(driver, "document.getElementById('strip-info').textContent.includes('stopped at')", timeout=120)
+    after = label == 1
+    assert np.array_equal(after[j], corrected) and np.array_equal(after[:j], before[:j])
+    assert dice(after[j + 1], truth[j + 1]) > dice(before[j + 1], truth[j + 1]) + 0.3

@@ -29,13 +29,18 @@ TABLE = {
     "--save-masks": {"evaluate", "evaluate-volume"},
     "--multimask": {"segment", "evaluate"},
     # how clicks become masks (prompts.clicks): auto / native / search
-    "--clicks": {"segment", "evaluate", "annotate"},
+    "--clicks": {"segment", "evaluate", "annotate", "evaluate-volume"},
+    # an interactive evaluation protocol named by its source (the CVPR 2025 challenge)
+    "--protocol": {"evaluate-volume"},
+    # a 3D box prompt: z-range + a 2D box on one slice
+    "--box3d": {"segment-volume"},
     "--workers": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume", "segment-volume"},
     "--scheduler": {"evaluate", "embed", "samaug masks", "samaug priors", "evaluate-volume", "segment-volume"},
     "--class-head": {"finetune"},
     "--learn": {"annotate"},
     "--learn-min-objects": {"annotate"},
     "--learn-budget": {"annotate"},
+    "--monailabel": {"annotate"},
     "--fusion": {"unet train"},
 }
 

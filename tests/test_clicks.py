@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from medsamkit.core.errors import InputError
 from medsamkit.core.objects import extract_objects
 from medsamkit.core.seeds import name_key
 from medsamkit.io.datasets import open_dataset
@@ -85,6 +86,15 @@ def test_the_search_tries_other_aspects_only_at_the_best_square_sides(predictor,
     assert np.all(np.diff(scores) <= 0) and cands.masks[0][cy, cx]
     full, _ = search(model, feats, frame, click, np.array([1]), replace(coarse, refine_sides=0))
     assert len(full) == len(candidate_boxes(click, frame, coarse)) > len(cands)
+
+
+def test_a_negative_click_alone_is_a_clear_error(predictor, dsb):
+    """A lone negative click (no box, no positive click) on the search strategy: a one-line InputError, not
+    a crash in the box search (found through the annotator's API)."""
+    case, _ = dsb
+    predictor.set_image(case.image)
+    with pytest.raises(InputError, match="need a positive click"):
+        ClickAnswerer(predictor, "search").answer([Prompt(points=[[20.0, 20.0]], labels=[0])])
 
 
 def test_every_final_mask_honours_its_clicks(predictor, dsb):

@@ -300,7 +300,8 @@ def test_two_process_ddp_averages_the_two_ranks_batches(two_sets, tmp_path):
 
 
 def test_load_finetuned_round_trip_gives_the_same_masks(tmp_path, dsb):
-    """LoRA + class head with changed weights: saved, rebuilt from the registry, identical predictions."""
+    """LoRA + class head with changed weights: saved, rebuilt from the registry (LoRA merged into the encoder's
+    weights at load), the same masks and IoU predictions to float rounding."""
     torch.manual_seed(0)
     model = load_model("litemedsam")
     recipe = recipe_of(FinetuneConfig(data=["x"], out="y", mode="lora", lora_rank=2, lora_targets="qkv,proj",
@@ -318,7 +319,8 @@ def test_load_finetuned_round_trip_gives_the_same_masks(tmp_path, dsb):
     boxes = np.stack([o.box() for o in list(extract_objects(label, "instance", 20))[:3]])
     a = Predictor(model.eval()).set_image(image).predict(boxes=boxes, multimask=True)
     b = Predictor(loaded).set_image(image).predict(boxes=boxes, multimask=True)
-    assert np.array_equal(a.masks, b.masks) and np.array_equal(a.iou, b.iou)
+    assert np.array_equal(a.masks, b.masks) and np.allclose(a.iou, b.iou, atol=1e-5)
+    assert np.allclose(a.low_res_logits, b.low_res_logits, atol=1e-4)
     assert a.masks[:, 0].any()
 
     bad = torch.load(path, weights_only=True)

@@ -27,6 +27,7 @@ from medsamkit.metrics import (
     object_f1,
     object_f1_counts,
     object_hausdorff,
+    surface_dice,
     surface_distances,
 )
 
@@ -41,6 +42,7 @@ PUBLIC_METRICS = [
     object_f1,
     object_f1_counts,
     object_hausdorff,
+    surface_dice,
     surface_distances,
 ]
 
@@ -99,6 +101,7 @@ def test_hd95_nsd_by_keyword():
     assert nsd(truth=truth, pred=pred, tolerance_mm=1.0) == pytest.approx(20 / 24)
     assert hd95(truth, pred) == hd95(pred, truth)
     assert nsd(truth, pred) == nsd(pred, truth)
+    assert surface_dice(truth=truth, pred=pred, tolerance_mm=1.0) == pytest.approx(20 / 24)
 
 
 def over_segmented() -> tuple[np.ndarray, np.ndarray]:

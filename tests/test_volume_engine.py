@@ -246,7 +246,11 @@ def test_cli_segment_volume_errors_are_one_line(squares_nifti, tmp_path: Path) -
     img_path, _, _ = squares_nifti
     res = CliRunner().invoke(main, ["segment-volume", str(img_path), "-o", str(tmp_path / "o.nii.gz")])
     assert res.exit_code == 2
-    assert "give --label LABEL or --box-slice" in res.output and "Traceback" not in res.output
+    assert "give --label LABEL, --box-slice" in res.output and "--box3d" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["segment-volume", str(img_path), "--box3d", "1,2,3", "-o",
+                                    str(tmp_path / "o.nii.gz")])
+    assert res.exit_code == 2 and "must be z_min,z_max,z,x0,y0,x1,y1" in res.output
     res = CliRunner().invoke(main, ["segment-volume", str(img_path), "--box-slice", "1,2,3", "-o",
                                     str(tmp_path / "o.nii.gz")])
     assert res.exit_code == 2 and "must be z,x0,y0,x1,y1" in res.output

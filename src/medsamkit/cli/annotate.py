@@ -26,17 +26,20 @@ from medsamkit.core.errors import InputError
 @click.option("--learn-min-objects", type=int, default=20, show_default=True,
               help="committed objects (on >= 2 images) before a learn round, and new ones before the next")
 @click.option("--learn-budget", type=float, default=180.0, show_default=True, help="seconds per learn round")
+@click.option("--monailabel", is_flag=True,
+              help="also serve MONAI Label's API (3D Slicer, OHIF, QuPath) at the printed /monailabel/TOKEN/ URL")
 @clicks_option
 @model_options
 def annotate(source, out, host, port, class_names, no_token, three_slice, window, learn, learn_min_objects,
-             learn_budget, clicks, model_name, checkpoint, device):
+             learn_budget, monailabel, clicks, model_name, checkpoint, device):
     """Annotate 2D images or volumes in a local web page (box + clicks, objects, propagation, autosave).
 
     FOLDER holds 2D images (optional labels/ to correct); any data SPEC works (builtin:dsb-nuclei). Volumes:
     NIfTI / NRRD files, IMAGE::LABEL, DICOM series folders (RTSTRUCT / SEG to correct), nnU-Net folders,
     builtin:lung-gtv; --window is the model input's window (the page's display window is separate).
 
-    Prints one line `medsamkit annotate: http://127.0.0.1:PORT/?token=TOKEN`, then serves until Ctrl-C.
+    Prints one line `medsamkit annotate: http://127.0.0.1:PORT/?token=TOKEN` (with --monailabel a second with
+    the MONAI Label server address), then serves until Ctrl-C.
     """
     try:
         from medsamkit.annotate.http.launch import serve
@@ -49,7 +52,7 @@ def annotate(source, out, host, port, class_names, no_token, three_slice, window
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
                          host=host, port=port, class_names=names, clicks=clicks, token=not no_token, window=window,
                          three_slice=three_slice, learn=learn, learn_min_objects=learn_min_objects,
-                         learn_budget=learn_budget)
+                         learn_budget=learn_budget, monailabel=monailabel)
     try:
         serve(cfg)
     except KeyboardInterrupt:

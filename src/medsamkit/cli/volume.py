@@ -12,6 +12,7 @@ from medsamkit.cli.options import (
     build_config,
     cache_option,
     classes_option,
+    clicks_option,
     dask_options,
     executor_of,
     max_images_option,
@@ -28,6 +29,9 @@ from medsamkit.cli.options import (
               help="label volume on the same grid: prompts come from its classes (values kept in the output)")
 @click.option("--box-slice", default=None,
               help="z,x0,y0,x1,y1 voxel indices: propagate this box from slice z up and down (output value 1)")
+@click.option("--box3d", default=None,
+              help="z_min,z_max,z,x0,y0,x1,y1 voxel indices: a 3D box (a z-range and a 2D box on slice z) answered "
+                   "by the 3D engine, which stops where the object ends (output value 1)")
 @prompts_option("box")
 @click.option("--propagate", is_flag=True, help="with --label: propagate each class from its largest slice")
 @click.option("--three-slice", is_flag=True, help="feed slices k-1, k, k+1 as the three input channels")
@@ -54,7 +58,7 @@ def segment_volume(**params):
     FOLDER/<volume>.nii.gz per volume on its grid, prompted from its label; rerun to resume.
     """
     out = params["out"]
-    if params["label"] is None and params["box_slice"] is None and not str(out).lower().endswith((".nii", ".nii.gz")):
+    if params["label"] is None and params["box_slice"] is None and params["box3d"] is None and not str(out).lower().endswith((".nii", ".nii.gz")):
         from medsamkit.volumes.segment_many import SegmentDatasetConfig, segment_volumes
 
         cfg = build_config(SegmentDatasetConfig, params, data=params["volume"])
@@ -75,6 +79,10 @@ def segment_volume(**params):
 @prompts_option("box")
 @click.option("--propagate", is_flag=True, help="propagate from each class's largest slice instead of slice-wise")
 @click.option("--three-slice", is_flag=True, help="feed slices k-1, k, k+1 as the three input channels")
+@click.option("--protocol", type=click.Choice(["cvpr25"]), default=None,
+              help="cvpr25: the CVPR 2025 interactive challenge protocol per class (3D box, then 5 clicks at the "
+                   "largest 3D error; Dice, surfel NSD at 2 mm, HD95, AUCs by step; docs/protocols.md)")
+@clicks_option
 @click.option("--predictions", default=None, type=click.Path(),
               help="score these label maps (a NIfTI, or a folder of <volume>.nii.gz) instead of running a model")
 @window_option
@@ -92,7 +100,8 @@ def segment_volume(**params):
 @dask_options
 def evaluate_volume(**params):
     """Per-volume Dice / NSD / HD95 (mm) and per-slice Dice; writes per_volume.csv, per_slice.csv, summary
-    (predicted label maps under OUT/masks/ with --save-masks)."""
+    (predicted label maps under OUT/masks/ with --save-masks). With --protocol cvpr25: steps.csv, classes.csv,
+    summary and a Dice/NSD-by-step figure of the interactive protocol instead."""
     from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
 
     cfg = build_config(EvaluateVolumeConfig, params)

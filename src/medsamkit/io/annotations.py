@@ -4,7 +4,8 @@ Per 2D image ``ID.png`` (uint16 instance ids), ``ID.classes.png`` (class index, 
 are used) and ``ID.json`` (format ``FORMAT``: name, shape, the SPEC it came from, classes, each object's record);
 per volume ``ID.nii.gz`` (object ids on the input's grid, with its affine), ``ID.classes.nii.gz``, ``ID.seg.dcm``
 (DICOM input: a DICOM SEG on the source series) and ``ID.json`` (format ``VOLUME_FORMAT``: also spacing, affine
-and class values); ``session.json`` holds the image the person was on. Every file is written atomically, label
+and class values); ``session.json`` holds the image the person was on; ``uploads/`` the images a client sent
+(``write_upload``), a plain image or volume folder that training reads them from again. Every file is written atomically, label
 maps before the JSON, so a JSON never names objects its label map lacks; text that could not be read back as
 UTF-8 (lone surrogates) is refused before anything is written. Ids are file-safe, and every path is checked to
 stay inside the folder.
@@ -29,6 +30,7 @@ from medsamkit.io.volume import Volume
 FORMAT = "medsamkit-annotate/1"
 VOLUME_FORMAT = "medsamkit-annotate-volume/1"
 SESSION_FILE = "session.json"
+UPLOADS = "uploads"  # images a client sent (MONAI Label's PUT /datastore/image): out/uploads/NAME
 
 
 @dataclass
@@ -188,6 +190,32 @@ class AnnotationFolder:
         if meta.get("format") != VOLUME_FORMAT or tuple(label.shape) != tuple(shape):
             raise InputError(f"{paths['label']}: not an annotation of this volume (format or size differs)")
         return SavedAnnotation(label.astype(np.uint16), records)
+
+    def has_annotation(self, image_id: str) -> bool:
+        """True when an image or volume has a saved annotation (its JSON)."""
+        return self.inside(f"{image_id}.json").is_file()
+
+    # --- images a client sent ------------------------------------------------------------------------
+    @property
+    def uploads(self) -> Path:
+        """The folder of uploaded images (created on first upload)."""
+        return self.out / UPLOADS
+
+    def write_upload(self, file_name: str, data: bytes) -> Path:
+        """Write an uploaded image as ``uploads/file_name`` atomically (a name only, no folder)."""
+        folder = self.uploads
+        folder.mkdir(exist_ok=True)
+        path = (folder / file_name).resolve()
+        if path.parent != folder.resolve() or file_name.startswith("."):
+            raise InputError(f"{file_name}: not a file name inside {folder}")
+        write_bytes_atomic(path, data)
+        return path
+
+    def upload_files(self) -> list[Path]:
+        """The uploaded images, in name order."""
+        folder = self.uploads
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) \
+            if folder.is_dir() else []
 
     # --- where the person was ------------------------------------------------------------------------
     def save_session(self, current: str | None) -> None:

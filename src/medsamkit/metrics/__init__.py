@@ -14,9 +14,18 @@ import numpy as np
 
 from medsamkit.metrics.instance import aji, object_dice, object_f1, object_f1_counts, object_hausdorff
 from medsamkit.metrics.overlap import confusion, dice, iou
-from medsamkit.metrics.surface import hd95, nsd, surface_distances
+from medsamkit.metrics.surface import (
+    HD95_CONVENTION,
+    NSD_CONVENTIONS,
+    hd95,
+    nsd,
+    surface_dice,
+    surface_distances,
+)
 
 __all__ = [
+    "HD95_CONVENTION",
+    "NSD_CONVENTIONS",
     "MetricAccumulator",
     "aji",
     "confusion",
@@ -28,6 +37,7 @@ __all__ = [
     "object_f1",
     "object_f1_counts",
     "object_hausdorff",
+    "surface_dice",
     "surface_distances",
 ]
 

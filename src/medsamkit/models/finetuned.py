@@ -14,7 +14,7 @@ from torch import nn
 
 from medsamkit.core.errors import InputError
 from medsamkit.models.checkpoints import load_strict
-from medsamkit.models.peft import add_adapters, add_lora, is_peft_parameter
+from medsamkit.models.peft import add_adapters, add_lora, is_peft_parameter, merge_lora
 from medsamkit.models.sam import SamFamilyModel
 from medsamkit.models.sam_modules import sam_modeling
 
@@ -138,7 +138,8 @@ def read_run_checkpoint(path: str | Path) -> dict:
 
 def apply_finetuned(model: SamFamilyModel, ckpt: dict) -> SamFamilyModel:
     """Apply a fine-tuning checkpoint (``read_run_checkpoint``) to the base model it names, handed in
-    already loaded: re-apply the recipe, load the run's weights strictly, record what it answers (eval mode)."""
+    already loaded: re-apply the recipe, load the run's weights strictly, record what it answers (eval mode).
+    LoRA is merged into the encoder's weights (plain Linear layers: no inference cost over the base model)."""
     recipe = ckpt["recipe"]
     apply_recipe(model, recipe)
     state = ckpt["model"]
@@ -146,6 +147,7 @@ def apply_finetuned(model: SamFamilyModel, ckpt: dict) -> SamFamilyModel:
     load_strict(_StateView(finetuned_state(model, recipe)), state, ckpt["path"],
                 f"{ckpt['base_model']} + {recipe['mode']} run")
     model.load_state_dict(state, strict=False)
+    merge_lora(model.image_encoder)
     for p in model.parameters():
         p.requires_grad_(False)
     model.finetuned_from = ckpt["path"]

@@ -69,6 +69,18 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scaling
 
+    def merged(self) -> nn.Linear:
+        """A plain Linear computing the same map: W + (alpha / rank) B A, the base bias (inference costs nothing)."""
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None)
+        layer = layer.to(self.base.weight.device, self.base.weight.dtype)
+        with torch.no_grad():
+            delta = (self.lora_b.double() @ self.lora_a.double()) * self.scaling
+            layer.weight.copy_((self.base.weight.double() + delta).to(self.base.weight.dtype))
+            if self.base.bias is not None:
+                layer.bias.copy_(self.base.bias)
+        layer.requires_grad_(False)
+        return layer
+
 
 def _known_block_types() -> tuple[type, ...]:
     from medsamkit.models.sam_modules import sam_modeling
@@ -149,6 +161,15 @@ def add_lora(encoder: nn.Module, rank: int = 4, alpha: float = 8.0, targets: Seq
             added += wrapped.lora_a.numel() + wrapped.lora_b.numel()
     _freeze_pretrained(encoder)
     return added
+
+
+def merge_lora(encoder: nn.Module) -> int:
+    """Replace every LoRALinear of an encoder by its merged plain Linear (for inference); returns how many."""
+    wrapped = [(n, m) for n, m in encoder.named_modules() if isinstance(m, LoRALinear)]
+    for name, layer in wrapped:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(encoder.get_submodule(parent_name) if parent_name else encoder, attr, layer.merged())
+    return len(wrapped)
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:

@@ -92,6 +92,10 @@ class ClickAnswerer:
                     self._remember((prompt_signature(p), multimask), _box_answer(masks, iou))
             return pred
         self.predictor.check_prompts(**stack_prompts(prompts))
+        for i, p in enumerate(prompts):
+            if p.box is None and not (p.labels == 1).any() and (parents is None or parents[i] is None):
+                raise InputError("clicks without a box need a positive click: a negative click alone marks "
+                                 "nothing for this box-only model (click on the object, or draw a box)")
         self._follow_embedding()
         if parents is None:
             self._search_ahead(prompts, multimask)

@@ -13,7 +13,7 @@ MODES = ("decoder", "adapter", "lora")
 SCHEDULES = ("constant", "cosine")
 # options that may change between a run and its resumption (they do not change what a step computes)
 RESUMABLE_CHANGES = {"epochs", "max_steps", "save_every", "show_progress", "device", "cache", "max_seconds",
-                     "validate_every"}
+                     "validate_every", "max_cpu_seconds", "use_cache"}
 
 
 @dataclass
@@ -63,6 +63,12 @@ class FinetuneConfig:
     show_progress: bool = True
     # stop training after this many seconds of steps; the epoch in progress is then validated and saved
     max_seconds: float | None = None
+    # the same in CPU seconds of this process (time.process_time): a budget that other jobs on the machine
+    # do not shrink, for comparing runs on a shared machine
+    max_cpu_seconds: float | None = None
+    # decoder mode: embed every tile once into the cache; False: encode each step's tile (no autograd), cheaper
+    # when a run sees each tile about once
+    use_cache: bool = True
     validate_every: int = 1  # epochs between validations (the last and a time-stopped epoch always are)
     init_from: str | None = None  # start from this fine-tuning checkpoint's weights (same base model, mode)
 
@@ -83,8 +89,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise InputError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise InputError("--epochs, --batch-size and --lr must be positive")
-    if cfg.validate_every < 1 or (cfg.max_seconds is not None and cfg.max_seconds < 0):
-        raise InputError("validate_every must be >= 1 and max_seconds >= 0")
+    if cfg.validate_every < 1 or any(v is not None and v < 0 for v in (cfg.max_seconds, cfg.max_cpu_seconds)):
+        raise InputError("validate_every must be >= 1, max_seconds and max_cpu_seconds >= 0")
     if cfg.tile_overlap < 0:
         raise InputError(f"--tile-overlap must be >= 0, got {cfg.tile_overlap}")
     if cfg.model.endswith((".pt", ".pth")) or Path(cfg.model).is_dir():

@@ -166,7 +166,7 @@ def _tile_image(run: Run, tile: TrainTile) -> np.ndarray:
 
 def fill_cache(run: Run) -> None:
     """Decoder mode (frozen encoder): embed every tile once, shared out among the ranks."""
-    if run.cfg.mode != "decoder":
+    if run.cfg.mode != "decoder" or not run.cfg.use_cache:
         return
     cache = EmbeddingCache(run.cfg.cache or run.out / "embeddings", run.model)
     predictor = Predictor(run.model)
@@ -215,6 +215,7 @@ class Trainer:
         self.state = TrainState()
         self.last_metrics: dict = {}
         self.t0 = time.perf_counter()  # max_seconds counts steps from here (not loading and embedding)
+        self.c0 = time.process_time()  # max_cpu_seconds likewise, in this process's CPU time
         last = run.out / "last.pt"
         resume = read_resume(last)
         if resume is not None:
@@ -273,6 +274,8 @@ class Trainer:
                     return "max_steps"
                 if cfg.max_seconds is not None and time.perf_counter() - self.t0 >= cfg.max_seconds:
                     return "max_seconds"
+                if cfg.max_cpu_seconds is not None and time.process_time() - self.c0 >= cfg.max_cpu_seconds:
+                    return "max_seconds"
                 self.step(batches, b, usable)
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.loss_sum / state.loss_n:.4f}")
@@ -322,13 +325,16 @@ class Trainer:
 def train(run: Run) -> dict:
     """Run the remaining epochs of a prepared run; write and return its summary."""
     trainer = Trainer(run)
-    stopped = None
+    stopped, timing = None, {}  # timing: the steps of this call (a resumed run counts from its resumption)
     while trainer.state.epoch < run.cfg.epochs and stopped is None:
         stopped = trainer.epoch()
+        timing = {"train_seconds": round(time.perf_counter() - trainer.t0, 2),
+                  "train_cpu_seconds": round(time.process_time() - trainer.c0, 2)}
         if stopped in (None, "max_seconds"):  # a time-stopped epoch is validated as the last one
             trainer.end_epoch(final=stopped is not None)
             distributed.barrier(run.world)
     summary = summarize(run, trainer.state, stopped, trainer.last_metrics)
+    summary.update(timing)
     if run.rank == 0:
         write_json_atomic(run.out / "summary.json", summary)
     return summary

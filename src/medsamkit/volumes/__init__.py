@@ -1,6 +1,8 @@
 """3D volumes with a 2D SAM-family model: slice-wise prompting, box propagation, 3-slice input, volumetric
-scores (`medsamkit segment-volume`, `medsamkit evaluate-volume`)."""
+scores, the 3D engine (3D box + clicks) and the CVPR 2025 interactive protocol (`medsamkit segment-volume`,
+`medsamkit evaluate-volume`)."""
 
+from medsamkit.volumes.engine import Box3D, EngineSettings, VolumeEngine, parse_box3d
 from medsamkit.volumes.evaluate import (
     EvaluateVolumeConfig,
     evaluate_case,
@@ -11,6 +13,10 @@ from medsamkit.volumes.segment import SegmentVolumeConfig, run_segment_volume, s
 from medsamkit.volumes.slices import SliceEmbedder, slice_input
 
 __all__ = [
+    "Box3D",
+    "EngineSettings",
+    "VolumeEngine",
+    "parse_box3d",
     "EvaluateVolumeConfig",
     "SegmentVolumeConfig",
     "SliceEmbedder",

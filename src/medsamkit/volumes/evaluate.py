@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from medsamkit.core.atomic import write_json_atomic, write_text_atomic
@@ -20,10 +20,16 @@ from medsamkit.core.errors import InputError
 from medsamkit.core.results import RunStore
 from medsamkit.embedding.cache import EmbeddingCache
 from medsamkit.embedding.resources import LocalResources, Resources
-from medsamkit.io.datasets import Dataset, VolumeCase
+from medsamkit.io.datasets import VolumeCase
 from medsamkit.io.windowing import parse_window
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
+from medsamkit.volumes.config import (
+    VOLUME_RESULT_KEYS,
+    EvaluateVolumeConfig,
+    open_volume_dataset,
+    volume_kind,
+)
 from medsamkit.volumes.masks import mask_file_name, read_prediction, variant_folder, write_label_map
 from medsamkit.volumes.scores import (
     SLICE_FIELDS,
@@ -36,49 +42,6 @@ from medsamkit.volumes.scores import (
 from medsamkit.volumes.segment import parse_class_list, segment_volume
 from medsamkit.volumes.slices import SliceEmbedder
 from medsamkit.volumes.variants import Variant, variants
-
-
-@dataclass
-class EvaluateVolumeConfig:
-    """Everything `medsamkit evaluate-volume` needs; the CLI only fills this in."""
-
-    data: str
-    out: str
-    prompts: str = "box"
-    propagate: bool | list[bool] = False
-    three_slice: bool | list[bool] = False
-    model: str = "litemedsam"
-    checkpoint: str | None = None
-    device: str | None = None
-    window: str | None = None
-    max_images: int | None = None  # at most N volumes
-    classes: str | None = None  # label values to evaluate (comma list); None: all
-    seed: int = 0
-    min_area: int = 20
-    margin: float = 0.0
-    min_iou: float = 0.0
-    tolerances_mm: tuple[float, ...] = (1.0, 2.0)
-    save_masks: bool = False
-    predictions: str | None = None  # score these NIfTI masks instead of running a model
-    cache: str | None = None  # embedding cache folder (medsamkit.embedding.cache)
-    show_progress: bool = True
-
-
-# settings whose change makes earlier rows in the same folder incomparable (variants are keyed by name)
-VOLUME_RESULT_KEYS = ("data", "model", "model_sha256", "checkpoint", "window", "classes", "seed", "min_area",
-                      "margin", "min_iou", "tolerances_mm", "predictions")
-
-
-def volume_kind(spec: str) -> str | None:
-    """The label kind a volume SPEC is opened with (class maps; builtin datasets say their own)."""
-    return "class" if not str(spec).startswith("builtin:") else None
-
-
-def open_volume_dataset(spec: str, window: str | tuple[float, float] | None = None) -> Dataset:
-    """A dataset of volumes for a SPEC (builtin:lung-gtv, IMAGE::LABEL, nnU-Net folder, DICOM folder)."""
-    from medsamkit.io.datasets import open_dataset
-
-    return open_dataset(spec, volume_kind(spec), window)
 
 
 def evaluate_case(predictor: Predictor, case: VolumeCase, runs: list[Variant], seed: int = 0,
@@ -228,11 +191,16 @@ def compute_volume(cfg: EvaluateVolumeConfig, case: VolumeCase, todo: list[Varia
 
 def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = None,
                      on_volume: Callable[[str], None] | None = None, executor: Executor | None = None) -> dict:
-    """Evaluate variants over a volume dataset (here, or with ``executor``, e.g. on Dask); writes per_volume.csv,
+    """Evaluate variants over a volume dataset (or, with ``cfg.protocol``, run that interactive protocol:
+    ``volumes.protocol``) (here, or with ``executor``, e.g. on Dask); writes per_volume.csv,
     per_slice.csv, summary.json/.md.
 
     With ``cfg.predictions`` the given label maps are scored (variant ``predictions``) and no model runs.
     Resumable; on Ctrl-C the finished volumes stay on disk, the summary is written and KeyboardInterrupt
     propagates. ``on_volume(name)`` is called after each newly finished volume.
     """
+    if cfg.protocol:
+        from medsamkit.volumes.protocol import ProtocolRun
+
+        return run_batch(ProtocolRun(cfg, predictor, on_volume), executor)
     return run_batch(VolumeRun(cfg, predictor, on_volume), executor)

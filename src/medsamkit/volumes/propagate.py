@@ -1,5 +1,7 @@
 """Box propagation through a volume: one prompt on a start slice, then each next slice, up and down, is
-prompted with the bounding box of the previous slice's prediction grown by ``margin`` px (default 0).
+prompted with the bounding box of the previous slice's prediction grown by ``margin`` px (default 0). The
+slice-to-slice step and its stop rules are the 3D engine's (``volumes.engine.VolumeEngine.walk``, plain
+settings); this module only answers the start prompt.
 
 A direction stops where the prediction vanishes (< ``min_area`` px), its predicted IoU falls below
 ``min_iou`` (default 0: off), or the volume ends. Measured on builtin:lung-gtv with the box-trained
@@ -18,7 +20,8 @@ import numpy as np
 
 from medsamkit.core.errors import InputError
 from medsamkit.predictor import Predictor
-from medsamkit.prompts import Prompt, stack_prompts, tight_box
+from medsamkit.prompts import Prompt, stack_prompts
+from medsamkit.volumes.engine import EngineSettings, VolumeEngine
 from medsamkit.volumes.slices import SliceEmbedder
 
 BoxSlice = tuple[int, float, float, float, float]  # z, x0, y0, x1, y1 (voxel indices of array[z])
@@ -30,51 +33,37 @@ def predict_prompts(predictor: Predictor, prompts: list[Prompt]) -> tuple[np.nda
     return masks, iou
 
 
-def enlarge(box: np.ndarray, margin: float, shape: tuple[int, int]) -> np.ndarray:
-    """Box grown by ``margin`` px on every side, clipped to the slice."""
-    grown = np.asarray(box, dtype=np.float32) + np.array([-margin, -margin, margin, margin], dtype=np.float32)
-    limits = np.array([shape[1] - 1, shape[0] - 1, shape[1] - 1, shape[0] - 1], dtype=np.float32)
-    return np.clip(grown, 0, limits)
-
-
 def propagate_from(embedder: SliceEmbedder, start_z: int, start_prompt: Prompt, min_area: int = 20,
                    margin: float = 0.0, min_iou: float = 0.0, trace: list | None = None,
                    steps: tuple[int, ...] = (1, -1), stop_at: Collection[int] = ()) -> np.ndarray:
-    """Bool mask (Z, H, W): predict on ``start_z``, then slice by slice up and down, each prompted with the
-    box of the previous slice's prediction grown by ``margin`` px. A direction stops at the first prediction
-    below ``min_area`` px or with predicted IoU below ``min_iou`` (that slice stays empty), or at the
-    volume's end. ``trace`` (a list) receives ``(z, area_px, predicted_iou, kept)`` for every slice visited.
-    ``steps``: the directions to walk (+1 up, -1 down); ``stop_at``: slices never entered (a person's
-    corrections, which the annotator keeps).
+    """Bool mask (Z, H, W): predict on ``start_z``, then the 3D engine's plain walk (``VolumeEngine.walk`` with
+    ``EngineSettings.plain``) slice by slice up and down, each prompted with the box of the previous slice's
+    answer grown by ``margin`` px. A direction stops at the first answer below ``min_area`` px or with
+    predicted IoU below ``min_iou`` (that slice stays empty), or at the volume's end. ``trace`` (a list)
+    receives ``(z, area_px, predicted_iou, kept)`` for every slice visited. ``steps``: the directions to walk
+    (+1 up, -1 down); ``stop_at``: slices never entered (a person's corrections, which the annotator keeps).
     """
     z_count, h, w = embedder.image01.shape
     if not 0 <= start_z < z_count:
         raise InputError(f"start slice {start_z} is outside the volume (0..{z_count - 1})")
-    out = np.zeros((z_count, h, w), dtype=bool)
-
-    def step_ok(z: int, prompt: Prompt) -> np.ndarray | None:
-        masks, iou = predict_prompts(embedder.use(z), [prompt])
-        area = int(masks[0].sum())
-        # A box-trained model segments *something* in any box, so a predicted-IoU floor is the only
-        # generic sign that the object has ended (see the module docstring).
-        kept = area >= max(min_area, 1) and float(iou[0]) >= min_iou
-        if trace is not None:
-            trace.append((z, area, round(float(iou[0]), 4), kept))
-        return masks[0] if kept else None
-
-    first = step_ok(start_z, start_prompt)
-    if first is None:
-        return out
-    out[start_z] = first
-    for step in steps:
-        previous, z = first, start_z + step
-        while 0 <= z < z_count and z not in stop_at:
-            mask = step_ok(z, Prompt(box=enlarge(tight_box(previous), margin, (h, w))))
-            if mask is None:
-                break
-            out[z] = mask
-            previous, z = mask, z + step
+    engine = VolumeEngine(embedder, EngineSettings.plain(min_area, min_iou, margin))
+    masks, iou = predict_prompts(embedder.use(start_z), [start_prompt])
+    # A box-trained model segments *something* in any box, so a predicted-IoU floor is the only
+    # generic sign that the object has ended (see the module docstring).
+    kept = not engine.ended(masks[0], float(iou[0]), masks[0])
+    if trace is not None:
+        trace.append((start_z, int(masks[0].sum()), round(float(iou[0]), 4), kept))
+    if not kept:
+        return np.zeros((z_count, h, w), dtype=bool)
+    out = engine.walk(start_z, masks[0], steps, stop_at)
+    if trace is not None:
+        trace.extend(walk_trace(engine.trace))
     return out
+
+
+def walk_trace(events: list[dict]) -> list[tuple[int, int, float, bool]]:
+    """The engine's trace of a plain walk as ``(z, area_px, predicted_iou, kept)`` per slice visited."""
+    return [(e["z"], e["area"], e["iou"], e["event"] != "ended") for e in events]
 
 
 def largest_slice(mask: np.ndarray) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 
 from medsamkit.core.errors import InputError
 from medsamkit.io.datasets import VolumeCase
-from medsamkit.metrics import MetricAccumulator, dice, hd95, nsd
+from medsamkit.metrics import HD95_CONVENTION, MetricAccumulator, dice, hd95, nsd
 
 SLICE_FIELDS = ["volume", "variant", "class", "z", "truth_px", "pred_px", "dice"]
 
@@ -100,7 +100,8 @@ def summary_markdown(summary: dict, title: str) -> str:
     """The summary table (variant x class, mean (median) of each metric) as Markdown."""
     keys = next(iter(summary.values())).keys() if summary else []
     lines = [f"# {title}", "", "Per-volume metrics (whole volume, empty slices included), mean (median) over "
-             "volumes.", "", "| variant | class | n | " + " | ".join(keys) + " |",
+             "volumes. NSD: boundary-voxel convention (MONAI's default; not the challenges' surfel-weighted one). "
+             f"HD95: {HD95_CONVENTION}, mm.", "", "| variant | class | n | " + " | ".join(keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
     for name, stats in summary.items():
         variant, cls = name.split("|")

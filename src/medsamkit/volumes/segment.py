@@ -19,6 +19,7 @@ from medsamkit.core.seeds import name_key, object_rng
 from medsamkit.metrics import dice
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import Prompt, PromptMode, initial_prompt, parse_modes
+from medsamkit.volumes.engine import EngineSettings, VolumeEngine, parse_box3d
 from medsamkit.volumes.propagate import (
     BoxSlice,
     check_box_slice,
@@ -161,6 +162,7 @@ class SegmentVolumeConfig:
     out: str
     label: str | None = None
     box_slice: str | None = None
+    box3d: str | None = None  # z_min,z_max,z,x0,y0,x1,y1: a 3D box answered by the 3D engine (volumes.engine)
     prompts: str = "box"
     propagate: bool = False
     three_slice: bool = False
@@ -203,8 +205,12 @@ def run_segment_volume(cfg: SegmentVolumeConfig, predictor: Predictor | None = N
 
     if not str(cfg.out).lower().endswith((".nii", ".nii.gz")):
         raise InputError(f"{cfg.out}: output must be a NIfTI file (.nii or .nii.gz)")
-    if cfg.box_slice is None and cfg.label is None:
-        raise InputError(f"{cfg.volume}: give --label LABEL or --box-slice z,x0,y0,x1,y1")
+    if cfg.box_slice is None and cfg.label is None and cfg.box3d is None:
+        raise InputError(f"{cfg.volume}: give --label LABEL, --box-slice z,x0,y0,x1,y1 or --box3d "
+                         "z_min,z_max,z,x0,y0,x1,y1")
+    if cfg.box3d is not None and (cfg.box_slice is not None or cfg.label is not None):
+        raise InputError(f"{cfg.volume}: --box3d is a prompt of its own; give it without --label or --box-slice")
+    box3d = parse_box3d(cfg.box3d) if cfg.box3d is not None else None
     box_slice = parse_box_slice(cfg.box_slice) if cfg.box_slice is not None else None
     mode, classes = one_mode(cfg.prompts), parse_class_list(cfg.classes)
     volume = read_volume(cfg.volume)
@@ -220,8 +226,13 @@ def run_segment_volume(cfg: SegmentVolumeConfig, predictor: Predictor | None = N
     embedder = SliceEmbedder(predictor, image01, cfg.three_slice, str(cfg.volume), show_progress=cfg.show_progress,
                              cache=cfg.cache, total=total)
     start = time.perf_counter()
-    pred = segment_volume(embedder, image01, label, box_slice, mode, cfg.propagate or box_slice is not None,
-                          cfg.three_slice, classes, cfg.min_area, cfg.margin, cfg.seed, str(cfg.volume), cfg.min_iou)
+    if box3d is not None:
+        engine = VolumeEngine(embedder, EngineSettings(min_iou=cfg.min_iou))
+        pred = engine.start(box3d.check(image01.shape, str(cfg.volume))).astype(np.uint8)
+    else:
+        pred = segment_volume(embedder, image01, label, box_slice, mode, cfg.propagate or box_slice is not None,
+                              cfg.three_slice, classes, cfg.min_area, cfg.margin, cfg.seed, str(cfg.volume),
+                              cfg.min_iou)
     seconds = time.perf_counter() - start
     write_label_map(pred, cfg.out, like=volume)
     embedder.close()

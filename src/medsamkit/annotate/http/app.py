@@ -34,6 +34,8 @@ a finite number, slice out of range, an id or class name that is
 not short printable text, a Host that is not this server), 401 missing/wrong token, 404 unknown image, object
 or path, 413 a body over 64 kB. There is no upload endpoint and nothing is written outside --out.
 
+With --monailabel, MONAI Label's API for 3D Slicer / OHIF / QuPath: ``annotate.http.monailabel``.
+
 Volumes (``/api/volume...``, ``/api/correct``, ``/api/propagate``): ``annotate.http.volumes``; learning while
 annotating (``/api/learn...``): ``annotate.http.learn``.
 """
@@ -45,9 +47,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from medsamkit.annotate.http import items, learn, objects, page, prompts, volumes
-from medsamkit.annotate.http.guards import allowed_hosts, install_guards
+from medsamkit.annotate.http import items, learn, monailabel, objects, page, prompts, volumes
+from medsamkit.annotate.http.guards import MONAILABEL, allowed_hosts, install_guards
 from medsamkit.annotate.session.workspace import Workspace
+
+
+def monailabel_path(token: str | None) -> str:
+    """Where the MONAI Label-compatible API lives: /monailabel/TOKEN (/monailabel with --no-token)."""
+    return f"{MONAILABEL}/{token}" if token else MONAILABEL
 
 
 def create_app(workspace: Workspace, token: str | None) -> FastAPI:
@@ -67,5 +74,7 @@ def create_app(workspace: Workspace, token: str | None) -> FastAPI:
     install_guards(app, token, allowed_hosts(workspace.cfg.host))
     for module in (page, items, prompts, objects, volumes, learn):
         app.include_router(module.router)
+    if workspace.cfg.monailabel:
+        app.include_router(monailabel.router, prefix=monailabel_path(token))
     app.state.workspace = workspace
     return app

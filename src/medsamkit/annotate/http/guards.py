@@ -1,6 +1,8 @@
 """What every request passes before a router sees it, and how every error leaves: a Host allow-list (loopback
 names and the address the server was started on, so a DNS-rebinding page gets nothing even with --no-token),
-the session token on /api, a body size limit (413), security headers on every response (no framing, a
+the session token on /api (as a header or query) and on the MONAI Label API (as the path segment after
+/monailabel: its clients keep a URL's path but send no header), a body size limit (413; larger for the MONAI
+Label API, whose clients upload whole volumes), security headers on every response (no framing, a
 Content-Security-Policy that allows only the page's own files, no referrer: the token travels in the URL),
 and every error as one line of JSON (never a traceback)."""
 
@@ -20,6 +22,8 @@ from medsamkit.core.errors import InputError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_BODY = 64 * 1024  # bytes of a request body: the largest real one (200 clicks) is a few kB
+MONAILABEL = "/monailabel"  # the MONAI Label-compatible API's path: /monailabel/TOKEN/... (annotate.http.monailabel)
+MAX_UPLOAD = 1 << 30  # bytes of a MONAI Label request body: an uploaded volume or label map
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = [(b"x-frame-options", b"DENY"), (b"content-security-policy", CSP.encode()),
@@ -70,12 +74,15 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = self._refusal(scope, headers)
+        path = scope["path"]
+        compat = path == MONAILABEL or path.startswith(MONAILABEL + "/")
+        limit = MAX_UPLOAD if compat else self.max_body
+        refusal = self._refusal(scope, headers, compat, limit)
         if refusal is not None:
             return await refusal(scope, receive, self._with_headers(send))
-        await self.app(scope, self._limited(receive), self._with_headers(send))
+        await self.app(scope, self._limited(receive, limit), self._with_headers(send))
 
-    def _refusal(self, scope, headers: dict[str, str]) -> JSONResponse | None:
+    def _refusal(self, scope, headers: dict[str, str], compat: bool, limit: int) -> JSONResponse | None:
         host = host_name(headers.get("host", ""))
         if host not in self.hosts:
             return error(400, f"Host {host!r} is not this server's address (open the URL the server printed)")
@@ -85,20 +92,24 @@ class Guard:
                 (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
             if not secrets.compare_digest(given.encode(), self.token.encode()):
                 return error(401, "missing or wrong token: open the URL the server printed")
+        if self.token is not None and compat:
+            given = scope["path"][len(MONAILABEL) + 1:].split("/", 1)[0]
+            if not secrets.compare_digest(given.encode(), self.token.encode()):
+                return error(401, "missing or wrong token in the path: use the MONAI Label URL the server printed")
         length = headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > self.max_body:
-            return error(413, f"request body over {self.max_body} bytes")
+        if not length.isdigit() or int(length) > limit:
+            return error(413, f"request body over {limit} bytes")
         return None
 
-    def _limited(self, receive):
+    def _limited(self, receive, limit: int):
         seen = 0
 
         async def limited():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_body:  # a body sent without its length
-                raise HTTPException(413, f"request body over {self.max_body} bytes")
+            if seen > limit:  # a body sent without its length
+                raise HTTPException(413, f"request body over {limit} bytes")
             return message
 
         return limited

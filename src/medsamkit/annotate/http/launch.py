@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from medsamkit.annotate.http.app import create_app
+from medsamkit.annotate.http.app import create_app, monailabel_path
 from medsamkit.annotate.http.guards import LOOPBACK
 from medsamkit.annotate.session.config import AnnotateConfig
 from medsamkit.annotate.session.workspace import Workspace
@@ -28,6 +28,12 @@ def session_url(host: str, port: int, token: str | None) -> str:
     """The URL the person opens (the token travels in it; the page then sends it as a header)."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
+def monailabel_url(host: str, port: int, token: str | None) -> str:
+    """The server address to paste into a MONAI Label client (the token travels in its path)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{shown}:{port}{monailabel_path(token)}/"
 
 
 def _warn_exposure(cfg: AnnotateConfig) -> None:
@@ -58,6 +64,9 @@ def serve(cfg: AnnotateConfig) -> None:
     except OSError as exc:
         raise InputError(f"cannot listen on {cfg.host}:{cfg.port} ({exc.strerror}); try --port") from None
     print(f"medsamkit annotate: {session_url(cfg.host, cfg.port, token)}", flush=True)
+    if cfg.monailabel:
+        print(f"medsamkit annotate: MONAI Label server (3D Slicer / OHIF / QuPath): "
+              f"{monailabel_url(cfg.host, cfg.port, token)}", flush=True)
     try:
         server.run(sockets=[sock])
     finally:
@@ -81,6 +90,11 @@ class BackgroundServer:
     def url(self) -> str:
         """The page URL with the token."""
         return session_url("127.0.0.1", self.port, self.token)
+
+    @property
+    def monailabel(self) -> str:
+        """The MONAI Label server address (with --monailabel)."""
+        return monailabel_url("127.0.0.1", self.port, self.token)
 
     @property
     def base(self) -> str:

@@ -1,5 +1,6 @@
-"""Propagating an object through a volume's views with the project's engine
-(``medsamkit.volumes.propagate.propagate_from``), steered by the person.
+"""Propagating an object through a volume's views with the project's one 3D engine
+(``medsamkit.volumes.engine.VolumeEngine.walk``, the step ``segment-volume`` and ``evaluate-volume`` use),
+steered by the person.
 
 A run starts from the object's mask on a view (axis, slice): the next view is prompted with that mask's tight
 box (grown by ``margin``), exactly as the engine steps from slice to slice. Each direction stops at the first
@@ -21,8 +22,8 @@ import numpy as np
 from medsamkit.annotate.model.host import ModelHost
 from medsamkit.core.errors import InputError
 from medsamkit.predictor import Predictor
-from medsamkit.prompts import Prompt, tight_box
-from medsamkit.volumes.propagate import enlarge, propagate_from
+from medsamkit.volumes.engine import EngineSettings, VolumeEngine
+from medsamkit.volumes.propagate import walk_trace
 from medsamkit.volumes.slices import SliceEmbedder
 
 DIRECTIONS = {"up": (1,), "down": (-1,), "both": (1, -1)}
@@ -124,9 +125,9 @@ class Propagator:
             trace: list = []
             first = k + step
             if 0 <= first < n and first not in corrected:
-                box = enlarge(tight_box(start), s.margin, shape)
-                out = propagate_from(embedder, first, Prompt(box=box), s.min_area, s.margin, s.min_iou, trace,
-                                     steps=(step,), stop_at=corrected)
+                engine = VolumeEngine(embedder, EngineSettings.plain(s.min_area, s.min_iou, s.margin))
+                out = engine.walk(k, start, (step,), corrected)
+                trace = walk_trace(engine.trace)
                 for z, area, iou, kept in trace:
                     visited.append({"slice": int(z), "iou": float(iou), "area": int(area), "kept": bool(kept),
                                     "direction": NAMES[step]})

@@ -25,6 +25,7 @@ class AnnotateConfig:
     learn: bool = False  # learn rounds start by themselves (annotate.model.learning)
     learn_min_objects: int = 20
     learn_budget: float = 180.0  # seconds per learn round
+    monailabel: bool = False  # also serve MONAI Label's REST API under /monailabel/TOKEN/ (annotate.http.monailabel)
     prefetch: bool = True  # embed a large image's tiles in the background after its first tiled answer
 
 

@@ -153,21 +153,39 @@ class ImageItem:
 
 
 class ItemSource:
-    """The session's items by id, with the few decoded images and volumes kept in memory."""
+    """The session's items by id, with the few decoded images and volumes kept in memory; images a client
+    uploaded join them (``add_uploaded``), each remembering the folder it is read from again (``origin``)."""
 
     def __init__(self, spec: str | Path, window: str | None = None, three_slice: bool = False,
                  keep_images: int = 4, keep_volumes: int = 2) -> None:
         self.spec = resolve_spec(spec)
-        found = self.spec.items(window)
+        self.window, self.three_slice = window, three_slice
+        self.memory = DecodedCache(keep_volumes if self.spec.volumes else keep_images)
+        self.items: dict[str, Item] = {}
+        self.origins: dict[str, str] = {}  # item id -> the SPEC it is read from, where not the session's
         taken: set[str] = set()
+        for found in self.spec.items(window):
+            item = self._item(found, safe_id(found.key, taken))
+            self.items[item.id] = item
+
+    def _item(self, found: SpecItem, ident: str) -> Item:
         if self.spec.volumes:
-            memory = DecodedCache(keep_volumes)
-            items: list[Item] = [VolumeItem(safe_id(i.key, taken), i.name, i.load, memory, three_slice)
-                                 for i in found]
-        else:
-            pixels = DecodedCache(keep_images)
-            items = [ImageItem(safe_id(i.key, taken), i.name, tuple(i.shape()), i, pixels) for i in found]
-        self.items: dict[str, Item] = {item.id: item for item in items}
+            return VolumeItem(ident, found.name, found.load, self.memory, self.three_slice)
+        return ImageItem(ident, found.name, tuple(found.shape()), found, self.memory)
+
+    def add_uploaded(self, path: Path, ident: str) -> Item:
+        """The uploaded file ``path`` (in the uploads folder) as item ``ident``; InputError when it is not the
+        session's kind (2D images or volumes) or not readable."""
+        folder = resolve_spec(path.parent)
+        names = (path.name, path.name.split(".")[0])  # a plain image is named by its file, a volume by its stem
+        found = next((i for i in folder.items(self.window) if i.name in names), None)
+        if found is None or folder.volumes != self.spec.volumes:
+            want = "a volume (NIfTI / NRRD)" if self.spec.volumes else "a 2D image (PNG, JPEG, TIFF)"
+            raise InputError(f"{path.name}: this session annotates {want}; the upload is not one")
+        item = self._item(found, ident)
+        self.items[ident] = item
+        self.origins[ident] = str(path.parent)
+        return item
 
     @property
     def ids(self) -> list[str]:

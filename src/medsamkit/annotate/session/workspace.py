@@ -76,6 +76,12 @@ class Workspace:
         self._prefetched: set[str] = set()  # images whose tiles were queued for embedding (first tiled answer)
         self.lock = threading.RLock()
         self.source_record = self.source.spec.record  # in each image's JSON: training finds the image again
+        for path in self.files.upload_files():  # images a client sent in an earlier run
+            try:
+                if path.name.split(".")[0] not in self.source.items:  # the SPEC's own items come first
+                    self.source.add_uploaded(path, path.name.split(".")[0])
+            except InputError:
+                pass  # not this session's kind (a 2D upload beside volumes): left as it is
         current = self.files.load_session().get("current")
         self.current = current if current in self.source.items else self.source.ids[0]
 
@@ -210,7 +216,8 @@ class Workspace:
     # --- changes (each saved at once) ----------------------------------------------------------------
     def save(self, image: str) -> ObjectList:
         """Write ``image``'s annotation and return its object list; call with ``lock`` held."""
-        self.item(image).write_annotation(self.files, self.state(image), self.classes, self.source_record)
+        origin = self.source.origins.get(image, self.source_record)
+        self.item(image).write_annotation(self.files, self.state(image), self.classes, origin)
         return self.objects(image)
 
     def _check_class(self, name: str | None) -> str | None:
@@ -241,6 +248,17 @@ class Workspace:
         self.item(image).note_commit(answer.masks[index], self.view_rule)
         self.clear(image, axis, slice_index, client)
         return Changed(self.save(image), record=committed)
+
+    @_serialised
+    def replace_labels(self, image: str, label: np.ndarray, records: dict[int, dict]) -> ObjectList:
+        """A whole label map from outside (a MONAI Label client's saved label) becomes the item's objects, one
+        per value with ``records[value]``, replacing what was there; saved at once."""
+        state = self.state(image)
+        if tuple(label.shape) != tuple(state.label.shape):
+            raise InputError(f"label shape {tuple(label.shape)} does not match image {image!r} "
+                             f"{tuple(state.label.shape)}")
+        self.states[image] = type(state).from_label_map(label, records, source="client label")
+        return self.save(image)
 
     @_serialised
     def delete(self, image: str, object_id: int) -> ObjectList:

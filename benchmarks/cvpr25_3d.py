@@ -1,0 +1,128 @@
+"""The CVPR 2025 interactive 3D protocol (3D box + 5 clicks) on builtin:lung-gtv with the bundled LiteMedSAM,
+beside slice-wise box prompting of the same volumes (a box on every slice: the reference the targets use).
+
+Usage: python benchmarks/cvpr25_3d.py [--out DIR] [--threads 2] [--smoke]
+(--smoke: builtin:lung-gtv pat_2 cropped to 3 GTV slices, written as NIfTI in a temporary folder)
+Runs `evaluate-volume --protocol cvpr25` (no embedding cache, so its seconds include every encoder pass) and
+`evaluate-volume --prompts box` through the public API and prints one JSON: per volume the protocol's steps, the
+slice-wise Dice / HD95, the targets (3D box Dice >= 0.9 x slice-wise, HD95 <= 2 x; after 5 clicks Dice >=
+slice-wise; the Dice-by-step curve never falls; < 90 s per class) and whether each is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _shared import add_smoke, apply_smoke
+from medsamkit.io.datasets import open_dataset
+from medsamkit.io.nifti_nrrd import write_nifti
+from medsamkit.io.volume import Volume
+from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
+
+# A published figure of the challenge, for context only (other data: the challenge's multi-modality test set):
+# Ndir et al., "Dynamic Prompt Generation for Interactive 3D Medical Image Segmentation Training" (built on
+# nnInteractive), arXiv:2510.03189: final Dice 0.6385, final NSD 0.6614, DSC AUC 2.4799, NSD AUC 2.5671.
+PUBLISHED = {"source": "arXiv:2510.03189 (Ndir et al., nnInteractive-based), CVPR 2025 challenge evaluation, "
+                       "other data", "final_dsc": 0.6385, "final_nsd": 0.6614, "dsc_auc": 2.4799, "nsd_auc": 2.5671}
+
+
+def smoke_spec(folder: Path) -> str:
+    """builtin:lung-gtv pat_2 around 3 GTV slices (label kept on those 3 only) as IMAGE::LABEL NIfTI."""
+    case = next(c for c in open_dataset("builtin:lung-gtv").items() if c.name.endswith("pat_2"))
+    vol, truth = case.meta["volume"], case.label == 1
+    z = int(truth.sum((1, 2)).argmax())
+    crop = slice(z - 2, z + 3)
+    label = truth[crop].copy()
+    label[[0, -1]] = False
+    affine = np.array(vol.affine, dtype=float)
+    affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, crop.start]) + affine[:3, 3]
+    grid = Volume(vol.array[crop], vol.spacing, affine, "smoke")
+    image_path, label_path = folder / "ct.nii.gz", folder / "gtv.nii.gz"
+    write_nifti(vol.array[crop].astype(np.int16), image_path, like=grid)
+    write_nifti(label.astype(np.uint8), label_path, like=grid)
+    return f"{image_path}::{label_path}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/cvpr25_3d")
+    ap.add_argument("--data", default="builtin:lung-gtv")
+    ap.add_argument("--threads", type=int, default=2)
+    add_smoke(ap)
+    args = ap.parse_args()
+    tmp = apply_smoke(args, ("out",))
+    window = None
+    if tmp is not None:
+        args.data, window = smoke_spec(tmp), "lung"
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    proto = evaluate_volumes(EvaluateVolumeConfig(data=args.data, out=str(out / "protocol"), protocol="cvpr25",
+                                                  window=window, show_progress=False))
+    t_proto = time.perf_counter() - t0
+    sw = evaluate_volumes(EvaluateVolumeConfig(data=args.data, out=str(out / "slicewise"), prompts="box",
+                                               window=window, show_progress=False))
+    steps = [r for r in _rows(out / "protocol" / "steps.csv")]
+    classes = _rows(out / "protocol" / "classes.csv")
+    slicewise = {r["volume"]: r for r in _rows(out / "slicewise" / "per_volume.csv")}
+    volumes = []
+    for c in classes:
+        mine = [r for r in steps if r["volume"] == c["volume"] and r["class"] == c["class"]]
+        ref = slicewise[c["volume"]]
+        volumes.append({"volume": c["volume"], "class": int(c["class"]),
+                        "dice_by_step": [float(r["dice"]) for r in mine],
+                        "nsd_surfel_2mm_by_step": [float(r["nsd_2mm"]) for r in mine],
+                        "hd95_by_step": [float(r["hd95_mm"]) for r in mine],
+                        "seconds_by_step": [float(r["seconds"]) for r in mine],
+                        "dsc_auc": float(c["dsc_auc"]), "nsd_auc": float(c["nsd_auc"]),
+                        "seconds_total": float(c["seconds_total"]),
+                        "slicewise_box_dice": float(ref["dice"]), "slicewise_box_hd95_mm": float(ref["hd95_mm"]),
+                        "slicewise_box_nsd_voxel_2mm": float(ref["nsd_2mm"])})
+    print(json.dumps(report(volumes, proto, sw, t_proto, args), indent=1))
+
+
+def _rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def report(volumes: list[dict], proto: dict, sw: dict, t_proto: float, args) -> dict:
+    """Means over volumes, the targets and whether each is met."""
+    def mean(key, k=None):
+        return round(float(np.mean([v[key] if k is None else v[key][k] for v in volumes])), 4)
+
+    curve = [mean("dice_by_step", k) for k in range(6)]
+    box, sw_dice, sw_hd = curve[0], mean("slicewise_box_dice"), mean("slicewise_box_hd95_mm")
+    targets = {
+        "box_dice_ge_0.9x_slicewise": {"value": box, "target": round(0.9 * sw_dice, 4), "met": box >= 0.9 * sw_dice},
+        "box_hd95_le_2x_slicewise": {"value": mean("hd95_by_step", 0), "target": round(2 * sw_hd, 4),
+                                     "met": mean("hd95_by_step", 0) <= 2 * sw_hd},
+        "click5_dice_ge_slicewise": {"value": curve[5], "target": sw_dice, "met": curve[5] >= sw_dice},
+        "dice_curve_never_falls": {"value": curve, "met": all(b >= a for a, b in zip(curve, curve[1:]))},
+        "seconds_per_class_lt_90": {"value": max(v["seconds_total"] for v in volumes), "met":
+                                    max(v["seconds_total"] for v in volumes) < 90},
+    }
+    return {"data": args.data, "smoke": bool(args.smoke), "threads": args.threads, "load_avg": os.getloadavg(),
+            "machine": platform.processor() or platform.machine(), "seconds_protocol_run": round(t_proto, 1),
+            "nsd": proto["nsd"], "hd95": proto["hd95"],
+            "mean_dice_by_step": curve, "mean_nsd_surfel_2mm_by_step": [mean("nsd_surfel_2mm_by_step", k)
+                                                                       for k in range(6)],
+            "mean_hd95_by_step": [mean("hd95_by_step", k) for k in range(6)],
+            "mean_seconds_by_step": [mean("seconds_by_step", k) for k in range(6)],
+            "dsc_auc": mean("dsc_auc"), "nsd_auc": mean("nsd_auc"), "slicewise_box_dice": sw_dice,
+            "slicewise_box_hd95_mm": sw_hd, "targets": targets, "published_for_context": PUBLISHED,
+            "volumes": volumes}
+
+
+if __name__ == "__main__":
+    main()

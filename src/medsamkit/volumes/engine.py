@@ -1,0 +1,278 @@
+"""The one 3D engine: a 3D box prompt (a z-range and a 2D box on one slice) becomes a 3D mask, clicks correct it.
+
+Propagation extends ``volumes.propagate``: from the box's slice the answer walks up and down, each slice
+prompted with boxes from the previous slice's answer, and it never leaves the z-range. Two things keep it from
+shrinking or drifting, as the plain walk does with a box-only model (see ``propagate``): the offset between the
+given box and the model's answer on the box's slice is measured once and added to every propagated box (a
+model that under-segments inside a tight box is given the margin it needed there), and each slice chooses
+between that box and the given box itself (a second seed on every slice of the range), by predicted IoU plus
+agreement (IoU) with the previous slice. Every answer (propagated or clicked) is kept inside the given box
+grown by ``slack`` x its size on each side, stretched to hold every positive click (a box-only model's answer
+can leak into the organ around the object). A direction stops where the answer falls under ``min_area`` px or
+``min_iou`` predicted IoU, or its area changes by more than ``max_area_change`` times from slice to slice
+(0: off); the object has ended there and the slices beyond (up to an anchor) are cleared.
+
+A click on slice k corrects that slice with the clicks machinery (``prompts.clicks.ClickAnswerer``: the native
+point path, or on box-only models the click search and the mask edits of ``prompts.corrections``), the slice
+becomes an anchor that propagation never overwrites, and the answer re-propagates from k both ways until a
+slice agrees (Dice >= ``agree``) with what is already there or what is there fits the corrected neighbour at
+least as well (IoU), an anchor, or the object's end. A click's answer that grows past ``max_growth`` x the
+areas around it (a box-only model's "thing under the click" can be the organ around the object) is replaced
+by the click's own disk edit (``prompts.corrections.disk_edit``). A positive click
+outside the z-range extends it. Settings: docs/protocols.md "Interactive 3D".
+
+The engine's slice-to-slice step is the project's only one: ``walk`` with ``EngineSettings.plain`` (each slice
+prompted with the previous answer's box grown by ``margin`` px, through the whole volume, never into anchors)
+is ``volumes.propagate.propagate_from`` (``segment-volume --propagate/--box-slice``) and the annotator's
+propagation (``annotate.model.propagation``: the person's corrected views are the anchors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medsamkit.core.errors import InputError
+from medsamkit.metrics import dice, iou
+from medsamkit.prompts import Prompt, tight_box
+from medsamkit.prompts.clicks import ClickAnswerer, enforce
+from medsamkit.prompts.corrections import disk_edit
+from medsamkit.volumes.slices import SliceEmbedder
+
+
+@dataclass(frozen=True)
+class Box3D:
+    """A 3D box prompt: slices ``z_min..z_max`` and a 2D box (x0, y0, x1, y1, pixels of array[z]) on slice ``z``."""
+
+    z_min: int
+    z_max: int
+    z: int
+    box: tuple[float, float, float, float]
+
+    @classmethod
+    def of_truth(cls, truth: np.ndarray) -> Box3D:
+        """The CVPR 2025 challenge's prompt of a class: its z-range and its 2D box on the middle slice (the
+        non-empty slice nearest the middle when the middle one is empty)."""
+        zs = np.flatnonzero(np.asarray(truth).reshape(len(truth), -1).any(1))
+        if not len(zs):
+            raise InputError("cannot build a 3D box: the class is empty")
+        mid = (int(zs[0]) + int(zs[-1])) // 2
+        z = int(zs[np.argmin(np.abs(zs - mid))])
+        x0, y0, x1, y1 = (float(v) for v in tight_box(truth[z]))
+        return cls(int(zs[0]), int(zs[-1]), z, (x0, y0, x1, y1))
+
+    def check(self, shape: tuple[int, ...], source: str = "volume") -> Box3D:
+        """The box, or InputError naming ``source`` when it does not fit a (Z, Y, X) volume of ``shape``."""
+        z_count, h, w = shape
+        if not 0 <= self.z_min <= self.z <= self.z_max < z_count:
+            raise InputError(f"{source}: 3D box needs 0 <= z_min <= z <= z_max < {z_count}, got z_min={self.z_min}, "
+                             f"z={self.z}, z_max={self.z_max}")
+        x0, y0, x1, y1 = self.box
+        if not (0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h):
+            raise InputError(f"{source}: box {self.box} must satisfy 0 <= x0 <= x1 < {w} and 0 <= y0 <= y1 < {h}")
+        return self
+
+
+def parse_box3d(text: str) -> Box3D:
+    """``'z_min,z_max,z,x0,y0,x1,y1'`` (voxel indices of the [z, y, x] array) -> a Box3D."""
+    try:
+        vals = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 7 or any(v != int(v) for v in vals[:3]):
+        raise InputError(f"3D box {text!r} must be z_min,z_max,z,x0,y0,x1,y1 (three integer slices, then a box)")
+    return Box3D(int(vals[0]), int(vals[1]), int(vals[2]), (vals[3], vals[4], vals[5], vals[6]))
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine propagates and when it stops (chosen on builtin:lung-gtv, docs/protocols.md)."""
+
+    calibrate: float = 1.0  # x the given box's offset from the model's answer on its slice, added to each box
+    seed_box: bool = True  # the given box is a candidate on every slice of the range
+    min_area: int = 5  # px: a smaller answer means the object has ended
+    min_iou: float = 0.0  # predicted IoU under this: the object has ended (0: off)
+    max_area_change: float = 0.0  # area ratio between neighbouring slices beyond this: ended (0: off)
+    agree: float = 0.9  # re-propagation stops at a slice whose answer agrees (Dice) with what is there
+    reach: int = 2  # re-propagation after a click goes at most this many slices each way (0: no limit)
+    slack: float = 0.5  # answers are kept inside the given box grown by this x its size each side (0: off)
+    max_growth: float = 3.0  # a click's answer larger than this x the slice's and its neighbours' areas: a disk
+    clicks: str = "auto"  # prompts.clicks strategy: auto, native, search
+    margin: float = 0.0  # px added on every side of each propagated box
+
+    @classmethod
+    def plain(cls, min_area: int = 20, min_iou: float = 0.0, margin: float = 0.0) -> EngineSettings:
+        """The plain walk (``volumes.propagate``, the annotator's propagation): each slice prompted with the
+        previous answer's box grown by ``margin`` px alone, no z-range, seed box, calibration or region."""
+        return cls(calibrate=0.0, seed_box=False, min_area=min_area, min_iou=min_iou, slack=0.0, margin=margin)
+
+
+@dataclass
+class EngineState:
+    """The object being segmented: its mask, z-range, anchored slices and clicks so far."""
+
+    mask: np.ndarray
+    z_min: int = 0
+    z_max: int = -1
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(4, dtype=np.float32))
+    seed: np.ndarray | None = None
+    region: tuple[float, float, float, float] | None = None  # where answers may lie (x0, y0, x1, y1)
+    anchors: set[int] = field(default_factory=set)
+    clicks: dict[int, list[tuple[float, float, int]]] = field(default_factory=dict)
+
+
+class VolumeEngine:
+    """One object in one volume: ``start(box3d)`` answers a 3D box, ``click(z, y, x, positive)`` corrects."""
+
+    def __init__(self, embedder: SliceEmbedder, settings: EngineSettings | None = None) -> None:
+        self.embedder = embedder
+        self.settings = settings or EngineSettings()
+        self.answerer = ClickAnswerer(embedder.predictor, self.settings.clicks)
+        self.state = EngineState(np.zeros(embedder.image01.shape, dtype=bool))
+        self.trace: list[dict] = []  # every slice visited: z, area, predicted IoU, what happened
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The current 3D mask (Z, Y, X) bool (a copy)."""
+        return self.state.mask.copy()
+
+    def start(self, box3d: Box3D) -> np.ndarray:
+        """Segment the object of a 3D box from scratch; the box's slice becomes an anchor."""
+        b = box3d.check(self.embedder.image01.shape, self.embedder.source or "volume")
+        box = np.asarray(b.box, dtype=np.float32)
+        st = self.state = EngineState(np.zeros(self.embedder.image01.shape, dtype=bool), b.z_min, b.z_max,
+                                      seed=box if self.settings.seed_box else None)
+        masks, ious, _ = self.embedder.use(b.z).predict(boxes=box[None]).best()
+        st.mask[b.z] = masks[0]
+        if masks[0].any():
+            st.offset = box - tight_box(masks[0]).astype(np.float32)
+        x0, y0, x1, y1 = b.box
+        grow = self.settings.slack * max(x1 - x0, y1 - y0)
+        st.region = (x0 - grow, y0 - grow, x1 + grow, y1 + grow)
+        st.mask[b.z] &= self._allowed()
+        st.anchors.add(b.z)
+        self.trace.append({"z": b.z, "area": int(masks[0].sum()), "iou": round(float(ious[0]), 4), "event": "box"})
+        for step in (1, -1):
+            self._walk(b.z, step, None)
+        return self.mask
+
+    def walk(self, z: int, mask: np.ndarray, steps: tuple[int, ...] = (1, -1), anchors: Collection[int] = ()
+             ) -> np.ndarray:
+        """Propagate ``mask`` (the answer on slice ``z``) through the whole volume in each of ``steps`` (+1 up,
+        -1 down), never into ``anchors`` (slices a person corrected); returns the new 3D mask."""
+        z_count = self.embedder.image01.shape[0]
+        if not 0 <= z < z_count:
+            raise InputError(f"start slice {z} is outside the volume (0..{z_count - 1})")
+        st = self.state = EngineState(np.zeros(self.embedder.image01.shape, dtype=bool), 0, z_count - 1)
+        st.mask[z] = mask
+        st.anchors = {int(a) for a in anchors} | {z}
+        for step in steps:
+            self._walk(z, step, None)
+        return self.mask
+
+    def ended(self, mask: np.ndarray, predicted_iou: float, previous: np.ndarray) -> bool:
+        """Whether an answer says the object has ended: under ``min_area`` px or ``min_iou`` predicted IoU, or its
+        area changed more than ``max_area_change`` times from ``previous``."""
+        s = self.settings
+        area, before = int(mask.sum()), max(int(previous.sum()), 1)
+        changed = s.max_area_change > 0 and max(area / before, before / max(area, 1)) > s.max_area_change
+        return area < max(s.min_area, 1) or predicted_iou < s.min_iou or changed
+
+    def click(self, z: int, y: int, x: int, positive: bool) -> np.ndarray:
+        """Correct slice ``z`` with a click at (x, y), anchor it, and re-propagate from it both ways."""
+        st = self.state
+        shape = st.mask.shape
+        if not (0 <= z < shape[0] and 0 <= y < shape[1] and 0 <= x < shape[2]):
+            raise InputError(f"click ({z}, {y}, {x}) is outside the volume {shape}")
+        if positive:
+            st.z_min, st.z_max = min(st.z_min, z), max(st.z_max, z)
+        st.clicks.setdefault(z, []).append((float(x), float(y), int(bool(positive))))
+        pts = np.array([c[:2] for c in st.clicks[z]], dtype=np.float32)
+        labels = np.array([c[2] for c in st.clicks[z]], dtype=np.int32)
+        current = st.mask[z]
+        native_box = tight_box(current) if self.answerer.strategy == "native" and current.any() else None
+        self.embedder.use(z)
+        pred = self.answerer.answer([Prompt(box=native_box, points=pts, labels=labels)], parents=[(current, 1.0)])
+        if positive:
+            st.region = (min(st.region[0], x), min(st.region[1], y), max(st.region[2], x), max(st.region[3], y))
+        answer = pred.masks[0, 0] & self._allowed()
+        st.mask[z] = self._bounded(answer, z, pts[-1], int(bool(positive)))
+        st.anchors.add(z)
+        self.trace.append({"z": z, "area": int(st.mask[z].sum()), "iou": round(float(pred.iou[0, 0]), 4),
+                           "event": "click+" if positive else "click-"})
+        for step in (1, -1):
+            self._walk(z, step, self.settings.agree)
+        return self.mask
+
+    def _allowed(self) -> np.ndarray:
+        """Where answers may lie: the given box grown by ``slack`` x its size each side, stretched to hold every
+        positive click (everywhere when slack is 0)."""
+        st, (h, w) = self.state, self.state.mask.shape[1:]
+        out = np.zeros((h, w), dtype=bool)
+        if self.settings.slack <= 0 or st.region is None:
+            out[:] = True
+            return out
+        x0, y0, x1, y1 = st.region
+        out[max(int(y0), 0) : int(np.ceil(y1)) + 1, max(int(x0), 0) : int(np.ceil(x1)) + 1] = True
+        return out
+
+    def _bounded(self, answer: np.ndarray, z: int, xy: np.ndarray, label: int) -> np.ndarray:
+        """A click's answer, or the click's own disk edit when the answer grew past ``max_growth`` x the largest
+        area of the slice and its two neighbours each side (the model's 'thing under the click' was the organ
+        around the object, not a missed part of it)."""
+        st = self.state
+        near = st.mask[max(z - 2, 0) : z + 3].reshape(-1, *st.mask.shape[1:]).sum(axis=(1, 2))
+        if self.settings.max_growth <= 0 or answer.sum() <= self.settings.max_growth * max(int(near.max()), 1):
+            return answer
+        edited = disk_edit(st.mask[z], xy, label, self.answerer.corrections)
+        return enforce(edited, xy[None], np.array([label]))
+
+    # --- propagation ----------------------------------------------------------------------------------
+    def _answer(self, z: int, previous: np.ndarray) -> tuple[np.ndarray, float]:
+        """Slice ``z``'s answer from the previous slice's: the calibrated box of it, or the seed box, whichever
+        scores more (predicted IoU + IoU with the previous answer)."""
+        st, h, w = self.state, *self.state.mask.shape[1:]
+        limits = np.array([w - 1, h - 1, w - 1, h - 1], dtype=np.float32)
+        grow = self.settings.margin * np.array([-1, -1, 1, 1], dtype=np.float32)
+        boxes = [np.clip(tight_box(previous) + self.settings.calibrate * st.offset + grow, 0, limits)]
+        if st.seed is not None:
+            boxes.append(st.seed)
+        pred = self.embedder.use(z).predict(boxes=np.stack(boxes).astype(np.float32))
+        masks, ious, _ = pred.best()
+        masks = masks & self._allowed()
+        scores = [float(ious[i]) + iou(masks[i], previous) for i in range(len(masks))] if len(masks) > 1 else [0]
+        best = int(np.argmax(scores))
+        return masks[best], float(ious[best])
+
+    def _walk(self, start: int, step: int, agree: float | None) -> None:
+        """Propagate from slice ``start`` in direction ``step`` within the z-range, up to an anchor; with
+        ``agree``, stop at the first slice whose answer agrees with what is there."""
+        st = self.state
+        previous, z = st.mask[start], start + step
+        while st.z_min <= z <= st.z_max and z not in st.anchors:
+            if agree is not None and self.settings.reach and abs(z - start) > self.settings.reach:
+                return
+            if not previous.any():
+                self._clear_from(z, step)
+                return
+            answer, predicted = self._answer(z, previous)
+            if self.ended(answer, predicted, previous):
+                self.trace.append({"z": z, "area": int(answer.sum()), "iou": round(predicted, 4), "event": "ended"})
+                self._clear_from(z, step)
+                return
+            if agree is not None and (dice(answer, st.mask[z]) >= agree
+                                      or iou(st.mask[z], previous) >= iou(answer, previous)):
+                self.trace.append({"z": z, "area": int(answer.sum()), "iou": round(predicted, 4), "event": "agrees"})
+                return
+            st.mask[z] = answer
+            self.trace.append({"z": z, "area": int(answer.sum()), "iou": round(predicted, 4), "event": "propagated"})
+            previous, z = answer, z + step
+
+    def _clear_from(self, z: int, step: int) -> None:
+        """The object has ended: clear slices from ``z`` on in direction ``step`` up to an anchor."""
+        st = self.state
+        while 0 <= z < st.mask.shape[0] and z not in st.anchors:
+            st.mask[z] = False
+            z += step

@@ -1,0 +1,164 @@
+"""The CVPR 2025 interactive 3D protocol and the 3D engine: the click rule and AUC by hand, propagation stopping
+at a 3D box's z-extent on a synthetic sphere, corrections kept as anchors, and the protocol end to end on a real
+CT volume (a NIfTI made from builtin:lung-gtv with another orientation), resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from medsamkit.core.errors import InputError
+from medsamkit.io.nifti_nrrd import write_nifti
+from medsamkit.io.volume import Volume
+from medsamkit.io.volume_reader import read_label_volume, read_volume
+from medsamkit.metrics import dice
+from medsamkit.volumes import (
+    EvaluateVolumeConfig,
+    SegmentVolumeConfig,
+    SliceEmbedder,
+    evaluate_volumes,
+    run_segment_volume,
+)
+from medsamkit.volumes.engine import Box3D, VolumeEngine, parse_box3d
+from medsamkit.volumes.protocol import challenge_click, class_row, click_auc
+from volume_crop import lung_case
+
+
+# --- the click rule and the AUC, by hand ------------------------------------------------------------------
+def test_click_is_at_the_centre_of_the_largest_error_component_foreground():
+    truth = np.zeros((9, 20, 20), bool)
+    truth[1:8, 5:12, 6:13] = True  # a 7-voxel cube
+    pred = np.zeros_like(truth)  # the whole cube is missed: one component, a positive click at its centre
+    z, y, x, positive = challenge_click(pred, truth, np.random.default_rng(0))
+    assert (z, y, x, positive) == (4, 8, 9, True)
+
+
+def test_click_picks_the_largest_component_and_background_there():
+    truth = np.zeros((12, 30, 30), bool)
+    truth[2:10, 5:25, 5:25] = True
+    pred = truth.copy()
+    pred[2:4, 5:8, 5:8] = False  # a small miss (18 voxels)
+    pred[3:8, 25:30, 10:15] = True  # a larger false positive (125 voxels) at the volume's edge: clicked there
+    z, y, x, positive = challenge_click(pred, truth, np.random.default_rng(0))
+    assert not positive and (z, y, x) == (5, 27, 12)
+
+
+def test_click_ties_are_seeded_and_none_without_error():
+    truth = np.zeros((3, 10, 10), bool)
+    pred = truth.copy()
+    pred[1, 2:8, 2:8] = True  # a 1-voxel-thick plate: every plate voxel has distance 1 (a tie)
+    picks = {challenge_click(pred, truth, np.random.default_rng(s))[:3] for s in range(6)}
+    assert len(picks) > 1  # ties are broken at random ...
+    assert challenge_click(pred, truth, np.random.default_rng(3)) == challenge_click(pred, truth,
+                                                                                      np.random.default_rng(3))
+    assert challenge_click(truth, truth, np.random.default_rng(0)) is None
+
+
+def test_auc_by_the_trapezoid_rule_over_the_click_steps():
+    # (0.5+0.6)/2 + (0.6+0.8)/2 + (0.8+0.8)/2 + (0.8+0.9)/2 = 0.55 + 0.7 + 0.8 + 0.85 = 2.9
+    assert click_auc([0.5, 0.6, 0.8, 0.8, 0.9]) == pytest.approx(2.9)
+    assert click_auc([1.0] * 5) == pytest.approx(4.0)
+    rows = [{"step": k, "dice": d, "nsd_2mm": n, "seconds": 1.0}
+            for k, d, n in [(0, 0.1, 0.0), (1, 0.5, 0.4), (2, 0.6, 0.4), (3, 0.8, 0.6), (4, 0.8, 0.6), (5, 0.9, 0.7)]]
+    row = class_row(rows)  # the box step is not part of the AUC
+    assert row["dsc_auc"] == pytest.approx(2.9) and row["nsd_auc"] == pytest.approx(0.4 + 0.5 + 0.6 + 0.65)
+    assert row["final_dsc"] == 0.9 and row["box_dice"] == 0.1 and row["seconds_total"] == 6.0
+
+
+def test_box3d_of_truth_and_parsing():
+    truth = np.zeros((10, 12, 14), bool)
+    truth[2:7, 3:6, 4:9] = True
+    truth[6, 3:9, 4:12] = True
+    assert Box3D.of_truth(truth) == Box3D(2, 6, 4, (4.0, 3.0, 8.0, 5.0))
+    assert parse_box3d("2,6,4,4,3,8,5") == Box3D(2, 6, 4, (4.0, 3.0, 8.0, 5.0))
+    with pytest.raises(InputError, match="z_min,z_max,z"):
+        parse_box3d("2,6,4,4,3")
+    with pytest.raises(InputError, match="z_min <= z <= z_max"):
+        Box3D(5, 3, 4, (1, 1, 2, 2)).check(truth.shape)
+
+
+# --- the engine on a synthetic sphere (real model) ---------------------------------------------------------
+def sphere_volume(radius: int = 7, size: int = 48, depth: int = 21) -> tuple[np.ndarray, np.ndarray]:
+    zz, yy, xx = np.ogrid[:depth, :size, :size]
+    ball = (zz - depth // 2) ** 2 + (yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= radius**2
+    image = np.where(ball, 0.85, 0.15).astype(np.float32)
+    return image, ball
+
+
+def test_propagation_stays_inside_the_box_z_extent_and_keeps_corrections(predictor):
+    image, ball = sphere_volume()
+    box3d = Box3D.of_truth(ball)
+    narrow = Box3D(box3d.z - 1, box3d.z + 1, box3d.z, box3d.box)
+    engine = VolumeEngine(SliceEmbedder(predictor, image, source="sphere"))
+    mask = engine.start(narrow)
+    inside = mask[narrow.z_min : narrow.z_max + 1]
+    assert not mask[: narrow.z_min].any() and not mask[narrow.z_max + 1 :].any()
+    assert inside.reshape(3, -1).any(1).all()
+    assert dice(inside, ball[narrow.z_min : narrow.z_max + 1]) > 0.8
+    # a negative click in the middle of slice z+1 removes what is under it there; that slice is then an anchor
+    k = narrow.z + 1
+    after = engine.click(k, 24, 24, positive=False)
+    assert not after[k, 24, 24] and k in engine.state.anchors
+    corrected = after[k].copy()
+    again = engine.click(k - 1, 24, 24, positive=True)  # a click on the neighbour re-propagates from there ...
+    assert again[k - 1, 24, 24]
+    np.testing.assert_array_equal(again[k], corrected)  # ... and never overwrites the corrected slice
+    assert not again[: narrow.z_min].any()
+
+
+# --- the protocol end to end: a real CT volume as NIfTI with another orientation, resumable ----------------
+def write_flipped_gtv(folder):
+    """builtin:lung-gtv pat_2 around its largest GTV slice (5 slices, the GTV kept on the middle 3 so the default
+    suite encodes only 3), written with its x axis reversed."""
+    case = lung_case("pat_2")
+    vol, truth = case.meta["volume"], case.label == 1
+    z = int(truth.sum((1, 2)).argmax())
+    crop = slice(z - 2, z + 3)
+    truth = truth.copy()
+    truth[: z - 1] = False
+    truth[z + 2 :] = False
+    affine = np.array(vol.affine, dtype=float)
+    n_x = vol.array.shape[2]
+    affine[:3, 3] = affine[:3, :3] @ np.array([n_x - 1.0, 0.0, crop.start]) + affine[:3, 3]
+    affine[:3, 0] *= -1  # the first voxel axis now runs the other way
+    grid = Volume(vol.array[crop][:, :, ::-1], vol.spacing, affine, "flipped")
+    image, label = folder / "ct.nii.gz", folder / "gtv.nii.gz"
+    write_nifti(vol.array[crop][:, :, ::-1].astype(np.int16), image, like=grid)
+    write_nifti(truth[crop][:, :, ::-1].astype(np.uint8), label, like=grid)
+    return image, label
+
+
+def test_cvpr25_protocol_rows_summary_and_resume(tmp_path, predictor):
+    image, label = write_flipped_gtv(tmp_path)
+    out = tmp_path / "run"
+    cfg = EvaluateVolumeConfig(data=f"{image}::{label}", out=str(out), protocol="cvpr25", window="lung",
+                               cache=str(tmp_path / "cache"), show_progress=False)
+    summary = evaluate_volumes(cfg, predictor)
+    cls = summary["classes"]["class 1"]
+    assert [s["step"] for s in cls["steps"]] == list(range(6)) and cls["n"] == 1
+    assert cls["steps"][0]["dice"] > 0.45  # the 3D box alone
+    assert 0 <= cls["dsc_auc"] <= 4 and 0 <= cls["nsd_auc"] <= 4
+    assert "surfel" in summary["nsd"] and "boundary voxels" in summary["hd95"]
+    steps = (out / "steps.csv").read_text().splitlines()
+    assert len(steps) == 7 and steps[0].startswith("volume,class,step,click_z")
+    assert (out / "dice_nsd_by_step.png").stat().st_size > 1000
+    assert "NSD at 2 mm, surfel" in (out / "summary.md").read_text()
+    # resume: a finished folder recomputes nothing (no model needed) and reports the same numbers
+    again = evaluate_volumes(cfg, predictor=None)
+    assert again["new_volumes"] == 0 and again["classes"] == json.loads((out / "summary.json").read_text())["classes"]
+    with pytest.raises(InputError, match="differ"):
+        evaluate_volumes(EvaluateVolumeConfig(data=cfg.data, out=str(out), protocol="cvpr25", window="lung",
+                                              cache=cfg.cache, clicks="native", show_progress=False), predictor)
+    # segment-volume --box3d: the same engine from the command line's 3D box gives the protocol's step-0 answer
+    box = next(r for r in csv.DictReader((out / "steps.csv").open()) if r["step"] == "0")
+    truth = read_label_volume(str(label), read_volume(str(image))).array == 1
+    b = Box3D.of_truth(truth)
+    text = ",".join(str(int(v)) for v in (b.z_min, b.z_max, b.z, *b.box))
+    res = run_segment_volume(SegmentVolumeConfig(volume=str(image), out=str(tmp_path / "seg.nii.gz"), box3d=text,
+                                                 window="lung", cache=cfg.cache, show_progress=False), predictor)
+    seg = read_volume(str(tmp_path / "seg.nii.gz")).array != 0
+    assert res["encoded_slices"] == 0 and int(seg.sum()) == int(box["pred_voxels"])
+    assert dice(seg, truth) == pytest.approx(float(box["dice"]), abs=1e-5)
