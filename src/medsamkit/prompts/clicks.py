@@ -207,18 +207,13 @@ class ClickAnswerer:
         return _Answer([enforce(edited, prompt.points, prompt.labels)], [iou])
 
     def _thing_at(self, prompt: Prompt, shape: tuple[int, int]) -> np.ndarray:
-        """What the model sees under the prompt's last click: for a positive click, the best search answer
-        holding every positive click and none of the negative ones (inside the box grown to hold the positive
-        clicks, after a box); for a negative click, the best one around it clear of the positive clicks. The
-        part connected to the click. (Searching around a positive click alone, clear of the negatives, added
-        too much: MoNuSeg train iter5 0.611 after 5 clicks vs 0.663, GlaS train equal.)"""
+        """What the model sees under the prompt's last click: the best search answer around it that keeps
+        clear of the earlier clicks of the other kind (and, for a positive click after a box, inside the
+        box grown to hold the positive clicks); the part connected to the click."""
         xy, label = prompt.points[-1], int(prompt.labels[-1])
-        if label == 1:
-            clicks, labels = prompt.points[::-1], prompt.labels[::-1]
-        else:
-            others = prompt.labels[:-1] == 1
-            clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
-            labels = np.concatenate([[1], np.zeros(int(others.sum()), dtype=np.int32)])
+        others = prompt.labels[:-1] != label
+        clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
+        labels = np.concatenate([[1], np.zeros(int(others.sum()), dtype=np.int32)])
         cands = self._candidates(clicks, labels)
         part = _component_at(self._to_view(cands.logits[:1])[0], xy)
         if prompt.box is not None and label == 1:

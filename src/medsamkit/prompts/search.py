@@ -82,7 +82,7 @@ def candidate_boxes(positives: np.ndarray, frame: tuple[float, float], settings:
             bh = max(side / np.sqrt(aspect), extent[1] + 4)
             box = [centre[0] - bw / 2, centre[1] - bh / 2, centre[0] + bw / 2, centre[1] + bh / 2]
             boxes.append(np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]))
-    boxes = np.round(np.asarray(boxes, dtype=np.float32), 1)
+    boxes = np.round(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), 1)
     _, first = np.unique(boxes, axis=0, return_index=True)
     return boxes[np.sort(first)]
 
@@ -206,13 +206,13 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
     when ``settings.refine_sides``: squares, then the other aspects at the best squares' sides)."""
     per_px = model.mask_input_size[0] / model.preprocessing.input_size
     positives = [clicks[labels == 1] for clicks, labels in prompts]
-    if not settings.refine_sides:
+    others = tuple(a for a in settings.aspects if a != 1.0)
+    if not settings.refine_sides or not others:
         boxes = [candidate_boxes(pos, frame, settings) for pos in positives]
         found = _decode(model, features, frame, boxes, settings)
         return [_ranked(c, clicks * per_px, labels, settings) for c, (clicks, labels) in zip(found, prompts)]
     squares, square_sides = zip(*(_squares(pos, frame, settings) for pos in positives))
     first = _decode(model, features, frame, list(squares), settings)
-    others = tuple(a for a in settings.aspects if a != 1.0)
     more = []
     for pos, cands, sides, (clicks, labels) in zip(positives, first, square_sides, prompts):
         scores = rank(cands, clicks * per_px, labels, settings)
