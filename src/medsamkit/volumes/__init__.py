@@ -2,13 +2,9 @@
 scores, the 3D engine (3D box + clicks) and the CVPR 2025 interactive protocol (`medsamkit segment-volume`,
 `medsamkit evaluate-volume`)."""
 
+from medsamkit.volumes.config import EvaluateVolumeConfig, open_volume_dataset
 from medsamkit.volumes.engine import Box3D, EngineSettings, VolumeEngine, parse_box3d
-from medsamkit.volumes.evaluate import (
-    EvaluateVolumeConfig,
-    evaluate_case,
-    evaluate_volumes,
-    open_volume_dataset,
-)
+from medsamkit.volumes.evaluate import evaluate_case, evaluate_volumes
 from medsamkit.volumes.segment import SegmentVolumeConfig, run_segment_volume, segment_volume
 from medsamkit.volumes.slices import SliceEmbedder, slice_input
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medsamkit.embedding.resources import LocalResources
 from medsamkit.io.datasets import Dataset
+from medsamkit.io.windowing import parse_window
+from medsamkit.predictor import Predictor
 
 
 @dataclass
@@ -51,3 +54,11 @@ def open_volume_dataset(spec: str, window: str | tuple[float, float] | None = No
     from medsamkit.io.datasets import open_dataset
 
     return open_dataset(spec, volume_kind(spec), window)
+
+
+def local_volume_resources(spec: str, window: str | None, max_images: int | None,
+                           predictor: Predictor | None) -> tuple[LocalResources, int]:
+    """A volume batch job's local resources (the first ``max_images`` volumes of SPEC, keyed as its tasks look
+    them up with ``item(spec, window, volume_kind(spec), i)``) and how many volumes there are."""
+    dataset = open_volume_dataset(spec, parse_window(window)).head(max_images)
+    return LocalResources(predictor, {(spec, window, volume_kind(spec)): dataset}), len(dataset)

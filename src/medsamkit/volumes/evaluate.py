@@ -19,15 +19,14 @@ from medsamkit.core.batch import Executor, Task, run_batch
 from medsamkit.core.errors import InputError
 from medsamkit.core.results import RunStore
 from medsamkit.embedding.cache import EmbeddingCache
-from medsamkit.embedding.resources import LocalResources, Resources
+from medsamkit.embedding.resources import Resources
 from medsamkit.io.datasets import VolumeCase
-from medsamkit.io.windowing import parse_window
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
 from medsamkit.volumes.config import (
     VOLUME_RESULT_KEYS,
     EvaluateVolumeConfig,
-    open_volume_dataset,
+    local_volume_resources,
     volume_kind,
 )
 from medsamkit.volumes.masks import mask_file_name, read_prediction, variant_folder, write_label_map
@@ -125,9 +124,7 @@ class VolumeRun:
         # finished volume got a new variant) would be duplicated by the rerun.
         if any((r["volume"], r["variant"]) not in self.finished for r in self.store.rows("per_slice")):
             self.store.keep_rows("per_slice", lambda r: (r["volume"], r["variant"]) in self.finished)
-        dataset = open_volume_dataset(cfg.data, parse_window(cfg.window)).head(cfg.max_images)
-        self.n_volumes = len(dataset)
-        self.resources = LocalResources(predictor, {(cfg.data, cfg.window, volume_kind(cfg.data)): dataset})
+        self.resources, self.n_volumes = local_volume_resources(cfg.data, cfg.window, cfg.max_images, predictor)
         self.n_new = 0
 
     def tasks(self, slots: int | None) -> list[Task]:  # noqa: D102

@@ -26,16 +26,15 @@ from medsamkit.core.batch import Task
 from medsamkit.core.errors import InputError
 from medsamkit.core.results import RunStore
 from medsamkit.core.seeds import name_key, object_rng
-from medsamkit.embedding.resources import LocalResources, Resources
+from medsamkit.embedding.resources import Resources
 from medsamkit.io.datasets import VolumeCase
-from medsamkit.io.windowing import parse_window
 from medsamkit.metrics import HD95_CONVENTION, dice, hd95, surface_dice
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
 from medsamkit.volumes.config import (
     VOLUME_RESULT_KEYS,
     EvaluateVolumeConfig,
-    open_volume_dataset,
+    local_volume_resources,
     volume_kind,
 )
 from medsamkit.volumes.engine import Box3D, EngineSettings, VolumeEngine
@@ -161,9 +160,7 @@ class ProtocolRun:
         self.cfg, self.on_volume, self.show_progress = cfg, on_volume, cfg.show_progress
         self.store = RunStore(cfg.out, run_identity(cfg), {"steps": STEP_FIELDS, "classes": CLASS_FIELDS},
                               keys=PROTOCOL_KEYS, case_field="volume")
-        dataset = open_volume_dataset(cfg.data, parse_window(cfg.window)).head(cfg.max_images)
-        self.n_volumes = len(dataset)
-        self.resources = LocalResources(predictor, {(cfg.data, cfg.window, volume_kind(cfg.data)): dataset})
+        self.resources, self.n_volumes = local_volume_resources(cfg.data, cfg.window, cfg.max_images, predictor)
         self.n_new = 0
 
     def tasks(self, slots: int | None) -> list[Task]:  # noqa: D102

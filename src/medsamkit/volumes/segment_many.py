@@ -22,12 +22,11 @@ from medsamkit.core.batch import Executor, Task, run_batch
 from medsamkit.core.errors import InputError
 from medsamkit.core.results import RunStore
 from medsamkit.embedding.cache import EmbeddingCache
-from medsamkit.embedding.resources import LocalResources, Resources
+from medsamkit.embedding.resources import Resources
 from medsamkit.io.datasets import VolumeCase
-from medsamkit.io.windowing import parse_window
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
-from medsamkit.volumes.evaluate import open_volume_dataset, volume_kind
+from medsamkit.volumes.config import local_volume_resources, volume_kind
 from medsamkit.volumes.masks import mask_file_name, write_label_map
 from medsamkit.volumes.segment import class_summary, one_mode, parse_class_list, segment_volume
 from medsamkit.volumes.slices import SliceEmbedder
@@ -130,9 +129,7 @@ class SegmentDatasetRun:
     def __init__(self, cfg: SegmentDatasetConfig, predictor: Predictor | None = None) -> None:
         self.cfg, self.show_progress = cfg, cfg.show_progress
         self.store = open_segment_run(cfg)  # refuses a folder of another configuration before anything runs
-        dataset = open_volume_dataset(cfg.data, parse_window(cfg.window)).head(cfg.max_images)
-        self.n_volumes = len(dataset)
-        self.resources = LocalResources(predictor, {(cfg.data, cfg.window, volume_kind(cfg.data)): dataset})
+        self.resources, self.n_volumes = local_volume_resources(cfg.data, cfg.window, cfg.max_images, predictor)
         self.n_new = 0
 
     def tasks(self, slots: int | None) -> list[Task]:  # noqa: D102
