@@ -7,9 +7,11 @@ script prints a JSON line saying so and exits 0).
 
 Each training run gets the same budget in CPU seconds of its own process (time.process_time: other jobs on a
 shared machine slow the wall clock, not this count); wall seconds and steps are reported beside it. Every run
-is a fresh process (its peak RSS, ru_maxrss, is its own). Settings (the learning rate, one per mode) are chosen
-on a validation split of the training images (mean validation Dice over the prompt modes, one validation at the
-end of the budget); only the chosen run of each mode is evaluated on the test images, once.
+is a fresh process (its peak RSS, ru_maxrss, is its own). Each run is validated on a validation split of the
+training images every --validate-every epochs and when its budget ends (validation CPU time is not counted in the
+budget); its best.pt is its best validated epoch (mean validation Dice over the prompt modes), and the validation
+curve is kept in the results. Settings (the learning rate, one per mode, from --lrs) are chosen on the same
+validation score; only the chosen run of each mode is evaluated on the test images, once.
 Resumable: each finished run, evaluation and timing is written to OUT/results.json as it completes and skipped
 on a rerun (a run interrupted mid-budget is started again from scratch, so its budget stays whole).
 ``--smoke``: tiny budget and sizes, one learning rate, a temporary folder.
@@ -137,16 +139,34 @@ def train_candidates(args, table: Table, ds: str, mode: str, train_dir: Path) ->
         shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts again with its whole budget
         cfg = FinetuneConfig(
             data=[str(train_dir)], out=str(out), mode=mode, train_decoder=mode != "decoder", use_cache=False,
-            prompts=EVAL_MODES, lr=lr, epochs=10_000, validate_every=10_000, max_cpu_seconds=args.budget_cpu,
+            prompts=EVAL_MODES, lr=lr, epochs=10_000, validate_every=args.validate_every, max_cpu_seconds=args.budget_cpu,
             batch_size=args.batch_size, max_objects=args.max_objects, val_objects=args.val_objects,
             max_images=args.max_images, seed=args.seed, save_every=0, show_progress=args.progress)
         s = run_training(cfg, args.threads)
+        curve = validation_curve(out / "metrics.csv")
+        best = next((row for row in curve if row["epoch"] == s["best_epoch"]), curve[-1] if curve else {})
         table.put("runs", key, {
-            "mode": mode, "lr": lr, "best": str(out / "best.pt"), "steps": s["steps"],
-            "train_cpu_seconds": s.get("train_cpu_seconds"), "train_seconds": s.get("train_seconds"),
+            "mode": mode, "lr": lr, "best": str(out / "best.pt"), "steps": s["steps"], "epochs": s["epochs_done"],
+            "best_epoch": s["best_epoch"], "train_cpu_seconds": s.get("train_cpu_seconds"),
+            "train_seconds": s.get("train_seconds"), "validate_cpu_seconds": s.get("validate_cpu_seconds"),
             "trainable": s["parameters"]["trainable"], "added": s["parameters"]["added"],
-            "val_score": s["best_score"], "val": {k: v for k, v in s["last"].items() if k.startswith("val_")},
-            "train_images": s["train_images"], "val_images": s["val_images"], "peak_rss_mb": s["peak_rss_mb"]})
+            "val_score": s["best_score"], "val": {k: v for k, v in best.items() if k.startswith("val_")},
+            "curve": curve, "train_images": s["train_images"], "val_images": s["val_images"],
+            "peak_rss_mb": s["peak_rss_mb"]})
+
+
+def validation_curve(metrics_csv: Path) -> list[dict]:
+    """The run's validated epochs: epoch, step and validation Dice per prompt mode (RUN/metrics.csv)."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return []
+    rows = []
+    for row in csv.DictReader(metrics_csv.open()):
+        dice = {k: float(v) for k, v in row.items() if k.startswith("val_dice_") and v not in ("", None)}
+        if dice:
+            rows.append({"epoch": int(row["epoch"]), "step": int(row["step"]), **dice})
+    return rows
 
 
 def chosen(table: Table, ds: str, mode: str) -> dict:
@@ -195,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=None, help="copy of the final JSON (e.g. benchmarks/results/)")
     ap.add_argument("--budget-cpu", type=float, default=90.0, help="CPU seconds of training steps per run")
     ap.add_argument("--lrs", default="1e-4,1e-3", help="learning rates tried per mode (chosen on validation)")
+    ap.add_argument("--validate-every", type=int, default=1, help="epochs between validations of a run")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-objects", type=int, default=32, help="objects per training image and epoch")
     ap.add_argument("--max-images", type=int, default=None, help="training images (default: all)")

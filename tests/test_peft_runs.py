@@ -72,6 +72,20 @@ def test_a_cpu_second_budget_stops_a_run_and_decoder_mode_can_skip_the_cache(cro
     assert summary["cache"] is None and not (out / "embeddings").exists()
 
 
+def test_validations_are_not_counted_in_the_step_budget(crops, tmp_path):
+    """Two validated epochs: their CPU seconds are reported apart and left out of train_cpu_seconds, the count
+    max_cpu_seconds stops on (a run validated often gets as many steps as one validated once)."""
+    import time
+
+    c0 = time.process_time()
+    summary = finetune(_cfg(crops, tmp_path / "run", "decoder", train_decoder=False, use_cache=False,
+                            val_fraction=0.5, epochs=2, validate_every=1))
+    total = time.process_time() - c0
+    assert summary["steps"] == 2 and summary["validate_cpu_seconds"] > 0
+    assert summary["train_cpu_seconds"] > 0
+    assert summary["train_cpu_seconds"] + summary["validate_cpu_seconds"] <= total + 0.05
+
+
 def _intended(name: str) -> bool:
     return name.startswith(("prompt_encoder.", "mask_decoder.")) or is_peft_parameter(name)
 

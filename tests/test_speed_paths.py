@@ -183,3 +183,56 @@ def test_finetune_decode_all_fast_path_has_the_official_gradients(litemedsam, pr
         assert (grads[True][name] - ref).abs().max().item() <= tol, name
         compared += 1
     assert compared > 100 and scale > 0
+
+
+def test_single_prompt_full_and_window_decode_equal_official(predictor, tile):
+    """One prompt takes the per-prompt products (no image-token projections) on the whole embedding and on a
+    window: both equal the official decoder."""
+    from medsamkit.models.local_decode import decode_local
+
+    model, emb = predictor.model, predictor.embedding.features
+    box = torch.from_numpy(tile[1][2:3] * 1.0).float()
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(points=None, boxes=box, masks=None)
+        ref, ref_iou = model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sparse, dense, False)
+        fast, iou = model.decode(emb, None, box, None, False)
+    local, local_iou, origin = decode_local(model, emb, box, None, emb.shape[-1], False)
+    assert origin.tolist() == [[0, 0]]
+    for low, q in ((fast, iou), (local, local_iou)):
+        assert (low - ref).abs().max().item() < LOGIT_TOL and (q - ref_iou).abs().max().item() < 1e-4
+    assert (ref > 0).sum().item() > 0
+
+
+def test_dense_pe_is_cached_per_weights(litemedsam):
+    """The cached positional encoding equals the prompt encoder's, and new weights (load_state_dict) renew it."""
+    enc = litemedsam.prompt_encoder
+    gauss = enc.pe_layer.positional_encoding_gaussian_matrix
+    saved = gauss.clone()
+    try:
+        with torch.inference_mode():
+            first = litemedsam.dense_pe()
+            assert torch.equal(first, enc.get_dense_pe()) and litemedsam.dense_pe() is first
+            assert first[0].permute(1, 2, 0).is_contiguous()  # token-major
+        enc.load_state_dict({**enc.state_dict(), "pe_layer.positional_encoding_gaussian_matrix": saved * 2})
+        with torch.inference_mode():
+            renewed = litemedsam.dense_pe()
+            assert torch.equal(renewed, enc.get_dense_pe()) and not torch.equal(renewed, first)
+    finally:
+        enc.load_state_dict({**enc.state_dict(), "pe_layer.positional_encoding_gaussian_matrix": saved})
+    with torch.inference_mode():
+        assert torch.equal(litemedsam.dense_pe(), first)
+
+
+def test_token_major_copy_follows_the_embedding():
+    """The kept token-major copy is the last embedding's, renewed for another tensor or an in-place change."""
+    from medsamkit.models.sam import token_major
+
+    a = torch.randn(1, 256, 8, 8)
+    ta = token_major(a)
+    assert torch.equal(ta, a) and ta[0].permute(1, 2, 0).is_contiguous() and token_major(a) is ta
+    a.mul_(2)
+    assert torch.equal(token_major(a), a)
+    b = a.clone()
+    b[0, 0, 0, 0] = 7.0
+    assert token_major(b)[0, 0, 0, 0].item() == 7.0
+    assert token_major(ta) is ta  # already token-major: used as it is

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode_chunked
+from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode_chunked, token_major
 
 
 def window_tokens(sides: np.ndarray, factor: float = 2.0, minimum: int = 16) -> np.ndarray:
@@ -72,10 +72,11 @@ def decode_local(
     iy = (start[:, 1, None] + ar)[:, :, None]
     ix = (start[:, 0, None] + ar)[:, None, :]
     sparse, _ = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-    pe = model.prompt_encoder.get_dense_pe()[0]
-    src = features[0][:, iy, ix].permute(1, 0, 2, 3)
+    # Crops gathered token-major (each token's C channels one contiguous row), then viewed (P,C,w,w): the
+    # decoder's token-major layout is then a view, and the gather copies rows instead of single floats.
+    src = token_major(features)[0].permute(1, 2, 0)[iy, ix].permute(0, 3, 1, 2)
     no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-    pos = pe[:, iy, ix].permute(1, 0, 2, 3)
+    pos = model.dense_pe()[0].permute(1, 2, 0)[iy, ix].permute(0, 3, 1, 2)
     origin = (start.float() * (model.mask_input_size[0] / grid)).long()
     if model.use_fast_decoder and fast_decoder_supported(model.mask_decoder):
         # Same outputs as the official modules, in chunks of about as many image tokens as

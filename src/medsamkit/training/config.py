@@ -61,7 +61,8 @@ class FinetuneConfig:
     lora_targets: str = "qkv"
     train_decoder: bool = False  # adapter/lora: also train the prompt encoder and mask decoder
     show_progress: bool = True
-    # stop training after this many seconds of steps; the epoch in progress is then validated and saved
+    # stop training after this many seconds of steps (validations not counted); the epoch in progress is
+    # then validated and saved
     max_seconds: float | None = None
     # the same in CPU seconds of this process (time.process_time): a budget that other jobs on the machine
     # do not shrink, for comparing runs on a shared machine

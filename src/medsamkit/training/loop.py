@@ -216,6 +216,7 @@ class Trainer:
         self.last_metrics: dict = {}
         self.t0 = time.perf_counter()  # max_seconds counts steps from here (not loading and embedding)
         self.c0 = time.process_time()  # max_cpu_seconds likewise, in this process's CPU time
+        self.validation = (0.0, 0.0)  # wall and CPU seconds of validations: not steps, not in either budget
         last = run.out / "last.pt"
         resume = read_resume(last)
         if resume is not None:
@@ -272,9 +273,10 @@ class Trainer:
                 if cfg.max_steps is not None and state.step >= cfg.max_steps:
                     self.save(state.epoch, b)
                     return "max_steps"
-                if cfg.max_seconds is not None and time.perf_counter() - self.t0 >= cfg.max_seconds:
+                wall, cpu = self.step_seconds()
+                if cfg.max_seconds is not None and wall >= cfg.max_seconds:
                     return "max_seconds"
-                if cfg.max_cpu_seconds is not None and time.process_time() - self.c0 >= cfg.max_cpu_seconds:
+                if cfg.max_cpu_seconds is not None and cpu >= cfg.max_cpu_seconds:
                     return "max_seconds"
                 self.step(batches, b, usable)
                 bar.update(1)
@@ -282,6 +284,10 @@ class Trainer:
         finally:
             bar.close()
         return None
+
+    def step_seconds(self) -> tuple[float, float]:
+        """Wall and CPU seconds of this call's steps so far (validations left out)."""
+        return (time.perf_counter() - self.t0 - self.validation[0], time.process_time() - self.c0 - self.validation[1])
 
     def end_epoch(self, final: bool = False) -> None:
         """Validation (rank 0), the epoch's metrics row, curves and checkpoints; then the next epoch.
@@ -301,8 +307,11 @@ class Trainer:
         if run.rank != 0:
             state.next_epoch()
             return
+        w0, c0 = time.perf_counter(), time.process_time()
         val = validate(run.model, run.val_tiles, run.cases, run.modes, self.cfg.seed, run.cache,
                        run.class_names, trained_clicks(run.modes)) if run.val_tiles else {}
+        self.validation = (self.validation[0] + time.perf_counter() - w0,
+                           self.validation[1] + time.process_time() - c0)
         per_class = val.pop("class_accuracy", None)
         per_class_n = val.pop("class_objects", None)
         row.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in val.items()})
@@ -328,11 +337,13 @@ def train(run: Run) -> dict:
     stopped, timing = None, {}  # timing: the steps of this call (a resumed run counts from its resumption)
     while trainer.state.epoch < run.cfg.epochs and stopped is None:
         stopped = trainer.epoch()
-        timing = {"train_seconds": round(time.perf_counter() - trainer.t0, 2),
-                  "train_cpu_seconds": round(time.process_time() - trainer.c0, 2)}
         if stopped in (None, "max_seconds"):  # a time-stopped epoch is validated as the last one
             trainer.end_epoch(final=stopped is not None)
             distributed.barrier(run.world)
+        wall, cpu = trainer.step_seconds()
+        timing = {"train_seconds": round(wall, 2), "train_cpu_seconds": round(cpu, 2),
+                  "validate_seconds": round(trainer.validation[0], 2),
+                  "validate_cpu_seconds": round(trainer.validation[1], 2)}
     summary = summarize(run, trainer.state, stopped, trainer.last_metrics)
     summary.update(timing)
     if run.rank == 0:
