@@ -109,6 +109,30 @@ def test_propagation_stays_inside_the_box_z_extent_and_keeps_corrections(predict
     assert not again[: narrow.z_min].any()
 
 
+def test_a_click_answer_past_twice_the_neighbouring_areas_becomes_the_click_disk(predictor):
+    """The growth guard (EngineSettings.max_growth 2): on lung-gtv pat_1 a positive click's answer 2.7x the
+    areas around it (the search's box took in the tissue around the GTV) was kept at 3x and re-propagated, and
+    the volume's HD95 went from 11.8 to 24.6 mm. An answer past 2x is replaced by the click's disk edit; one
+    under it is kept as it is."""
+    image, ball = sphere_volume()
+    engine = VolumeEngine(SliceEmbedder(predictor, image, source="sphere"))
+    assert engine.settings.max_growth == 2.0
+    engine.state.mask[:] = ball
+    z = ball.shape[0] // 2
+    area = int(ball[z].sum())
+    big = ball[z].copy()
+    big[30:46, 30:46] = True  # the ball and a 16 x 16 square: past 2x the neighbouring areas, under 3x
+    largest = ball.reshape(len(ball), -1).sum(1).max()
+    assert 2 * largest < big.sum() < 3 * largest
+    click = np.array([40.0, 40.0], dtype=np.float32)  # outside the ball, inside the big answer
+    guarded = engine._bounded(big, z, click, 1)
+    assert guarded[40, 40] and guarded.sum() < 1.5 * area  # the disk edit: the ball plus a disk at the click
+    assert (guarded | ball[z]).sum() == guarded.sum()  # nothing of the slice's mask lost
+    modest = ball[z].copy()
+    modest[38:43, 38:43] = True
+    np.testing.assert_array_equal(engine._bounded(modest, z, click, 1), modest)
+
+
 # --- the protocol end to end: a real CT volume as NIfTI with another orientation, resumable ----------------
 def write_flipped_gtv(folder):
     """builtin:lung-gtv pat_2 around its largest GTV slice (5 slices, the GTV kept on the middle 3 so the default

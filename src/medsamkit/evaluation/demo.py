@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsamkit.core.figures import pyplot, save_figure
 from medsamkit.evaluation.config import EvaluateConfig
 from medsamkit.evaluation.run import evaluate
 from medsamkit.io.datasets import open_dataset
@@ -28,10 +29,7 @@ class DemoConfig:
 
 
 def _overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.imshow(to_uint8_rgb(image))
@@ -40,10 +38,7 @@ def _overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: Path,
         ax.contour(pred > 0, levels=[0.5], colors="red", linewidths=0.8)
     ax.set_title(title + " (truth green, box prediction red)", fontsize=8)
     ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, 110)
 
 
 def run_demo(cfg: DemoConfig) -> dict:

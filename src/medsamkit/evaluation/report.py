@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsamkit.core.figures import pyplot, save_figure
 from medsamkit.core.results import read_rows
 from medsamkit.prompts import PromptMode
 
@@ -113,10 +114,7 @@ def plot_curves(summary: dict, path: Path) -> Path | None:
     curves = summary.get("click_curves", {})
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for method, per_mode in curves.items():
@@ -129,11 +127,7 @@ def plot_curves(summary: dict, path: Path) -> Path | None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 120)
 
 
 def percentile_rows(rows: list[dict], mode: str, method: str = "model") -> list[tuple[int, dict]]:
@@ -155,9 +149,9 @@ def _crop(obj_mask: np.ndarray, pad_extra: int = 12) -> tuple[int, int, int, int
 
 
 def _draw_example(ax, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, prompt: dict) -> None:
-    import matplotlib.pyplot as plt
-
     from medsamkit.io.images import to_uint8_rgb
+
+    plt = pyplot()
 
     r0, r1, c0, c1 = _crop(truth)
     ax.imshow(to_uint8_rgb(image)[r0:r1, c0:c1])
@@ -178,10 +172,7 @@ def plot_examples(cfg, modes: list[PromptMode], rows: list[dict], mask_file, pat
 
     Reads the saved final label maps (``mask_file(mode, case)``) and each row's final prompt: no model runs.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from medsamkit.io.datasets import open_dataset
     from medsamkit.io.images import read_label
@@ -211,11 +202,7 @@ def plot_examples(cfg, modes: list[PromptMode], rows: list[dict], mask_file, pat
             _draw_example(ax, case.image[y0:y1, x0:x1], truth, pred, json.loads(row["prompt"]))
             ax.set_title(f"{mode.name} p{q}: Dice {float(row['dice']):.2f}", fontsize=8)
     fig.suptitle("truth green, prediction red, prompts yellow (negative clicks cyan)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 110)
 
 
 def write_reports(out: Path, modes: list[PromptMode], cfg, mask_file=None) -> dict:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from medsamkit.core.atomic import save_torch_atomic, write_json_atomic
 from medsamkit.core.errors import InputError
+from medsamkit.core.figures import pyplot, save_figure
 from medsamkit.core.results import RunStore
 from medsamkit.core.runtime import select_device
 from medsamkit.samaug.unet import CHECKPOINT, build_unet, load_cases, load_state, pad_to, sample_batch
@@ -211,10 +212,7 @@ def _run_iterations(trainer: _Trainer, cfg: UNetConfig, start: int, result: Trai
 
 def plot_loss(rows: list[dict], path: Path) -> None:
     """Loss curve PNG (raw loss and a moving average over up to 50 iterations) from metrics.csv rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     it = np.array([int(r["iteration"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
@@ -227,9 +225,7 @@ def plot_loss(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, 100)
 
 
 def train(cfg: UNetConfig) -> TrainResult:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from medsamkit.core.figures import pyplot, save_figure
 from medsamkit.core.results import read_rows
 
 
 def write_curves(metrics_csv: Path, out_png: Path) -> None:
     """Draw RUN/metrics.csv into ``out_png`` (nothing when the table holds no epoch yet)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = read_rows(metrics_csv)
     if not rows:
@@ -31,6 +29,4 @@ def write_curves(metrics_csv: Path, out_png: Path) -> None:
         ax2.legend(fontsize=8)
     else:
         ax2.text(0.5, 0.5, "no validation images", ha="center", transform=ax2.transAxes)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_png, 100)

@@ -24,6 +24,7 @@ from scipy import ndimage
 from medsamkit.core.atomic import write_json_atomic, write_text_atomic
 from medsamkit.core.batch import Task
 from medsamkit.core.errors import InputError
+from medsamkit.core.figures import pyplot, save_figure
 from medsamkit.core.results import RunStore
 from medsamkit.core.seeds import name_key, object_rng
 from medsamkit.embedding.resources import Resources
@@ -234,10 +235,7 @@ def protocol_markdown(summary: dict, title: str) -> str:
 
 def plot_steps(summary: dict, path: Path) -> Path:
     """Mean Dice and NSD against the protocol step (0: the 3D box), one line pair per class value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, c in summary["classes"].items():
@@ -248,8 +246,4 @@ def plot_steps(summary: dict, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 120)
