@@ -126,6 +126,13 @@ def test_volume_errors_are_one_line_4xx(make_client, nifti_pair):
         ("get", f"/api/volume/{vid}/view?slice=0&window=sunset", None, 400, "unknown window"),
         ("get", f"/api/volume/{vid}/view?slice=0&level=40", None, 400, "level and width"),
         ("get", f"/api/labels/{vid}", None, 400, "/api/volume/ID/labels"),
+        ("post", "/api/box3d", {"image": vid, "box3d": [0, n, 3, 1, 1, 9, 9]}, 400, "z_max < 7"),
+        ("post", "/api/box3d", {"image": vid, "box3d": [0.5, 4, 3, 1, 1, 9, 9]}, 400, "whole slice numbers"),
+        ("post", "/api/box3d", {"image": vid, "box3d": [0, 4, 3, 1, 1, 9]}, 400, "box3d"),
+        ("post", "/api/box3d", {"image": vid, "box3d": [0, 4, 3, 9, 1, 1, 9]}, 400, "0 <= x0 <= x1"),
+        ("post", "/api/click3d", {"image": vid, "object": 1, "slice": 2, "x": 10_000, "y": 5}, 400,
+         "outside view 2"),
+        ("post", "/api/click3d", {"image": vid, "object": 99, "slice": 2, "x": 5, "y": 5}, 404, "not found"),
     ]
     for method, path, body, status, text in cases:
         r = client.post(path, json=body) if method == "post" else client.get(path)
@@ -321,3 +328,57 @@ def test_lung_gtv_click_correction_repropagates_through_the_api(make_client):
     assert dice(after, truth) > dice(before, truth)
     record = next(o for o in rerun["objects"] if o["id"] == oid)
     assert record["slices"][f"0:{j}"]["source"] == "person" and len(record["propagations"]) == 2
+
+
+def test_the_cvpr25_protocol_through_the_api_equals_evaluate_volume(make_client, predictor, cache_dir, tmp_path):
+    """The annotator's 3D box and clicks are the engine of `evaluate-volume --protocol cvpr25`: on a real CT
+    volume (NIfTI, x axis reversed), the box and the protocol's 5 clicks sent through POST /api/box3d and
+    /api/click3d give, step by step, the masks whose Dice and voxel counts are evaluate-volume's rows; every
+    clicked view is kept as the person's, and undo takes back one click."""
+    import csv
+    import io
+
+    from PIL import Image
+
+    from medsamkit.io.volume_reader import read_label_volume, read_volume
+    from medsamkit.volumes import EvaluateVolumeConfig, evaluate_volumes
+    from medsamkit.volumes.engine import Box3D
+    from volume_crop import write_flipped_gtv
+
+    image, label = write_flipped_gtv(tmp_path)
+    out = tmp_path / "protocol"
+    evaluate_volumes(EvaluateVolumeConfig(data=f"{image}::{label}", out=str(out), protocol="cvpr25", window="lung",
+                                          cache=str(cache_dir), show_progress=False), predictor)
+    rows = list(csv.DictReader((out / "steps.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(6))
+    truth = read_label_volume(str(label), read_volume(str(image))).array == 1
+
+    client = make_client(f"{image}::{label}", window="lung")
+    vid = client.get("/api/info").json()["images"][0]["id"]
+
+    def mask_of(oid: int) -> np.ndarray:
+        views = []
+        for k in range(truth.shape[0]):
+            png = client.get(f"/api/volume/{vid}/labels", params={"axis": 0, "slice": k})
+            rgba = np.asarray(Image.open(io.BytesIO(png.content)))
+            views.append((rgba[..., 0].astype(int) + 256 * rgba[..., 1].astype(int)) == oid)
+        return np.stack(views)
+
+    b = Box3D.of_truth(truth)
+    reply = client.post("/api/box3d", json={"image": vid, "box3d": [b.z_min, b.z_max, b.z, *b.box]})
+    assert reply.status_code == 200, reply.text
+    oid = reply.json()["object"]
+    assert oid == 2  # the label file's GTV is object 1
+    steps = [mask_of(oid)]
+    for row in rows[1:]:
+        z, y, x, positive = int(row["click_z"]), int(row["click_y"]), int(row["click_x"]), row["click_label"] == "1"
+        reply = client.post("/api/click3d", json={"image": vid, "object": oid, "slice": z, "x": x, "y": y,
+                                                  "positive": positive})
+        assert reply.status_code == 200, reply.text
+        steps.append(mask_of(oid))
+        assert reply.json()["objects"][-1]["slices"][f"0:{z}"]["source"] == "person"
+    for row, mask in zip(rows, steps):
+        assert int(mask.sum()) == int(row["pred_voxels"]), row["step"]
+        assert dice(mask, truth) == pytest.approx(float(row["dice"]), abs=1e-6)
+    client.post("/api/undo", json={"image": vid})
+    np.testing.assert_array_equal(mask_of(oid), steps[-2])

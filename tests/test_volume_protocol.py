@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 
 from medsamkit.core.errors import InputError
-from medsamkit.io.nifti_nrrd import write_nifti
-from medsamkit.io.volume import Volume
 from medsamkit.io.volume_reader import read_label_volume, read_volume
 from medsamkit.metrics import dice
 from medsamkit.volumes import (
@@ -24,7 +22,7 @@ from medsamkit.volumes import (
 )
 from medsamkit.volumes.engine import Box3D, VolumeEngine, parse_box3d
 from medsamkit.volumes.protocol import challenge_click, class_row, click_auc
-from volume_crop import lung_case
+from volume_crop import write_flipped_gtv
 
 
 # --- the click rule and the AUC, by hand ------------------------------------------------------------------
@@ -134,27 +132,6 @@ def test_a_click_answer_past_twice_the_neighbouring_areas_becomes_the_click_disk
 
 
 # --- the protocol end to end: a real CT volume as NIfTI with another orientation, resumable ----------------
-def write_flipped_gtv(folder):
-    """builtin:lung-gtv pat_2 around its largest GTV slice (5 slices, the GTV kept on the middle 3 so the default
-    suite encodes only 3), written with its x axis reversed."""
-    case = lung_case("pat_2")
-    vol, truth = case.meta["volume"], case.label == 1
-    z = int(truth.sum((1, 2)).argmax())
-    crop = slice(z - 2, z + 3)
-    truth = truth.copy()
-    truth[: z - 1] = False
-    truth[z + 2 :] = False
-    affine = np.array(vol.affine, dtype=float)
-    n_x = vol.array.shape[2]
-    affine[:3, 3] = affine[:3, :3] @ np.array([n_x - 1.0, 0.0, crop.start]) + affine[:3, 3]
-    affine[:3, 0] *= -1  # the first voxel axis now runs the other way
-    grid = Volume(vol.array[crop][:, :, ::-1], vol.spacing, affine, "flipped")
-    image, label = folder / "ct.nii.gz", folder / "gtv.nii.gz"
-    write_nifti(vol.array[crop][:, :, ::-1].astype(np.int16), image, like=grid)
-    write_nifti(truth[crop][:, :, ::-1].astype(np.uint8), label, like=grid)
-    return image, label
-
-
 def test_cvpr25_protocol_rows_summary_and_resume(tmp_path, predictor):
     image, label = write_flipped_gtv(tmp_path)
     out = tmp_path / "run"

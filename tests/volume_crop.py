@@ -31,3 +31,24 @@ def write_gtv_crop(folder: Path, half: int = 3, patient: str = "pat_4") -> tuple
     write_nifti(vol.array[crop].astype(np.int16), image, like=grid)
     write_nifti(truth[crop].astype(np.uint8), label, like=grid)
     return image, label, truth[crop], affine
+
+
+def write_flipped_gtv(folder):
+    """builtin:lung-gtv pat_2 around its largest GTV slice (5 slices, the GTV kept on the middle 3 so the default
+    suite encodes only 3), written with its x axis reversed."""
+    case = lung_case("pat_2")
+    vol, truth = case.meta["volume"], case.label == 1
+    z = int(truth.sum((1, 2)).argmax())
+    crop = slice(z - 2, z + 3)
+    truth = truth.copy()
+    truth[: z - 1] = False
+    truth[z + 2 :] = False
+    affine = np.array(vol.affine, dtype=float)
+    n_x = vol.array.shape[2]
+    affine[:3, 3] = affine[:3, :3] @ np.array([n_x - 1.0, 0.0, crop.start]) + affine[:3, 3]
+    affine[:3, 0] *= -1  # the first voxel axis now runs the other way
+    grid = Volume(vol.array[crop][:, :, ::-1], vol.spacing, affine, "flipped")
+    image, label = folder / "ct.nii.gz", folder / "gtv.nii.gz"
+    write_nifti(vol.array[crop][:, :, ::-1].astype(np.int16), image, like=grid)
+    write_nifti(truth[crop][:, :, ::-1].astype(np.uint8), label, like=grid)
+    return image, label

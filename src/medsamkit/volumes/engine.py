@@ -195,7 +195,7 @@ class VolumeEngine:
         native_box = tight_box(current) if self.answerer.strategy == "native" and current.any() else None
         self.embedder.use(z)
         pred = self.answerer.answer([Prompt(box=native_box, points=pts, labels=labels)], parents=[(current, 1.0)])
-        if positive:
+        if positive and st.region is not None:
             st.region = (min(st.region[0], x), min(st.region[1], y), max(st.region[2], x), max(st.region[3], y))
         answer = pred.masks[0, 0] & self._allowed()
         st.mask[z] = self._bounded(answer, z, pts[-1], int(bool(positive)))

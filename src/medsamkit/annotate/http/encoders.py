@@ -9,6 +9,7 @@ import numpy as np
 from fastapi.responses import Response
 
 from medsamkit.annotate.session.results import (
+    Engined,
     ObjectList,
     Opened,
     Predicted,
@@ -89,3 +90,10 @@ def propagated_reply(done: Propagated) -> dict:
     return {**objects_reply(done.objects), "object": done.object_id, "axis": done.axis, "start": done.start,
             "visited": run.visited, "stops": run.stops, "seconds": round(run.seconds, 3), "encoded": run.encoded,
             "seconds_per_slice": round(run.seconds / max(len(run.visited), 1), 4)}
+
+
+def engined_reply(done: Engined) -> dict:
+    """``POST /api/box3d`` and ``POST /api/click3d``: the objects, the object, the views changed, the cost."""
+    run = done.run
+    return {**objects_reply(done.objects), "object": done.object_id, "axis": done.axis, "changed": sorted(run.masks),
+            "trace": run.trace, "encoded": run.encoded, "seconds": round(run.seconds, 3)}

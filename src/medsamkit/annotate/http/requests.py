@@ -114,6 +114,26 @@ class PropagateRequest(BaseModel):
     margin: float = Field(default=0.0, ge=0.0, le=64.0)
 
 
+class Box3DRequest(BaseModel):
+    """A new object from a 3D box: views z_min..z_max of ``axis`` and a 2D box (x0, y0, x1, y1) on view z."""
+
+    image: Text
+    axis: int = 0
+    box3d: list[Coordinate] = Field(min_length=7, max_length=7)
+    class_: Text | None = Field(default=None, alias="class")
+    client: ClientId = ""
+
+
+class Click3DRequest(View):
+    """A click (x, y) on one view of an object, positive or negative, for the 3D engine."""
+
+    slice: int
+    object: int
+    x: Coordinate
+    y: Coordinate
+    positive: bool = True
+
+
 class AutoRequest(BaseModel):
     """Switch automatic learn rounds on or off."""
 

@@ -13,6 +13,14 @@
   kept), ``stops`` (per direction: slice and reason: "IoU below threshold", "area below minimum",
   "volume edge", "corrected slice"), seconds, encoder passes and seconds per slice.
 
+- ``POST /api/box3d`` ``{"image", "axis", "box3d": [z_min, z_max, z, x0, y0, x1, y1], "class", "client"}``: the
+  3D engine (``annotate.model.engine3d``, the one ``evaluate-volume --protocol cvpr25`` and ``segment-volume
+  --box3d`` use) answers the box on views z_min..z_max of the axis: a new object -> the objects plus ``object``,
+  ``changed`` (views), the engine's ``trace``, ``encoded``, ``seconds``.
+- ``POST /api/click3d`` ``{"image", "object", "axis", "slice", "x", "y", "positive", "client"}``: the click
+  corrects that view with the clicks machinery and the engine re-propagates from it (the view becomes a
+  corrected one); same reply.
+
 Out-of-range axes or slices answer 400 with one line; unknown volumes or objects 404.
 """
 
@@ -21,9 +29,24 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from medsamkit.annotate.http.encoders import label_rgba, objects_reply, png_response, propagated_reply
-from medsamkit.annotate.http.requests import CorrectRequest, PathId, PropagateRequest, session
+from medsamkit.annotate.http.encoders import (
+    engined_reply,
+    label_rgba,
+    objects_reply,
+    png_response,
+    propagated_reply,
+)
+from medsamkit.annotate.http.requests import (
+    Box3DRequest,
+    Click3DRequest,
+    CorrectRequest,
+    PathId,
+    PropagateRequest,
+    session,
+)
 from medsamkit.annotate.session.workspace import Workspace
+from medsamkit.core.errors import InputError
+from medsamkit.volumes.engine import Box3D
 
 router = APIRouter(prefix="/api")
 
@@ -61,3 +84,20 @@ def propagate(req: PropagateRequest, ws: Workspace = Depends(session)) -> dict:
     """Propagate an object up/down from one view with the project's engine."""
     return propagated_reply(ws.propagate(req.image, req.object, req.axis, req.slice, req.direction, req.min_iou,
                                          req.min_area, req.margin))
+
+
+@router.post("/box3d")
+def box3d(req: Box3DRequest, ws: Workspace = Depends(session)) -> dict:
+    """A new object from a 3D box, answered by the 3D engine."""
+    z_min, z_max, z, *box = req.box3d
+    if any(v != int(v) for v in (z_min, z_max, z)):
+        raise InputError(f"box3d {req.box3d}: z_min, z_max and z must be whole slice numbers")
+    return engined_reply(ws.box3d(req.image, req.axis, Box3D(int(z_min), int(z_max), int(z), tuple(box)), req.class_,
+                                  req.client))
+
+
+@router.post("/click3d")
+def click3d(req: Click3DRequest, ws: Workspace = Depends(session)) -> dict:
+    """Correct an object on one view with a click and re-propagate it with the 3D engine."""
+    return engined_reply(ws.click3d(req.image, req.object, req.axis, req.slice, req.x, req.y, req.positive,
+                                    req.client))

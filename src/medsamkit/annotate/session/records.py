@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from medsamkit.annotate.model.answers import Answer
+from medsamkit.annotate.model.engine3d import EngineRun
 from medsamkit.annotate.model.propagation import PropagationRun, PropagationSettings
 from medsamkit.annotate.session.prompting import PromptSession
 from medsamkit.io.annotations import now
@@ -32,3 +33,9 @@ def run_record(axis: int, start: int, settings: PropagationSettings, run: Propag
             "min_area": int(settings.min_area), "margin": float(settings.margin), "stops": run.stops,
             "slices": len(run.visited), "encoded": run.encoded, "seconds": round(run.seconds, 3), **identity,
             "created": now()}
+
+
+def engine_record(kind: str, axis: int, run: EngineRun, identity: dict, **where) -> dict:
+    """A 3D-engine step (``kind`` "box3d" or "click"): where, the views it changed, its cost, the model."""
+    return {"kind": kind, "axis": axis, **where, "changed": sorted(run.masks), "encoded": run.encoded,
+            "seconds": round(run.seconds, 3), **identity, "created": now()}

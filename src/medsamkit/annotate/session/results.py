@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medsamkit.annotate.model.answers import Answer
+from medsamkit.annotate.model.engine3d import EngineRun
 from medsamkit.annotate.model.propagation import PropagationRun
 from medsamkit.samaug.everything import MaskRecord
 
@@ -91,3 +92,13 @@ class Propagated:
     axis: int
     start: int
     run: PropagationRun
+
+
+@dataclass
+class Engined:
+    """The objects after a 3D-engine step (a 3D box or a click), the object, its axis and what the step did."""
+
+    objects: ObjectList
+    object_id: int
+    axis: int
+    run: EngineRun

@@ -206,14 +206,24 @@ class VolumeAnnotation(ImageAnnotation):
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             raise InputError("the mask is empty: nothing to commit")
-        axis, k = int(record["axis"]), int(record["slice"])
-        oid = self.next_id
         first = {key: record[key] for key in ("prompt", "candidate", "predicted_iou", "clicks", "seconds")
                  if key in record}
-        rec = {**record, "id": oid, "hidden": False, "area": int(mask.sum()),
-               "slices": {f"{axis}:{k}": {**first, "source": "person", "area": int(mask.sum())}},
-               "propagations": []}
-        return self._do(self._view_change("commit", oid, axis, {k: mask}, rec))
+        k = int(record["slice"])
+        return self.commit_views({k: mask}, {k: {**first, "source": "person", "area": int(mask.sum())}}, record)
+
+    def commit_views(self, masks: dict[int, np.ndarray], slice_records: dict[int, dict], record: dict) -> dict:
+        """A new 3D object made of several views' masks of ``record["axis"]`` at once (one undoable change)."""
+        axis = int(record["axis"])
+        masks = {int(k): np.asarray(m, dtype=bool) for k, m in masks.items()}
+        oid = self.next_id
+        rec = {**record, "id": oid, "hidden": False, "area": int(sum(m.sum() for m in masks.values())),
+               "slices": {f"{axis}:{k}": entry for k, entry in slice_records.items()},
+               "propagations": list(record.get("propagations", []))}
+        return self._do(self._view_change("commit", oid, axis, masks, rec))
+
+    def object_stack(self, object_id: int, axis: int) -> np.ndarray:
+        """Bool mask of an object on every view of ``axis`` (views, rows, columns)."""
+        return view_stack(self.label, axis) == object_id
 
     def _view_change(self, kind: str, object_id: int, axis: int, masks: dict[int, np.ndarray],
                      after_record: dict) -> Change:

@@ -9,7 +9,6 @@ docstring) holds the one policy; ``lock`` here guards the annotations and their 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
 import time
 from concurrent.futures import Future
@@ -17,26 +16,28 @@ from concurrent.futures import Future
 import numpy as np
 
 from medsamkit.annotate.model.answers import Answer, ViewKey
+from medsamkit.annotate.model.engine3d import Engines3D
 from medsamkit.annotate.model.host import ModelLaunch
 from medsamkit.annotate.model.learning import LearnController, LearnSettings
-from medsamkit.annotate.model.propagation import PropagationSettings, Propagator
+from medsamkit.annotate.model.propagation import Propagator
 from medsamkit.annotate.model.segmenter import Segmenter
 from medsamkit.annotate.session.config import AnnotateConfig, default_out
 from medsamkit.annotate.session.items import Item, ItemSource, display_pixels
+from medsamkit.annotate.session.locking import serialised
 from medsamkit.annotate.session.prompting import ANONYMOUS, ClientViews, PromptSession
-from medsamkit.annotate.session.records import answer_record, proposal_record, run_record
+from medsamkit.annotate.session.records import answer_record, proposal_record
 from medsamkit.annotate.session.results import (
     Changed,
     ClassSuggestion,
     ObjectList,
     Opened,
     Predicted,
-    Propagated,
     Proposals,
     SessionInfo,
 )
 from medsamkit.annotate.session.state import ImageAnnotation
 from medsamkit.annotate.session.views import ViewRule, paste, prompt_in_view, view_tiles, whole_window
+from medsamkit.annotate.session.volume_work import VolumeWork
 from medsamkit.core.errors import InputError
 from medsamkit.core.objects import Window
 from medsamkit.core.tiling import window_of
@@ -44,18 +45,7 @@ from medsamkit.io.annotations import AnnotationFolder, check_text
 from medsamkit.prompts.simulate import Prompt
 
 
-def _serialised(method):
-    """Run a method that changes annotations under the session lock (requests arrive on several threads)."""
-
-    @functools.wraps(method)
-    def locked(self, *args, **kwargs):
-        with self.lock:
-            return method(self, *args, **kwargs)
-
-    return locked
-
-
-class Workspace:
+class Workspace(VolumeWork):
     """The session: ``ItemSource`` + ``Segmenter`` + per-item ``ImageAnnotation`` in an ``AnnotationFolder``."""
 
     def __init__(self, cfg: AnnotateConfig, segmenter: Segmenter | None = None) -> None:
@@ -72,6 +62,7 @@ class Workspace:
         self.proposals: ClientViews[list] = ClientViews()
         self.view_rule = ViewRule()
         self.propagator = Propagator(self.segmenter)
+        self.engines3d = Engines3D(self.propagator)
         self.learning: LearnController | None = None
         self._prefetched: set[str] = set()  # images whose tiles were queued for embedding (first tiled answer)
         self.lock = threading.RLock()
@@ -105,7 +96,7 @@ class Workspace:
         """A view as 8-bit pixels for the page (contrast preset applied)."""
         return display_pixels(self.view(image, axis, slice_index)[1], contrast)
 
-    @_serialised
+    @serialised
     def state(self, image: str) -> ImageAnnotation:
         """The item's objects: saved ones, else its SPEC's labels as editable objects, else none."""
         if image not in self.states:
@@ -116,18 +107,18 @@ class Workspace:
             self.states[image] = state
         return self.states[image]
 
-    @_serialised
+    @serialised
     def objects(self, image: str) -> ObjectList:
         """Objects of an item plus whether undo/redo are possible."""
         state = self.state(image)
         return ObjectList(image, state.objects(), bool(state.undo_stack), bool(state.redo_stack))
 
-    @_serialised
+    @serialised
     def labels_image(self, image: str) -> np.ndarray:
         """A 2D item's instance label map (volumes: one view at a time, ``view_labels``)."""
         return self.item(image).labels_image(self.state(image)).copy()
 
-    @_serialised
+    @serialised
     def view_labels(self, image: str, axis: int, slice_index: int | None) -> np.ndarray:
         """Object ids on one view of a volume."""
         volume = self.item(image).as_volume("no volume views")
@@ -225,7 +216,7 @@ class Workspace:
             raise InputError(f"unknown class {name!r}; classes: {', '.join(self.classes)}")
         return name
 
-    @_serialised
+    @serialised
     def commit(self, image: str, axis: int, slice_index: int | None, candidate: int | None,
                class_name: str | None, client: str = ANONYMOUS) -> Changed:
         """The client's current answer's candidate becomes a new object (class: given, else suggested, else
@@ -249,7 +240,7 @@ class Workspace:
         self.clear(image, axis, slice_index, client)
         return Changed(self.save(image), record=committed)
 
-    @_serialised
+    @serialised
     def replace_labels(self, image: str, label: np.ndarray, records: dict[int, dict]) -> ObjectList:
         """A whole label map from outside (a MONAI Label client's saved label) becomes the item's objects, one
         per value with ``records[value]``, replacing what was there; saved at once."""
@@ -260,13 +251,13 @@ class Workspace:
         self.states[image] = type(state).from_label_map(label, records, source="client label")
         return self.save(image)
 
-    @_serialised
+    @serialised
     def delete(self, image: str, object_id: int) -> ObjectList:
         """Delete an object."""
         self.state(image).delete(object_id)
         return self.save(image)
 
-    @_serialised
+    @serialised
     def update(self, image: str, object_id: int, class_name: str | None = None,
                hidden: bool | None = None) -> ObjectList:
         """Rename an object's class and/or hide or show it."""
@@ -278,13 +269,13 @@ class Workspace:
         self.state(image).update(object_id, **fields)
         return self.save(image)
 
-    @_serialised
+    @serialised
     def undo(self, image: str) -> Changed:
         """Undo the item's last change (``step``: its kind, None when there was none)."""
         change = self.state(image).undo()
         return Changed(self.save(image), step=None if change is None else change.kind)
 
-    @_serialised
+    @serialised
     def redo(self, image: str) -> Changed:
         """Redo the item's last undone change."""
         change = self.state(image).redo()
@@ -300,7 +291,7 @@ class Workspace:
         self.proposals.put(client, key, list(records))
         return Proposals(image, records, round(time.perf_counter() - t0, 3))
 
-    @_serialised
+    @serialised
     def accept(self, image: str, axis: int, slice_index: int | None, indices: list[int] | None,
                class_name: str | None, client: str = ANONYMOUS) -> Changed:
         """Commit proposals (``indices``, or every one left when None) as objects, one change each."""
@@ -331,47 +322,6 @@ class Workspace:
             if 0 <= int(i) < len(left):
                 left[int(i)] = None
         return sum(r is not None for r in left)
-
-    # --- volumes -------------------------------------------------------------------------------------
-    @_serialised
-    def propagate(self, image: str, object_id: int, axis: int, slice_index: int | None, direction: str = "both",
-                  min_iou: float = 0.0, min_area: int = 20, margin: float = 0.0) -> Propagated:
-        """Propagate an object from its mask on view (axis, slice) (``annotate.model.propagation``); the run
-        is one undoable change, logged in the object's record."""
-        settings = PropagationSettings(direction, min_iou, min_area, margin).check()
-        volume = self.item(image).as_volume("propagation needs a volume")
-        axis, k = volume.check_view(axis, slice_index)
-        state = self.state(image)
-        views = state.view_records(object_id, axis)
-        start = state.view_mask(object_id, axis, k)
-        if not start.any():
-            raise InputError(f"object {object_id} has no pixels on slice {k} (axis {axis}): commit or correct "
-                             "it there first")
-        corrected = {z for z, v in views.items() if v.get("source") == "person"} - {k}
-        painted = {z for z, v in views.items() if v.get("source") == "propagated"}
-        key = (volume.id, axis, id(volume.loaded().image01))
-        run = self.propagator.run(key, volume.stack(axis), volume.three_slice, start, k, corrected, painted,
-                                  settings)
-        state.paint_views(object_id, axis, run.masks, run.entries,
-                          run_record(axis, k, settings, run, self.segmenter.identity))
-        return Propagated(self.save(image), object_id, axis, k, run)
-
-    @_serialised
-    def correct(self, image: str, object_id: int, axis: int, slice_index: int | None, candidate: int | None,
-                client: str = ANONYMOUS) -> Changed:
-        """The client's current answer on a view replaces an object's pixels there (the view counts as
-        corrected: propagation never overwrites it)."""
-        volume = self.item(image).as_volume("correct an object by deleting and committing it")
-        axis, k = volume.check_view(axis, slice_index)
-        key = (image, axis, k)
-        session, answer, index = self.candidate_of(
-            client, key, candidate, "nothing to correct with: prompt the model on this slice first")
-        state = self.state(image)
-        state.record_of(object_id)
-        state.correct_view(object_id, axis, k, answer.masks[index],
-                           answer_record(session, answer, index, self.segmenter.identity))
-        self.clear(image, axis, k, client)
-        return Changed(self.save(image), view=(object_id, axis, k))
 
     # --- learning and the end ------------------------------------------------------------------------
     def start_learning(self, settings: LearnSettings | None = None) -> LearnController:
