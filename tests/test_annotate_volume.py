@@ -382,3 +382,34 @@ def test_the_cvpr25_protocol_through_the_api_equals_evaluate_volume(make_client,
         assert dice(mask, truth) == pytest.approx(float(row["dice"]), abs=1e-6)
     client.post("/api/undo", json={"image": vid})
     np.testing.assert_array_equal(mask_of(oid), steps[-2])
+
+
+def test_lung_gtv_one_3d_click_corrects_a_wrong_slice_and_its_neighbours(make_client):
+    """The same walk gone wrong 10 slices up (see above): one positive click through POST /api/click3d corrects
+    that slice and the 3D engine re-propagates from it, so the slices above find the tumour again without a
+    second request; the slices below the click stay as they were."""
+    from scipy import ndimage
+
+    truth = lung_case("pat_4").label == 1
+    z = int(truth.sum((1, 2)).argmax())
+    client = make_client("builtin:lung-gtv")
+    vid = "lung-gtv_pat_4"
+    view = {"image": vid, "axis": 0, "slice": z}
+    client.post("/api/predict", json={**view, "box": tight(truth[z])})
+    oid = client.post("/api/commit", json=view).json()["committed"]["id"]
+    client.post("/api/propagate", json={**view, "object": oid})
+    lab = client.app.state.workspace.state(vid).label
+    before = lab == oid
+    j = z + 10
+    assert dice(before[j], truth[j]) < 0.2
+    depth = ndimage.distance_transform_edt(truth[j] & ~before[j])
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    reply = client.post("/api/click3d", json={"image": vid, "object": oid, "slice": j, "x": float(x), "y": float(y)})
+    assert reply.status_code == 200, reply.text
+    after = lab == oid
+    assert dice(after[j], truth[j]) > 0.8 and j + 1 in reply.json()["changed"]
+    for k in (j + 1, j + 2):  # the neighbours above are fixed by the same click
+        assert dice(after[k], truth[k]) > dice(before[k], truth[k]) + 0.3, k
+    assert np.array_equal(after[: j - 3], before[: j - 3])
+    record = next(o for o in reply.json()["objects"] if o["id"] == oid)
+    assert record["slices"][f"0:{j}"]["source"] == "person" and record["propagations"][-1]["kind"] == "click"

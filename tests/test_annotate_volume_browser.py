@@ -153,3 +153,49 @@ def test_click_on_a_wrong_slice_corrects_it_and_repropagation_fixes_the_next(lon
     after = label == 1
     assert np.array_equal(after[j], corrected) and np.array_equal(after[:j], before[:j])
     assert dice(after[j + 1], truth[j + 1]) > dice(before[j + 1], truth[j + 1]) + 0.3
+
+
+def test_3d_box_then_a_3d_click_through_the_page(litemedsam, tmp_path):
+    """The page drives the 3D engine: a box dragged on the middle slice, slices 1..7, "3D box" makes one object
+    on every slice; with "3D clicks" on and the object selected, a positive click at the centre of what it
+    missed on another slice corrects that slice (kept as the person's) and re-propagates from it."""
+    from scipy import ndimage
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from browser import view_offset
+    from medsamkit.metrics import dice
+
+    with crop_page(litemedsam, tmp_path, 3) as (driver, server, ws, _, truth):
+        driver.get(server.url)
+        wait_for(driver, READY)
+        ys, xs = np.nonzero(truth[3])
+        drag_box(driver, (xs.min(), ys.min(), xs.max(), ys.max()))
+        wait_for(driver, "app.answer !== null")
+        driver.execute_script("document.getElementById('z-from').value = 1; document.getElementById('z-to').value = 7")
+        driver.find_element(By.ID, "box3d").click()
+        wait_for(driver, "document.getElementById('status').textContent.startsWith('3D box')", timeout=240)
+        image = driver.execute_script("return app.image")
+        label = ws.state(image).label
+        first = label == 1
+        assert first.reshape(7, -1).any(1).sum() >= 5 and dice(first, truth) > 0.5
+        assert driver.execute_script("return app.selected") == 1
+        k = 5
+        miss = truth[k] & ~first[k]
+        assert miss.sum() > 20  # the box's answer missed part of the tumour there
+        depth = ndimage.distance_transform_edt(miss)
+        y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+        driver.find_element(By.ID, "clicks3d").click()
+        driver.execute_script(f"Vol.go({k})")
+        wait_for(driver, f"app.vol.slice === {k}")
+        wait_for(driver, READY)
+        overlay = driver.find_element(By.ID, "overlay")
+        ActionChains(driver).move_to_element_with_offset(overlay, *view_offset(driver, x, y)).click().perform()
+        wait_for(driver, "document.getElementById('status').textContent.startsWith('3D click')", timeout=120)
+        after = ws.state(image).label == 1
+        record = ws.state(image).record_of(1)
+        cx, cy, positive = record["slices"][f"0:{k}"]["click"]
+        assert positive == 1 and abs(cx - x) <= 1 and abs(cy - y) <= 1  # where the person clicked (screen rounding)
+        assert after[k, cy, cx] and dice(after[k], truth[k]) > dice(first[k], truth[k])
+        assert record["slices"][f"0:{k}"]["source"] == "person" and record["propagations"][-1]["kind"] == "click"
+        assert driver.execute_script("return app.answer") is None  # no 2D prompt was sent

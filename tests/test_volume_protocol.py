@@ -110,8 +110,8 @@ def test_propagation_stays_inside_the_box_z_extent_and_keeps_corrections(predict
 def test_a_click_answer_past_twice_the_neighbouring_areas_becomes_the_click_disk(predictor):
     """The growth guard (EngineSettings.max_growth 2): on lung-gtv pat_1 a positive click's answer 2.7x the
     areas around it (the search's box took in the tissue around the GTV) was kept at 3x and re-propagated, and
-    the volume's HD95 went from 11.8 to 24.6 mm. An answer past 2x is replaced by the click's disk edit; one
-    under it is kept as it is."""
+    the volume's HD95 went from 11.8 to 24.6 mm. An answer past 2x the object's largest slice is replaced by the
+    click's disk edit; one under it is kept as it is."""
     image, ball = sphere_volume()
     engine = VolumeEngine(SliceEmbedder(predictor, image, source="sphere"))
     assert engine.settings.max_growth == 2.0
@@ -119,7 +119,7 @@ def test_a_click_answer_past_twice_the_neighbouring_areas_becomes_the_click_disk
     z = ball.shape[0] // 2
     area = int(ball[z].sum())
     big = ball[z].copy()
-    big[30:46, 30:46] = True  # the ball and a 16 x 16 square: past 2x the neighbouring areas, under 3x
+    big[30:46, 30:46] = True  # the ball and a 16 x 16 square: past 2x the ball's largest slice, under 3x
     largest = ball.reshape(len(ball), -1).sum(1).max()
     assert 2 * largest < big.sum() < 3 * largest
     click = np.array([40.0, 40.0], dtype=np.float32)  # outside the ball, inside the big answer

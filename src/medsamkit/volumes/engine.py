@@ -17,8 +17,8 @@ point path, or on box-only models the click search and the mask edits of ``promp
 becomes an anchor that propagation never overwrites, and the answer re-propagates from k both ways until a
 slice agrees (Dice >= ``agree``) with what is already there or what is there fits the corrected neighbour at
 least as well (IoU), an anchor, or the object's end. A click's answer that grows past ``max_growth`` x the
-areas around it (a box-only model's "thing under the click" can be the organ around the object) is replaced
-by the click's own disk edit (``prompts.corrections.disk_edit``). A positive click
+object's largest slice (a box-only model's "thing under the click" can be the organ around the object) is
+replaced by the click's own disk edit (``prompts.corrections.disk_edit``). A positive click
 outside the z-range extends it. Settings: docs/protocols.md "Interactive 3D".
 
 The engine's slice-to-slice step is the project's only one: ``walk`` with ``EngineSettings.plain`` (each slice
@@ -219,12 +219,13 @@ class VolumeEngine:
         return out
 
     def _bounded(self, answer: np.ndarray, z: int, xy: np.ndarray, label: int) -> np.ndarray:
-        """A click's answer, or the click's own disk edit when the answer grew past ``max_growth`` x the largest
-        area of the slice and its two neighbours each side (the model's 'thing under the click' was the organ
-        around the object, not a missed part of it)."""
+        """A click's answer, or the click's own disk edit when the answer grew past ``max_growth`` x the object's
+        largest slice (the model's 'thing under the click' was the organ around the object, not a missed part of
+        it). The whole object is the reference, not the slices near the click: where propagation lost the object,
+        those are nearly empty and the right answer is many times their size."""
         st = self.state
-        near = st.mask[max(z - 2, 0) : z + 3].reshape(-1, *st.mask.shape[1:]).sum(axis=(1, 2))
-        if self.settings.max_growth <= 0 or answer.sum() <= self.settings.max_growth * max(int(near.max()), 1):
+        largest = int(st.mask.reshape(len(st.mask), -1).sum(1).max())
+        if self.settings.max_growth <= 0 or answer.sum() <= self.settings.max_growth * max(largest, 1):
             return answer
         edited = disk_edit(st.mask[z], xy, label, self.answerer.corrections)
         return enforce(edited, xy[None], np.array([label]))

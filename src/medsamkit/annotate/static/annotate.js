@@ -289,6 +289,7 @@ window.addEventListener("mouseup", (e) => {
   const moved = Math.hypot(e.clientX - drag.x, e.clientY - drag.y) > 4;
   if (mode === "box" && moved) { pushPrompt({ box: boxFrom(drag.start, end), points: [] }); return; }
   const [x, y] = clampPoint(end);
+  if (Vol.clicks3d()) { Vol.click3d(x, y, mode === "box"); return; }  // the 3D engine corrects the object
   // the click refines the candidate on screen: its logits go back in as the mask prompt
   const maskFrom = app.answer ? app.candidate : null;
   pushPrompt({ box: app.prompt.box, points: [...app.prompt.points, [x, y, mode === "box" ? 1 : 0]], maskFrom });

@@ -1,6 +1,7 @@
 // The volume side of the annotation page: axis and slice (slider, wheel, Up/Down, PageUp/PageDown), the
 // display window (CT presets, level/width by Alt+drag, MR percentiles; the model input never changes),
-// propagation of the selected object and the per-slice strip of predicted IoU / area with its stop marks.
+// propagation of the selected object, the 3D engine (a 3D box; clicks that correct the selected object and
+// re-propagate it) and the per-slice strip of predicted IoU / area with its stop marks.
 // Uses annotate.js's globals (app, api, $, status, notice) once the page has started.
 "use strict";
 
@@ -111,6 +112,38 @@ const Vol = (() => {
     } catch (e) { status("error"); notice(e.message, true); }
   }
 
+  async function box3d() {
+    const v = app.vol, box = app.prompt.box;
+    if (!box) { notice("drag a box on this slice first"); return; }
+    const n = v.geo.axes[v.axis].slices;
+    const lo = Math.max(1, +$("z-from").value || v.slice + 1), hi = Math.min(n, +$("z-to").value || v.slice + 1);
+    status("3D box...", true);
+    try {
+      const res = await api("/api/box3d", { image: app.image, axis: v.axis, box3d: [lo - 1, hi - 1, v.slice, ...box],
+        class: $("class").value || null, client });
+      resetPrompt(true);
+      app.selected = res.object; v.stripObject = res.object;
+      await refreshObjects();
+      status(`3D box: #${res.object} on ${res.changed.length} slices in ${res.seconds.toFixed(1)} s (${res.encoded} embedded)`);
+      notice("");
+    } catch (e) { status("error"); notice(e.message, true); }
+  }
+
+  function clicks3d() { return Boolean(app.vol && $("clicks3d").checked && target()); }
+
+  async function click3d(x, y, positive) {
+    const v = app.vol, object = target();
+    status(`3D click on #${object}...`, true);
+    try {
+      const res = await api("/api/click3d", { image: app.image, object, axis: v.axis, slice: v.slice, x, y, positive,
+        client });
+      v.stripObject = object;
+      await refreshObjects();
+      status(`3D click: slices ${res.changed.map((k) => k + 1).join(", ")} changed in ${res.seconds.toFixed(1)} s`);
+      notice("");
+    } catch (e) { status("error"); notice(e.message, true); }
+  }
+
   function renderStrip() {
     const v = app.vol;
     if (!v) return;
@@ -134,7 +167,7 @@ const Vol = (() => {
       ctx.lineTo(k * w + w / 2, h - (e.area / top) * (h - 6));
     }
     ctx.stroke();
-    const runs = (o.propagations || []).filter((r) => r.axis === v.axis);
+    const runs = (o.propagations || []).filter((r) => r.axis === v.axis && r.stops);  // 3D engine steps have none
     const last = runs[runs.length - 1];
     const lines = [];
     if (last) {
@@ -189,11 +222,13 @@ const Vol = (() => {
     $("prop-up").onclick = () => propagate("up");
     $("prop-down").onclick = () => propagate("down");
     $("prop-both").onclick = () => propagate("both");
+    $("box3d").onclick = box3d;
     $("strip").onclick = (e) => {
       const r = e.target.getBoundingClientRect();
       go(Math.floor(((e.clientX - r.left) / r.width) * app.vol.geo.axes[app.vol.axis].slices));
     };
   }
 
-  return { open, close, go, viewUrl, labelsUrl, aspect, propagate, renderStrip, adjustWindow, redraw, wire, embed };
+  return { open, close, go, viewUrl, labelsUrl, aspect, propagate, box3d, clicks3d, click3d, renderStrip, adjustWindow,
+    redraw, wire, embed };
 })();
