@@ -38,6 +38,7 @@ import torch
 
 from _shared import add_smoke, apply_smoke, require_shared, shared_dir
 from medsamkit.core.atomic import write_json_atomic
+from medsamkit.core.results import read_rows
 from medsamkit.core.runtime import setup
 from medsamkit.evaluation.config import EvaluateConfig
 from medsamkit.evaluation.run import evaluate
@@ -157,12 +158,8 @@ def train_candidates(args, table: Table, ds: str, mode: str, train_dir: Path) ->
 
 def validation_curve(metrics_csv: Path) -> list[dict]:
     """The run's validated epochs: epoch, step and validation Dice per prompt mode (RUN/metrics.csv)."""
-    import csv
-
-    if not metrics_csv.is_file():
-        return []
     rows = []
-    for row in csv.DictReader(metrics_csv.open()):
+    for row in read_rows(metrics_csv):
         dice = {k: float(v) for k, v in row.items() if k.startswith("val_dice_") and v not in ("", None)}
         if dice:
             rows.append({"epoch": int(row["epoch"]), "step": int(row["step"]), **dice})

@@ -292,11 +292,10 @@ def test_views_place_masks_where_they_show_them(nifti_pair):
     assert np.array_equal(state.label, snapshot)
 
 
-@pytest.mark.slow
-def test_lung_gtv_click_correction_repropagates_through_the_api(make_client):
-    """Box on the GTV's largest slice, propagate; 10 slices up the walk has lost the tumour (it keeps 66 of its
-    954 px): one positive click at the centre of the missed part corrects that slice, and propagating from it
-    fixes its neighbours above while the corrected slice and everything below it stay."""
+def walk_gone_wrong(make_client):
+    """builtin:lung-gtv pat_4 in a session: a box on the GTV's largest slice, committed and propagated both ways;
+    10 slices up the walk has lost the tumour. Returns (client, image id, truth, object id, the session's label
+    array, the object before any correction, that slice j, and the centre (x, y) of what it missed there)."""
     from scipy import ndimage
 
     truth = lung_case("pat_4").label == 1
@@ -313,6 +312,15 @@ def test_lung_gtv_click_correction_repropagates_through_the_api(make_client):
     assert dice(before[j], truth[j]) < 0.2 and truth[j].sum() > 900  # the walk went wrong here
     depth = ndimage.distance_transform_edt(truth[j] & ~before[j])
     y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    return client, vid, truth, oid, lab, before, j, x, y
+
+
+@pytest.mark.slow
+def test_lung_gtv_click_correction_repropagates_through_the_api(make_client):
+    """Box on the GTV's largest slice, propagate; 10 slices up the walk has lost the tumour (it keeps 66 of its
+    954 px): one positive click at the centre of the missed part corrects that slice, and propagating from it
+    fixes its neighbours above while the corrected slice and everything below it stay."""
+    client, vid, truth, oid, lab, before, j, x, y = walk_gone_wrong(make_client)
     at_j = {"image": vid, "axis": 0, "slice": j}
     client.post("/api/predict", json={**at_j, "points": [[float(x), float(y), 1]]})
     client.post("/api/correct", json={**at_j, "object": oid})
@@ -388,22 +396,7 @@ def test_lung_gtv_one_3d_click_corrects_a_wrong_slice_and_its_neighbours(make_cl
     """The same walk gone wrong 10 slices up (see above): one positive click through POST /api/click3d corrects
     that slice and the 3D engine re-propagates from it, so the slices above find the tumour again without a
     second request; the slices below the click stay as they were."""
-    from scipy import ndimage
-
-    truth = lung_case("pat_4").label == 1
-    z = int(truth.sum((1, 2)).argmax())
-    client = make_client("builtin:lung-gtv")
-    vid = "lung-gtv_pat_4"
-    view = {"image": vid, "axis": 0, "slice": z}
-    client.post("/api/predict", json={**view, "box": tight(truth[z])})
-    oid = client.post("/api/commit", json=view).json()["committed"]["id"]
-    client.post("/api/propagate", json={**view, "object": oid})
-    lab = client.app.state.workspace.state(vid).label
-    before = lab == oid
-    j = z + 10
-    assert dice(before[j], truth[j]) < 0.2
-    depth = ndimage.distance_transform_edt(truth[j] & ~before[j])
-    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    client, vid, truth, oid, lab, before, j, x, y = walk_gone_wrong(make_client)
     reply = client.post("/api/click3d", json={"image": vid, "object": oid, "slice": j, "x": float(x), "y": float(y)})
     assert reply.status_code == 200, reply.text
     after = lab == oid

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medsamkit.annotate.model.propagation import Propagator
 from medsamkit.core.errors import InputError
 from medsamkit.volumes.engine import Box3D, EngineState, VolumeEngine
+from medsamkit.volumes.slices import SliceEmbedder
 
 EngineKey = tuple[str, str, int, int]  # (client, volume, object, axis)
 
@@ -38,59 +38,52 @@ class EngineRun:
 
 
 class Engines3D:
-    """The engines of the session's clients, over the propagator's slice embedders (no view is encoded twice)."""
+    """The engines of the session's clients, each over the slice embedder of its volume's axis (the propagator's:
+    no view is encoded twice)."""
 
-    def __init__(self, propagator: Propagator, keep: int = 16) -> None:
-        self.propagator = propagator
+    def __init__(self, keep: int = 16) -> None:
         self._engines: OrderedDict[EngineKey, VolumeEngine] = OrderedDict()
         self._keep = keep
 
-    def _engine(self, embed_key: tuple, stack: np.ndarray, three_slice: bool) -> VolumeEngine:
-        return VolumeEngine(self.propagator.embedder(embed_key, stack, three_slice))
-
-    def _keep_engine(self, key: EngineKey, engine: VolumeEngine) -> None:
+    def bind(self, key: EngineKey, engine: VolumeEngine) -> None:
+        """Keep ``engine`` as the one of ``key`` (client, volume, object, axis), the most recently used."""
         self._engines[key] = engine
         self._engines.move_to_end(key)
         while len(self._engines) > self._keep:
             self._engines.popitem(last=False)
 
-    def start(self, embed_key: tuple, stack: np.ndarray, three_slice: bool, box: Box3D, source: str) -> tuple[
-            VolumeEngine, EngineRun]:
-        """A new object from a 3D box on the views ``stack`` of one axis; the engine is kept by ``bind``."""
-        box.check(stack.shape, source)
+    def start(self, embedder: SliceEmbedder, box: Box3D, source: str) -> tuple[VolumeEngine, EngineRun]:
+        """A new object from a 3D box on the views of ``embedder``'s axis; the engine is kept by ``bind``."""
+        box.check(embedder.image01.shape, source)
         t0 = time.perf_counter()
-        engine = self._engine(embed_key, stack, three_slice)
-        before = len(engine.embedder.encoded)
+        engine = VolumeEngine(embedder)
+        before = len(embedder.encoded)
         mask = engine.start(box)
         masks = {int(z): mask[z] for z in np.flatnonzero(mask.reshape(len(mask), -1).any(1))}
         if box.z not in masks:
             raise InputError(f"{source}: the model found nothing in the 3D box on slice {box.z}: draw it again")
         entries = {z: {"source": "person" if z == box.z else "propagated", "area": int(m.sum()), "from": box.z}
                    for z, m in masks.items()}
-        return engine, EngineRun(masks, entries, list(engine.trace), len(engine.embedder.encoded) - before,
+        return engine, EngineRun(masks, entries, list(engine.trace), len(embedder.encoded) - before,
                                  time.perf_counter() - t0)
 
-    def bind(self, key: EngineKey, engine: VolumeEngine) -> None:
-        """Keep ``engine`` as the one of ``key`` (client, volume, object, axis)."""
-        self._keep_engine(key, engine)
-
-    def click(self, key: EngineKey, embed_key: tuple, stack: np.ndarray, three_slice: bool, current: np.ndarray,
-              anchors: set[int], k: int, y: int, x: int, positive: bool) -> EngineRun:
+    def click(self, key: EngineKey, embedder: SliceEmbedder, current: np.ndarray, anchors: set[int], k: int, y: int,
+              x: int, positive: bool) -> EngineRun:
         """Correct view ``k`` of the object (its mask on the axis is ``current``, the person's views ``anchors``)
         with a click at (x, y) and re-propagate from it; the views whose mask changed."""
         t0 = time.perf_counter()
         engine = self._engines.get(key)
-        fresh = self._engine(embed_key, stack, three_slice)
-        if engine is None:
+        if engine is None:  # an object the engine did not start: its extent on the axis is the range
             zs = np.flatnonzero(current.reshape(len(current), -1).any(1))
-            engine = fresh
-            engine.state = EngineState(current.copy(), int(zs.min()) if len(zs) else k,
-                                       int(zs.max()) if len(zs) else k)
-        elif engine.embedder is not fresh.embedder:  # another model is served now, or the views were reloaded
-            fresh.state, engine = engine.state, fresh
+            state = EngineState(current, int(zs.min()) if len(zs) else k, int(zs.max()) if len(zs) else k)
+        else:
+            state = engine.state
+        if engine is None or engine.embedder is not embedder:  # new, or another model / reloaded views now
+            engine = VolumeEngine(embedder)
+            engine.state = state
         engine.state.mask = current.copy()
         engine.state.anchors |= {int(a) for a in anchors}
-        before = len(engine.embedder.encoded)
+        before = len(embedder.encoded)
         seen = len(engine.trace)
         mask = engine.click(k, y, x, positive)
         changed = np.flatnonzero((mask != current).reshape(len(mask), -1).any(1))
@@ -98,6 +91,6 @@ class Engines3D:
         masks.setdefault(k, mask[k])
         entries = {z: {"source": "propagated", "area": int(m.sum()), "from": k} for z, m in masks.items()}
         entries[k] = {"source": "person", "area": int(mask[k].sum()), "click": [x, y, int(bool(positive))]}
-        self._keep_engine(key, engine)
-        return EngineRun(masks, entries, engine.trace[seen:], len(engine.embedder.encoded) - before,
+        self.bind(key, engine)
+        return EngineRun(masks, entries, engine.trace[seen:], len(embedder.encoded) - before,
                          time.perf_counter() - t0)

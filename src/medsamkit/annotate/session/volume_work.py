@@ -8,12 +8,22 @@ from medsamkit.annotate.session.locking import serialised
 from medsamkit.annotate.session.prompting import ANONYMOUS
 from medsamkit.annotate.session.records import answer_record, engine_record, run_record
 from medsamkit.annotate.session.results import Changed, Engined, Propagated
+from medsamkit.annotate.session.volumes import VolumeItem
 from medsamkit.core.errors import InputError
 from medsamkit.volumes.engine import Box3D
+from medsamkit.volumes.slices import SliceEmbedder
 
 
 class VolumeWork:
     """Volume operations over the workspace's items, annotations, propagator and 3D engines."""
+
+    def _views_key(self, volume: VolumeItem, axis: int) -> tuple:
+        """What names a volume's views of one axis for the propagator's slice embedders (reloaded pixels: new)."""
+        return (volume.id, axis, id(volume.loaded().image01))
+
+    def _slice_embedder(self, volume: VolumeItem, axis: int) -> SliceEmbedder:
+        """The slice embedder of a volume's axis, shared with propagation."""
+        return self.propagator.embedder(self._views_key(volume, axis), volume.stack(axis), volume.three_slice)
 
     @serialised
     def propagate(self, image: str, object_id: int, axis: int, slice_index: int | None, direction: str = "both",
@@ -31,9 +41,8 @@ class VolumeWork:
                              "it there first")
         corrected = {z for z, v in views.items() if v.get("source") == "person"} - {k}
         painted = {z for z, v in views.items() if v.get("source") == "propagated"}
-        key = (volume.id, axis, id(volume.loaded().image01))
-        run = self.propagator.run(key, volume.stack(axis), volume.three_slice, start, k, corrected, painted,
-                                  settings)
+        run = self.propagator.run(self._views_key(volume, axis), volume.stack(axis), volume.three_slice, start, k,
+                                  corrected, painted, settings)
         state.paint_views(object_id, axis, run.masks, run.entries,
                           run_record(axis, k, settings, run, self.segmenter.identity))
         return Propagated(self.save(image), object_id, axis, k, run)
@@ -45,8 +54,7 @@ class VolumeWork:
         volume = self.item(image).as_volume("a 3D box needs a volume")
         axis, _ = volume.check_view(axis, box.z)
         chosen = self._check_class(class_name) or (self.classes[0] if self.classes else None)
-        key = (volume.id, axis, id(volume.loaded().image01))
-        engine, run = self.engines3d.start(key, volume.stack(axis), volume.three_slice, box, image)
+        engine, run = self.engines3d.start(self._slice_embedder(volume, axis), box, image)
         where = {"box3d": [box.z_min, box.z_max, box.z, *box.box]}
         record = {"class": chosen, "prompt": where, "axis": axis, "slice": box.z,
                   "propagations": [engine_record("box3d", axis, run, self.segmenter.identity, **where)]}
@@ -67,8 +75,7 @@ class VolumeWork:
         state = self.state(image)
         state.record_of(object_id)
         anchors = {z for z, v in state.view_records(object_id, axis).items() if v.get("source") == "person"}
-        key = (volume.id, axis, id(volume.loaded().image01))
-        run = self.engines3d.click((client, image, object_id, axis), key, stack, volume.three_slice,
+        run = self.engines3d.click((client, image, object_id, axis), self._slice_embedder(volume, axis),
                                    state.object_stack(object_id, axis), anchors, k, int(y), int(x), positive)
         where = {"slice": k, "click": [float(x), float(y), int(bool(positive))]}
         state.paint_views(object_id, axis, run.masks, run.entries,

@@ -62,7 +62,7 @@ class Workspace(VolumeWork):
         self.proposals: ClientViews[list] = ClientViews()
         self.view_rule = ViewRule()
         self.propagator = Propagator(self.segmenter)
-        self.engines3d = Engines3D(self.propagator)
+        self.engines3d = Engines3D()
         self.learning: LearnController | None = None
         self._prefetched: set[str] = set()  # images whose tiles were queued for embedding (first tiled answer)
         self.lock = threading.RLock()
