@@ -98,7 +98,7 @@ class EngineSettings:
     agree: float = 0.95  # re-propagation stops at a slice whose answer agrees (Dice) with what is there
     reach: int = 3  # re-propagation after a click goes at most this many slices each way (0: no limit)
     slack: float = 0.5  # answers are kept inside the given box grown by this x its size each side (0: off)
-    max_growth: float = 2.0  # a click's answer larger than this x the slice's and its neighbours' areas: a disk
+    max_growth: float = 2.0  # a click's answer larger than this x the object's largest slice: a disk
     clicks: str = "auto"  # prompts.clicks strategy: auto, native, search
     margin: float = 0.0  # px added on every side of each propagated box
 
