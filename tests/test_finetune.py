@@ -30,10 +30,12 @@ from medsamkit.models.finetuned import (
 from medsamkit.models.loading import load_finetuned
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import parse_modes
+from medsamkit.prompts.clicks import resolve_strategy
 from medsamkit.training import FinetuneConfig, finetune
 from medsamkit.training.config import check_config, lr_at, recipe_of, resume_differences
 from medsamkit.training.data import TrainTile, epoch_batches, grow_validation, split_by_image, split_cases
 from medsamkit.training.objective import Objective
+from medsamkit.training.validate import pick_clicks
 
 QUADRANTS = {"A": [(0, 0)], "B": [(128, 0), (128, 128)]}
 
@@ -361,3 +363,35 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, two_sets):
     assert res.output.strip().splitlines()[-1].startswith("error: A: --class-head needs")
     res = runner.invoke(main, ["embed", "--help"])
     assert res.exit_code == 0 and "--tile-overlap" in res.output
+
+
+def test_validation_chooses_the_click_strategy_and_the_checkpoint_carries_it(two_sets, tmp_path):
+    # a run trained with clicks validates them natively and by the search; auto then serves the better one
+    summary = finetune(_cfg(two_sets, tmp_path / "run", prompts="box,center", class_head=False, max_steps=2))
+    row = summary["last"]
+    assert row["clicks"] in ("native", "search")
+    other = "search" if row["clicks"] == "native" else "native"
+    assert row[f"val_clicks_{row['clicks']}"] >= row[f"val_clicks_{other}"]
+    assert row["val_dice_center"] == pytest.approx(row[f"val_clicks_{row['clicks']}"], abs=1e-6)
+    with (tmp_path / "run" / "metrics.csv").open() as fh:
+        assert next(csv.DictReader(fh))["clicks"] == row["clicks"]
+    ckpt = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["clicks"] == row["clicks"]
+    model = load_model(str(tmp_path / "run"))
+    assert model.click_strategy == row["clicks"] and resolve_strategy(model, "auto") == row["clicks"]
+    assert resolve_strategy(model, other) == other  # an explicit choice still wins
+    # a box-only run chooses nothing: auto stays by the model (search for the bundled box-only model)
+    plain = finetune(_cfg(two_sets, tmp_path / "box", prompts="box", class_head=False, max_steps=2))
+    assert "clicks" not in plain["last"]
+    assert resolve_strategy(load_model(str(tmp_path / "box")), "auto") == "search"
+
+
+def test_the_chosen_strategy_is_the_one_with_the_higher_click_mean():
+    modes = parse_modes("box,center,iter2")
+    dices = {("box", "native"): [0.9], ("center", "native"): [0.5], ("center", "search"): [0.7],
+             ("iter2", "native"): [0.6], ("iter2", "search"): [0.5]}
+    out = pick_clicks(dices, modes, ("native", "search"))
+    assert out["clicks"] == "search" and out["val_clicks_search"] == pytest.approx(0.6)
+    assert (out["val_dice_box"], out["val_dice_center"], out["val_dice_iter2"]) == (0.9, 0.7, 0.5)
+    dices[("iter2", "search")] = [0.4]  # a tie: native, the decoder's own reading of the clicks
+    assert pick_clicks(dices, modes, ("native", "search"))["clicks"] == "native"

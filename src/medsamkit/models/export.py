@@ -111,6 +111,7 @@ def export_onnx(model: SamFamilyModel, out: str | Path, opset: int = OPSET, name
         "embedding_shape": list(emb.shape[1:]),
         "mask_input_size": list(m),
         "point_prompts": bool(model.point_prompts),
+        "click_strategy": getattr(model, "click_strategy", None),
         "opset": opset,
         "encoder": ENCODER_FILE,
         "decoder": DECODER_FILE,

@@ -152,6 +152,8 @@ def apply_finetuned(model: SamFamilyModel, ckpt: dict) -> SamFamilyModel:
         p.requires_grad_(False)
     model.finetuned_from = ckpt["path"]
     model.point_prompts = bool(model.point_prompts or trained_on_points(ckpt))
+    # the click strategy the run's validation found better for these weights (runs before it: None)
+    model.click_strategy = ckpt.get("clicks") if ckpt.get("clicks") in ("native", "search") else None
     return model.eval()
 
 

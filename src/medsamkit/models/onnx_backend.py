@@ -31,6 +31,7 @@ class OnnxSamModel:
         self.name = meta["model"]
         self.preprocessing = Preprocessing(**meta["preprocessing"])
         self.point_prompts: bool = bool(meta.get("point_prompts", True))  # as SamFamilyModel.point_prompts
+        self.click_strategy: str | None = meta.get("click_strategy")  # as SamFamilyModel.click_strategy
         self.class_names: list[str] = []  # the exported decoder has no class head
         self._mask_size = tuple(meta["mask_input_size"])
         opts = ort.SessionOptions()

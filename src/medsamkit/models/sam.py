@@ -79,6 +79,8 @@ class SamFamilyModel(nn.Module):
         # checkpoint was trained with (a box-only LiteMedSAM fine-tuned on clicks keeps its name).
         self.point_prompts: bool = point_prompts
         self.class_names: list[str] = []  # the class head's classes (fine-tuned with --class-head)
+        # how clicks are best answered, as a fine-tuning run's validation chose (None: by point_prompts)
+        self.click_strategy: str | None = None
         self.finetuned_from: str | None = None  # the fine-tuning checkpoint applied, if any
         self._pe_cache: tuple[tuple, torch.Tensor] | None = None
 

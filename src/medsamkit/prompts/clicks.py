@@ -5,8 +5,9 @@ or the click search for models that only understand boxes (``prompts.search``).
 current embedding. Strategies: ``native`` (the decoder reads the points, the previous logits come back as the
 mask prompt: the SAM protocol), ``search`` (clicks without a box are answered by searching boxes around them;
 each corrective click edits the previous answer where the click says it is wrong, with the model's own
-candidates), ``auto`` (native for models trained with points, search for box-only ones). A prompt without
-points is answered by the model directly under every strategy, so box answers do not depend on it.
+candidates), ``auto`` (for a fine-tuned run, the one its validation chose for its weights; else native
+for models trained with points, search for box-only ones). A prompt without points is answered by the
+model directly under every strategy, so box answers do not depend on it.
 
 Under ``search`` an answer is defined by the prompt alone: a prompt with k clicks is the answer to its first
 k-1 clicks corrected by the last one (the answer to a box alone, or a search for the first clicks without a
@@ -43,10 +44,14 @@ MEMORY = 512  # answers remembered per embedding (a click session needs the prev
 
 
 def resolve_strategy(model: torch.nn.Module, requested: str = "auto") -> str:
-    """``native`` or ``search`` for ``model``: ``auto`` takes native for point-trained models."""
+    """``native`` or ``search`` for ``model``: ``auto`` takes the one a fine-tuning run's validation chose
+    for its weights (``model.click_strategy``), else native for point-trained models, search for box-only."""
     if requested not in STRATEGIES:
         raise InputError(f"unknown click strategy {requested!r}; choose one of: {', '.join(STRATEGIES)}")
     if requested == "auto":
+        chosen = getattr(model, "click_strategy", None)
+        if chosen in ("native", "search"):
+            return chosen
         return "native" if bool(getattr(model, "point_prompts", True)) else "search"
     return requested
 
@@ -138,7 +143,7 @@ class ClickAnswerer:
             pred = self.predictor.predict(boxes=prompt.box[None], multimask=multimask)
             return self._remember(key, _box_answer(pred.masks[0], pred.iou[0]))
         if prompt.box is None and self._searches_whole(prompt):
-            return self._remember(key, self._search(prompt))
+            return self._remember(key, self._search(prompt, multimask))
         parent = self._answer_one(_parent(prompt), multimask, None)
         return self._remember(key, self._correct(prompt, parent.masks[0], parent.iou[0]))
 
@@ -179,12 +184,13 @@ class ClickAnswerer:
             return
         found = self._candidates_many([(p.points, p.labels) for p in todo.values()])
         for (key, p), cands in zip(todo.items(), found):
-            self._remember(key, self._search(p, cands))
+            self._remember(key, self._search(p, multimask, cands))
 
-    def _search(self, prompt: Prompt, cands: Candidates | None = None) -> _Answer:
-        """Clicks without a box: the best distinct candidates of the search, each made to honour the clicks."""
+    def _search(self, prompt: Prompt, multimask: bool, cands: Candidates | None = None) -> _Answer:
+        """Clicks without a box: the best distinct candidates of the search (three for multimask, else the
+        best), each made to honour the clicks."""
         cands = self._candidates(prompt.points, prompt.labels) if cands is None else cands
-        picks = distinct(cands.masks, 3, self.settings.distinct_iou)
+        picks = distinct(cands.masks, 3 if multimask else 1, self.settings.distinct_iou)
         views = self._to_view(cands.logits[picks])
         masks = [enforce(m, prompt.points, prompt.labels) for m in views]
         return _Answer(masks, [float(cands.iou[i]) for i in picks])

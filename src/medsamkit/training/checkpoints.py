@@ -110,6 +110,8 @@ class Checkpoints:
         self.model = model
         self.recipe = recipe
         self.optimizer = optimizer
+        # the click strategy validation chose for the current weights (None once a step changed them)
+        self.clicks: str | None = None
 
     def contents(self, state: TrainState, epoch: int, batch: int) -> dict:
         """The checkpoint of ``state`` positioned at batch ``batch`` of epoch ``epoch``."""
@@ -117,7 +119,7 @@ class Checkpoints:
                 "model": finetuned_state(self.model, self.recipe), "optimizer": self.optimizer.state_dict(),
                 "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "batch": batch, "step": state.step,
                 "loss_sum": state.loss_sum, "loss_n": state.loss_n, "best_score": state.best_score,
-                "best_epoch": state.best_epoch}
+                "best_epoch": state.best_epoch, **({"clicks": self.clicks} if self.clicks else {})}
 
     def save(self, state: TrainState, epoch: int, batch: int, best: bool = False) -> None:
         """Write RUN/last.pt (and RUN/best.pt when ``best``) atomically."""

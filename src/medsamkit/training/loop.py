@@ -250,6 +250,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(cfg, state.epoch, b, usable)
         self.opt.step()
+        self.checkpoints.clicks = None  # the validated choice was for the weights before this step
         value = float(distributed.mean_over_ranks(loss.detach(), run.world))
         state.step += 1
         state.loss_sum += value
@@ -312,6 +313,7 @@ class Trainer:
                        run.class_names, trained_clicks(run.modes)) if run.val_tiles else {}
         self.validation = (self.validation[0] + time.perf_counter() - w0,
                            self.validation[1] + time.process_time() - c0)
+        self.checkpoints.clicks = val.get("clicks")
         per_class = val.pop("class_accuracy", None)
         per_class_n = val.pop("class_objects", None)
         row.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in val.items()})

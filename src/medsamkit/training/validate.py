@@ -38,34 +38,45 @@ def _head_predictions(model: SamFamilyModel, predictor: Predictor, tile: TrainTi
     return logits.argmax(1).cpu().numpy()
 
 
-@torch.no_grad()
+CHOOSE = "choose"  # validate the click modes under both strategies and report (and serve) the better
+
+
 def trained_clicks(modes: list[PromptMode]) -> str:
-    """The click strategy a run's weights will be served with: native once trained with clicks (the saved
-    model declares point prompts), else as the model says (``auto``)."""
-    return "native" if any(m.n_points > 0 for m in modes) else "auto"
+    """How a run's validation answers clicks: once trained with clicks, ``choose`` (native vs search; the
+    better one is saved with the weights and served by ``auto``), else as the model says (``auto``)."""
+    return CHOOSE if any(m.n_points > 0 for m in modes) else "auto"
 
 
+@torch.no_grad()
 def validate(model: SamFamilyModel, tiles: list[TrainTile], cases: list[Case], modes: list[PromptMode],
              seed: int, cache: EmbeddingCache | None, class_names: list[str], clicks: str = "auto") -> dict:
     """Validation Dice per prompt mode (the evaluate engine's protocol, clicks answered by the ``clicks``
-    strategy of ``prompts.clicks``) and per-class accuracy of the head."""
+    strategy of ``prompts.clicks``) and per-class accuracy of the head.
+
+    ``clicks="choose"``: modes with clicks run under ``native`` and ``search``; they are reported under the
+    strategy with the higher mean Dice over those modes (``clicks``; both means as ``val_clicks_native`` and
+    ``val_clicks_search``)."""
+    strategies = ("native", "search") if clicks == CHOOSE else (clicks,)
     predictor = Predictor(model, batch_size=64)
-    dices: dict[str, list[float]] = {m.name: [] for m in modes}
+    dices: dict[tuple[str, str], list[float]] = {}
     correct = np.zeros(len(class_names), int)
     seen = np.zeros(len(class_names), int)
     for tile in tiles:
         case = cases[tile.case]
         _set_tile(predictor, case, tile, cache)
         for mode in modes:
-            for run in run_mode_model(predictor, tile.objects, tile.window, mode, seed, name_key(case.name),
-                                      clicks=clicks):
-                dices[mode.name].append(dice(run.masks[-1], run.obj.mask_in(tile.window)))
+            # a prompt without points is answered by the model alike under every strategy
+            for strategy in strategies if mode.n_points else strategies[:1]:
+                got = dices.setdefault((mode.name, strategy), [])
+                for run in run_mode_model(predictor, tile.objects, tile.window, mode, seed, name_key(case.name),
+                                          clicks=strategy):
+                    got.append(dice(run.masks[-1], run.obj.mask_in(tile.window)))
         if class_names:
             for p, c in zip(_head_predictions(model, predictor, tile), tile.classes):
                 seen[c] += 1
                 correct[c] += int(p == c)
-    out = {f"val_dice_{k}": (float(np.mean(v)) if v else math.nan) for k, v in dices.items()}
-    out["val_objects"] = len(dices[modes[0].name])
+    out = pick_clicks(dices, modes, strategies)
+    out["val_objects"] = len(dices.get((modes[0].name, strategies[0]), []))
     if class_names:
         out["val_class_accuracy"] = float(correct.sum() / seen.sum()) if seen.sum() else math.nan
         out["class_accuracy"] = {n: (float(correct[i] / seen[i]) if seen[i] else None)
@@ -74,9 +85,30 @@ def validate(model: SamFamilyModel, tiles: list[TrainTile], cases: list[Case], m
     return out
 
 
+def pick_clicks(dices: dict[tuple[str, str], list[float]], modes: list[PromptMode], strategies: tuple[str, ...]) -> dict:
+    """``val_dice_<mode>`` under the strategy with the higher mean over the click modes (the first on a tie)."""
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else math.nan
+
+    clicked = [m.name for m in modes if m.n_points]
+    means = {s: mean([mean(dices.get((n, s), [])) for n in clicked]) for s in strategies}
+    best = strategies[0]
+    for s in strategies[1:]:
+        if means[s] > means[best]:
+            best = s
+    out = {f"val_dice_{m.name}": mean(dices.get((m.name, best if m.n_points else strategies[0]), []))
+           for m in modes}
+    if len(strategies) > 1:
+        out["clicks"] = best
+        out.update({f"val_clicks_{s}": means[s] for s in strategies})
+    return out
+
+
 def metric_columns(modes: list[PromptMode], validating: bool, class_head: bool) -> list[str]:
     """The columns of RUN/metrics.csv: one row per epoch (the order the first rows always had)."""
     val = [f"val_dice_{m.name}" for m in modes] + ["val_objects"] if validating else []
+    if validating and trained_clicks(modes) == CHOOSE:
+        val += ["clicks", "val_clicks_native", "val_clicks_search"]
     if validating and class_head:
         val.append("val_class_accuracy")
     return ["epoch", "step", "train_loss", *val, "seconds"]

@@ -138,7 +138,7 @@ def run_job(job_dir: Path) -> dict:
     say("validating", step="before")
     t_val = time.perf_counter()
     # before: the served model as it answers clicks now (the search on a box-only model), against which the
-    # round's weights (served natively once trained with clicks) must do better
+    # round's weights (served with the click strategy their validation chose) must do better
     before = _dice_only(validate(run.model, run.val_tiles, run.cases, modes, cfg.seed, run.cache, [],
                                  job.get("served_clicks", "auto")))
     val_seconds = time.perf_counter() - t_val
