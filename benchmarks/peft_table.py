@@ -142,7 +142,8 @@ def train_candidates(args, table: Table, ds: str, mode: str, train_dir: Path) ->
             data=[str(train_dir)], out=str(out), mode=mode, train_decoder=mode != "decoder", use_cache=False,
             prompts=EVAL_MODES, lr=lr, epochs=10_000, validate_every=args.validate_every, max_cpu_seconds=args.budget_cpu,
             batch_size=args.batch_size, max_objects=args.max_objects, val_objects=args.val_objects,
-            max_images=args.max_images, seed=args.seed, save_every=0, show_progress=args.progress)
+            max_images=args.max_images, seed=args.seed, save_every=0, show_progress=args.progress,
+            box_anchor=args.box_anchor)
         s = run_training(cfg, args.threads)
         curve = validation_curve(out / "metrics.csv")
         best = next((row for row in curve if row["epoch"] == s["best_epoch"]), curve[-1] if curve else {})
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-cpu", type=float, default=90.0, help="CPU seconds of training steps per run")
     ap.add_argument("--lrs", default="1e-4,1e-3", help="learning rates tried per mode (chosen on validation)")
     ap.add_argument("--validate-every", type=int, default=1, help="epochs between validations of a run")
+    ap.add_argument("--box-anchor", type=float, default=0.0,
+                    help="weight of the extra tight-box loss on every object (FinetuneConfig.box_anchor)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-objects", type=int, default=32, help="objects per training image and epoch")
     ap.add_argument("--max-images", type=int, default=None, help="training images (default: all)")

@@ -292,6 +292,34 @@ def test_views_place_masks_where_they_show_them(nifti_pair):
     assert np.array_equal(state.label, snapshot)
 
 
+
+@pytest.mark.parametrize("corrected_axis", [0, 1, 2])
+def test_a_correction_on_one_axis_is_kept_through_runs_on_the_others(nifti_pair, corrected_axis):
+    """A view a person corrected stays as made when propagation or the 3D engine repaints the object's views
+    on another axis (each run still sets every other voxel of its views); undo restores the run's voxels."""
+    from medsamkit.annotate.session.geometry import view_stack
+    from medsamkit.annotate.session.state import VolumeAnnotation
+
+    _, _, truth, _ = nifti_pair
+    state = VolumeAnnotation.from_label_map(truth.astype(np.uint8))
+    k = int(view_stack(truth, corrected_axis).sum((1, 2)).argmax())
+    person = view_stack(truth, corrected_axis)[k].copy()
+    person[: person.shape[0] // 2] = False  # the person keeps half of what the label had there
+    state.correct_view(1, corrected_axis, k, person, {"prompt": None})
+    for axis in {0, 1, 2} - {corrected_axis}:
+        stack = view_stack(truth, axis)
+        everything = {j: np.ones(stack.shape[1:], bool) for j in range(stack.shape[0])}
+        before = state.label.copy()
+        state.paint_views(1, axis, everything, {j: {"source": "propagated"} for j in everything}, {})
+        assert np.array_equal(state.view_mask(1, corrected_axis, k), person), axis
+        elsewhere = np.ones(truth.shape, bool)
+        view_stack(elsewhere, corrected_axis)[k] = False
+        assert (state.label[elsewhere] == 1).all()  # the run painted every voxel but the person's view
+        state.undo()
+        assert np.array_equal(state.label, before)
+    # on the corrected view's own axis a run repaints other views only (the engine and propagation skip it)
+    assert state.records[1]["slices"][f"{corrected_axis}:{k}"]["source"] == "person"
+
 def walk_gone_wrong(make_client):
     """builtin:lung-gtv pat_4 in a session: a box on the GTV's largest slice, committed and propagated both ways;
     10 slices up the walk has lost the tumour. Returns (client, image id, truth, object id, the session's label

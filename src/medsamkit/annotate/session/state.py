@@ -226,16 +226,21 @@ class VolumeAnnotation(ImageAnnotation):
         return view_stack(self.label, axis) == object_id
 
     def _view_change(self, kind: str, object_id: int, axis: int, masks: dict[int, np.ndarray],
-                     after_record: dict) -> Change:
-        """The change that makes ``object_id`` exactly ``masks[k]`` on each view (axis, k), painted on top."""
+                     after_record: dict, pinned: np.ndarray | None = None) -> Change:
+        """The change that makes ``object_id`` exactly ``masks[k]`` on each view (axis, k), painted on top;
+        voxels set in ``pinned`` (a bool volume) keep their label."""
         pixels, before, after = [], [], []
         flat = self.label.ravel()
+        kept = None if pinned is None else pinned.ravel()
         for k, mask in masks.items():
             rows, cols = np.indices(mask.shape).reshape(2, -1)
             voxels = view_voxels(self.label.shape, axis, int(k), rows, cols)
             old = flat[voxels]
             new = np.where(old == object_id, 0, old).astype(np.uint16)
             new[mask.ravel()] = object_id
+            if kept is not None:
+                keep = kept[voxels]
+                new[keep] = old[keep]
             changed = old != new
             pixels.append(voxels[changed])
             before.append(old[changed])
@@ -255,13 +260,26 @@ class VolumeAnnotation(ImageAnnotation):
 
     def paint_views(self, object_id: int, axis: int, masks: dict[int, np.ndarray], slice_records: dict,
                     run: dict) -> dict:
-        """One propagation run as one undoable change: the object becomes ``masks[k]`` on each view."""
+        """One propagation run as one undoable change: the object becomes ``masks[k]`` on each view, except on
+        the voxels of views a person corrected on another axis (they keep what the person made)."""
         rec = copy.deepcopy(self.record_of(object_id))
+        pinned = self._person_views(rec, axis)
         slices = rec.setdefault("slices", {})
         for k, entry in slice_records.items():
             slices[f"{axis}:{k}"] = entry
         rec.setdefault("propagations", []).append(run)
-        return self._do(self._view_change("propagate", object_id, axis, masks, rec))
+        return self._do(self._view_change("propagate", object_id, axis, masks, rec, pinned))
+
+    def _person_views(self, record: dict, axis: int) -> np.ndarray | None:
+        """Bool volume of the voxels on an object's person-made views of axes other than ``axis`` (None: none)."""
+        views = [key.split(":") for key, v in (record.get("slices") or {}).items() if v.get("source") == "person"]
+        views = [(int(a), int(k)) for a, k in views if int(a) != axis]
+        if not views:
+            return None
+        pinned = np.zeros(self.label.shape, dtype=bool)
+        for a, k in views:
+            view_stack(pinned, a)[k] = True
+        return pinned
 
     def view_mask(self, object_id: int, axis: int, k: int) -> np.ndarray:
         """Bool mask of an object on one view."""
