@@ -43,7 +43,7 @@ def train(args, table: Table, ds: str, train_dir: Path) -> dict:
     out = args.out / ds / "run"
     shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts again with its whole budget
     cfg = FinetuneConfig(
-        data=[str(train_dir)], out=str(out), mode="decoder", prompts=EVAL_MODES, lr=1e-4, epochs=10_000,
+        data=[str(train_dir)], out=str(out), mode="decoder", use_cache=False, prompts=EVAL_MODES, lr=1e-4, epochs=10_000,
         validate_every=1, max_cpu_seconds=args.budget_cpu, batch_size=args.batch_size, max_objects=args.max_objects,
         val_objects=args.val_objects, max_images=args.max_images, seed=args.seed, save_every=0,
         show_progress=False)

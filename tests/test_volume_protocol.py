@@ -131,6 +131,28 @@ def test_a_click_answer_past_twice_the_neighbouring_areas_becomes_the_click_disk
     np.testing.assert_array_equal(engine._bounded(modest, z, click, 1), modest)
 
 
+
+def test_a_first_click_without_a_box_starts_the_object_and_propagates_to_its_ends(predictor):
+    """No box (the challenge starts some cases from clicks): on lung-gtv pat_4 the challenge's first click (the
+    centre of the GTV) on the empty object is answered by the click search alone and walks up and down until the
+    object ends (GTV on slices 17..39: reached 17..41), not just the re-propagation's 3 slices each way; the
+    growth guard has nothing to compare with yet."""
+    from medsamkit.volumes.config import local_volume_resources
+    from medsamkit.volumes.protocol import challenge_click
+
+    resources, _ = local_volume_resources("builtin:lung-gtv", None, 4, None)
+    case = resources.item("builtin:lung-gtv", None, None, 3)
+    truth = case.label == 1
+    engine = VolumeEngine(SliceEmbedder(predictor, case.image, source=case.name))
+    z, y, x, positive = challenge_click(np.zeros_like(truth), truth, np.random.default_rng(0))
+    assert positive and truth[z, y, x]
+    mask = engine.click(z, y, x, positive)
+    reached = np.flatnonzero(mask.reshape(len(mask), -1).any(1))
+    ends = np.flatnonzero(truth.reshape(len(truth), -1).any(1))
+    assert reached.min() < z - engine.settings.reach and reached.max() > z + engine.settings.reach
+    assert abs(int(reached.min()) - int(ends.min())) <= 3 and abs(int(reached.max()) - int(ends.max())) <= 3
+    assert dice(mask, truth) > 0.45 and dice(mask[z], truth[z]) > 0.7
+
 # --- the protocol end to end: a real CT volume as NIfTI with another orientation, resumable ----------------
 def test_cvpr25_protocol_rows_summary_and_resume(tmp_path, predictor):
     image, label = write_flipped_gtv(tmp_path)
@@ -163,3 +185,17 @@ def test_cvpr25_protocol_rows_summary_and_resume(tmp_path, predictor):
     seg = read_volume(str(tmp_path / "seg.nii.gz")).array != 0
     assert res["encoded_slices"] == 0 and int(seg.sum()) == int(box["pred_voxels"])
     assert dice(seg, truth) == pytest.approx(float(box["dice"]), abs=1e-5)
+    # --start clicks: no box; step 0 scores 0 and has no HD95, the first click starts the object
+    started = evaluate_volumes(EvaluateVolumeConfig(data=cfg.data, out=str(tmp_path / "clicks"), protocol="cvpr25",
+                                                    window="lung", cache=cfg.cache, start="clicks",
+                                                    show_progress=False), predictor)
+    rows = list(csv.DictReader((tmp_path / "clicks" / "steps.csv").open()))
+    assert (rows[0]["dice"], rows[0]["nsd_2mm"], rows[0]["hd95_mm"], rows[0]["pred_voxels"]) == ("0.0", "0.0", "", "0")
+    assert float(rows[1]["dice"]) > 0.2 and rows[1]["click_label"] == "1"  # measured 0.245 on this crop
+    first = started["classes"]["class 1"]["steps"][0]
+    assert first["dice"] == 0 and np.isnan(first["hd95_mm"]) and "| no box |" in (tmp_path / "clicks" / "summary.md").read_text()
+    with pytest.raises(InputError, match="start"):  # a folder of box-started rows is not resumed from clicks
+        evaluate_volumes(EvaluateVolumeConfig(data=cfg.data, out=str(out), protocol="cvpr25", window="lung",
+                                              cache=cfg.cache, start="clicks", show_progress=False), predictor)
+    with pytest.raises(InputError, match="--protocol"):
+        evaluate_volumes(EvaluateVolumeConfig(data=cfg.data, out=str(tmp_path / "v"), start="clicks"), predictor)

@@ -82,6 +82,8 @@ def segment_volume(**params):
 @click.option("--protocol", type=click.Choice(["cvpr25"]), default=None,
               help="cvpr25: the CVPR 2025 interactive challenge protocol per class (3D box, then 5 clicks at the "
                    "largest 3D error; Dice, surfel NSD at 2 mm, HD95, AUCs by step; docs/protocols.md)")
+@click.option("--start", type=click.Choice(["box", "clicks"]), default="box", show_default=True,
+              help="the protocol's first interaction: the 3D box, or none (clicks only; step 0 scores 0)")
 @clicks_option
 @click.option("--predictions", default=None, type=click.Path(),
               help="score these label maps (a NIfTI, or a folder of <volume>.nii.gz) instead of running a model")

@@ -196,6 +196,8 @@ def evaluate_volumes(cfg: EvaluateVolumeConfig, predictor: Predictor | None = No
     Resumable; on Ctrl-C the finished volumes stay on disk, the summary is written and KeyboardInterrupt
     propagates. ``on_volume(name)`` is called after each newly finished volume.
     """
+    if cfg.start != "box" and not cfg.protocol:
+        raise InputError(f"--start {cfg.start} applies to --protocol cvpr25 only")
     if cfg.protocol:
         from medsamkit.volumes.protocol import ProtocolRun
 

@@ -44,6 +44,7 @@ from medsamkit.volumes.segment import parse_class_list
 from medsamkit.volumes.slices import SliceEmbedder
 
 PROTOCOLS = ("cvpr25",)
+STARTS = ("box", "clicks")  # the challenge's cases start from a 3D box, some from clicks only
 CLICKS = 5
 NSD_TOLERANCE_MM = 2.0
 MIN_DICE_FOR_NSD = 0.2
@@ -52,7 +53,12 @@ STEP_FIELDS = ["volume", "class", "step", "click_z", "click_y", "click_x", "clic
                "hd95_mm", "pred_voxels", "truth_voxels", "encoded_slices", "seconds"]
 CLASS_FIELDS = ["volume", "class", "dsc_auc", "nsd_auc", "final_dsc", "final_nsd", "box_dice", "box_nsd",
                 "seconds_total"]
-PROTOCOL_KEYS = (*VOLUME_RESULT_KEYS, "clicks")
+PROTOCOL_KEYS = (*VOLUME_RESULT_KEYS, "clicks", "start")
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """The identity keys that differ (a folder written before ``start`` existed started from the box)."""
+    return [k for k in PROTOCOL_KEYS if (old.get(k, "box") if k == "start" else old.get(k)) != new.get(k)]
 
 
 def challenge_click(pred: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, bool] | None:
@@ -91,14 +97,16 @@ def step_scores(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...])
 
 
 def run_class(engine: VolumeEngine, truth: np.ndarray, spacing: tuple[float, ...], rng: np.random.Generator,
-              clicks: int = CLICKS) -> list[dict]:
-    """The protocol's rows of one class (step 0: the 3D box, then one per click)."""
+              clicks: int = CLICKS, start: str = "box") -> list[dict]:
+    """The protocol's rows of one class (step 0: the 3D box, then one per click). ``start="clicks"``: no box;
+    step 0 is the empty answer (Dice and NSD 0, as the challenge counts such cases; no HD95) and the first
+    click starts the object."""
     rows, embedder = [], engine.embedder
     click: tuple[int, int, int, bool] | None = None
     for step in range(clicks + 1):
         before, t0 = len(embedder.encoded), time.perf_counter()
         if step == 0:
-            pred = engine.start(Box3D.of_truth(truth))
+            pred = engine.start(Box3D.of_truth(truth)) if start == "box" else engine.mask
         else:
             click = challenge_click(engine.mask, truth, rng)
             pred = engine.mask if click is None else engine.click(*click)
@@ -106,8 +114,11 @@ def run_class(engine: VolumeEngine, truth: np.ndarray, spacing: tuple[float, ...
         where = {"click_z": "", "click_y": "", "click_x": "", "click_label": ""}
         if step and click is not None:
             where = dict(zip(("click_z", "click_y", "click_x"), click[:3]), click_label=int(click[3]))
-        rows.append({"step": step, **where, **step_scores(pred, truth, spacing),
-                     "encoded_slices": len(embedder.encoded) - before, "seconds": round(seconds, 3)})
+        scores = step_scores(pred, truth, spacing)
+        if step == 0 and start != "box":
+            scores["hd95_mm"] = ""  # nothing answered yet
+        rows.append({"step": step, **where, **scores, "encoded_slices": len(embedder.encoded) - before,
+                     "seconds": round(seconds, 3)})
     return rows
 
 
@@ -128,7 +139,7 @@ def protocol_case(predictor: Predictor, case: VolumeCase, cfg: EvaluateVolumeCon
     for v in present_classes(case.label, parse_class_list(cfg.classes)):
         truth = case.label == v
         rows = run_class(VolumeEngine(embedder, settings), truth, case.spacing,
-                         object_rng(cfg.seed, name_key(case.name), v))
+                         object_rng(cfg.seed, name_key(case.name), v), start=cfg.start)
         steps.extend({"volume": case.name, "class": v, **r} for r in rows)
         classes.append({"volume": case.name, "class": v, **class_row(rows)})
     return {"steps": steps, "classes": classes}
@@ -155,12 +166,14 @@ class ProtocolRun:
                  on_volume: Callable[[str], None] | None = None) -> None:
         if cfg.protocol not in PROTOCOLS:
             raise InputError(f"unknown protocol {cfg.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        if cfg.start not in STARTS:
+            raise InputError(f"unknown start {cfg.start!r}; choose one of: {', '.join(STARTS)}")
         if cfg.predictions or cfg.three_slice is True or cfg.propagate is True:
             raise InputError("--protocol runs the model interactively; it takes no --predictions, --propagate or "
                              "--three-slice")
         self.cfg, self.on_volume, self.show_progress = cfg, on_volume, cfg.show_progress
         self.store = RunStore(cfg.out, run_identity(cfg), {"steps": STEP_FIELDS, "classes": CLASS_FIELDS},
-                              keys=PROTOCOL_KEYS, case_field="volume")
+                              differences=_differences, case_field="volume")
         self.resources, self.n_volumes = local_volume_resources(cfg.data, cfg.window, cfg.max_images, predictor)
         self.n_new = 0
 
@@ -194,7 +207,9 @@ class ProtocolRun:
         return summary
 
 
-def _mean(values: list[float]) -> float:
+def _mean(values: list) -> float:
+    """Mean of the values that were scored ("" marks a step without an answer to score)."""
+    values = [float(v) for v in values if v != ""]
     return round(float(np.mean(values)), 4) if values else float("nan")
 
 
@@ -208,7 +223,7 @@ def summarise_protocol(steps: list[dict], classes: list[dict]) -> dict:
             at = [r for r in rows if int(r["step"]) == k]
             per_step.append({"step": k, "dice": _mean([float(r["dice"]) for r in at]),
                              "nsd_2mm": _mean([float(r["nsd_2mm"]) for r in at]),
-                             "hd95_mm": _mean([float(r["hd95_mm"]) for r in at]),
+                             "hd95_mm": _mean([r["hd95_mm"] for r in at]),
                              "seconds": _mean([float(r["seconds"]) for r in at]), "n": len(at)})
         mine = [r for r in classes if r["class"] == cls]
         totals = {k: _mean([float(r[k]) for r in mine]) for k in CLASS_FIELDS[2:]}
@@ -224,7 +239,8 @@ def protocol_markdown(summary: dict, title: str) -> str:
         lines += [f"## {name} ({c['n']} volumes)", "", "| step | Dice | NSD (surfel, 2 mm) | HD95 (mm) | seconds |",
                   "|---|---|---|---|---|"]
         for s in c["steps"]:
-            label = "3D box" if s["step"] == 0 else f"click {s['step']}"
+            label = ("3D box" if summary.get("config", {}).get("start", "box") == "box" else "no box") if s["step"] == 0 \
+                else f"click {s['step']}"
             lines.append(f"| {label} | {s['dice']:.3f} | {s['nsd_2mm']:.3f} | {s['hd95_mm']:.2f} | {s['seconds']:.1f} |")
         lines += ["", "| DSC AUC | NSD AUC | final DSC | final NSD | seconds per class (mean, max) |",
                   "|---|---|---|---|---|",
