@@ -129,6 +129,8 @@ def test_a_click_answer_past_twice_the_neighbouring_areas_becomes_the_click_disk
     modest = ball[z].copy()
     modest[38:43, 38:43] = True
     np.testing.assert_array_equal(engine._bounded(modest, z, click, 1), modest)
+    engine.state.started_by_click = True  # no box: the first answer may be a part, so no reference to guard by
+    np.testing.assert_array_equal(engine._bounded(big, z, click, 1), big)
 
 
 
