@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from _shared import REPO, add_smoke, apply_smoke, require_shared, shared_dir
+from medsamkit.core.results import read_rows
 from medsamkit.core.runtime import setup
 from medsamkit.evaluation.config import EvaluateConfig
 from medsamkit.evaluation.run import evaluate
@@ -37,7 +38,8 @@ SIZES = {"monuseg": {"test_images": 5, "eval_objects": 10}, "glas": {"test_image
 
 
 def train(args, table: Table, ds: str, train_dir: Path) -> dict:
-    """The decoder-only run of ``ds`` (trained once; its summary and validation curve kept)."""
+    """The decoder-only run of ``ds`` (trained once; its summary and validation curve kept; ``best``: its
+    checkpoint, relative to --out)."""
     if table.has("runs", ds):
         return table.doc["runs"][ds]
     out = args.out / ds / "run"
@@ -51,7 +53,7 @@ def train(args, table: Table, ds: str, train_dir: Path) -> dict:
     curve = validation_curve(out / "metrics.csv")
     best = s["last"] if s["best_epoch"] == s["epochs_done"] else next(
         (row for row in curve if row["epoch"] == s["best_epoch"]), {})
-    run = {"best": str(out / "best.pt"), "steps": s["steps"], "epochs": s["epochs_done"],
+    run = {"best": str((out / "best.pt").relative_to(args.out)), "steps": s["steps"], "epochs": s["epochs_done"],
            "best_epoch": s["best_epoch"], "train_cpu_seconds": s.get("train_cpu_seconds"),
            "validate_cpu_seconds": s.get("validate_cpu_seconds"), "val_images": s["val_images"],
            "val_objects": s["val_objects"], "curve": curve, "chosen_at_best": _choice(out, s["best_epoch"]),
@@ -62,8 +64,6 @@ def train(args, table: Table, ds: str, train_dir: Path) -> dict:
 
 def _choice(out: Path, epoch: int) -> dict:
     """The click strategy the run's validation chose at ``epoch`` and both strategies' mean click Dice."""
-    from medsamkit.core.results import read_rows
-
     for row in read_rows(out / "metrics.csv"):
         if int(row["epoch"]) == epoch:
             return {"clicks": row.get("clicks"), "native": float(row["val_clicks_native"]),
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for ds in wanted:
         train_dir, test_dir = (base / "data" / p for p in SPLITS[ds])
         run = train(args, table, ds, train_dir)
-        got = {s: test(args, table, ds, s, run["best"], test_dir) for s in STRATEGIES}
+        got = {s: test(args, table, ds, s, str(args.out / run["best"]), test_dir) for s in STRATEGIES}
         better = max(got["native"]["click_mean"], got["search"]["click_mean"])
         checks[ds] = {"auto serves": got["auto"]["served"], "chosen on validation": run["chosen_at_best"],
                       "auto >= better of native and search (mean click Dice)": got["auto"]["click_mean"] >= better}

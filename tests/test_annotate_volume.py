@@ -292,7 +292,6 @@ def test_views_place_masks_where_they_show_them(nifti_pair):
     assert np.array_equal(state.label, snapshot)
 
 
-
 @pytest.mark.parametrize("corrected_axis", [0, 1, 2])
 def test_a_correction_on_one_axis_is_kept_through_runs_on_the_others(nifti_pair, corrected_axis):
     """A view a person corrected stays as made when propagation or the 3D engine repaints the object's views
@@ -319,6 +318,7 @@ def test_a_correction_on_one_axis_is_kept_through_runs_on_the_others(nifti_pair,
         assert np.array_equal(state.label, before)
     # on the corrected view's own axis a run repaints other views only (the engine and propagation skip it)
     assert state.records[1]["slices"][f"{corrected_axis}:{k}"]["source"] == "person"
+
 
 def walk_gone_wrong(make_client):
     """builtin:lung-gtv pat_4 in a session: a box on the GTV's largest slice, committed and propagated both ways;

@@ -133,7 +133,6 @@ def test_a_click_answer_past_twice_the_neighbouring_areas_becomes_the_click_disk
     np.testing.assert_array_equal(engine._bounded(big, z, click, 1), big)
 
 
-
 def test_a_first_click_without_a_box_starts_the_object_and_propagates_to_its_ends(predictor):
     """No box (the challenge starts some cases from clicks): on lung-gtv pat_4 the challenge's first click (the
     centre of the GTV) on the empty object is answered by the click search alone and walks up and down until the
@@ -154,6 +153,7 @@ def test_a_first_click_without_a_box_starts_the_object_and_propagates_to_its_end
     assert reached.min() < z - engine.settings.reach and reached.max() > z + engine.settings.reach
     assert abs(int(reached.min()) - int(ends.min())) <= 3 and abs(int(reached.max()) - int(ends.max())) <= 3
     assert dice(mask, truth) > 0.45 and dice(mask[z], truth[z]) > 0.7
+
 
 # --- the protocol end to end: a real CT volume as NIfTI with another orientation, resumable ----------------
 def test_cvpr25_protocol_rows_summary_and_resume(tmp_path, predictor):

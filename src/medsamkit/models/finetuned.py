@@ -15,7 +15,7 @@ from torch import nn
 from medsamkit.core.errors import InputError
 from medsamkit.models.checkpoints import load_strict
 from medsamkit.models.peft import add_adapters, add_lora, is_peft_parameter, merge_lora
-from medsamkit.models.sam import SamFamilyModel
+from medsamkit.models.sam import CLICK_STRATEGIES, SamFamilyModel
 from medsamkit.models.sam_modules import sam_modeling
 
 CHECKPOINT_FORMAT = "medsamkit-finetune/1"
@@ -153,7 +153,7 @@ def apply_finetuned(model: SamFamilyModel, ckpt: dict) -> SamFamilyModel:
     model.finetuned_from = ckpt["path"]
     model.point_prompts = bool(model.point_prompts or trained_on_points(ckpt))
     # the click strategy the run's validation found better for these weights (runs before it: None)
-    model.click_strategy = ckpt.get("clicks") if ckpt.get("clicks") in ("native", "search") else None
+    model.click_strategy = ckpt.get("clicks") if ckpt.get("clicks") in CLICK_STRATEGIES else None
     return model.eval()
 
 

@@ -54,6 +54,10 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+# how a model can answer clicks (``prompts.clicks``); a fine-tuned run records one as ``click_strategy``
+CLICK_STRATEGIES = ("native", "search")
+
+
 class SamFamilyModel(nn.Module):
     """Image encoder, prompt encoder and mask decoder with the family's preprocessing; names match checkpoints."""
 

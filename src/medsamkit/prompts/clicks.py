@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 
 from medsamkit.core.errors import InputError
+from medsamkit.models.sam import CLICK_STRATEGIES
 from medsamkit.predictor import Prediction, Predictor, upscale_logits
 from medsamkit.prompts.corrections import (
     CorrectionSettings,
@@ -39,7 +40,7 @@ from medsamkit.prompts.corrections import (
 from medsamkit.prompts.search import Candidates, SearchSettings, distinct, honours, search_many
 from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts
 
-STRATEGIES = ("auto", "native", "search")
+STRATEGIES = ("auto", *CLICK_STRATEGIES)  # auto resolves to one of the others
 MEMORY = 512  # answers remembered per embedding (a click session needs the previous one of each object)
 
 
@@ -50,7 +51,7 @@ def resolve_strategy(model: torch.nn.Module, requested: str = "auto") -> str:
         raise InputError(f"unknown click strategy {requested!r}; choose one of: {', '.join(STRATEGIES)}")
     if requested == "auto":
         chosen = getattr(model, "click_strategy", None)
-        if chosen in ("native", "search"):
+        if chosen in CLICK_STRATEGIES:
             return chosen
         return "native" if bool(getattr(model, "point_prompts", True)) else "search"
     return requested

@@ -12,7 +12,7 @@ from medsamkit.core.seeds import name_key
 from medsamkit.embedding.cache import EmbeddingCache
 from medsamkit.io.datasets import Case
 from medsamkit.metrics import dice
-from medsamkit.models.sam import SamFamilyModel
+from medsamkit.models.sam import CLICK_STRATEGIES, SamFamilyModel
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import Prompt, PromptMode
 from medsamkit.prompts.objects import run_mode_model
@@ -56,7 +56,7 @@ def validate(model: SamFamilyModel, tiles: list[TrainTile], cases: list[Case], m
     ``clicks="choose"``: modes with clicks run under ``native`` and ``search``; they are reported under the
     strategy with the higher mean Dice over those modes (``clicks``; both means as ``val_clicks_native`` and
     ``val_clicks_search``)."""
-    strategies = ("native", "search") if clicks == CHOOSE else (clicks,)
+    strategies = CLICK_STRATEGIES if clicks == CHOOSE else (clicks,)
     predictor = Predictor(model, batch_size=64)
     dices: dict[tuple[str, str], list[float]] = {}
     correct = np.zeros(len(class_names), int)

@@ -238,9 +238,9 @@ def protocol_markdown(summary: dict, title: str) -> str:
     for name, c in summary["classes"].items():
         lines += [f"## {name} ({c['n']} volumes)", "", "| step | Dice | NSD (surfel, 2 mm) | HD95 (mm) | seconds |",
                   "|---|---|---|---|---|"]
+        first = "3D box" if summary.get("config", {}).get("start", "box") == "box" else "no box"
         for s in c["steps"]:
-            label = ("3D box" if summary.get("config", {}).get("start", "box") == "box" else "no box") if s["step"] == 0 \
-                else f"click {s['step']}"
+            label = first if s["step"] == 0 else f"click {s['step']}"
             lines.append(f"| {label} | {s['dice']:.3f} | {s['nsd_2mm']:.3f} | {s['hd95_mm']:.2f} | {s['seconds']:.1f} |")
         lines += ["", "| DSC AUC | NSD AUC | final DSC | final NSD | seconds per class (mean, max) |",
                   "|---|---|---|---|---|",
