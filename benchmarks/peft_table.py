@@ -143,7 +143,7 @@ def train_candidates(args, table: Table, ds: str, mode: str, train_dir: Path) ->
             prompts=EVAL_MODES, lr=lr, epochs=10_000, validate_every=args.validate_every, max_cpu_seconds=args.budget_cpu,
             batch_size=args.batch_size, max_objects=args.max_objects, val_objects=args.val_objects,
             max_images=args.max_images, seed=args.seed, save_every=0, show_progress=args.progress,
-            box_anchor=args.box_anchor)
+            box_anchor=args.box_anchor, box_floor=args.box_floor)
         s = run_training(cfg, args.threads)
         curve = validation_curve(out / "metrics.csv")
         best = next((row for row in curve if row["epoch"] == s["best_epoch"]), curve[-1] if curve else {})
@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validate-every", type=int, default=1, help="epochs between validations of a run")
     ap.add_argument("--box-anchor", type=float, default=0.0,
                     help="weight of the extra tight-box loss on every object (FinetuneConfig.box_anchor)")
+    ap.add_argument("--box-floor", action="store_true",
+                    help="validate the base weights as epoch 0 and keep no epoch with a lower validation box Dice "
+                         "as the run's best (FinetuneConfig.box_floor)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-objects", type=int, default=32, help="objects per training image and epoch")
     ap.add_argument("--max-images", type=int, default=None, help="training images (default: all)")

@@ -32,6 +32,7 @@ from medsamkit.predictor import Predictor
 from medsamkit.prompts import parse_modes
 from medsamkit.prompts.clicks import resolve_strategy
 from medsamkit.training import FinetuneConfig, finetune
+from medsamkit.training.checkpoints import TrainState
 from medsamkit.training.config import check_config, lr_at, recipe_of, resume_differences
 from medsamkit.training.data import TrainTile, epoch_batches, grow_validation, split_by_image, split_cases
 from medsamkit.training.objective import Objective
@@ -340,6 +341,8 @@ def test_load_finetuned_round_trip_gives_the_same_masks(tmp_path, dsb):
     ({"optimizer": "lbfgs"}, "unknown --optimizer"),
     ({"data": ["builtin:dsb-nuclei"], "class_head": True}, "--class-head needs"),
     ({"val_fraction": 1.0}, "--val-fraction"),
+    ({"box_floor": True, "prompts": "center,iter2"}, "--box-floor needs"),
+    ({"box_floor": True, "val_fraction": 0.0}, "--box-floor needs"),
 ])
 def test_bad_configuration(tmp_path, two_sets, change, message):
     with pytest.raises(InputError, match=message):
@@ -395,3 +398,48 @@ def test_the_chosen_strategy_is_the_one_with_the_higher_click_mean():
     assert (out["val_dice_box"], out["val_dice_center"], out["val_dice_iter2"]) == (0.9, 0.7, 0.5)
     dices[("iter2", "search")] = [0.4]  # a tie: native, the decoder's own reading of the clicks
     assert pick_clicks(dices, modes, ("native", "search"))["clicks"] == "native"
+
+
+def _metric_rows(run) -> list[dict]:
+    with (run / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_box_floor_keeps_the_starting_weights_when_training_lowers_box_dice(two_sets, tmp_path):
+    # a learning rate that wrecks the decoder: every trained epoch validates below the start's box Dice, so
+    # best.pt stays the starting weights (epoch 0) and answers exactly as the base model does
+    out = tmp_path / "floor"
+    summary = finetune(_cfg(two_sets, out, class_head=False, box_floor=True, lr=0.05, epochs=2, max_objects=4,
+                            batch_size=4))
+    rows = _metric_rows(out)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and rows[0]["step"] == "0" and rows[0]["train_loss"] == ""
+    floor = float(rows[0]["val_dice_box"])
+    assert all(float(r["val_dice_box"]) < floor for r in rows[1:])  # the case the rule is for
+    assert summary["best_epoch"] == 0
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    assert best["box_floor"] == pytest.approx(floor, abs=1e-6) and best["step"] == 0
+    base = load_model("litemedsam").state_dict()
+    assert all(torch.equal(v, base[k]) for k, v in best["model"].items() if k in base)
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert last["step"] > 0 and any(not torch.equal(v, base[k]) for k, v in last["model"].items() if k in base)
+
+
+def test_box_floor_validates_the_start_once_across_a_resume(two_sets, tmp_path):
+    out = tmp_path / "floor"
+    finetune(_cfg(two_sets, out, class_head=False, box_floor=True, epochs=2, max_steps=1))
+    first = _metric_rows(out)
+    assert [r["epoch"] for r in first] == ["0"]
+    summary = finetune(_cfg(two_sets, out, class_head=False, box_floor=True, epochs=2, max_steps=None))
+    rows = _metric_rows(out)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"] and rows[0] == first[0]
+    floor = float(rows[0]["val_dice_box"])
+    best = next(r for r in rows if int(r["epoch"]) == summary["best_epoch"])
+    assert float(best["val_dice_box"]) >= floor  # the best epoch never validates below the start
+
+
+def test_an_epoch_below_the_box_floor_is_never_the_best():
+    state = TrainState(best_score=0.5, best_epoch=0, floor=0.9)
+    assert not state.improves(0.8, 0.89)  # a better mean bought with box answers: refused
+    assert state.improves(0.8, 0.9) and not state.improves(0.4, 0.95)
+    assert not state.improves(0.8, None)  # no box validation: no evidence the floor holds
+    assert TrainState(best_score=0.5).improves(0.8, 0.1)  # without a floor the score alone decides

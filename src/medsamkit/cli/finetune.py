@@ -53,6 +53,9 @@ from medsamkit.cli.options import (
 @click.option("--lora-rank", type=int, default=4, show_default=True)
 @click.option("--lora-alpha", type=float, default=8.0, show_default=True)
 @click.option("--lora-targets", default="qkv", show_default=True, help="comma list among qkv, proj")
+@click.option("--box-floor", is_flag=True,
+              help="validate the starting weights too (epoch 0) and never pick an epoch whose validation box "
+                   "Dice is below theirs as best.pt")
 @click.option("--train-decoder", is_flag=True, help="adapter/lora: also train prompt encoder and mask decoder")
 @model_options
 def finetune(**params):

@@ -28,7 +28,7 @@ STEP_COLUMNS = ["epoch", "step", "loss", "lr"]
 @dataclass
 class TrainState:
     """Where a run stands: completed epochs, the next batch of the current epoch, steps taken, the running
-    loss of the epoch and the best score so far."""
+    loss of the epoch, the best score so far and (box_floor) the starting weights' validation box Dice."""
 
     epoch: int = 0
     batch: int = 0
@@ -37,6 +37,13 @@ class TrainState:
     loss_n: int = 0
     best_score: float = -math.inf
     best_epoch: int = -1
+    floor: float | None = None
+
+    def improves(self, score: float, box_dice: float | None) -> bool:
+        """Whether a validated epoch becomes the best: a higher score, and with a floor a validation box Dice
+        at least the floor's."""
+        allowed = self.floor is None or (box_dice is not None and box_dice >= self.floor)
+        return allowed and score > self.best_score
 
     def next_epoch(self) -> None:
         """Count a finished epoch and start the next one's running loss."""
@@ -85,7 +92,7 @@ def restore(resume: dict, path: Path, model: torch.nn.Module, recipe: dict,
     optimizer.load_state_dict(resume["optimizer"])
     torch.set_rng_state(resume["rng"]["torch"])
     return TrainState(resume["epoch"], resume["batch"], resume["step"], resume["loss_sum"], resume["loss_n"],
-                      resume["best_score"], resume["best_epoch"])
+                      resume["best_score"], resume["best_epoch"], resume.get("box_floor"))
 
 
 def load_start(model: torch.nn.Module, recipe: dict, path: str | Path, base_model: str) -> str:
@@ -119,7 +126,8 @@ class Checkpoints:
                 "model": finetuned_state(self.model, self.recipe), "optimizer": self.optimizer.state_dict(),
                 "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "batch": batch, "step": state.step,
                 "loss_sum": state.loss_sum, "loss_n": state.loss_n, "best_score": state.best_score,
-                "best_epoch": state.best_epoch, **({"clicks": self.clicks} if self.clicks else {})}
+                "best_epoch": state.best_epoch, **({"clicks": self.clicks} if self.clicks else {}),
+                **({"box_floor": state.floor} if state.floor is not None else {})}
 
     def save(self, state: TrainState, epoch: int, batch: int, best: bool = False) -> None:
         """Write RUN/last.pt (and RUN/best.pt when ``best``) atomically."""

@@ -40,6 +40,10 @@ class FinetuneConfig:
     # weight of an extra tight-box loss on every object of a step, beside its drawn mode: keeps box answers
     # where they were while clicks are learnt from few objects (the annotator's learn rounds); 0: off
     box_anchor: float = 0.0
+    # validate the starting weights too (epoch 0, a candidate for best.pt) and let a later epoch be best only
+    # when its validation box Dice is at least epoch 0's: the run never returns box answers validated worse
+    # than the model it started from (needs the `box` prompt mode and a validation split)
+    box_floor: bool = False
     cache: str | None = None  # embedding cache folder (decoder mode); default RUN/embeddings
     model: str = "litemedsam"
     checkpoint: str | None = None
@@ -80,6 +84,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise InputError(f"unknown --mode {cfg.mode!r}; choose one of: {', '.join(MODES)}")
     if not cfg.box_anchor >= 0:
         raise InputError(f"box_anchor must be >= 0, got {cfg.box_anchor}")
+    if cfg.box_floor and ("box" not in [m.strip() for m in cfg.prompts.split(",")] or cfg.val_fraction <= 0):
+        raise InputError("--box-floor needs `box` among --prompts and a validation split (--val-fraction > 0)")
     if cfg.optimizer not in ("adamw", "sgd"):
         raise InputError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
     if cfg.lr_schedule not in SCHEDULES:

@@ -18,7 +18,8 @@ def write_curves(metrics_csv: Path, out_png: Path) -> None:
         return
     epochs = [int(r["epoch"]) for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o")
+    # epoch 0 (box_floor's validation of the starting weights) has no training loss
+    ax1.plot(epochs, [float(r["train_loss"]) if r["train_loss"] != "" else math.nan for r in rows], marker="o")
     ax1.set(xlabel="epoch", ylabel="train loss", title="training loss")
     for key in rows[0]:
         if key.startswith("val_dice_") or key == "val_class_accuracy":

@@ -294,7 +294,8 @@ class Trainer:
         """Validation (rank 0), the epoch's metrics row, curves and checkpoints; then the next epoch.
 
         Epochs between validations (validate_every) only save RUN/last.pt (not even that with save_every 0:
-        a run that is never resumed, the annotation server's learn job); ``final``: always validate.
+        a run that is never resumed, the annotation server's learn job); ``final``: always validate. With
+        box_floor an epoch whose validation box Dice is below the starting weights' is never the best.
         """
         run, state = self.run, self.state
         due = final or (state.epoch + 1) % self.cfg.validate_every == 0 or state.epoch + 1 >= self.cfg.epochs
@@ -308,6 +309,33 @@ class Trainer:
         if run.rank != 0:
             state.next_epoch()
             return
+        score, val = self.validated(row)
+        state.next_epoch()
+        improved = state.improves(score, val.get("val_dice_box"))
+        if improved:
+            state.best_score, state.best_epoch = score, state.epoch
+        self.save(state.epoch, 0, best=improved)
+        run.say(f"epoch {state.epoch}: {json.dumps(row)}")
+
+    def start_floor(self) -> None:
+        """box_floor: validate the starting weights as epoch 0, the first candidate for RUN/best.pt, and
+        keep their validation box Dice as the floor (once: a resumed run has it in its checkpoint)."""
+        run, state = self.run, self.state
+        if not self.cfg.box_floor or state.floor is not None or state.step or not run.val_tiles:
+            return
+        if run.rank == 0:
+            run.store.keep_rows("metrics", lambda r: int(r["epoch"]) != 0)  # an interrupted start's row
+            score, val = self.validated({"epoch": 0, "step": 0, "train_loss": ""})
+            state.floor = float(val["val_dice_box"])
+            state.best_score, state.best_epoch = score, 0
+            self.save(0, 0, best=True)
+            run.say(f"start: validation box Dice {state.floor:.4f} is the floor")
+        state.floor = distributed.from_rank0(state.floor, run.world)
+
+    def validated(self, row: dict) -> tuple[float, dict]:
+        """Validate the current weights (rank 0), log ``row`` with the results and redraw the curves; the
+        score (mean validation Dice over the modes) and the validation's numbers."""
+        run = self.run
         w0, c0 = time.perf_counter(), time.process_time()
         val = validate(run.model, run.val_tiles, run.cases, run.modes, self.cfg.seed, run.cache,
                        run.class_names, trained_clicks(run.modes)) if run.val_tiles else {}
@@ -325,17 +353,13 @@ class Trainer:
         self.last_metrics = dict(row)
         if per_class is not None:
             self.last_metrics.update(class_accuracy=per_class, class_objects=per_class_n)
-        state.next_epoch()
-        improved = score > state.best_score
-        if improved:
-            state.best_score, state.best_epoch = score, state.epoch
-        self.save(state.epoch, 0, best=improved)
-        run.say(f"epoch {state.epoch}: {json.dumps(row)}")
+        return score, val
 
 
 def train(run: Run) -> dict:
     """Run the remaining epochs of a prepared run; write and return its summary."""
     trainer = Trainer(run)
+    trainer.start_floor()
     stopped, timing = None, {}  # timing: the steps of this call (a resumed run counts from its resumption)
     while trainer.state.epoch < run.cfg.epochs and stopped is None:
         stopped = trainer.epoch()
