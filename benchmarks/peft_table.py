@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     add_smoke(ap)
     args = ap.parse_args(argv)
     apply_smoke(args, ("out", "results"), datasets="glas", budget_cpu=4.0, lrs="1e-4", max_images=3,
-                max_objects=2, batch_size=2, val_objects=2, test_images=1, eval_objects=2, speed_rounds=1)
+                max_objects=2, batch_size=2, val_objects=2, test_images=1, eval_objects=2, speed_rounds=1,
+                box_floor=True)
     args.lrs = [float(v) for v in str(args.lrs).split(",")]
     modes = {m.strip() for m in args.modes.split(",")}
     base = shared_dir()
