@@ -185,7 +185,20 @@ def evaluate_one(args, table: Table, ds: str, name: str, test_dir: Path) -> None
         max_images=args.test_images, max_objects=args.eval_objects, seed=args.seed, baseline=False,
         figures=False, show_progress=args.progress))
     table.put("test", key, {"model": model, "dice": mean_dice(summary), "images": summary["images"],
-                            "objects": summary["objects"], "seconds": round(time.perf_counter() - t, 1)})
+                            "objects": summary["objects"], "clicks": summary["clicks"]["used"],
+                            "seconds": round(time.perf_counter() - t, 1)})
+
+
+def record_clicks(args, table: Table, ds: str) -> None:
+    """The click strategy each test evaluation used (its summary.json), for entries written before it was recorded."""
+    with table.locked() as doc:
+        missing = [k for k, v in doc["test"].items() if k.startswith(f"{ds}/") and "clicks" not in v]
+    for key in missing:
+        path = args.out / ds / f"eval_{key.split('/', 1)[1]}" / "summary.json"
+        if path.exists():
+            with table.locked() as doc:
+                entry = {**doc["test"][key], "clicks": json.loads(path.read_text())["clicks"]["used"]}
+            table.put("test", key, entry)
 
 
 def speed(args, table: Table, ds: str, test_dir: Path) -> None:
@@ -254,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             train_candidates(args, table, ds, mode, train_dir)
             evaluate_one(args, table, ds, mode, test_dir)
         speed(args, table, ds, test_dir)
+        record_clicks(args, table, ds)
     with table.locked() as doc:
         complete = all(f"{ds}/{m}" in doc["test"] for ds in wanted for m in MODES)
     if complete:
