@@ -174,7 +174,9 @@ def test_3d_box_then_a_3d_click_through_the_page(litemedsam, tmp_path):
         wait_for(driver, "app.answer !== null")
         driver.execute_script("document.getElementById('z-from').value = 1; document.getElementById('z-to').value = 7")
         driver.find_element(By.ID, "box3d").click()
-        wait_for(driver, "document.getElementById('status').textContent.startsWith('3D box')", timeout=240)
+        # the status of the finished request ("3D box: #1 on ..."), not the "3D box..." shown while it runs: the page
+        # selects the new object only when the answer has arrived
+        wait_for(driver, "document.getElementById('status').textContent.startsWith('3D box:')", timeout=240)
         image = driver.execute_script("return app.image")
         label = ws.state(image).label
         first = label == 1
@@ -191,7 +193,7 @@ def test_3d_box_then_a_3d_click_through_the_page(litemedsam, tmp_path):
         wait_for(driver, READY)
         overlay = driver.find_element(By.ID, "overlay")
         ActionChains(driver).move_to_element_with_offset(overlay, *view_offset(driver, x, y)).click().perform()
-        wait_for(driver, "document.getElementById('status').textContent.startsWith('3D click')", timeout=120)
+        wait_for(driver, "document.getElementById('status').textContent.startsWith('3D click:')", timeout=120)
         after = ws.state(image).label == 1
         record = ws.state(image).record_of(1)
         cx, cy, positive = record["slices"][f"0:{k}"]["click"]
