@@ -217,6 +217,18 @@ def speed(args, table: Table, ds: str, test_dir: Path) -> None:
     table.put("speed", ds, encoder_speed(models, image, args.speed_rounds))
 
 
+def portable(doc, out: Path):
+    """``doc`` with every path inside ``out`` written relative to it (the copy kept in benchmarks/results names no
+    folder of the machine that ran it)."""
+    if isinstance(doc, dict):
+        return {k: portable(v, out) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [portable(v, out) for v in doc]
+    if isinstance(doc, str) and Path(doc).is_absolute() and Path(doc).is_relative_to(out.resolve()):
+        return str(Path(doc).relative_to(out.resolve()))
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="monuseg,glas")
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         table.put("chosen", None, {ds: {m: chosen(table, ds, m)["lr"] for m in MODES} for ds in wanted})
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.results, table.doc)
+        write_json_atomic(args.results, portable(table.doc, args.out))
     print(json.dumps(table.doc, indent=2))
     return 0
 
