@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from medsamkit.core.errors import InputError
+from medsamkit.core.prompt_modes import parse_modes
 
 MODES = ("decoder", "adapter", "lora")
 SCHEDULES = ("constant", "cosine")
@@ -84,7 +85,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise InputError(f"unknown --mode {cfg.mode!r}; choose one of: {', '.join(MODES)}")
     if not cfg.box_anchor >= 0:
         raise InputError(f"box_anchor must be >= 0, got {cfg.box_anchor}")
-    if cfg.box_floor and ("box" not in [m.strip() for m in cfg.prompts.split(",")] or cfg.val_fraction <= 0):
+    if cfg.box_floor and (all(m.name != "box" for m in parse_modes(cfg.prompts)) or cfg.val_fraction <= 0):
         raise InputError("--box-floor needs `box` among --prompts and a validation split (--val-fraction > 0)")
     if cfg.optimizer not in ("adamw", "sgd"):
         raise InputError(f"unknown --optimizer {cfg.optimizer!r}; choose adamw or sgd")
