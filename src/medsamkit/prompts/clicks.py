@@ -208,23 +208,30 @@ class ClickAnswerer:
         if is_near(mask, xy, fix, sdf):
             edited = bend(mask, xy, label, fix, sdf)
         else:
-            edited = region_edit(mask, self._thing_at(prompt, mask.shape), label, fix)
+            edited = region_edit(mask, self._thing_at(prompt, mask), label, fix)
             if edited is None:
                 edited = disk_edit(mask, xy, label, fix, sdf)
         return _Answer([enforce(edited, prompt.points, prompt.labels)], [iou])
 
-    def _thing_at(self, prompt: Prompt, shape: tuple[int, int]) -> np.ndarray:
+    def _thing_at(self, prompt: Prompt, mask: np.ndarray) -> np.ndarray:
         """What the model sees under the prompt's last click: the best search answer around it that keeps
-        clear of the earlier clicks of the other kind (and, for a positive click after a box, inside the
-        box grown to hold the positive clicks); the part connected to the click."""
+        clear of the earlier clicks of the other kind; the part connected to the click. For a positive click
+        it is cut to the box grown to hold the positive clicks: the prompt's box, or without one, the box of
+        the current ``mask`` when the part is larger than ``max_growth`` x the mask (a click in the missed
+        half of a nucleus otherwise adds the cluster of nuclei around it)."""
         xy, label = prompt.points[-1], int(prompt.labels[-1])
         others = prompt.labels[:-1] != label
         clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
         labels = np.concatenate([[1], np.zeros(int(others.sum()), dtype=np.int32)])
         cands = self._candidates(clicks, labels)
         part = _component_at(self._to_view(cands.logits[:1])[0], xy)
-        if prompt.box is not None and label == 1:
-            part &= _box_mask(prompt, shape)
+        if label != 1:
+            return part
+        if prompt.box is not None:
+            return part & _box_mask(prompt, mask.shape)
+        area = np.count_nonzero(mask)
+        if area and np.count_nonzero(part) > self.corrections.max_growth * area:
+            part &= _box_mask(Prompt(_bounding_box(mask), prompt.points, prompt.labels), mask.shape)
         return part
 
     def _pseudo_logits(self, masks: np.ndarray) -> np.ndarray:
@@ -258,6 +265,12 @@ def _component_at(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
         return np.zeros_like(mask)
     labels, _ = ndimage.label(mask)
     return labels == labels[y, x]
+
+
+def _bounding_box(mask: np.ndarray) -> np.ndarray:
+    """The box (x0, y0, x1, y1) of a non-empty mask's pixels."""
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
 
 
 def _box_mask(prompt: Prompt, shape: tuple[int, int]) -> np.ndarray:

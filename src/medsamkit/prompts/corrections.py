@@ -29,6 +29,10 @@ class CorrectionSettings:
     background_weight: float = 0.05  # weight of the unchanged level (0) against the click's
     margin: float = 0.5  # the click itself ends at least this far (px) inside / outside
     max_removal: float = 0.5  # a negative click removes a model region of at most this part of the mask
+    # without a box, a positive click's model region larger than this x the mask is cut to the box of the mask
+    # and the positive clicks (iter9 IoU after 9 clicks, MoNuSeg train 0.692 -> 0.775, GlaS train 0.918 -> 0.932;
+    # 3.0: 0.765, 0.931; cut always: 0.769, 0.919)
+    max_growth: float = 1.5
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
