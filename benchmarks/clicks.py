@@ -9,7 +9,8 @@ Splits: GlaS test A, MoNuSeg test, builtin:lung-gtv (the settings were chosen on
 
 Prints JSON and writes benchmarks/results/clicks.json. Resumable (rerun with the same --out).
 Usage: python benchmarks/clicks.py [--out runs/clicks] [--glas-images 8] [--monuseg-images 3]
-       [--max-objects 40] [--lung-volumes 4] [--datasets glas,monuseg,lung-gtv]
+       [--max-objects 40] [--lung-volumes 4] [--datasets glas,monuseg,lung-gtv] [--strategies search,native]
+       [--keep-others] (keep the results file's entries of strategies not rerun)
 (--smoke: one MoNuSeg image, 3 nuclei, box/center/iter2, in a temporary folder)
 """
 
@@ -61,7 +62,7 @@ def run_one(data: str, out: Path, clicks: str, baseline: bool, prompts: str, **k
     curves = s.get("click_curves", {}).get("model", {})
     walker = s.get("click_curves", {}).get("random_walker", {})
     return {
-        "clicks": s["clicks"], "images": s["images"], "objects": s["objects"],
+        "clicks": s["clicks"], "images": s["images"], "objects": s["objects"], "date": time.strftime("%Y-%m-%d"),
         "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
         "box_dice": get("model:box"), "box_iou": get("model:box", "iou"),
         "center_dice": get("model:center"), "random1_dice": get("model:random1"),
@@ -111,6 +112,8 @@ def main() -> None:
     ap.add_argument("--max-objects", type=int, default=40, help="objects per image (seeded choice)")
     ap.add_argument("--lung-volumes", type=int, default=4)
     ap.add_argument("--results", default=str(REPO / "benchmarks/results/clicks.json"))
+    ap.add_argument("--keep-others", action="store_true",
+                    help="keep the --results file's entries of the strategies not rerun (each entry says its run)")
     add_smoke(ap)
     args = ap.parse_args()
     if apply_smoke(args, ("out", "results"), monuseg_images=1, max_objects=3, prompts="box,center,iter2",
@@ -126,6 +129,10 @@ def main() -> None:
         data["monuseg"] = (str(monuseg_dir("test")), {"max_images": args.monuseg_images,
                                                       "max_objects": args.max_objects, "tile_size": 256})
     result: dict = defaultdict(dict)
+    if args.keep_others and Path(args.results).is_file():
+        for name, entry in json.loads(Path(args.results).read_text()).items():
+            if isinstance(entry, dict):
+                result[name] = {s: r for s, r in entry.items() if s not in args.strategies.split(",")}
     for name in args.datasets.split(","):
         if name not in data:
             result[name] = {"skipped": "data not found (shared/ absent)"}

@@ -230,7 +230,8 @@ class ClickAnswerer:
         if prompt.box is not None:
             return part & _box_mask(prompt, mask.shape)
         area = np.count_nonzero(mask)
-        if area and np.count_nonzero(part) > self.corrections.max_growth * area:
+        growth = self.corrections.max_growth
+        if area and growth > 0 and np.count_nonzero(part) > growth * area:
             part &= _box_mask(Prompt(_bounding_box(mask), prompt.points, prompt.labels), mask.shape)
         return part
 

@@ -34,7 +34,7 @@ propagation (``annotate.model.propagation``: the person's corrected views are th
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from medsamkit.core.errors import InputError
 from medsamkit.metrics import dice, iou
 from medsamkit.prompts import Prompt, tight_box
 from medsamkit.prompts.clicks import ClickAnswerer, enforce
-from medsamkit.prompts.corrections import disk_edit
+from medsamkit.prompts.corrections import CorrectionSettings, disk_edit
 from medsamkit.volumes.slices import SliceEmbedder
 
 
@@ -134,7 +134,10 @@ class VolumeEngine:
     def __init__(self, embedder: SliceEmbedder, settings: EngineSettings | None = None) -> None:
         self.embedder = embedder
         self.settings = settings or EngineSettings()
-        self.answerer = ClickAnswerer(embedder.predictor, self.settings.clicks)
+        # the slice's own growth cut is off: a slice where propagation lost the object is the wrong reference
+        # for a click's size; the engine guards growth against the whole object instead (``_bounded``)
+        self.answerer = ClickAnswerer(embedder.predictor, self.settings.clicks,
+                                      corrections=replace(CorrectionSettings(), max_growth=0.0))
         # before a box (an object started by clicks alone): the whole volume is the range
         self.state = EngineState(np.zeros(embedder.image01.shape, dtype=bool), 0, embedder.image01.shape[0] - 1)
         self.trace: list[dict] = []  # every slice visited: z, area, predicted IoU, what happened
