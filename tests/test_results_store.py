@@ -10,7 +10,7 @@ from dataclasses import asdict
 import pytest
 
 from medsamkit.core.errors import InputError
-from medsamkit.core.results import RunStore, read_rows
+from medsamkit.core.results import RunStore, key_differences, read_rows
 
 TABLES = {"rows": ["case", "object", "dice"], "steps": ["step", "loss"]}
 
@@ -51,6 +51,18 @@ def test_keys_limit_what_must_match_and_differences_replace_the_rule(tmp_path):
         RunStore(tmp_path / "k", {"data": "e"}, {}, keys=("data",))
     RunStore(tmp_path / "r", {"epochs": 3}, {}, differences=lambda old, new: [])
     RunStore(tmp_path / "r", {"epochs": 5}, {}, differences=lambda old, new: [])  # a schedule may grow
+
+
+def test_a_key_an_older_folder_lacks_reads_as_its_default(tmp_path):
+    """A folder written before ``start`` existed resumes as a box start and refuses a clicks start."""
+    differ = key_differences(("data", "start"), {"start": "box"})
+    RunStore(tmp_path, {"data": "d"}, {})
+    RunStore(tmp_path, {"data": "d", "start": "box"}, {}, differences=differ)
+    with pytest.raises(InputError, match="start differ"):
+        RunStore(tmp_path, {"data": "d", "start": "clicks"}, {}, differences=differ)
+    assert differ({"data": "d"}, {"data": "d", "start": "box"}) == []
+    assert differ({"data": "d"}, {"data": "d", "start": "clicks"}) == ["start"]
+    assert key_differences(("start",))({}, {"start": "box"}) == ["start"]  # no default: a missing key differs
 
 
 def test_step_tables_are_cut_back_to_a_checkpoint(tmp_path):

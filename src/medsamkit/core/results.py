@@ -29,11 +29,13 @@ def plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def key_differences(keys: Sequence[str]) -> Differences:
-    """A comparison that names the ``keys`` whose values differ between the stored and the new identity."""
+def key_differences(keys: Sequence[str], defaults: Mapping[str, Any] | None = None) -> Differences:
+    """A comparison that names the ``keys`` whose values differ between the stored and the new identity; a
+    key missing from the stored one (a folder written before the key existed) reads as its ``defaults`` value."""
+    defaults = dict(defaults or {})
 
     def differ(old: dict, new: dict) -> list[str]:
-        return [k for k in keys if old.get(k) != new.get(k)]
+        return [k for k in keys if old.get(k, defaults.get(k)) != new.get(k)]
 
     return differ
 

@@ -25,7 +25,7 @@ from medsamkit.core.atomic import write_json_atomic, write_text_atomic
 from medsamkit.core.batch import Task
 from medsamkit.core.errors import InputError
 from medsamkit.core.figures import pyplot, save_figure
-from medsamkit.core.results import RunStore
+from medsamkit.core.results import RunStore, key_differences
 from medsamkit.core.seeds import name_key, object_rng
 from medsamkit.embedding.resources import Resources
 from medsamkit.io.datasets import VolumeCase
@@ -54,11 +54,6 @@ STEP_FIELDS = ["volume", "class", "step", "click_z", "click_y", "click_x", "clic
 CLASS_FIELDS = ["volume", "class", "dsc_auc", "nsd_auc", "final_dsc", "final_nsd", "box_dice", "box_nsd",
                 "seconds_total"]
 PROTOCOL_KEYS = (*VOLUME_RESULT_KEYS, "clicks", "start")
-
-
-def _differences(old: dict, new: dict) -> list[str]:
-    """The identity keys that differ (a folder written before ``start`` existed started from the box)."""
-    return [k for k in PROTOCOL_KEYS if (old.get(k, "box") if k == "start" else old.get(k)) != new.get(k)]
 
 
 def challenge_click(pred: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, bool] | None:
@@ -173,7 +168,7 @@ class ProtocolRun:
                              "--three-slice")
         self.cfg, self.on_volume, self.show_progress = cfg, on_volume, cfg.show_progress
         self.store = RunStore(cfg.out, run_identity(cfg), {"steps": STEP_FIELDS, "classes": CLASS_FIELDS},
-                              differences=_differences, case_field="volume")
+                              differences=key_differences(PROTOCOL_KEYS, {"start": "box"}), case_field="volume")
         self.resources, self.n_volumes = local_volume_resources(cfg.data, cfg.window, cfg.max_images, predictor)
         self.n_new = 0
 
