@@ -226,20 +226,22 @@ class VolumeAnnotation(ImageAnnotation):
         return view_stack(self.label, axis) == object_id
 
     def _view_change(self, kind: str, object_id: int, axis: int, masks: dict[int, np.ndarray],
-                     after_record: dict, pinned: np.ndarray | None = None) -> Change:
+                     after_record: dict, pinned: dict[int, np.ndarray] | None = None) -> Change:
         """The change that makes ``object_id`` exactly ``masks[k]`` on each view (axis, k), painted on top;
-        voxels set in ``pinned`` (a bool volume) keep their label."""
+        voxels on a ``pinned`` view (axis -> view indices) keep their label."""
         pixels, before, after = [], [], []
         flat = self.label.ravel()
-        kept = None if pinned is None else pinned.ravel()
         for k, mask in masks.items():
             rows, cols = np.indices(mask.shape).reshape(2, -1)
             voxels = view_voxels(self.label.shape, axis, int(k), rows, cols)
             old = flat[voxels]
             new = np.where(old == object_id, 0, old).astype(np.uint16)
             new[mask.ravel()] = object_id
-            if kept is not None:
-                keep = kept[voxels]
+            if pinned:
+                coords = np.unravel_index(voxels, self.label.shape)
+                keep = np.zeros(len(voxels), dtype=bool)
+                for a, views in pinned.items():
+                    keep |= np.isin(coords[a], views)
                 new[keep] = old[keep]
             changed = old != new
             pixels.append(voxels[changed])
@@ -270,16 +272,15 @@ class VolumeAnnotation(ImageAnnotation):
         rec.setdefault("propagations", []).append(run)
         return self._do(self._view_change("propagate", object_id, axis, masks, rec, pinned))
 
-    def _person_views(self, record: dict, axis: int) -> np.ndarray | None:
-        """Bool volume of the voxels on an object's person-made views of axes other than ``axis`` (None: none)."""
-        views = [key.split(":") for key, v in (record.get("slices") or {}).items() if v.get("source") == "person"]
-        views = [(int(a), int(k)) for a, k in views if int(a) != axis]
-        if not views:
-            return None
-        pinned = np.zeros(self.label.shape, dtype=bool)
-        for a, k in views:
-            view_stack(pinned, a)[k] = True
-        return pinned
+    def _person_views(self, record: dict, axis: int) -> dict[int, np.ndarray]:
+        """An object's person-made views on the axes other than ``axis``: axis -> view indices (no volume is
+        allocated: a run on a large CT checks only the voxels it paints)."""
+        pinned: dict[int, list[int]] = {}
+        for key, v in (record.get("slices") or {}).items():
+            a, k = (int(x) for x in key.split(":"))
+            if v.get("source") == "person" and a != axis:
+                pinned.setdefault(a, []).append(k)
+        return {a: np.asarray(ks) for a, ks in pinned.items()}
 
     def view_mask(self, object_id: int, axis: int, k: int) -> np.ndarray:
         """Bool mask of an object on one view."""
