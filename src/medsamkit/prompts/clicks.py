@@ -218,7 +218,8 @@ class ClickAnswerer:
         clear of the earlier clicks of the other kind; the part connected to the click. For a positive click
         it is cut to the box grown to hold the positive clicks: the prompt's box, or without one, the box of
         the current ``mask`` when the part is larger than ``max_growth`` x the mask (a click in the missed
-        half of a nucleus otherwise adds the cluster of nuclei around it)."""
+        half of a nucleus otherwise adds the cluster of nuclei around it). Without a box, a negative click's
+        part keeps only the pixels nearer to it than to every positive click (``split_negatives``)."""
         xy, label = prompt.points[-1], int(prompt.labels[-1])
         others = prompt.labels[:-1] != label
         clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
@@ -226,6 +227,9 @@ class ClickAnswerer:
         cands = self._candidates(clicks, labels)
         part = _component_at(self._to_view(cands.logits[:1])[0], xy)
         if label != 1:
+            positives = prompt.points[prompt.labels == 1]
+            if prompt.box is None and self.corrections.split_negatives and len(positives):
+                part &= _nearer_to(xy, positives, part.shape)
             return part
         if prompt.box is not None:
             return part & _box_mask(prompt, mask.shape)
@@ -266,6 +270,14 @@ def _component_at(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
         return np.zeros_like(mask)
     labels, _ = ndimage.label(mask)
     return labels == labels[y, x]
+
+
+def _nearer_to(xy: np.ndarray, others: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels nearer to point ``xy`` than to every point of ``others`` (N, 2), all (x, y)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    mine = (xx - xy[0]) ** 2 + (yy - xy[1]) ** 2
+    theirs = np.min([(xx - x) ** 2 + (yy - y) ** 2 for x, y in np.asarray(others, dtype=np.float32)], axis=0)
+    return mine < theirs
 
 
 def _bounding_box(mask: np.ndarray) -> np.ndarray:
