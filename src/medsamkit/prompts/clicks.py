@@ -38,7 +38,7 @@ from medsamkit.prompts.corrections import (
     signed_distance,
 )
 from medsamkit.prompts.search import Candidates, SearchSettings, distinct, honours, search_many
-from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts
+from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts, tight_box
 
 STRATEGIES = ("auto", *CLICK_STRATEGIES)  # auto resolves to one of the others
 MEMORY = 512  # answers remembered per embedding (a click session needs the previous one of each object)
@@ -229,14 +229,14 @@ class ClickAnswerer:
         if label != 1:
             positives = prompt.points[prompt.labels == 1]
             if prompt.box is None and self.corrections.split_negatives and len(positives):
-                part &= _nearer_to(xy, positives, part.shape)
+                part = _nearer_part(part, xy, positives)
             return part
         if prompt.box is not None:
             return part & _box_mask(prompt, mask.shape)
         area = np.count_nonzero(mask)
         growth = self.corrections.max_growth
         if area and growth > 0 and np.count_nonzero(part) > growth * area:
-            part &= _box_mask(Prompt(_bounding_box(mask), prompt.points, prompt.labels), mask.shape)
+            part &= _box_mask(Prompt(tight_box(mask), prompt.points, prompt.labels), mask.shape)
         return part
 
     def _pseudo_logits(self, masks: np.ndarray) -> np.ndarray:
@@ -272,18 +272,16 @@ def _component_at(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return labels == labels[y, x]
 
 
-def _nearer_to(xy: np.ndarray, others: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels nearer to point ``xy`` than to every point of ``others`` (N, 2), all (x, y)."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
-    mine = (xx - xy[0]) ** 2 + (yy - xy[1]) ** 2
-    theirs = np.min([(xx - x) ** 2 + (yy - y) ** 2 for x, y in np.asarray(others, dtype=np.float32)], axis=0)
-    return mine < theirs
-
-
-def _bounding_box(mask: np.ndarray) -> np.ndarray:
-    """The box (x0, y0, x1, y1) of a non-empty mask's pixels."""
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
+def _nearer_part(part: np.ndarray, xy: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """The pixels of ``part`` nearer to point ``xy`` than to every point of ``others`` (N, 2), all (x, y)."""
+    rows, cols = np.nonzero(part)
+    pix = np.stack([cols, rows], 1).astype(np.float32)
+    mine = ((pix - np.asarray(xy, dtype=np.float32)) ** 2).sum(1)
+    theirs = ((pix[:, None] - np.asarray(others, dtype=np.float32)[None]) ** 2).sum(2).min(1)
+    keep = mine < theirs
+    out = np.zeros_like(part)
+    out[rows[keep], cols[keep]] = True
+    return out
 
 
 def _box_mask(prompt: Prompt, shape: tuple[int, int]) -> np.ndarray:
