@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from medsamkit.core.errors import InputError
 from medsamkit.core.objects import extract_objects
@@ -16,11 +17,12 @@ from medsamkit.core.seeds import name_key
 from medsamkit.io.datasets import open_dataset
 from medsamkit.io.images import read_image, read_label
 from medsamkit.metrics import iou
+from medsamkit.models.sam import sample_logits
 from medsamkit.prompts import parse_mode
 from medsamkit.prompts.clicks import ClickAnswerer, resolve_strategy
 from medsamkit.prompts.corrections import CorrectionSettings, bend, is_near, signed_distance
 from medsamkit.prompts.objects import object_rngs, run_mode_model
-from medsamkit.prompts.search import SearchSettings, candidate_boxes, search
+from medsamkit.prompts.search import SearchSettings, candidate_boxes, decode_boxes, search, sharpen
 from medsamkit.prompts.simulate import Prompt, next_click, stack_prompts
 from shared_data import require_data
 
@@ -82,10 +84,30 @@ def test_the_search_tries_other_aspects_only_at_the_best_square_sides(predictor,
     squares = candidate_boxes(click, frame, coarse, aspects=(1.0,))
     assert len(squares) < len(cands) <= len(squares) + 2 * coarse.refine_sides
     assert {tuple(b) for b in squares} <= {tuple(b) for b in cands.boxes}
-    cx, cy = (click[0] * model.mask_input_size[0] / model.preprocessing.input_size).astype(int)
+    cx, cy = (click[0] * model.mask_input_size[0] / model.preprocessing.input_size / cands.stride).astype(int)
     assert np.all(np.diff(scores) <= 0) and cands.masks[0][cy, cx]
     full, _ = search(model, feats, frame, click, np.array([1]), replace(coarse, refine_sides=0))
     assert len(full) == len(candidate_boxes(click, frame, coarse)) > len(cands)
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_the_search_ranks_sampled_logits_and_answers_with_the_full_ones(predictor, dsb, stride):
+    """Candidates are decoded and ranked on every s-th low-res logit; the chosen ones are decoded again in
+    full (one batched call): the logits of each box alone, whose samples are the candidates' logits."""
+    case, objects = dsb
+    predictor.set_image(case.image)
+    y, x = np.argwhere(objects[1].mask(case.label.shape)).mean(0)
+    click, frame = np.array([[x, y]]) * predictor.coordinate_scale(), predictor.embedding.input_size
+    model, feats, m = predictor.model, predictor.embedding.features, predictor.model.mask_input_size[0]
+    settings = SearchSettings(rank_stride=stride)
+    cands, _ = search(model, feats, frame, click, np.array([1]), settings)
+    assert cands.stride == stride and cands.masks.shape[1:] == cands.logits.shape[1:] == (m // stride,) * 2
+    sharp = sharpen(model, feats, [(cands, [0, 2])], settings)[0]
+    alone = decode_boxes(model, feats, cands.boxes[[0, 2]], settings)[0]
+    assert sharp.shape == (2, m, m) and torch.equal(sharp, alone)
+    assert (sample_logits(sharp, stride) - cands.logits[[0, 2]]).abs().max().item() < 1e-4
+    full, _ = search(model, feats, frame, click, np.array([1]), replace(settings, rank_stride=1))
+    assert torch.equal(sharpen(model, feats, [(full, [0])], settings)[0], full.logits[[0]])  # nothing decoded
 
 
 def test_a_negative_click_alone_is_a_clear_error(predictor, dsb):

@@ -236,3 +236,32 @@ def test_token_major_copy_follows_the_embedding():
     b[0, 0, 0, 0] = 7.0
     assert token_major(b)[0, 0, 0, 0].item() == 7.0
     assert token_major(ta) is ta  # already token-major: used as it is
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_sampled_decode_forms_exactly_every_stride_th_logit(predictor, tile, stride):
+    """The click search ranks on sampled logits: the strided upscaling gives the full decoders' logits at
+    pixels s*i + s//2 (whole embedding, windows, and the official modules' path), corners in sampled pixels."""
+    from medsamkit.models.local_decode import decode_local
+    from medsamkit.models.sam import sample_logits
+
+    model, emb = predictor.model, predictor.embedding.features
+    boxes = torch.from_numpy(tile[1][:4] * 1.0).float()
+    with torch.inference_mode():
+        full, iou = model.decode(emb, None, boxes, None, False)
+        part, part_iou = model.decode(emb, None, boxes, None, False, stride)
+        win, _, origin = decode_local(model, emb, boxes, None, 16, False)
+        win_part, _, part_origin = decode_local(model, emb, boxes, None, 16, False, stride)
+        model.use_fast_decoder = False
+        try:
+            official, _ = model.decode(emb, None, boxes, None, False, stride)
+        finally:
+            model.use_fast_decoder = True
+    m = model.mask_input_size[0]
+    assert part.shape == (4, 1, m // stride, m // stride) and win_part.shape == (4, 1, 64 // stride, 64 // stride)
+    assert torch.equal(part_iou, iou)
+    assert (part - full[..., stride // 2 :: stride, stride // 2 :: stride]).abs().max().item() < 1e-4
+    assert (win_part - sample_logits(win, stride)).abs().max().item() < 1e-4
+    assert (official - part).abs().max().item() < LOGIT_TOL
+    assert torch.equal(part_origin * stride, origin)
+    assert (part > 0).sum().item() > 0

@@ -11,7 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode_chunked, token_major
+from medsamkit.models.sam import (
+    SamFamilyModel,
+    fast_decoder_supported,
+    fast_mask_decode_chunked,
+    sample_logits,
+    token_major,
+)
 
 
 def window_tokens(sides: np.ndarray, factor: float = 2.0, minimum: int = 16) -> np.ndarray:
@@ -52,22 +58,24 @@ def decode_local(
     points: tuple[torch.Tensor, torch.Tensor] | None,
     window: int,
     multimask: bool,
+    stride: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode P prompts (model-input frame) each on a ``window``^2-token crop of ``features`` (1,256,g,g).
 
     Returns low-res logits (P,C,4w,4w), IoU (P,C) and the windows' top-left corners in low-res pixels
     (P, 2) as (x, y). A window is centred on the box (or the positive points) and shifted inside the grid.
+    ``stride`` 2 or 4: only every s-th logit per axis (``models.sam.sample_logits``), corners in those units.
     """
     grid = features.shape[-1]
     window = min(window, grid)
-    stride = model.preprocessing.input_size / grid
+    px_per_token = model.preprocessing.input_size / grid
     if boxes is not None:
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     else:
         coords, labels = points
         weight = (labels > 0).float()[..., None]
         centres = (coords * weight).sum(1) / weight.sum(1).clamp(min=1)
-    start = _window_starts(centres / stride, window, grid)  # (P, 2) x, y in tokens
+    start = _window_starts(centres / px_per_token, window, grid)  # (P, 2) x, y in tokens
     ar = torch.arange(window, device=features.device)
     iy = (start[:, 1, None] + ar)[:, :, None]
     ix = (start[:, 0, None] + ar)[:, None, :]
@@ -77,12 +85,13 @@ def decode_local(
     src = token_major(features)[0].permute(1, 2, 0)[iy, ix].permute(0, 3, 1, 2)
     no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
     pos = model.dense_pe()[0].permute(1, 2, 0)[iy, ix].permute(0, 3, 1, 2)
-    origin = (start.float() * (model.mask_input_size[0] / grid)).long()
+    origin = (start.float() * (model.mask_input_size[0] / grid / stride)).long()
     if model.use_fast_decoder and fast_decoder_supported(model.mask_decoder):
         # Same outputs as the official modules, in chunks of about as many image tokens as
         # SamFamilyModel.decode holds at once.
         step = max(1, model.decode_chunk * grid * grid // (window * window))
-        logits, iou = fast_mask_decode_chunked(model.mask_decoder, src, pos, sparse, no_mask, multimask, step)
+        logits, iou = fast_mask_decode_chunked(model.mask_decoder, src, pos, sparse, no_mask, multimask, step,
+                                               stride)
         return logits, iou, origin
     logits, iou = _official_window_decode(model, src, pos, sparse, no_mask, multimask)
-    return logits, iou, origin
+    return sample_logits(logits, stride), iou, origin

@@ -122,11 +122,13 @@ class SamFamilyModel(nn.Module):
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
         multimask: bool,
+        stride: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder for P prompts on ONE image embedding (1,256,h,w).
 
-        Coordinates are in the model-input frame. Returns low-res logits (P,C,m,m) and IoU (P,C).
-        Without autograd the official decoder runs re-associated (fast_mask_decode, same outputs).
+        Coordinates are in the model-input frame. Returns low-res logits (P,C,m,m) and IoU (P,C); with
+        ``stride`` 2 or 4 only ``sample_logits`` of them (P,C,m/s,m/s). Without autograd the official decoder
+        runs re-associated (fast_mask_decode, same outputs).
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         if (self.use_fast_decoder and not torch.is_grad_enabled() and embedding.shape[0] == 1
@@ -135,14 +137,15 @@ class SamFamilyModel(nn.Module):
             # go in chunks: each holds ~35 MB of (4096 x 256) maps, so 32 at once would add over 1 GB.
             return fast_mask_decode_chunked(self.mask_decoder, token_major(embedding), self.dense_pe(),
                                             sparse, dense[:1] if masks is None else dense, multimask,
-                                            self.decode_chunk)
-        return self.mask_decoder(
+                                            self.decode_chunk, stride)
+        logits, iou = self.mask_decoder(
             image_embeddings=embedding,
             image_pe=self.dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
+        return sample_logits(logits, stride), iou
 
     def count_parameters(self) -> dict[str, int]:
         """Total and trainable parameter counts per part."""
@@ -283,12 +286,13 @@ def _image_to_token_residual(attn: nn.Module, x: torch.Tensor, xp: torch.Tensor,
 
 
 def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                     dense: torch.Tensor, multimask: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     dense: torch.Tensor, multimask: bool | None, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """The official MaskDecoder forward for P prompts on one image embedding (1,C,h,w), re-associated.
 
     dense is (1,C,h,w) when shared by every prompt (no mask input) or (P,C,h,w). The embedding and
     image_pe may also be (P,C,h,w), one crop per prompt (windowed decoding). Returns low-res logits
-    (P,M,4h,4w) and IoU (P,M) with M = 3 (multimask) or 1, as the official decoder does (None: all tokens).
+    (P,M,4h,4w) and IoU (P,M) with M = 3 (multimask) or 1, as the official decoder does (None: all tokens);
+    ``stride`` 2 or 4: only ``sample_logits`` of them, (P,M,4h/s,4w/s), at a fraction of the upscaling's cost.
     """
     tr = decoder.transformer
     p = sparse.shape[0]
@@ -320,13 +324,13 @@ def fast_mask_decode(decoder: nn.Module, embedding: torch.Tensor, image_pe: torc
     queries = tr.norm_final_attn(queries + _token_to_image(tr.final_attn_token_to_image, queries + qpe, x, x + pe))
     iou = decoder.iou_prediction_head(queries[:, 0])
     hyper = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + j]) for j, i in enumerate(mask_ids)], 1)
-    masks = _upscale_masks(decoder.output_upscaling, x, hyper, h, w)
+    masks = _upscale_masks(decoder.output_upscaling, x, hyper, h, w, stride)
     return masks, iou[:, sel]
 
 
 def fast_mask_decode_chunked(decoder: nn.Module, embedding: torch.Tensor, image_pe: torch.Tensor,
                              sparse: torch.Tensor, dense: torch.Tensor, multimask: bool | None,
-                             step: int) -> tuple[torch.Tensor, torch.Tensor]:
+                             step: int, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """fast_mask_decode over the P prompts `step` at a time (bounds peak memory); per-prompt inputs
     (first dimension P > 1) are sliced with the prompts, shared ones (first dimension 1) passed whole."""
     p = sparse.shape[0]
@@ -335,28 +339,40 @@ def fast_mask_decode_chunked(decoder: nn.Module, embedding: torch.Tensor, image_
         return t if t.shape[0] == 1 else t[i : i + step]
 
     outs = [fast_mask_decode(decoder, part(embedding, i), part(image_pe, i), sparse[i : i + step],
-                             part(dense, i), multimask) for i in range(0, p, step)]
+                             part(dense, i), multimask, stride) for i in range(0, p, step)]
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
 _linear = onednn.linear
 
 
-def _upscale_masks(ups: nn.Sequential, x: torch.Tensor, hyper: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """output_upscaling + hypernetwork product: tokens (P,h*w,C), hyper (P,M,c2) -> logits (P,M,4h,4w).
+def _upscale_masks(ups: nn.Sequential, x: torch.Tensor, hyper: torch.Tensor, h: int, w: int,
+                   stride: int = 1) -> torch.Tensor:
+    """output_upscaling + hypernetwork product: tokens (P,h*w,C), hyper (P,M,c2) -> logits (P,M,4h/s,4w/s).
 
     A 2x2 stride-2 transposed convolution is one matrix product per input pixel followed by a pixel
-    shuffle; the shuffles are deferred to the very end so each product runs on contiguous rows.
+    shuffle; the shuffles are deferred to the very end so each product runs on contiguous rows. With
+    ``stride`` s (2 or 4) only every s-th logit of each axis is formed (``sample_logits``: the same values):
+    the kernel taps of the other output pixels are never multiplied.
     """
     conv1, norm, _, conv2, _ = ups
     p, _, c = x.shape
     c1, c2 = conv1.out_channels, conv2.out_channels
-    w1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * c1, c).contiguous()  # rows (a, b, o)
-    y = _linear(x.reshape(-1, c), w1, conv1.bias.repeat(4), False).view(p, h * w * 4, c1)
+    # output pixel 4i + 2a + a2 per axis: stride 4 keeps a = 1, a2 = 0 (pixel 4i + 2), stride 2 keeps a2 = 1
+    taps1 = slice(1, 2) if stride == 4 else slice(0, 2)
+    taps2 = slice(0, 1) if stride == 4 else slice(1, 2) if stride == 2 else slice(0, 2)
+    k1, k2 = taps1.stop - taps1.start, taps2.stop - taps2.start
+    w1 = conv1.weight[:, :, taps1, taps1].permute(2, 3, 1, 0).reshape(k1 * k1 * c1, c).contiguous()  # (a, b, o)
+    y = _linear(x.reshape(-1, c), w1, conv1.bias.repeat(k1 * k1), False).view(p, h * w * k1 * k1, c1)
     y = F.gelu(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
-    w2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * c2, c1).contiguous()
-    z = _linear(y.view(-1, c1), w2, conv2.bias.repeat(4), True).view(p, h * w * 16, c2)
+    w2 = conv2.weight[:, :, taps2, taps2].permute(2, 3, 1, 0).reshape(k2 * k2 * c2, c1).contiguous()
+    z = _linear(y.view(-1, c1), w2, conv2.bias.repeat(k2 * k2), True).view(p, -1, c2)
     m = hyper.shape[1]
-    out = torch.bmm(z, hyper.transpose(1, 2))  # (P, h*w*16, M): rows (i, j, a, b, a2, b2)
-    out = out.view(p, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
-    return out.reshape(p, m, 4 * h, 4 * w)
+    out = torch.bmm(z, hyper.transpose(1, 2))  # (P, h*w*k1^2*k2^2, M): rows (i, j, a, b, a2, b2)
+    out = out.view(p, h, w, k1, k1, k2, k2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return out.reshape(p, m, h * k1 * k2, w * k1 * k2)
+
+
+def sample_logits(logits: torch.Tensor, stride: int) -> torch.Tensor:
+    """Every ``stride``-th low-res logit per axis, at pixels s*i + s//2 (the strided decoders' samples)."""
+    return logits if stride == 1 else logits[..., stride // 2 :: stride, stride // 2 :: stride]

@@ -37,7 +37,7 @@ from medsamkit.prompts.corrections import (
     region_edit,
     signed_distance,
 )
-from medsamkit.prompts.search import Candidates, SearchSettings, distinct, honours, search_many
+from medsamkit.prompts.search import Candidates, SearchSettings, distinct, honours, search_many, sharpen
 from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts, tight_box
 
 STRATEGIES = ("auto", *CLICK_STRATEGIES)  # auto resolves to one of the others
@@ -184,16 +184,29 @@ class ClickAnswerer:
         if len(todo) < 2:
             return
         found = self._candidates_many([(p.points, p.labels) for p in todo.values()])
-        for (key, p), cands in zip(todo.items(), found):
-            self._remember(key, self._search(p, multimask, cands))
+        picks = [self._picks(cands, multimask) for cands in found]
+        logits = self._sharp(list(zip(found, picks)))
+        for (key, p), cands, idx, low in zip(todo.items(), found, picks, logits):
+            self._remember(key, self._search(p, multimask, (cands, idx, low)))
 
-    def _search(self, prompt: Prompt, multimask: bool, cands: Candidates | None = None) -> _Answer:
+    def _picks(self, cands: Candidates, multimask: bool) -> list[int]:
+        return distinct(cands.masks, 3 if multimask else 1, self.settings.distinct_iou)
+
+    def _sharp(self, chosen: list[tuple[Candidates, list[int]]]) -> list[torch.Tensor]:
+        """The full low-res logits of chosen candidates (``prompts.search.sharpen``)."""
+        return sharpen(self.predictor.model, self.predictor.embedding.features, chosen, self.settings)
+
+    def _search(self, prompt: Prompt, multimask: bool,
+                found: tuple[Candidates, list[int], torch.Tensor] | None = None) -> _Answer:
         """Clicks without a box: the best distinct candidates of the search (three for multimask, else the
-        best), each made to honour the clicks."""
-        cands = self._candidates(prompt.points, prompt.labels) if cands is None else cands
-        picks = distinct(cands.masks, 3 if multimask else 1, self.settings.distinct_iou)
-        views = self._to_view(cands.logits[picks])
-        masks = [enforce(m, prompt.points, prompt.labels) for m in views]
+        best), each made to honour the clicks. ``found``: the search already made (candidates, picks, their
+        full logits)."""
+        if found is None:
+            cands = self._candidates(prompt.points, prompt.labels)
+            picks = self._picks(cands, multimask)
+            found = (cands, picks, self._sharp([(cands, picks)])[0])
+        cands, picks, logits = found
+        masks = [enforce(m, prompt.points, prompt.labels) for m in self._to_view(logits)]
         return _Answer(masks, [float(cands.iou[i]) for i in picks])
 
     def _correct(self, prompt: Prompt, mask: np.ndarray, iou: float) -> _Answer:
@@ -225,7 +238,7 @@ class ClickAnswerer:
         clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
         labels = np.concatenate([[1], np.zeros(int(others.sum()), dtype=np.int32)])
         cands = self._candidates(clicks, labels)
-        part = _component_at(self._to_view(cands.logits[:1])[0], xy)
+        part = _component_at(self._to_view(self._sharp([(cands, [0])])[0])[0], xy)
         if label != 1:
             positives = prompt.points[prompt.labels == 1]
             if prompt.box is None and self.corrections.split_negatives and len(positives):

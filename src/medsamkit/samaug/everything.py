@@ -29,7 +29,7 @@ from medsamkit.core.errors import InputError
 from medsamkit.core.tiling import grid_windows
 from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.predictor import Predictor, as_rgb_float
-from medsamkit.prompts.search import SearchSettings, search_many
+from medsamkit.prompts.search import SearchSettings, search_many, sharpen
 from medsamkit.samaug.nms import nms
 from medsamkit.samaug.proposals import assign_to_windows, blob_proposals, expand_boxes, grid_boxes, point_grid
 
@@ -238,9 +238,10 @@ def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: Ever
 
 def _searched_points(predictor: Predictor, points: np.ndarray, cfg: EverythingConfig, win) -> list[MaskRecord]:
     """Point prompts (tile pixels) on a box-only model: each point's best candidate of the click search."""
-    # squares only, one decode, on windows 2x the box (as measured for the point grid; the click search's own
-    # defaults go coarse to fine on 1.5x windows)
-    settings = SearchSettings(sides=tuple(cfg.point_search_sides), aspects=(1.0,), window_factor=2.0, full_window=40)
+    # squares only, one decode, on windows 2x the box, ranked on the full logits (as measured for the point
+    # grid; the click search's own defaults go coarse to fine on 1.5x windows, ranked on sampled logits)
+    settings = SearchSettings(sides=tuple(cfg.point_search_sides), aspects=(1.0,), window_factor=2.0, full_window=40,
+                              rank_stride=1)
     scale = predictor.coordinate_scale()
     frame = predictor.embedding.input_size
     if not len(points):
@@ -249,10 +250,10 @@ def _searched_points(predictor: Predictor, points: np.ndarray, cfg: EverythingCo
     one = np.ones(1, dtype=np.int32)
     for i in range(0, len(points), cfg.batch_size):
         chunk = np.asarray(points[i : i + cfg.batch_size], dtype=np.float32)
-        for cands, _ in search_many(predictor.model, predictor.embedding.features, frame,
-                                    [(xy[None] * scale, one) for xy in chunk], settings):
-            logits.append(cands.logits[:1])
-            iou.append(float(cands.iou[0]))
+        found = [c for c, _ in search_many(predictor.model, predictor.embedding.features, frame,
+                                           [(xy[None] * scale, one) for xy in chunk], settings)]
+        logits += sharpen(predictor.model, predictor.embedding.features, [(c, [0]) for c in found], settings)
+        iou += [float(c.iou[0]) for c in found]
     stacked = torch.stack(logits)  # (P, 1, m, m) in the full low-res frame
     return _records_from_logits(stacked, torch.tensor(iou)[:, None], np.zeros((len(iou), 2)), _geometry(predictor),
                                 (win[0], win[1]), cfg)
