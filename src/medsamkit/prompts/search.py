@@ -11,9 +11,9 @@ objects or a part of one under few). Settings were chosen on GlaS train and MoNu
 (docs/protocols.md "Clicks on box-only models").
 
 Everything here works in the model's low-res frame (m x m logits; the image occupies its top-left part):
-boxes are in model-input pixels, clicks are given in the same frame. Candidates are decoded and ranked on
-every ``rank_stride``-th logit of that frame (the decoder forms only those); ``sharpen`` decodes the chosen
-boxes' full logits.
+boxes are in model-input pixels, clicks are given in the same frame. With ``rank_stride`` s > 1 candidates
+are decoded and ranked on every s-th logit of that frame (the decoder forms only those) and ``sharpen``
+decodes the chosen boxes' full logits.
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ class SearchSettings:
     # ("positive"), or only the first ("first": every later click corrects the answer so far; best on GlaS
     # train iter5: 0.880 after 5 clicks vs 0.873 "positive")
     whole_search: str = "first"
-    # candidates are decoded and ranked on every rank_stride-th low-res logit per axis (1, 2 or 4; the
+    # candidates can be decoded and ranked on every rank_stride-th low-res logit per axis (1, 2 or 4; the
     # decoder's upscaling then forms 1/s^2 of its outputs); the chosen ones are decoded in full (sharpen).
-    # 2 vs 1 on GlaS train 16 images / MoNuSeg train 5: centre Dice -0.013 / +0.016, random1 0.000 / +0.018,
-    # iter5 -0.008 / +0.020, centre prompts/s 1.4x on GlaS; 4 lost GlaS random1 (0.58 -> 0.48)
-    rank_stride: int = 2
+    # 2 vs 1 looked even on the tuning splits (mean +0.005 Dice) but lost on every held-out set (centre Dice
+    # GlaS -0.018, MoNuSeg -0.007, lung -0.061) for 1.0-1.5x centre prompts/s: not the default
+    rank_stride: int = 1
 
 
 @dataclass
