@@ -110,6 +110,11 @@ def test_the_search_ranks_sampled_logits_and_answers_with_the_full_ones(predicto
     assert torch.equal(sharpen(model, feats, [(full, [0])], settings)[0], full.logits[[0]])  # nothing decoded
 
 
+def test_a_rank_stride_the_decoder_cannot_sample_is_a_clear_error():
+    with pytest.raises(InputError, match="rank_stride must be 1, 2 or 4.*not 3"):
+        SearchSettings(rank_stride=3)
+
+
 def test_a_negative_click_alone_is_a_clear_error(predictor, dsb):
     """A lone negative click (no box, no positive click) on the search strategy: a one-line InputError, not
     a crash in the box search (found through the annotator's API)."""

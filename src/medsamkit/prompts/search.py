@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from medsamkit.core.errors import InputError
 from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.models.sam import SamFamilyModel
 
@@ -58,6 +59,10 @@ class SearchSettings:
     # 2 vs 1 looked even on the tuning splits (mean +0.005 Dice) but lost on every held-out set (centre Dice
     # GlaS -0.018, MoNuSeg -0.007, lung -0.061) for 1.0-1.5x centre prompts/s: not the default
     rank_stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rank_stride not in (1, 2, 4):
+            raise InputError(f"rank_stride must be 1, 2 or 4 (the decoder's upscaling taps), not {self.rank_stride}")
 
 
 @dataclass
@@ -231,7 +236,7 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
         boxes = [candidate_boxes(pos, frame, settings) for pos in positives]
         found = _decode(model, features, frame, boxes, settings)
         return [_ranked(c, clicks * per_px, labels, settings) for c, (clicks, labels) in zip(found, prompts)]
-    squares, square_sides = zip(*(_squares(pos, frame, settings.sides) for pos in positives))
+    squares, square_sides = zip(*(_squares(pos, frame, settings) for pos in positives))
     first = _decode(model, features, frame, list(squares), settings)
     more = []
     for pos, cands, sides, (clicks, labels) in zip(positives, first, square_sides, prompts):
@@ -241,24 +246,21 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
     second = _decode(model, features, frame, more, settings)
     out = []
     for a, b, (clicks, labels) in zip(first, second, prompts):
-        out.append(_ranked(_joined(a, b), clicks * per_px, labels, settings))
+        both = Candidates(np.concatenate([a.boxes, b.boxes]), torch.cat([a.logits, b.logits]),
+                          np.concatenate([a.iou, b.iou]), np.concatenate([a.masks, b.masks]), a.stride)
+        out.append(_ranked(both, clicks * per_px, labels, settings))
     return out
 
 
-def _joined(a: Candidates, b: Candidates) -> Candidates:
-    return Candidates(np.concatenate([a.boxes, b.boxes]), torch.cat([a.logits, b.logits]),
-                      np.concatenate([a.iou, b.iou]), np.concatenate([a.masks, b.masks]), a.stride)
-
-
-def _squares(positives: np.ndarray, frame: tuple[int, int], sides: tuple[float, ...]
+def _squares(positives: np.ndarray, frame: tuple[int, int], settings: SearchSettings
              ) -> tuple[np.ndarray, np.ndarray]:
-    """The square boxes of ``sides`` (K, 4) and the side each was made with (K,), duplicates (boxes clipped
+    """The square boxes of every side (K, 4) and the side each was made with (K,), duplicates (boxes clipped
     to the same one at the image border) removed."""
-    one = SearchSettings(sides=sides, aspects=(1.0,))
-    boxes = np.concatenate([candidate_boxes(positives, frame, one, sides=(s,)) for s in sides])
+    boxes = np.concatenate([candidate_boxes(positives, frame, settings, sides=(s,), aspects=(1.0,))
+                            for s in settings.sides])
     _, first = np.unique(boxes, axis=0, return_index=True)
     keep = np.sort(first)
-    return boxes[keep], np.asarray(sides, dtype=np.float32)[keep]
+    return boxes[keep], np.asarray(settings.sides, dtype=np.float32)[keep]
 
 
 def _decode(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int], boxes: list[np.ndarray],

@@ -238,8 +238,8 @@ def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: Ever
 
 def _searched_points(predictor: Predictor, points: np.ndarray, cfg: EverythingConfig, win) -> list[MaskRecord]:
     """Point prompts (tile pixels) on a box-only model: each point's best candidate of the click search."""
-    # squares only, one decode, on windows 2x the box, ranked on the full logits (as measured for the point
-    # grid; the click search's own defaults go coarse to fine on 1.5x windows, ranked on sampled logits)
+    # squares only, one decode, on windows 2x the box, ranked on every logit (as measured for the point grid;
+    # the click search's own defaults go coarse to fine on 1.5x windows)
     settings = SearchSettings(sides=tuple(cfg.point_search_sides), aspects=(1.0,), window_factor=2.0, full_window=40,
                               rank_stride=1)
     scale = predictor.coordinate_scale()
