@@ -22,7 +22,16 @@ from medsamkit.prompts import parse_mode
 from medsamkit.prompts.clicks import ClickAnswerer, resolve_strategy
 from medsamkit.prompts.corrections import CorrectionSettings, bend, is_near, signed_distance
 from medsamkit.prompts.objects import object_rngs, run_mode_model
-from medsamkit.prompts.search import SearchSettings, candidate_boxes, decode_boxes, search, sharpen
+from medsamkit.prompts.search import (
+    FEATURES,
+    Candidates,
+    SearchSettings,
+    candidate_boxes,
+    decode_boxes,
+    ranking_features,
+    search,
+    sharpen,
+)
 from medsamkit.prompts.simulate import Prompt, next_click, stack_prompts
 from shared_data import require_data
 
@@ -71,7 +80,8 @@ def test_a_click_alone_becomes_a_mask_holding_it(predictor, dsb):
 
 def test_the_search_tries_other_aspects_only_at_the_best_square_sides(predictor, dsb):
     """Coarse to fine: every square side is decoded, the 2:1 and 1:2 boxes only at the two best squares'
-    sides, and the ranked result holds the click (all 30 boxes in one decode with refine_sides=0)."""
+    sides, and the ranked result holds the click (all 30 boxes in one decode with refine_sides=0; the
+    off-centre squares are left out here, see the next test)."""
     case, objects = dsb
     predictor.set_image(case.image)
     truth = objects[0].mask(case.label.shape)
@@ -79,7 +89,7 @@ def test_the_search_tries_other_aspects_only_at_the_best_square_sides(predictor,
     scale = predictor.coordinate_scale()
     click, frame = np.array([[x, y]]) * scale, predictor.embedding.input_size
     model, feats = predictor.model, predictor.embedding.features
-    coarse = SearchSettings()
+    coarse = SearchSettings(offset=0)
     cands, scores = search(model, feats, frame, click, np.array([1]), coarse)
     squares = candidate_boxes(click, frame, coarse, aspects=(1.0,))
     assert len(squares) < len(cands) <= len(squares) + 2 * coarse.refine_sides
@@ -88,6 +98,56 @@ def test_the_search_tries_other_aspects_only_at_the_best_square_sides(predictor,
     assert np.all(np.diff(scores) <= 0) and cands.masks[0][cy, cx]
     full, _ = search(model, feats, frame, click, np.array([1]), replace(coarse, refine_sides=0))
     assert len(full) == len(candidate_boxes(click, frame, coarse)) > len(cands)
+
+
+def test_off_centre_squares_hold_the_click_and_find_the_nucleus_a_border_click_is_on(predictor, monuseg_root):
+    """Squares with the click off their centre (the 4 diagonals, sides up to 32 px) are candidates too, each
+    holding the click; with the fitted ranking, random clicks on MoNuSeg train nuclei get better masks than
+    ranking by the model's predicted IoU (which takes blobs of several nuclei: IoU 0.3 -> 0.45 on 3 images)."""
+    name = sorted((monuseg_root / "train" / "images").iterdir())[1].name
+    image = read_image(monuseg_root / "train" / "images" / name)[256:512, 256:512]
+    labels = read_label(monuseg_root / "train" / "labels" / name)[256:512, 256:512]
+    predictor.set_image(image)
+    fitted = SearchSettings()
+    click, frame = np.array([[100.0, 120.0]]) * predictor.coordinate_scale(), predictor.embedding.input_size
+    cands, _ = search(predictor.model, predictor.embedding.features, frame, click, np.array([1]), fitted)
+    centres = (cands.boxes[:, :2] + cands.boxes[:, 2:]) / 2
+    off = np.abs(centres - click).max(1) > 1
+    assert off.sum() >= 16
+    assert np.all((cands.boxes[:, :2] <= click) & (click <= cands.boxes[:, 2:]))
+    answers = {name: ClickAnswerer(predictor, "search", settings) for name, settings in
+               (("fitted", fitted), ("predicted_iou", replace(fitted, ranker=())))}
+    rng = np.random.default_rng(0)
+    scores = {name: [] for name in answers}
+    for obj in [o for o in extract_objects(labels) if o.area >= 60][:16]:
+        truth = obj.mask(labels.shape)
+        rows, cols = np.nonzero(truth)
+        k = rng.integers(len(rows))
+        prompt = Prompt(points=[[cols[k], rows[k]]], labels=[1])
+        for name, answerer in answers.items():
+            mask = answerer.answer([prompt]).best()[0][0]
+            assert mask[rows[k], cols[k]]
+            scores[name].append(iou(mask, truth))
+    assert np.mean(scores["fitted"]) > np.mean(scores["predicted_iou"]) + 0.05, scores
+
+
+def test_the_ranking_features_of_hand_made_candidates():
+    """A box that frames its mask exactly fits it (box_fit 1); a click 2 px outside a mask is inside within the
+    reach, 4 px outside is not; a larger box over the same mask fits it less."""
+    masks = np.zeros((3, 32, 32), dtype=bool)
+    masks[:, 8:16, 8:16] = True
+    boxes = np.array([[8, 8, 16, 16], [4, 4, 20, 20], [8, 8, 16, 16]], dtype=np.float32)
+    logits = torch.where(torch.from_numpy(masks), 5.0, -5.0)
+    cands = Candidates(boxes, logits, np.array([0.9, 0.8, 0.7]), masks)
+    settings = SearchSettings()
+    f = dict(zip(FEATURES, ranking_features(cands, np.array([[17.0, 12.0]]), np.array([1]), 1.0, settings).T))
+    assert np.allclose(f["box_fit"], [1.0, 0.25, 1.0]) and np.allclose(f["click_distance"], 2.0)
+    assert np.all(f["clicks_inside"] == 1) and np.allclose(f["predicted_iou"], [0.9, 0.8, 0.7])
+    far = dict(zip(FEATURES, ranking_features(cands, np.array([[19.0, 12.0]]), np.array([1]), 1.0, settings).T))
+    assert np.all(far["clicks_inside"] == 0) and np.allclose(far["click_distance"], 4.0)
+    assert np.allclose(f["box_over_mask"][1] - f["box_over_mask"][0], np.log(2.0))
+    with pytest.raises(InputError, match="ranker needs 19 weights"):
+        SearchSettings(ranker=(1.0, 2.0))
 
 
 @pytest.mark.parametrize("stride", [2, 4])

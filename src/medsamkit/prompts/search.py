@@ -29,6 +29,12 @@ from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.models.sam import SamFamilyModel
 
 NEG_LOGIT = -20.0  # logits outside a decoding window: certainly background
+# what the ranking knows of a candidate (``ranking_features``)
+FEATURES = ("predicted_iou", "click_depth", "persistence", "stability", "log_area", "clicks_inside",
+            "box_over_mask", "click_distance", "box_fit")
+# the hand-set ranking before the fitted one (predicted IoU + 0.5 x depth + 2 x persistence + 1 x stability),
+# kept by everything mode's point grid, whose measurements were made with it
+HAND_RANKER = (1.0, 0.5, 2.0, 1.0) + (0.0,) * (2 * len(FEATURES) + 1 - 4)
 
 
 @dataclass(frozen=True)
@@ -37,9 +43,13 @@ class SearchSettings:
 
     sides: tuple[float, ...] = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192)  # box sides, model-input pixels
     aspects: tuple[float, ...] = (1.0, 2.0, 0.5)  # width / height
-    depth_weight: float = 0.5
-    persistence_weight: float = 2.0
-    stability_weight: float = 1.0
+    # the ranking: score = [f, f^2, 1] @ ranker for the candidate features f (``ranking_features``), fitted by
+    # benchmarks/fit_click_ranker.py on GlaS train and MoNuSeg train (centre and random clicks)
+    ranker: tuple[float, ...] = (
+        -0.1397, -0.0387, 0.6188, 0.3687, 0.2436, 0.0014, 0.1935, -0.3005, 0.0193,
+        1.9046, 0.3456, 0.2104, 1.3124, -0.1319, 0.0014, -0.1116, -0.1365, -0.0495,
+        -0.0)
+    reach: float = 3.0  # a positive click this many low-res px or less from a mask counts as inside it
     stability_offset: float = 1.0  # as SAM's stability score
     window_factor: float = 1.5  # a box is decoded on a window this many times its side (in tokens, x8)
     min_window: int = 16  # tokens
@@ -59,10 +69,24 @@ class SearchSettings:
     # 2 vs 1 looked even on the tuning splits (mean +0.005 Dice) but lost on every held-out set (centre Dice
     # GlaS -0.018, MoNuSeg -0.007, lung -0.061) for 1.0-1.5x centre prompts/s: not the default
     rank_stride: int = 1
+    # squares of sides up to ``offset_max`` also placed with the clicks off their centre, moved by ``offset`` x
+    # the side along the 4 diagonals (8: and the axes); 0: never. A random click near an object's border
+    # frames the object: MoNuSeg train random1 Dice 0.41 -> 0.66 with the fitted ranker; 8 directions took a
+    # click alone over HTTP to 133 ms (4: 104 ms, target 120 ms); offsets only at the best squares' sides
+    # (with the other aspects) lost MoNuSeg train (centre 0.51): docs/protocols.md "Clicks on box-only models"
+    offset: float = 0.3
+    offset_max: float = 32.0
+    offset_directions: int = 4
 
     def __post_init__(self) -> None:
         if self.rank_stride not in (1, 2, 4):
             raise InputError(f"rank_stride must be 1, 2 or 4 (the decoder's upscaling taps), not {self.rank_stride}")
+        if self.offset_directions not in (4, 8):
+            raise InputError(f"offset_directions must be 4 (diagonals) or 8 (and the axes), not "
+                             f"{self.offset_directions}")
+        if self.ranker and len(self.ranker) != 2 * len(FEATURES) + 1:
+            raise InputError(f"ranker needs {2 * len(FEATURES) + 1} weights ([f, f^2, 1] of the features "
+                             f"{', '.join(FEATURES)}), not {len(self.ranker)}")
 
 
 @dataclass
@@ -150,10 +174,16 @@ def click_depth(mask: np.ndarray, clicks: np.ndarray) -> float:
     holding the click, over that component's largest distance (1: the click is at its centre; 0: outside)."""
     if not len(clicks):
         return 0.0
-    labels, _ = ndimage.label(mask)
+    if not mask.any():
+        return 0.0
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    top, left = rows[0], cols[0]
+    labels, _ = ndimage.label(mask[top : rows[-1] + 1, left : cols[-1] + 1])  # the crop holding the mask
     depths = []
     for x, y in np.asarray(clicks).astype(int):
-        comp = labels[y, x]
+        x, y = x - left, y - top
+        inside = 0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]
+        comp = labels[y, x] if inside else 0
         if comp == 0:
             depths.append(0.0)
             continue
@@ -201,19 +231,77 @@ def honours(mask: np.ndarray, clicks: np.ndarray, labels: np.ndarray) -> np.ndar
     return inside == (np.asarray(labels) == 1)
 
 
+def ranking_features(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, per_px: float,
+                     settings: SearchSettings) -> np.ndarray:
+    """Features (K, len(FEATURES)) of the candidates for clicks (N, 2; sampled low-res px) with labels (N,):
+    predicted IoU, depth of the positive clicks, persistence, stability, log area over the candidates' median,
+    whether every positive click is within ``settings.reach``, log of the box side over the mask's, the
+    positive clicks' largest distance to the mask (low-res px, at most 5), IoU of the box with the mask's
+    tight box. ``per_px``: low-res px per model-input px (full frame)."""
+    s = cands.stride
+    positives = np.asarray(clicks)[np.asarray(labels) == 1]
+    area = np.maximum(cands.masks.reshape(len(cands), -1).sum(1) * s * s, 1).astype(np.float64)
+    log_area = np.log(area)
+    side = np.maximum(cands.boxes[:, 2] - cands.boxes[:, 0], cands.boxes[:, 3] - cands.boxes[:, 1]) * per_px
+    distance = np.array([_click_distance(m, positives) * s for m in cands.masks])
+    depth = np.array([click_depth(m, positives) for m in cands.masks])
+    tight = np.array([_tight(m) for m in cands.masks], dtype=np.float64) * s / per_px
+    return np.stack([cands.iou, depth, persistence(cands.masks, np.arange(len(cands))),
+                     stability(cands.logits, settings.stability_offset), log_area - np.median(log_area),
+                     (distance <= settings.reach).astype(np.float64), np.log(np.maximum(side, 1)) - log_area / 2,
+                     np.minimum(distance, 5.0), _box_iou(cands.boxes, tight)], 1)
+
+
+def _click_distance(mask: np.ndarray, points: np.ndarray) -> float:
+    """The largest distance (px) of the points (N, 2; x, y) to the mask (0 inside; 99 for an empty mask)."""
+    if not len(points):
+        return 0.0
+    if not mask.any():
+        return 99.0
+    xy = np.clip(np.asarray(points).astype(int), 0, np.array(mask.shape[::-1]) - 1)
+    if mask[xy[:, 1], xy[:, 0]].all():
+        return 0.0
+    ys, xs = np.nonzero(mask)
+    d2 = (xs[None] - xy[:, :1]) ** 2 + (ys[None] - xy[:, 1:]) ** 2
+    return float(np.sqrt(d2.min(1).max()))
+
+
+def _tight(mask: np.ndarray) -> list[float]:
+    """[x0, y0, x1, y1) of the mask's pixels (zeros for an empty mask)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return [0.0, 0.0, 0.0, 0.0]
+    return [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a[i] and b[i] (K, 4 each; x0, y0, x1, y1)."""
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = w * h
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return inter / np.maximum(union, 1e-6)
+
+
+def score_features(features: np.ndarray, weights: tuple[float, ...] | np.ndarray) -> np.ndarray:
+    """The ranker's scores (K,) of features (K, F): [f, f^2, 1] @ weights (predicted IoU without weights)."""
+    f = np.asarray(features, dtype=np.float64)
+    if not len(weights):  # no ranker: the model's predicted IoU
+        return f[:, FEATURES.index("predicted_iou")].copy()
+    return np.concatenate([f, f * f, np.ones((len(f), 1))], 1) @ np.asarray(weights, dtype=np.float64)
+
+
 def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings,
-         groups: np.ndarray | None = None) -> np.ndarray:
-    """Scores (K,) of the candidates for clicks (N, 2; low-res px) with labels (N,): candidates that break
-    a click rank below every one that honours all, fewer broken clicks first."""
-    k = len(cands)
-    groups = np.arange(k) if groups is None else groups
-    positives = clicks[labels == 1]
-    broken = np.array([(~honours(m, clicks, labels)).sum() for m in cands.masks])
-    depth = np.array([click_depth(m, positives) if b == 0 else 0.0 for m, b in zip(cands.masks, broken)])
-    score = (cands.iou + settings.depth_weight * depth
-             + settings.persistence_weight * persistence(cands.masks, groups)
-             + settings.stability_weight * stability(cands.logits, settings.stability_offset))
-    return score - 10.0 * broken
+         per_px: float = 1.0) -> np.ndarray:
+    """Scores (K,) of the candidates for clicks (N, 2; sampled low-res px) with labels (N,): candidates that
+    break a click (a negative inside, a positive farther than ``settings.reach``) rank below every one that
+    honours all, fewer broken clicks first."""
+    labels = np.asarray(labels)
+    features = ranking_features(cands, clicks, labels, per_px, settings)
+    negatives = np.asarray(clicks)[labels != 1]
+    broken = (features[:, FEATURES.index("clicks_inside")] == 0).astype(np.float64)
+    broken += np.array([(~honours(m, negatives, np.zeros(len(negatives)))).sum() for m in cands.masks])
+    return score_features(features, settings.ranker) - 10.0 * broken
 
 
 def search(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int], clicks: np.ndarray,
@@ -229,38 +317,65 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
                 ) -> list[tuple[Candidates, np.ndarray]]:
     """``search`` for several prompts (clicks, labels) at once: all their boxes in one batched decode (two
     when ``settings.refine_sides``: squares, then the other aspects at the best squares' sides)."""
-    per_px = model.mask_input_size[0] / model.preprocessing.input_size / settings.rank_stride
+    per_px = model.mask_input_size[0] / model.preprocessing.input_size
+    sampled = [(clicks * per_px / settings.rank_stride, labels) for clicks, labels in prompts]
     positives = [clicks[labels == 1] for clicks, labels in prompts]
     others = tuple(a for a in settings.aspects if a != 1.0)
     if not settings.refine_sides or not others:
-        boxes = [candidate_boxes(pos, frame, settings) for pos in positives]
+        boxes = [np.concatenate([candidate_boxes(pos, frame, settings), _offset_squares(pos, frame, settings)])
+                 for pos in positives]
         found = _decode(model, features, frame, boxes, settings)
-        return [_ranked(c, clicks * per_px, labels, settings) for c, (clicks, labels) in zip(found, prompts)]
+        return [_ranked(c, clicks, labels, settings, per_px) for c, (clicks, labels) in zip(found, sampled)]
     squares, square_sides = zip(*(_squares(pos, frame, settings) for pos in positives))
     first = _decode(model, features, frame, list(squares), settings)
     more = []
-    for pos, cands, sides, (clicks, labels) in zip(positives, first, square_sides, prompts):
-        scores = rank(cands, clicks * per_px, labels, settings)
+    for pos, cands, sides, (clicks, labels) in zip(positives, first, square_sides, sampled):
+        scores = rank(cands, clicks, labels, settings, per_px)
         best = np.argsort(-scores, kind="stable")[: settings.refine_sides]
         more.append(candidate_boxes(pos, frame, settings, sides=tuple(sides[best]), aspects=others))
     second = _decode(model, features, frame, more, settings)
-    out = []
-    for a, b, (clicks, labels) in zip(first, second, prompts):
-        both = Candidates(np.concatenate([a.boxes, b.boxes]), torch.cat([a.logits, b.logits]),
-                          np.concatenate([a.iou, b.iou]), np.concatenate([a.masks, b.masks]), a.stride)
-        out.append(_ranked(both, clicks * per_px, labels, settings))
-    return out
+    return [_ranked(_joined(a, b), clicks, labels, settings, per_px)
+            for a, b, (clicks, labels) in zip(first, second, sampled)]
+
+
+def _joined(a: Candidates, b: Candidates) -> Candidates:
+    return Candidates(np.concatenate([a.boxes, b.boxes]), torch.cat([a.logits, b.logits]),
+                      np.concatenate([a.iou, b.iou]), np.concatenate([a.masks, b.masks]), a.stride)
 
 
 def _squares(positives: np.ndarray, frame: tuple[int, int], settings: SearchSettings
              ) -> tuple[np.ndarray, np.ndarray]:
-    """The square boxes of every side (K, 4) and the side each was made with (K,), duplicates (boxes clipped
-    to the same one at the image border) removed."""
-    boxes = np.concatenate([candidate_boxes(positives, frame, settings, sides=(s,), aspects=(1.0,))
-                            for s in settings.sides])
+    """The square boxes of every side (K, 4), centred on the clicks and off them (``_offset_squares``), and
+    the side each was made with (K,), duplicates (boxes clipped to the same one at the image border) removed."""
+    boxes = [candidate_boxes(positives, frame, settings, sides=(s,), aspects=(1.0,)) for s in settings.sides]
+    boxes.append(_offset_squares(positives, frame, settings))
+    sides = np.concatenate([np.asarray(settings.sides, dtype=np.float32), _sides_of_offsets(settings)])
+    boxes = np.concatenate(boxes)
     _, first = np.unique(boxes, axis=0, return_index=True)
     keep = np.sort(first)
-    return boxes[keep], np.asarray(settings.sides, dtype=np.float32)[keep]
+    return boxes[keep], sides[keep]
+
+
+OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _offset_squares(positives: np.ndarray, frame: tuple[int, int], settings: SearchSettings) -> np.ndarray:
+    """Squares of the sides up to ``settings.offset_max`` with the clicks off their centre: moved by
+    ``settings.offset`` x the side along the diagonals (and the axes: ``offset_directions``)."""
+    pos = np.asarray(positives, dtype=np.float32).reshape(-1, 2)
+    boxes = [candidate_boxes(pos + np.float32(settings.offset * s) * np.array(d, dtype=np.float32), frame,
+                             settings, sides=(s,), aspects=(1.0,))
+             for s in settings.sides if settings.offset > 0 and s <= settings.offset_max for d in _directions(settings)]
+    return np.concatenate(boxes) if boxes else np.zeros((0, 4), dtype=np.float32)
+
+
+def _directions(settings: SearchSettings) -> tuple:
+    return OFFSETS if settings.offset_directions == 8 else tuple(d for d in OFFSETS if all(d))
+
+
+def _sides_of_offsets(settings: SearchSettings) -> np.ndarray:
+    return np.asarray([s for s in settings.sides if settings.offset > 0 and s <= settings.offset_max
+                       for _ in _directions(settings)], dtype=np.float32)
 
 
 def _decode(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int], boxes: list[np.ndarray],
@@ -282,10 +397,10 @@ def _decode(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int
     return out
 
 
-def _ranked(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings
+def _ranked(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings, per_px: float
             ) -> tuple[Candidates, np.ndarray]:
     """The candidates best first and their scores (clicks in low-res px)."""
-    scores = rank(cands, clicks, labels, settings)
+    scores = rank(cands, clicks, labels, settings, per_px)
     order = np.argsort(-scores, kind="stable")
     return (Candidates(cands.boxes[order], cands.logits[order], cands.iou[order], cands.masks[order], cands.stride),
             scores[order])
