@@ -3,12 +3,12 @@
 For a centre click and a random click on every object (``evaluate``'s views and object choice, at most
 --max-objects per image) of GlaS train and MoNuSeg train, the search's whole candidate set is decoded (every
 side and aspect, centred and off-centre squares: ``prompts.search``), each candidate's ranking features
-(``prompts.search.ranking_features``) and its true IoU in the view are kept. The score [f, f^2, 1] @ w is fitted
+(``prompts.ranking.ranking_features``) and its true IoU in the view are kept. The score [f, f^2, 1] @ w is fitted
 to maximise the expected IoU of the softmax(score / --tau) choice per prompt (least squares of the IoU as the
 start), and checked by 2-fold cross-validation by image: the IoU of the first-ranked candidate with the fitted
 weights vs with the predicted IoU alone vs the best candidate there is (oracle).
 
-Prints JSON (the weights to put in ``SearchSettings.ranker``, the folds' IoU) and writes
+Prints JSON (the weights of ``prompts.ranking.FITTED_RANKER``, the folds' IoU) and writes
 benchmarks/results/click_ranker.json.
 Usage: python benchmarks/fit_click_ranker.py [--glas-images 16] [--monuseg-images 4] [--max-objects 40]
        [--tau 0.05] [--out benchmarks/results/click_ranker.json]
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,8 @@ from medsamkit.io.datasets import open_dataset
 from medsamkit.metrics import iou
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor, upscale_logits
-from medsamkit.prompts.search import FEATURES, SearchSettings, ranking_features, score_features, search
+from medsamkit.prompts.ranking import FEATURES, ranking_features, score_features
+from medsamkit.prompts.search import SearchSettings, search
 from medsamkit.prompts.simulate import initial_prompt
 
 MODES = ("center", "random1")
@@ -64,7 +64,8 @@ def collect(root: Path, images: int, max_objects: int, predictor: Predictor, set
                     views = upscale_logits(cands.logits[:, None].float(), model.preprocessing.input_size,
                                            emb.input_size, emb.original_size)[:, 0] > 0
                     out.append({"image": index, "mode": mode,
-                                "features": ranking_features(cands, clicks * per_px, labels, per_px, settings),
+                                "features": ranking_features(cands, clicks * per_px, labels, per_px, settings.reach,
+                                                             settings.stability_offset),
                                 "iou": np.array([iou(v, truth) for v in views.numpy()])})
     return out
 
@@ -108,7 +109,7 @@ def main() -> None:
     shared = require_shared(shared_dir(), "GlaS / MoNuSeg train")
     predictor = Predictor(load_model("litemedsam", device="cpu"))
     # the whole candidate set in one decode: the ranking then orders what coarse-to-fine may keep
-    settings = replace(SearchSettings(), refine_sides=0, ranker=())
+    settings = SearchSettings.fitted(refine_sides=0, ranker=())
     splits = {"glas": (shared / "data" / "glas" / "train", args.glas_images),
               "monuseg": (monuseg_dir("train") or shared / "data" / "monuseg" / "train", args.monuseg_images)}
     data = {name: collect(root, n, args.max_objects, predictor, settings)

@@ -37,7 +37,8 @@ from medsamkit.prompts.corrections import (
     region_edit,
     signed_distance,
 )
-from medsamkit.prompts.search import Candidates, SearchSettings, distinct, honours, search_many, sharpen
+from medsamkit.prompts.ranking import honours
+from medsamkit.prompts.search import Candidates, SearchSettings, distinct, search_many, sharpen
 from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts, tight_box
 
 STRATEGIES = ("auto", *CLICK_STRATEGIES)  # auto resolves to one of the others

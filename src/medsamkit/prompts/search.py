@@ -8,7 +8,8 @@ and keeping the candidate masks that contain every positive click and no negativ
 the model's predicted IoU, the stability of their logits, how deep inside the mask the clicks lie, and how
 persistent the mask is across the other boxes (an object appears under many boxes, a blob of several
 objects or a part of one under few). Settings were chosen on GlaS train and MoNuSeg train
-(docs/protocols.md "Clicks on box-only models").
+(docs/protocols.md "Clicks on box-only models"). ``SearchSettings.fitted()`` is a ranking fitted to those
+splits with squares off the clicks too: measured, not the default (it lost on CT).
 
 Everything here works in the model's low-res frame (m x m logits; the image occupies its top-left part):
 boxes are in model-input pixels, clicks are given in the same frame. With ``rank_stride`` s > 1 candidates
@@ -22,19 +23,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from medsamkit.core.errors import InputError
 from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.models.sam import SamFamilyModel
+from medsamkit.prompts.ranking import (
+    FEATURES,
+    FITTED_RANKER,
+    HAND_RANKER,
+    Candidates,
+    click_distance,
+    honours,
+    ranking_features,
+    score_features,
+)
 
 NEG_LOGIT = -20.0  # logits outside a decoding window: certainly background
-# what the ranking knows of a candidate (``ranking_features``)
-FEATURES = ("predicted_iou", "click_depth", "persistence", "stability", "log_area", "clicks_inside",
-            "box_over_mask", "click_distance", "box_fit")
-# the hand-set ranking before the fitted one (predicted IoU + 0.5 x depth + 2 x persistence + 1 x stability),
-# kept by everything mode's point grid, whose measurements were made with it
-HAND_RANKER = (1.0, 0.5, 2.0, 1.0) + (0.0,) * (2 * len(FEATURES) + 1 - 4)
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,10 @@ class SearchSettings:
 
     sides: tuple[float, ...] = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192)  # box sides, model-input pixels
     aspects: tuple[float, ...] = (1.0, 2.0, 0.5)  # width / height
-    # the ranking: score = [f, f^2, 1] @ ranker for the candidate features f (``ranking_features``), fitted by
-    # benchmarks/fit_click_ranker.py on GlaS train and MoNuSeg train (centre and random clicks)
-    ranker: tuple[float, ...] = (
-        -0.1397, -0.0387, 0.6188, 0.3687, 0.2436, 0.0014, 0.1935, -0.3005, 0.0193,
-        1.9046, 0.3456, 0.2104, 1.3124, -0.1319, 0.0014, -0.1116, -0.1365, -0.0495,
-        -0.0)
-    reach: float = 3.0  # a positive click this many low-res px or less from a mask counts as inside it
+    # the ranking: score = [f, f^2, 1] @ ranker over the candidate features f (``ranking_features``); the
+    # default is the hand-set one (HAND_RANKER), FITTED_RANKER the one benchmarks/fit_click_ranker.py fitted
+    ranker: tuple[float, ...] = HAND_RANKER
+    reach: float = 0.0  # a positive click this many low-res px or less from a mask counts as inside it
     stability_offset: float = 1.0  # as SAM's stability score
     window_factor: float = 1.5  # a box is decoded on a window this many times its side (in tokens, x8)
     min_window: int = 16  # tokens
@@ -70,13 +71,18 @@ class SearchSettings:
     # GlaS -0.018, MoNuSeg -0.007, lung -0.061) for 1.0-1.5x centre prompts/s: not the default
     rank_stride: int = 1
     # squares of sides up to ``offset_max`` also placed with the clicks off their centre, moved by ``offset`` x
-    # the side along the 4 diagonals (8: and the axes); 0: never. A random click near an object's border
-    # frames the object: MoNuSeg train random1 Dice 0.41 -> 0.66 with the fitted ranker; 8 directions took a
-    # click alone over HTTP to 133 ms (4: 104 ms, target 120 ms); offsets only at the best squares' sides
-    # (with the other aspects) lost MoNuSeg train (centre 0.51): docs/protocols.md "Clicks on box-only models"
-    offset: float = 0.3
+    # the side along the 4 diagonals (8: and the axes); 0: never (the default). With the fitted ranking
+    # (``SearchSettings.fitted()``) MoNuSeg random1 Dice rose 0.40 -> 0.64 held out, but GlaS centre fell
+    # 0.837 -> 0.785 and the CT lung 0.627 -> 0.325: docs/protocols.md "A fitted ranking and off-centre
+    # squares"
+    offset: float = 0.0
     offset_max: float = 32.0
     offset_directions: int = 4
+
+    @classmethod
+    def fitted(cls, **changes) -> SearchSettings:
+        """The fitted ranking with what it was fitted on: off-centre squares, clicks within 3 px inside."""
+        return cls(**{"ranker": FITTED_RANKER, "offset": 0.3, "reach": 3.0, **changes})
 
     def __post_init__(self) -> None:
         if self.rank_stride not in (1, 2, 4):
@@ -87,20 +93,6 @@ class SearchSettings:
         if self.ranker and len(self.ranker) != 2 * len(FEATURES) + 1:
             raise InputError(f"ranker needs {2 * len(FEATURES) + 1} weights ([f, f^2, 1] of the features "
                              f"{', '.join(FEATURES)}), not {len(self.ranker)}")
-
-
-@dataclass
-class Candidates:
-    """K candidate masks of one prompt in the low-res frame, sampled every ``stride``-th pixel per axis."""
-
-    boxes: np.ndarray  # (K, 4) model-input pixels
-    logits: torch.Tensor  # (K, m/s, m/s)
-    iou: np.ndarray  # (K,) predicted IoU
-    masks: np.ndarray  # (K, m/s, m/s) bool, zero outside the image part of the frame
-    stride: int = 1
-
-    def __len__(self) -> int:
-        return len(self.boxes)
 
 
 def candidate_boxes(positives: np.ndarray, frame: tuple[float, float], settings: SearchSettings,
@@ -169,138 +161,19 @@ def sharpen(model: SamFamilyModel, features: torch.Tensor, chosen: list[tuple[Ca
     return list(torch.split(logits, [len(idx) for _, idx in chosen]))
 
 
-def click_depth(mask: np.ndarray, clicks: np.ndarray) -> float:
-    """Mean over ``clicks`` (N, 2; x, y low-res px) of the distance to the background of the mask component
-    holding the click, over that component's largest distance (1: the click is at its centre; 0: outside)."""
-    if not len(clicks):
-        return 0.0
-    if not mask.any():
-        return 0.0
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    top, left = rows[0], cols[0]
-    labels, _ = ndimage.label(mask[top : rows[-1] + 1, left : cols[-1] + 1])  # the crop holding the mask
-    depths = []
-    for x, y in np.asarray(clicks).astype(int):
-        x, y = x - left, y - top
-        inside = 0 <= y < labels.shape[0] and 0 <= x < labels.shape[1]
-        comp = labels[y, x] if inside else 0
-        if comp == 0:
-            depths.append(0.0)
-            continue
-        rows, cols = np.nonzero(labels == comp)
-        r0, c0 = rows.min(), cols.min()
-        crop = np.pad(labels[r0 : rows.max() + 1, c0 : cols.max() + 1] == comp, 1)
-        dist = ndimage.distance_transform_edt(crop)
-        depths.append(float(dist[y - r0 + 1, x - c0 + 1] / dist.max()))
-    return float(np.mean(depths))
-
-
-def persistence(masks: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Per mask, the mean over the other boxes' masks of their IoU with it: how many boxes agree on it."""
-    k = len(masks)
-    if k < 2:
-        return np.zeros(k)
-    any_px = masks.any(0)
-    rows, cols = np.nonzero(any_px.any(1))[0], np.nonzero(any_px.any(0))[0]
-    if not len(rows):
-        return np.zeros(k)
-    flat = masks[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].reshape(k, -1).astype(np.float32)
-    area = flat.sum(1)
-    inter = flat @ flat.T
-    union = area[:, None] + area[None] - inter
-    pair = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    other = groups[:, None] != groups[None]
-    return np.where(other, pair, 0).sum(1) / np.maximum(other.sum(1), 1)
-
-
-def stability(logits: torch.Tensor, offset: float) -> np.ndarray:
-    """SAM's stability score per mask: |logits > offset| / |logits > -offset| (0 when nothing is above)."""
-    high = (logits > offset).flatten(1).sum(1).double()
-    low = (logits > -offset).flatten(1).sum(1).double()
-    return torch.where(low > 0, high / low.clamp(min=1), torch.zeros_like(low)).cpu().numpy()
-
-
-def honours(mask: np.ndarray, clicks: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per click (x, y in the mask's pixels), whether the mask agrees with it (positive inside, negative out)."""
-    if not len(clicks):
-        return np.zeros(0, dtype=bool)
-    xy = np.asarray(clicks).astype(int)
-    xy[:, 0] = np.clip(xy[:, 0], 0, mask.shape[1] - 1)
-    xy[:, 1] = np.clip(xy[:, 1], 0, mask.shape[0] - 1)
-    inside = mask[xy[:, 1], xy[:, 0]]
-    return inside == (np.asarray(labels) == 1)
-
-
-def ranking_features(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, per_px: float,
-                     settings: SearchSettings) -> np.ndarray:
-    """Features (K, len(FEATURES)) of the candidates for clicks (N, 2; sampled low-res px) with labels (N,):
-    predicted IoU, depth of the positive clicks, persistence, stability, log area over the candidates' median,
-    whether every positive click is within ``settings.reach``, log of the box side over the mask's, the
-    positive clicks' largest distance to the mask (low-res px, at most 5), IoU of the box with the mask's
-    tight box. ``per_px``: low-res px per model-input px (full frame)."""
-    s = cands.stride
-    positives = np.asarray(clicks)[np.asarray(labels) == 1]
-    area = np.maximum(cands.masks.reshape(len(cands), -1).sum(1) * s * s, 1).astype(np.float64)
-    log_area = np.log(area)
-    side = np.maximum(cands.boxes[:, 2] - cands.boxes[:, 0], cands.boxes[:, 3] - cands.boxes[:, 1]) * per_px
-    distance = np.array([_click_distance(m, positives) * s for m in cands.masks])
-    depth = np.array([click_depth(m, positives) for m in cands.masks])
-    tight = np.array([_tight(m) for m in cands.masks], dtype=np.float64) * s / per_px
-    return np.stack([cands.iou, depth, persistence(cands.masks, np.arange(len(cands))),
-                     stability(cands.logits, settings.stability_offset), log_area - np.median(log_area),
-                     (distance <= settings.reach).astype(np.float64), np.log(np.maximum(side, 1)) - log_area / 2,
-                     np.minimum(distance, 5.0), _box_iou(cands.boxes, tight)], 1)
-
-
-def _click_distance(mask: np.ndarray, points: np.ndarray) -> float:
-    """The largest distance (px) of the points (N, 2; x, y) to the mask (0 inside; 99 for an empty mask)."""
-    if not len(points):
-        return 0.0
-    if not mask.any():
-        return 99.0
-    xy = np.clip(np.asarray(points).astype(int), 0, np.array(mask.shape[::-1]) - 1)
-    if mask[xy[:, 1], xy[:, 0]].all():
-        return 0.0
-    ys, xs = np.nonzero(mask)
-    d2 = (xs[None] - xy[:, :1]) ** 2 + (ys[None] - xy[:, 1:]) ** 2
-    return float(np.sqrt(d2.min(1).max()))
-
-
-def _tight(mask: np.ndarray) -> list[float]:
-    """[x0, y0, x1, y1) of the mask's pixels (zeros for an empty mask)."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if not len(rows):
-        return [0.0, 0.0, 0.0, 0.0]
-    return [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a[i] and b[i] (K, 4 each; x0, y0, x1, y1)."""
-    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = w * h
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return inter / np.maximum(union, 1e-6)
-
-
-def score_features(features: np.ndarray, weights: tuple[float, ...] | np.ndarray) -> np.ndarray:
-    """The ranker's scores (K,) of features (K, F): [f, f^2, 1] @ weights (predicted IoU without weights)."""
-    f = np.asarray(features, dtype=np.float64)
-    if not len(weights):  # no ranker: the model's predicted IoU
-        return f[:, FEATURES.index("predicted_iou")].copy()
-    return np.concatenate([f, f * f, np.ones((len(f), 1))], 1) @ np.asarray(weights, dtype=np.float64)
-
-
 def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings,
          per_px: float = 1.0) -> np.ndarray:
     """Scores (K,) of the candidates for clicks (N, 2; sampled low-res px) with labels (N,): candidates that
     break a click (a negative inside, a positive farther than ``settings.reach``) rank below every one that
     honours all, fewer broken clicks first."""
     labels = np.asarray(labels)
-    features = ranking_features(cands, clicks, labels, per_px, settings)
-    negatives = np.asarray(clicks)[labels != 1]
-    broken = (features[:, FEATURES.index("clicks_inside")] == 0).astype(np.float64)
-    broken += np.array([(~honours(m, negatives, np.zeros(len(negatives)))).sum() for m in cands.masks])
+    features = ranking_features(cands, clicks, labels, per_px, settings.reach, settings.stability_offset)
+    clicks = np.asarray(clicks)
+    positives, negatives = clicks[labels == 1], clicks[labels != 1]
+    reach = settings.reach / cands.stride
+    broken = np.array([sum(click_distance(m, p[None]) > reach for p in positives)
+                       + (~honours(m, negatives, np.zeros(len(negatives)))).sum() for m in cands.masks], dtype=np.float64)
+    features[broken > 0, FEATURES.index("click_depth")] = 0.0  # a candidate breaking a click has no depth
     return score_features(features, settings.ranker) - 10.0 * broken
 
 

@@ -29,7 +29,8 @@ from medsamkit.core.errors import InputError
 from medsamkit.core.tiling import grid_windows
 from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.predictor import Predictor, as_rgb_float
-from medsamkit.prompts.search import HAND_RANKER, SearchSettings, search_many, sharpen
+from medsamkit.prompts.ranking import HAND_RANKER
+from medsamkit.prompts.search import SearchSettings, search_many, sharpen
 from medsamkit.samaug.nms import nms
 from medsamkit.samaug.proposals import assign_to_windows, blob_proposals, expand_boxes, grid_boxes, point_grid
 
@@ -238,9 +239,8 @@ def _decode_tile(predictor: Predictor, prompts: np.ndarray, kind: str, cfg: Ever
 
 def _searched_points(predictor: Predictor, points: np.ndarray, cfg: EverythingConfig, win) -> list[MaskRecord]:
     """Point prompts (tile pixels) on a box-only model: each point's best candidate of the click search."""
-    # squares centred on the points only, one decode, on windows 2x the box, ranked on every logit by the
-    # hand-set weights the point grid was measured with (the click search's own defaults go coarse to fine on
-    # 1.5x windows, with off-centre squares and the fitted ranking)
+    # squares only, one decode, on windows 2x the box, ranked on every logit by the hand-set ranking (as
+    # measured for the point grid; the click search's own defaults go coarse to fine on 1.5x windows)
     settings = SearchSettings(sides=tuple(cfg.point_search_sides), aspects=(1.0,), window_factor=2.0, full_window=40,
                               rank_stride=1, offset=0, ranker=HAND_RANKER, reach=0)
     scale = predictor.coordinate_scale()
