@@ -40,9 +40,7 @@ class Candidates:
 def click_depth(mask: np.ndarray, clicks: np.ndarray) -> float:
     """Mean over ``clicks`` (N, 2; x, y low-res px) of the distance to the background of the mask component
     holding the click, over that component's largest distance (1: the click is at its centre; 0: outside)."""
-    if not len(clicks):
-        return 0.0
-    if not mask.any():
+    if not len(clicks) or not mask.any():
         return 0.0
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     top, left = rows[0], cols[0]
@@ -55,16 +53,16 @@ def click_depth(mask: np.ndarray, clicks: np.ndarray) -> float:
         if comp == 0:
             depths.append(0.0)
             continue
-        rows, cols = np.nonzero(labels == comp)
-        r0, c0 = rows.min(), cols.min()
-        crop = np.pad(labels[r0 : rows.max() + 1, c0 : cols.max() + 1] == comp, 1)
+        part_rows, part_cols = np.nonzero(labels == comp)
+        r0, c0 = part_rows.min(), part_cols.min()
+        crop = np.pad(labels[r0 : part_rows.max() + 1, c0 : part_cols.max() + 1] == comp, 1)
         dist = ndimage.distance_transform_edt(crop)
         depths.append(float(dist[y - r0 + 1, x - c0 + 1] / dist.max()))
     return float(np.mean(depths))
 
 
-def persistence(masks: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Per mask, the mean over the other boxes' masks of their IoU with it: how many boxes agree on it."""
+def persistence(masks: np.ndarray) -> np.ndarray:
+    """Per mask, the mean over the other masks of their IoU with it: how many boxes agree on it."""
     k = len(masks)
     if k < 2:
         return np.zeros(k)
@@ -77,8 +75,8 @@ def persistence(masks: np.ndarray, groups: np.ndarray) -> np.ndarray:
     inter = flat @ flat.T
     union = area[:, None] + area[None] - inter
     pair = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    other = groups[:, None] != groups[None]
-    return np.where(other, pair, 0).sum(1) / np.maximum(other.sum(1), 1)
+    np.fill_diagonal(pair, 0.0)
+    return pair.sum(1) / (k - 1)
 
 
 def stability(logits: torch.Tensor, offset: float) -> np.ndarray:
@@ -114,7 +112,7 @@ def ranking_features(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, 
     distance = np.array([click_distance(m, positives) * s for m in cands.masks])
     depth = np.array([click_depth(m, positives) for m in cands.masks])
     tight = np.array([_tight(m) for m in cands.masks], dtype=np.float64) * s / per_px
-    return np.stack([cands.iou, depth, persistence(cands.masks, np.arange(len(cands))),
+    return np.stack([cands.iou, depth, persistence(cands.masks),
                      stability(cands.logits, stability_offset), log_area - np.median(log_area),
                      (distance <= reach).astype(np.float64), np.log(np.maximum(side, 1)) - log_area / 2,
                      np.minimum(distance, 5.0), _box_iou(cands.boxes, tight)], 1)

@@ -171,8 +171,11 @@ def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: Se
     clicks = np.asarray(clicks)
     positives, negatives = clicks[labels == 1], clicks[labels != 1]
     reach = settings.reach / cands.stride
-    broken = np.array([sum(click_distance(m, p[None]) > reach for p in positives)
-                       + (~honours(m, negatives, np.zeros(len(negatives)))).sum() for m in cands.masks], dtype=np.float64)
+    # a positive click can be out of reach only where the farthest one is (clicks_inside 0)
+    far = features[:, FEATURES.index("clicks_inside")] == 0
+    broken = np.array([(sum(click_distance(m, p[None]) > reach for p in positives) if out else 0)
+                       + (~honours(m, negatives, np.zeros(len(negatives)))).sum()
+                       for m, out in zip(cands.masks, far)], dtype=np.float64)
     features[broken > 0, FEATURES.index("click_depth")] = 0.0  # a candidate breaking a click has no depth
     return score_features(features, settings.ranker) - 10.0 * broken
 
@@ -195,7 +198,7 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
     positives = [clicks[labels == 1] for clicks, labels in prompts]
     others = tuple(a for a in settings.aspects if a != 1.0)
     if not settings.refine_sides or not others:
-        boxes = [np.concatenate([candidate_boxes(pos, frame, settings), _offset_squares(pos, frame, settings)])
+        boxes = [np.concatenate([candidate_boxes(pos, frame, settings), _offset_squares(pos, frame, settings)[0]])
                  for pos in positives]
         found = _decode(model, features, frame, boxes, settings)
         return [_ranked(c, clicks, labels, settings, per_px) for c, (clicks, labels) in zip(found, sampled)]
@@ -220,10 +223,10 @@ def _squares(positives: np.ndarray, frame: tuple[int, int], settings: SearchSett
              ) -> tuple[np.ndarray, np.ndarray]:
     """The square boxes of every side (K, 4), centred on the clicks and off them (``_offset_squares``), and
     the side each was made with (K,), duplicates (boxes clipped to the same one at the image border) removed."""
-    boxes = [candidate_boxes(positives, frame, settings, sides=(s,), aspects=(1.0,)) for s in settings.sides]
-    boxes.append(_offset_squares(positives, frame, settings))
-    sides = np.concatenate([np.asarray(settings.sides, dtype=np.float32), _sides_of_offsets(settings)])
-    boxes = np.concatenate(boxes)
+    off, off_sides = _offset_squares(positives, frame, settings)
+    boxes = np.concatenate([candidate_boxes(positives, frame, settings, sides=(s,), aspects=(1.0,))
+                            for s in settings.sides] + [off])
+    sides = np.concatenate([np.asarray(settings.sides, dtype=np.float32), off_sides])
     _, first = np.unique(boxes, axis=0, return_index=True)
     keep = np.sort(first)
     return boxes[keep], sides[keep]
@@ -232,23 +235,19 @@ def _squares(positives: np.ndarray, frame: tuple[int, int], settings: SearchSett
 OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def _offset_squares(positives: np.ndarray, frame: tuple[int, int], settings: SearchSettings) -> np.ndarray:
-    """Squares of the sides up to ``settings.offset_max`` with the clicks off their centre: moved by
-    ``settings.offset`` x the side along the diagonals (and the axes: ``offset_directions``)."""
+def _offset_squares(positives: np.ndarray, frame: tuple[int, int], settings: SearchSettings
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Squares (K, 4) of the sides up to ``settings.offset_max`` with the clicks off their centre, moved by
+    ``settings.offset`` x the side along the diagonals (and the axes: ``offset_directions``), and their sides
+    (K,); none when ``settings.offset`` is 0."""
     pos = np.asarray(positives, dtype=np.float32).reshape(-1, 2)
+    directions = OFFSETS if settings.offset_directions == 8 else tuple(d for d in OFFSETS if all(d))
+    sides = [s for s in settings.sides if settings.offset > 0 and s <= settings.offset_max]
     boxes = [candidate_boxes(pos + np.float32(settings.offset * s) * np.array(d, dtype=np.float32), frame,
                              settings, sides=(s,), aspects=(1.0,))
-             for s in settings.sides if settings.offset > 0 and s <= settings.offset_max for d in _directions(settings)]
-    return np.concatenate(boxes) if boxes else np.zeros((0, 4), dtype=np.float32)
-
-
-def _directions(settings: SearchSettings) -> tuple:
-    return OFFSETS if settings.offset_directions == 8 else tuple(d for d in OFFSETS if all(d))
-
-
-def _sides_of_offsets(settings: SearchSettings) -> np.ndarray:
-    return np.asarray([s for s in settings.sides if settings.offset > 0 and s <= settings.offset_max
-                       for _ in _directions(settings)], dtype=np.float32)
+             for s in sides for d in directions]
+    return (np.concatenate(boxes) if boxes else np.zeros((0, 4), dtype=np.float32),
+            np.repeat(np.asarray(sides, dtype=np.float32), len(directions)))
 
 
 def _decode(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int], boxes: list[np.ndarray],
