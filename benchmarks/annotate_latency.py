@@ -18,6 +18,7 @@ Volumes (builtin:lung-gtv pat_4, DICOM CT, fresh embedding cache):
 Prints JSON (with the 1-minute load average, so noisy runs are visible); the volume part is also written to
 benchmarks/results/annotate_volume_latency.json.
 Usage: python benchmarks/annotate_latency.py [--calls 30] [--drags 10] [--device cpu] [--only 2d|volume]
+       [--click-ranker RUN/ranking.json]
 (--smoke: 2 calls, 1 drag, the smallest patient pat_2, the volume JSON in a temporary folder).
 """
 
@@ -167,6 +168,7 @@ def main() -> None:
     ap.add_argument("--drags", type=int, default=10)
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", choices=("2d", "volume"), default=None)
+    ap.add_argument("--click-ranker", default=None, help="2D: serve clicks with this `fit-clicks` ranking")
     ap.add_argument("--volume-results", type=Path,
                     default=Path(__file__).resolve().parent / "results" / "annotate_volume_latency.json")
     add_smoke(ap)
@@ -178,7 +180,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.only != "volume":
             folder = _folder(Path(tmp))
-            ws = Workspace(AnnotateConfig(str(folder), device=args.device))
+            ws = Workspace(AnnotateConfig(str(folder), device=args.device, click_ranker=args.click_ranker))
             with BackgroundServer(ws, token="bench") as server:
                 result = _http(server, args.calls)
                 result.update(_browser(server, args.drags))
@@ -187,7 +189,8 @@ def main() -> None:
             result["volume"] = _volume(Path(tmp), args.device, args.calls, args.patient)
     report = {
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "threads": torch.get_num_threads(),
-        "load_avg_1min": float(open("/proc/loadavg").read().split()[0]), "calls": args.calls, **result,
+        "load_avg_1min": float(open("/proc/loadavg").read().split()[0]), "calls": args.calls,
+        "click_ranker": args.click_ranker or "default", **result,
         "targets": {"predict_http_median_ms": 60, "first_mask_new_image_s": 1.5, "release_to_overlay_median_ms": 150,
                     "volume.first_mask_new_slice_s": 1.5, "volume.predict_http_median_ms": 60},
     }

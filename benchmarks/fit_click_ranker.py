@@ -9,7 +9,9 @@ start), and checked by 2-fold cross-validation by image: the IoU of the first-ra
 weights vs with the predicted IoU alone vs the best candidate there is (oracle).
 
 Prints JSON (the weights of ``prompts.ranking.FITTED_RANKER``, the folds' IoU) and writes
-benchmarks/results/click_ranker.json.
+benchmarks/results/click_ranker.json. This is how ``FITTED_RANKER`` was made (kept to reproduce it); users fit a
+ranking to their own data with `medsamkit fit-clicks` (``evaluation.click_ranking``: the same candidates, with
+the broken-click penalty in the objective, and cross-validated against the default search).
 Usage: python benchmarks/fit_click_ranker.py [--glas-images 16] [--monuseg-images 4] [--max-objects 40]
        [--tau 0.05] [--out benchmarks/results/click_ranker.json]
 (--smoke: one GlaS and one MoNuSeg image, 4 objects each, in a temporary folder)

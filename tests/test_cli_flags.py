@@ -10,26 +10,28 @@ from medsamkit.cli import main
 
 # concept flags -> the verbs that must have them (and no other verb may)
 TABLE = {
-    "--model": {"segment", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
+    "--model": {"fit-clicks", "segment", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
                 "evaluate-volume", "export", "demo", "annotate"},
-    "--device": {"segment", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
+    "--device": {"fit-clicks", "segment", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
                  "evaluate-volume", "demo", "unet train", "unet eval", "annotate"},
     "--prompts": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
     # label values to process (one meaning on every verb)
     "--classes": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
     # the class names a person assigns while annotating
     "--class-names": {"annotate"},
-    "--window": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
+    "--window": {"fit-clicks", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "segment-volume",
                  "evaluate-volume", "annotate"},
-    "--max-images": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors", "evaluate-volume",
+    "--max-images": {"fit-clicks", "evaluate", "embed", "finetune", "samaug masks", "samaug priors", "evaluate-volume",
                      "segment-volume", "unet eval"},
-    "--tile": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors"},
-    "--tile-overlap": {"evaluate", "embed", "finetune", "samaug masks", "samaug priors"},
+    "--tile": {"fit-clicks", "evaluate", "embed", "finetune", "samaug masks", "samaug priors"},
+    "--tile-overlap": {"fit-clicks", "evaluate", "embed", "finetune", "samaug masks", "samaug priors"},
     "--cache": {"evaluate", "finetune", "segment-volume", "evaluate-volume"},
     "--save-masks": {"evaluate", "evaluate-volume"},
     "--multimask": {"segment", "evaluate"},
     # how clicks become masks (prompts.clicks): auto / native / search
     "--clicks": {"segment", "evaluate", "annotate", "evaluate-volume"},
+    # the click search's ranking fitted by `fit-clicks`
+    "--click-ranker": {"segment", "evaluate", "annotate", "evaluate-volume"},
     # an interactive evaluation protocol named by its source (the CVPR 2025 challenge)
     "--protocol": {"evaluate-volume"},
     # a 3D box prompt: z-range + a 2D box on one slice

@@ -13,6 +13,8 @@ import pytest
 from medsamkit.core.errors import InputError
 from medsamkit.io.volume_reader import read_label_volume, read_volume
 from medsamkit.metrics import dice
+from medsamkit.prompts.ranking import FEATURES, FITTED_RANKER
+from medsamkit.prompts.search import RANKING_FORMAT
 from medsamkit.volumes import (
     EvaluateVolumeConfig,
     SegmentVolumeConfig,
@@ -201,3 +203,16 @@ def test_cvpr25_protocol_rows_summary_and_resume(tmp_path, predictor):
                                               cache=cfg.cache, start="clicks", show_progress=False), predictor)
     with pytest.raises(InputError, match="--protocol"):
         evaluate_volumes(EvaluateVolumeConfig(data=cfg.data, out=str(tmp_path / "v"), start="clicks"), predictor)
+    # --click-ranker: the slice clicks use a `fit-clicks` ranking; its sha256 is in the run's identity
+    ranking = tmp_path / "ranking.json"
+    ranking.write_text(json.dumps({"format": RANKING_FORMAT, "features": list(FEATURES), "ranker": list(FITTED_RANKER),
+                                   "offset": 0.3, "reach": 3.0}))
+    ranked = evaluate_volumes(EvaluateVolumeConfig(data=cfg.data, out=str(tmp_path / "ranked"), protocol="cvpr25",
+                                                   window="lung", cache=cfg.cache, click_ranker=str(ranking),
+                                                   show_progress=False), predictor)
+    steps = ranked["classes"]["class 1"]["steps"]
+    assert steps[0]["dice"] == cls["steps"][0]["dice"] and len(steps) == 6  # the 3D box step has no click
+    assert json.loads((tmp_path / "ranked" / "config.json").read_text())["click_ranker_sha256"]
+    with pytest.raises(InputError, match="cannot read a click ranking"):
+        evaluate_volumes(EvaluateVolumeConfig(data=cfg.data, out=str(tmp_path / "bad"), protocol="cvpr25",
+                                              click_ranker=str(tmp_path / "absent.json")), predictor)

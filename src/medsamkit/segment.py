@@ -13,6 +13,7 @@ from medsamkit.io.images import read_image, write_mask
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
 from medsamkit.prompts.clicks import ClickAnswerer
+from medsamkit.prompts.search import SearchSettings
 from medsamkit.prompts.simulate import Prompt
 
 
@@ -29,6 +30,7 @@ class SegmentConfig:
     device: str | None = None
     multimask: bool = False
     clicks: str = "auto"  # how clicks become masks (prompts.clicks)
+    click_ranker: str | None = None  # the click search's ranking from `medsamkit fit-clicks`
 
 
 def segment_image(cfg: SegmentConfig) -> list[dict]:
@@ -41,7 +43,8 @@ def segment_image(cfg: SegmentConfig) -> list[dict]:
     device = select_device(cfg.device)
     predictor = Predictor(load_model(cfg.model, cfg.checkpoint, device))
     predictor.set_image(image, source=cfg.image)
-    answerer = ClickAnswerer(predictor, cfg.clicks)
+    answerer = ClickAnswerer(predictor, cfg.clicks, SearchSettings.from_file(cfg.click_ranker) if cfg.click_ranker
+                             else None)
     masks, iou, _ = answerer.answer(_prompts(cfg), cfg.multimask).best()
     label = np.zeros(masks.shape[1:], dtype=np.uint16 if len(masks) > 255 else np.uint8)
     for i, m in enumerate(masks):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.options import clicks_option, model_options, window_option
+from medsamkit.cli.options import click_ranker_option, clicks_option, model_options, window_option
 from medsamkit.core.errors import InputError
 
 
@@ -29,9 +29,10 @@ from medsamkit.core.errors import InputError
 @click.option("--monailabel", is_flag=True,
               help="also serve MONAI Label's API (3D Slicer, OHIF, QuPath) at the printed /monailabel/TOKEN/ URL")
 @clicks_option
+@click_ranker_option
 @model_options
 def annotate(source, out, host, port, class_names, no_token, three_slice, window, learn, learn_min_objects,
-             learn_budget, monailabel, clicks, model_name, checkpoint, device):
+             learn_budget, monailabel, clicks, click_ranker, model_name, checkpoint, device):
     """Annotate 2D images or volumes in a local web page (box + clicks, objects, propagation, autosave).
 
     FOLDER holds 2D images (optional labels/ to correct); any data SPEC works (builtin:dsb-nuclei). Volumes:
@@ -50,7 +51,7 @@ def annotate(source, out, host, port, class_names, no_token, three_slice, window
 
     names = [c.strip() for c in (class_names or "").split(",") if c.strip()]
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
-                         host=host, port=port, class_names=names, clicks=clicks, token=not no_token, window=window,
+                         host=host, port=port, class_names=names, clicks=clicks, click_ranker=click_ranker, token=not no_token, window=window,
                          three_slice=three_slice, learn=learn, learn_min_objects=learn_min_objects,
                          learn_budget=learn_budget, monailabel=monailabel)
     try:

@@ -10,6 +10,7 @@ from medsamkit.cli.options import (
     build_config,
     cache_option,
     classes_option,
+    click_ranker_option,
     clicks_option,
     dask_options,
     max_images_option,
@@ -36,6 +37,7 @@ from medsamkit.cli.options import (
 @save_masks_option
 @multimask_option
 @clicks_option
+@click_ranker_option
 @cache_option
 @classes_option
 @window_option

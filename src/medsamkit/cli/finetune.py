@@ -71,3 +71,27 @@ def finetune(**params):
     cfg = build_config(FinetuneConfig, params, data=list(params["data"]))
     summary = run_resumable(run, cfg, f"rerun the same command to resume from {cfg.out}/last.pt")
     click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@main.command("fit-clicks")
+@click.option("--data", required=True, help="labelled data SPEC of the kind you will click on (a training split)")
+@click.option("--out", required=True, type=click.Path(),
+              help="run folder: ranking.json and per-image samples (rerun the same command to resume)")
+@max_images_option
+@click.option("--max-objects", type=int, default=40, show_default=True, help="objects per image (seeded, as evaluate)")
+@tile_options
+@window_option
+@click.option("--folds", type=int, default=2, show_default=True, help="cross-validation folds, by image or volume")
+@click.option("--seed", type=int, default=0, show_default=True)
+@model_options
+def fit_clicks(**params):
+    """Fit the click search's ranking to DATA (no model training); writes OUT/ranking.json for --click-ranker.
+
+    Cross-validation by image (by patient volume for slices) compares the fitted ranking's answers with the
+    default search's; ranking.json keeps the fitted one only where it wins there.
+    """
+    from medsamkit.evaluation.click_ranking import ClickRankingConfig, fit_click_ranking
+
+    cfg = build_config(ClickRankingConfig, params)
+    result = run_resumable(fit_click_ranking, cfg, f"rerun the same command to reuse the samples in {cfg.out}")
+    click.echo(json.dumps({k: result[k] for k in ("chosen", "images", "sources", "prompts", "cross_validation")}, indent=2))

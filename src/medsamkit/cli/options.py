@@ -105,6 +105,13 @@ def clicks_option(fn):
                              "models trained with points, else search)")(fn)
 
 
+def click_ranker_option(fn):
+    """--click-ranker: the click search's ranking fitted by `medsamkit fit-clicks` (its --out or ranking.json)."""
+    return click.option("--click-ranker", type=click.Path(), default=None,
+                        help="the click search's ranking fitted to your data by `medsamkit fit-clicks` (its --out "
+                             "folder or ranking.json; default: the hand-set ranking)")(fn)
+
+
 def prompts_option(default: str):
     """--prompts: a comma list of prompt modes (box, box+K, jitter+K, center, randomN, iterN, box+iterN)."""
     return click.option("--prompts", default=default, show_default=True,

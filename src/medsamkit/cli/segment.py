@@ -9,6 +9,7 @@ import click
 from medsamkit.cli.group import main
 from medsamkit.cli.options import (
     build_config,
+    click_ranker_option,
     clicks_option,
     model_options,
     multimask_option,
@@ -25,6 +26,7 @@ from medsamkit.cli.options import (
 @click.option("-o", "--out", type=click.Path(), required=True, help="output mask (PNG or .npy)")
 @multimask_option
 @clicks_option
+@click_ranker_option
 @model_options
 def segment(**params):
     """Segment IMAGE with box and/or point prompts; prints per-prompt predicted IoU as JSON lines."""

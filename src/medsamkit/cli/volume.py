@@ -12,6 +12,7 @@ from medsamkit.cli.options import (
     build_config,
     cache_option,
     classes_option,
+    click_ranker_option,
     clicks_option,
     dask_options,
     executor_of,
@@ -85,6 +86,7 @@ def segment_volume(**params):
 @click.option("--start", type=click.Choice(["box", "clicks"]), default="box", show_default=True,
               help="the protocol's first interaction: the 3D box, or none (clicks only; step 0 scores 0)")
 @clicks_option
+@click_ranker_option
 @click.option("--predictions", default=None, type=click.Path(),
               help="score these label maps (a NIfTI, or a folder of <volume>.nii.gz) instead of running a model")
 @window_option

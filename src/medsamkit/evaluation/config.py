@@ -15,7 +15,7 @@ TABLES = {"per_object": OBJECT_FIELDS, "per_image": IMAGE_FIELDS}
 # fields whose change makes earlier results in the same folder incomparable
 RESULT_KEYS = ("data", "prompts", "model", "model_sha256", "checkpoint", "seed", "min_area", "min_fraction",
                "tile_size", "tile_overlap", "multimask", "baseline", "window", "classes", "view_min_side",
-               "clicks")
+               "clicks", "click_ranker", "click_ranker_sha256")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class EvaluateConfig:
     tile_overlap: int = 64
     multimask: bool = False
     clicks: str = "auto"  # click strategy (prompts.clicks): auto, native or search
+    click_ranker: str | None = None  # the search's ranking from `medsamkit fit-clicks` (its ranking.json)
     baseline: bool = True
     save_masks: bool = False
     figures: bool = True

@@ -32,11 +32,15 @@ from medsamkit.predictor import Predictor
 from medsamkit.prompts import PromptMode
 from medsamkit.prompts.clicks import resolve_strategy
 from medsamkit.prompts.objects import ObjectRun, run_mode_model
+from medsamkit.prompts.search import SearchSettings, ranking_identity
 
 
 def open_store(cfg: EvaluateConfig) -> RunStore:
     """The run folder of an evaluation (refuses one that holds another configuration)."""
-    return RunStore(cfg.out, run_identity(cfg), TABLES, keys=RESULT_KEYS, case_field="image")
+    if cfg.click_ranker:
+        SearchSettings.from_file(cfg.click_ranker)  # a bad file is refused before any image is run
+    return RunStore(cfg.out, {**run_identity(cfg), **ranking_identity(cfg.click_ranker)}, TABLES, keys=RESULT_KEYS,
+                    case_field="image")
 
 
 def _rows(case: Case, window: Window, mode: PromptMode, method: str, runs: list[ObjectRun],
@@ -98,6 +102,7 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
     plan = plan_tiles(chosen, shape, tile, cfg.tile_overlap) if chosen else {}
     rows: list[dict] = []
     keep_masks = cfg.save_masks or cfg.figures
+    search = SearchSettings.from_file(cfg.click_ranker) if cfg.click_ranker else None
     saved = {m.name: np.zeros(shape, np.uint16) for m in modes} if keep_masks else {}
     embed_s = decode_s = base_s = 0.0
     for t, (window, tile_objs) in enumerate(plan.items()):
@@ -107,7 +112,8 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
         tile_img = case.image[y0:y1, x0:x1]
         embed_s += _embed(predictor, tile_img, f"{case.name}[{y0}:{y1},{x0}:{x1}]", cache)
         for mode in modes:
-            runs = run_mode_model(predictor, tile_objs, window, mode, cfg.seed, key, cfg.multimask, cfg.clicks)
+            runs = run_mode_model(predictor, tile_objs, window, mode, cfg.seed, key, cfg.multimask, cfg.clicks,
+                                  search)
             decode_s += sum(sum(r.seconds) for r in runs)
             rows += _rows(case, window, mode, "model", runs, resolve_strategy(predictor.model, cfg.clicks))
             for r in runs if keep_masks else ():

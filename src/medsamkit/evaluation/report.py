@@ -213,7 +213,8 @@ def write_reports(out: Path, modes: list[PromptMode], cfg, mask_file=None) -> di
     summary = summarise(rows, image_rows, modes)
     summary["data"], summary["model"], summary["seed"] = cfg.data, cfg.model, cfg.seed
     used = sorted({r["clicks"] for r in rows if r.get("clicks")})
-    summary["clicks"] = {"requested": cfg.clicks, "used": used}  # the click strategy (prompts.clicks)
+    summary["clicks"] = {"requested": cfg.clicks, "used": used,  # the click strategy (prompts.clicks)
+                         "ranking": cfg.click_ranker or "default"}
     figs = []
     if cfg.figures and plot_curves(summary, out / "figures" / "click_curve.png"):
         figs.append("figures/click_curve.png")

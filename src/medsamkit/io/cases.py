@@ -23,6 +23,11 @@ class Case:
     spacing: tuple[float, float] = (1.0, 1.0)  # (row, col) mm
     meta: dict = field(default_factory=dict)
 
+    @property
+    def source(self) -> str:
+        """The image or patient volume the case comes from: the unit that data splits keep whole."""
+        return str(self.meta.get("volume", self.name))
+
 
 @dataclass
 class VolumeCase:

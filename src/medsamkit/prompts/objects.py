@@ -12,6 +12,7 @@ from medsamkit.core.prompt_modes import PromptMode
 from medsamkit.core.seeds import name_key, object_rng
 from medsamkit.predictor import Predictor
 from medsamkit.prompts.clicks import ClickAnswerer
+from medsamkit.prompts.search import SearchSettings
 from medsamkit.prompts.session import BatchPredict, ClickSession, StepResult
 from medsamkit.prompts.simulate import Prompt
 
@@ -45,10 +46,11 @@ def object_rngs(objects: list[ImageObject], mode: PromptMode, seed: int, case_ke
     return [object_rng(seed, case_key, o.label, name_key(mode.name)) for o in objects]
 
 
-def predictor_batch(predictor: Predictor, multimask: bool = False, clicks: str = "auto") -> BatchPredict:
+def predictor_batch(predictor: Predictor, multimask: bool = False, clicks: str = "auto",
+                    search: SearchSettings | None = None) -> BatchPredict:
     """A session's ``predict_batch`` backed by the predictor's current embedding (best mask per prompt),
-    clicks answered by the ``clicks`` strategy (``prompts.clicks``)."""
-    answerer = ClickAnswerer(predictor, clicks)
+    clicks answered by the ``clicks`` strategy (``prompts.clicks``; ``search``: the click search's settings)."""
+    answerer = ClickAnswerer(predictor, clicks, search)
 
     def predict(prompts: list[Prompt], mask_input: np.ndarray | None):
         masks, q, low = answerer.answer(prompts, multimask, mask_input).best()
@@ -69,6 +71,7 @@ def run_mode(objects: list[ImageObject], window: Window, mode: PromptMode, seed:
 
 
 def run_mode_model(predictor: Predictor, objects: list[ImageObject], window: Window, mode: PromptMode,
-                   seed: int, case_key: int, multimask: bool = False, clicks: str = "auto") -> list[ObjectRun]:
+                   seed: int, case_key: int, multimask: bool = False, clicks: str = "auto",
+                   search: SearchSettings | None = None) -> list[ObjectRun]:
     """One prompt mode for all objects of one tile (the predictor holds the tile's embedding)."""
-    return run_mode(objects, window, mode, seed, case_key, predictor_batch(predictor, multimask, clicks))
+    return run_mode(objects, window, mode, seed, case_key, predictor_batch(predictor, multimask, clicks, search))

@@ -19,12 +19,15 @@ decodes the chosen boxes' full logits.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from medsamkit.core.errors import InputError
+from medsamkit.models.checkpoints import sha256_of
 from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.models.sam import SamFamilyModel
 from medsamkit.prompts.ranking import (
@@ -38,6 +41,8 @@ from medsamkit.prompts.ranking import (
     score_features,
 )
 
+RANKING_FORMAT = "medsamkit click ranking v1"  # ``medsamkit fit-clicks``'s ranking.json
+RANKING_FILE = "ranking.json"
 NEG_LOGIT = -20.0  # logits outside a decoding window: certainly background
 
 
@@ -84,6 +89,29 @@ class SearchSettings:
         """The fitted ranking with what it was fitted on: off-centre squares, clicks within 3 px inside."""
         return cls(**{"ranker": FITTED_RANKER, "offset": 0.3, "reach": 3.0, **changes})
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> SearchSettings:
+        """The ranking a ``medsamkit fit-clicks`` run wrote (its ranking.json, or the run folder holding it)."""
+        path = ranking_path(path)
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read a click ranking ({exc.__class__.__name__}: {exc})") from None
+        if not isinstance(spec, dict) or spec.get("format") != RANKING_FORMAT:
+            raise InputError(f"{path}: not a click ranking (written by `medsamkit fit-clicks`)")
+        if list(spec.get("features", [])) != list(FEATURES):
+            raise InputError(f"{path}: ranks on features {spec.get('features')}, this version on {list(FEATURES)}")
+        values = [spec.get("ranker"), spec.get("offset"), spec.get("reach")]
+        try:
+            ranker, offset, reach = tuple(float(w) for w in values[0]), float(values[1]), float(values[2])
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: ranker, offset and reach must be numbers") from None
+        if len(ranker) != 2 * len(FEATURES) + 1:
+            raise InputError(f"{path}: ranker needs {2 * len(FEATURES) + 1} weights, not {len(ranker)}")
+        if not np.isfinite([*ranker, offset, reach]).all() or offset < 0 or reach < 0:
+            raise InputError(f"{path}: ranker, offset and reach must be finite (offset, reach >= 0)")
+        return cls(ranker=ranker, offset=offset, reach=reach, refine_sides=int(spec.get("refine_sides", 2)))
+
     def __post_init__(self) -> None:
         if self.rank_stride not in (1, 2, 4):
             raise InputError(f"rank_stride must be 1, 2 or 4 (the decoder's upscaling taps), not {self.rank_stride}")
@@ -93,6 +121,19 @@ class SearchSettings:
         if self.ranker and len(self.ranker) != 2 * len(FEATURES) + 1:
             raise InputError(f"ranker needs {2 * len(FEATURES) + 1} weights ([f, f^2, 1] of the features "
                              f"{', '.join(FEATURES)}), not {len(self.ranker)}")
+
+
+def ranking_path(path: str | Path) -> Path:
+    """A ranking file given as itself or as the `medsamkit fit-clicks` run folder holding it."""
+    path = Path(path)
+    return path / RANKING_FILE if path.is_dir() else path
+
+
+def ranking_identity(path: str | Path | None) -> dict:
+    """What identifies a ranking file in a run's resume check: its sha256 (none for the default ranking)."""
+    if not path or not ranking_path(path).is_file():
+        return {}
+    return {"click_ranker_sha256": sha256_of(ranking_path(path))}
 
 
 def candidate_boxes(positives: np.ndarray, frame: tuple[float, float], settings: SearchSettings,

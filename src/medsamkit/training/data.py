@@ -88,11 +88,6 @@ def split_by_image(n: int, fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
 
 
-def source_of(case: Case) -> str:
-    """The image or patient volume a case comes from: the unit that train/validation splits keep whole."""
-    return str(case.meta.get("volume", case.name))
-
-
 def split_cases(cases: list[Case], origin: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Train/validation case indices, split within each --data set by image, and by volume for slices:
     all slices of one patient volume land on the same side, so validation never sees a training patient
@@ -101,7 +96,7 @@ def split_cases(cases: list[Case], origin: list[int], fraction: float, seed: int
     val: list[int] = []
     for k in sorted(set(origin)):
         members = [i for i, o in enumerate(origin) if o == k]
-        group_of = {i: source_of(cases[i]) for i in members}
+        group_of = {i: cases[i].source for i in members}
         groups = list(dict.fromkeys(group_of[i] for i in members))
         if len(groups) < 2:
             group_of = {i: cases[i].name for i in members}
@@ -119,13 +114,13 @@ def grow_validation(cases: list[Case], train: list[int], val: list[int], objects
     least ``minimum`` objects (``objects``: per case index); training keeps at least half of all objects."""
     total = sum(objects.values())
     have = sum(objects[i] for i in val)
-    sources = list(dict.fromkeys(source_of(cases[i]) for i in train))
+    sources = list(dict.fromkeys(cases[i].source for i in train))
     order = np.random.default_rng([seed, 11]).permutation(len(sources))
     train, val = list(train), list(val)
     for k in order:
         if have >= minimum:
             break
-        moving = [i for i in train if source_of(cases[i]) == sources[k]]
+        moving = [i for i in train if cases[i].source == sources[k]]
         n = sum(objects[i] for i in moving)
         if total - have - n < total / 2 or len(moving) == len(train):
             continue

@@ -52,7 +52,6 @@ from medsamkit.training.data import (
     grow_validation,
     load_cases,
     plan_case_tiles,
-    source_of,
     split_cases,
 )
 from medsamkit.training.objective import Objective
@@ -382,7 +381,7 @@ def summarize(run: Run, state: TrainState, stopped: str | None, last_metrics: di
     cache = run.cache
     return {"out": str(run.out), "mode": run.cfg.mode, "base_model": run.cfg.model, "parameters": run.counts,
             "train_images": len(run.train_idx), "val_images": len(run.val_idx),
-            "val_sources": sorted({source_of(run.cases[i]) for i in run.val_idx}),
+            "val_sources": sorted({run.cases[i].source for i in run.val_idx}),
             "train_objects": sum(len(t.objects) for t in run.train_tiles), "train_tiles": len(run.train_tiles),
             "val_objects": sum(len(t.objects) for t in run.val_tiles), "epochs_done": state.epoch,
             "steps": state.step, "stopped": stopped, "best_epoch": state.best_epoch,

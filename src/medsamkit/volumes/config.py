@@ -36,6 +36,7 @@ class EvaluateVolumeConfig:
     cache: str | None = None  # embedding cache folder (medsamkit.embedding.cache)
     protocol: str | None = None  # "cvpr25": the CVPR 2025 interactive protocol (volumes.protocol) instead of variants
     clicks: str = "auto"  # how the protocol's clicks become masks (prompts.clicks strategies)
+    click_ranker: str | None = None  # the click search's ranking from `medsamkit fit-clicks`
     start: str = "box"  # the protocol's first interaction: "box" (the 3D box) or "clicks" (none: clicks only)
     show_progress: bool = True
 

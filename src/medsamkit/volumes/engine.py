@@ -43,6 +43,7 @@ from medsamkit.metrics import dice, iou
 from medsamkit.prompts import Prompt, tight_box
 from medsamkit.prompts.clicks import ClickAnswerer, enforce
 from medsamkit.prompts.corrections import CorrectionSettings, disk_edit
+from medsamkit.prompts.search import SearchSettings
 from medsamkit.volumes.slices import SliceEmbedder
 
 
@@ -104,6 +105,7 @@ class EngineSettings:
     slack: float = 0.5  # answers are kept inside the given box grown by this x its size each side (0: off)
     max_growth: float = 2.0  # a click's answer larger than this x the object's largest slice: a disk
     clicks: str = "auto"  # prompts.clicks strategy: auto, native, search
+    search: SearchSettings | None = None  # the click search's settings (default: the hand-set ranking)
     margin: float = 0.0  # px added on every side of each propagated box
 
     @classmethod
@@ -136,7 +138,7 @@ class VolumeEngine:
         self.settings = settings or EngineSettings()
         # the slice's own growth cut is off: a slice where propagation lost the object is the wrong reference
         # for a click's size; the engine guards growth against the whole object instead (``_bounded``)
-        self.answerer = ClickAnswerer(embedder.predictor, self.settings.clicks,
+        self.answerer = ClickAnswerer(embedder.predictor, self.settings.clicks, self.settings.search,
                                       corrections=replace(CorrectionSettings(), max_growth=0.0))
         # before a box (an object started by clicks alone): the whole volume is the range
         self.state = EngineState(np.zeros(embedder.image01.shape, dtype=bool), 0, embedder.image01.shape[0] - 1)

@@ -32,6 +32,7 @@ from medsamkit.io.datasets import VolumeCase
 from medsamkit.metrics import HD95_CONVENTION, dice, hd95, surface_dice
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
+from medsamkit.prompts.search import SearchSettings, ranking_identity
 from medsamkit.volumes.config import (
     VOLUME_RESULT_KEYS,
     EvaluateVolumeConfig,
@@ -53,7 +54,7 @@ STEP_FIELDS = ["volume", "class", "step", "click_z", "click_y", "click_x", "clic
                "hd95_mm", "pred_voxels", "truth_voxels", "encoded_slices", "seconds"]
 CLASS_FIELDS = ["volume", "class", "dsc_auc", "nsd_auc", "final_dsc", "final_nsd", "box_dice", "box_nsd",
                 "seconds_total"]
-PROTOCOL_KEYS = (*VOLUME_RESULT_KEYS, "clicks", "start")
+PROTOCOL_KEYS = (*VOLUME_RESULT_KEYS, "clicks", "start", "click_ranker", "click_ranker_sha256")
 
 
 def challenge_click(pred: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, bool] | None:
@@ -129,7 +130,8 @@ def class_row(steps: list[dict]) -> dict:
 def protocol_case(predictor: Predictor, case: VolumeCase, cfg: EvaluateVolumeConfig, cache=None) -> dict:
     """Rows of every chosen class of one volume: {"steps": [...], "classes": [...]}."""
     embedder = SliceEmbedder(predictor, case.image, False, case.name, cache=cache)
-    settings = EngineSettings(min_iou=cfg.min_iou, clicks=cfg.clicks)  # --min-area is slice-wise prompting's
+    search = SearchSettings.from_file(cfg.click_ranker) if cfg.click_ranker else None
+    settings = EngineSettings(min_iou=cfg.min_iou, clicks=cfg.clicks, search=search)  # --min-area: slice-wise
     steps, classes = [], []
     for v in present_classes(case.label, parse_class_list(cfg.classes)):
         truth = case.label == v
@@ -167,7 +169,10 @@ class ProtocolRun:
             raise InputError("--protocol runs the model interactively; it takes no --predictions, --propagate or "
                              "--three-slice")
         self.cfg, self.on_volume, self.show_progress = cfg, on_volume, cfg.show_progress
-        self.store = RunStore(cfg.out, run_identity(cfg), {"steps": STEP_FIELDS, "classes": CLASS_FIELDS},
+        if cfg.click_ranker:
+            SearchSettings.from_file(cfg.click_ranker)  # a bad file is refused before any volume is run
+        self.store = RunStore(cfg.out, {**run_identity(cfg), **ranking_identity(cfg.click_ranker)},
+                              {"steps": STEP_FIELDS, "classes": CLASS_FIELDS},
                               differences=key_differences(PROTOCOL_KEYS, {"start": "box"}), case_field="volume")
         self.resources, self.n_volumes = local_volume_resources(cfg.data, cfg.window, cfg.max_images, predictor)
         self.n_new = 0

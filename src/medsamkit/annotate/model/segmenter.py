@@ -25,6 +25,7 @@ from medsamkit.models.loading import load_model, weights_identity
 from medsamkit.models.sam import SamFamilyModel
 from medsamkit.predictor import Embedding, Prediction, Predictor
 from medsamkit.prompts.clicks import ClickAnswerer
+from medsamkit.prompts.search import SearchSettings
 from medsamkit.prompts.simulate import Prompt
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 from medsamkit.training.objective import decode_all, prompt_tensors
@@ -34,13 +35,13 @@ class Segmenter:
     """One model for the session: embeddings by view, answers to prompts, everything mode, class suggestions."""
 
     def __init__(self, model: SamFamilyModel, cache_folder: str | Path, identity: dict, keep: int = 16,
-                 clicks: str = "auto") -> None:
+                 clicks: str = "auto", search: SearchSettings | None = None) -> None:
         self._model = model.eval()
         self._identity = dict(identity)
         self.generation = 0  # counts hot swaps: answers of an earlier model must not prompt this one
         self.predictor = Predictor(model)
-        self._clicks = clicks
-        self._answerer = ClickAnswerer(self.predictor, clicks)
+        self._clicks, self._search = clicks, search
+        self._answerer = ClickAnswerer(self.predictor, clicks, search)
         self._cache = EmbeddingCache(cache_folder, model)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._futures: OrderedDict[ViewKey, Future] = OrderedDict()
@@ -51,11 +52,11 @@ class Segmenter:
 
     @classmethod
     def load(cls, name: str, checkpoint: str | None, device, cache_folder: str | Path,
-             clicks: str = "auto") -> Segmenter:
+             clicks: str = "auto", search: SearchSettings | None = None) -> Segmenter:
         """Load the model by registry name or fine-tuned run and open the cache; ``clicks``: the click
-        strategy (``prompts.clicks``)."""
+        strategy (``prompts.clicks``), ``search``: the click search's settings (default: the hand-set)."""
         return cls(load_model(name, checkpoint, device), cache_folder, weights_identity(name, checkpoint),
-                   clicks=clicks)
+                   clicks=clicks, search=search)
 
     # --- what it serves ------------------------------------------------------------------------------
     @property
@@ -210,7 +211,7 @@ class Segmenter:
         predictor = Predictor(model)
         with self._decode, self._queue:
             self._model, self.predictor, self._identity = model, predictor, dict(identity)
-            self._answerer = ClickAnswerer(predictor, self._clicks)
+            self._answerer = ClickAnswerer(predictor, self._clicks, self._search)
             self._cache = EmbeddingCache(self._cache.folder, model)
             self.generation += 1
             if not same_encoder:
