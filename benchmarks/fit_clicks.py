@@ -1,8 +1,9 @@
 """`medsamkit fit-clicks` measured: the click search's ranking fitted to a training split, scored on its test split.
 
 GlaS and MoNuSeg: fit on the training split (GlaS train, MoNuSeg train), then `evaluate` the test split (GlaS test A,
-MoNuSeg test: the data and views of benchmarks/clicks.py) twice in the same run, with the default ranking and with
-the fitted one (`--click-ranker`), clicks only (center, random1, iter5). builtin:lung-gtv has no training split: its
+MoNuSeg test: the data and views of benchmarks/clicks.py) three times in the same run, with the default ranking,
+the fitted one (`--click-ranker`), and the fitted one served coarse to fine (its file with ``refine_sides`` 2:
+fewer boxes per click), clicks only (center, random1, iter5). A rerun reuses the fits' samples (``samples_reused``). builtin:lung-gtv has no training split: its
 figure is fit-clicks' own cross-validation by patient volume (--lung-folds 4: leave one volume out), the IoU of
 the first answer of the fitted ranking against the default search's on the held-out volume.
 
@@ -33,11 +34,22 @@ MODES = "center,random1,iter5"
 
 def fitted(data: str, out: Path, images: int | None, max_objects: int, folds: int = 2, **kw) -> dict:
     """fit-clicks on ``data``: its result (ranking, chosen, cross-validation) and seconds."""
-    t0 = time.perf_counter()
+    t0, reused = time.perf_counter(), (out / "samples").is_dir()
     result = fit_click_ranking(ClickRankingConfig(data=data, out=str(out), max_images=images, max_objects=max_objects,
                                                   folds=folds, show_progress=False, **kw))
     keep = ("chosen", "images", "sources", "prompts", "cross_validation", "ranker", "offset", "reach", "refine_sides")
-    return {**{k: result[k] for k in keep}, "seconds": round(time.perf_counter() - t0, 1)}
+    return {**{k: result[k] for k in keep}, "seconds": round(time.perf_counter() - t0, 1), "samples_reused": reused}
+
+
+def coarse_to_fine(ranking: Path) -> str:
+    """The same fitted ranking served coarse to fine (squares, then other aspects at the 2 best sides), as
+    `fit-clicks --coarse-to-fine` writes it: fewer boxes per click than the one-call search the cross-validation
+    scored; written beside it."""
+    spec = json.loads(ranking.read_text())
+    target = ranking.with_name("ranking_coarse_to_fine.json")
+    target.write_text(json.dumps({**spec, "refine_sides": 2 if spec["chosen"] == "fitted" else spec["refine_sides"]},
+                                 indent=1))
+    return str(target)
 
 
 def scored(data: str, out: Path, ranking: str | None, **kw) -> dict:
@@ -74,12 +86,14 @@ def main() -> None:
                              {"tile_size": 256})
     for name, (train, n_train, test, n_test, view) in splits.items():
         fit = fitted(str(train), out / name / "fit", n_train, args.max_objects)
-        ranking = str(out / name / "fit" / "ranking.json")
+        ranking = out / name / "fit" / "ranking.json"
         kw = {"max_images": n_test, "max_objects": args.max_objects, **view}
         result[name] = {"train": f"{Path(train).parent.name}/{Path(train).name} ({n_train} images)",
                         "test": f"{Path(test).parent.name}/{Path(test).name} ({n_test} images)", "fit": fit,
                         "default": scored(str(test), out / name / "default", None, **kw),
-                        "fitted": scored(str(test), out / name / "fitted", ranking, **kw)}
+                        "fitted": scored(str(test), out / name / "fitted", str(ranking), **kw),
+                        "fitted_coarse_to_fine": scored(str(test), out / name / "fitted_c2f", coarse_to_fine(ranking),
+                                                        **kw)}
         print(json.dumps({name: result[name]}), flush=True)
     if args.lung_folds:
         result["lung-gtv"] = {"note": "no training split: cross-validation by patient volume (leave one out)",

@@ -4,6 +4,7 @@ in one line when it is not one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -45,6 +46,7 @@ def _ranking(path, **changes) -> str:
     ({"ranker": [1.0, 2.0]}, "needs 19 weights"),
     ({"ranker": [float("nan")] * 19}, "finite"),
     ({"reach": "far"}, "must be numbers"),
+    ({"refine_sides": -1}, "refine_sides >= 0"),
 ])
 def test_a_ranking_file_that_is_not_one_is_refused_in_one_line(tmp_path, changes, says):
     path = _ranking(tmp_path / "ranking.json", **changes)
@@ -124,6 +126,11 @@ def test_fit_clicks_on_real_glands_resumes_and_its_ranking_runs_in_evaluate_and_
     assert json.loads((out / "ranking.json").read_text())["ranker"] == written["ranker"]
     res = runner.invoke(main, args[:-4] + ["--max-objects", "3", "--out", str(out)])
     assert res.exit_code != 0 and "differs in max_objects" in res.output
+    # --coarse-to-fine: the same samples and weights, served in two decodes
+    assert runner.invoke(main, args + ["--coarse-to-fine"]).exit_code == 0
+    faster = SearchSettings.from_file(out)
+    assert faster.ranker == settings.ranker
+    assert faster.refine_sides == (2 if written["chosen"] == "fitted" else SearchSettings().refine_sides)
 
     # evaluate records the ranking, and a rewritten ranking file is another run
     ranking = _ranking(tmp_path / "mine.json")
@@ -132,6 +139,9 @@ def test_fit_clicks_on_real_glands_resumes_and_its_ranking_runs_in_evaluate_and_
                          show_progress=False)
     summary = evaluate(cfg)
     assert summary["clicks"]["ranking"] == ranking and summary["objects"] == 2
+    moved = tmp_path / "moved.json"  # the same ranking elsewhere: the run resumes (a ranking is its content)
+    moved.write_bytes((tmp_path / "mine.json").read_bytes())
+    assert evaluate(dataclasses.replace(cfg, click_ranker=str(moved)))["table"] == summary["table"]
     _ranking(tmp_path / "mine.json", reach=2.0)
     with pytest.raises(InputError, match="click_ranker_sha256"):
         evaluate(cfg)

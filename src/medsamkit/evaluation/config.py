@@ -15,7 +15,7 @@ TABLES = {"per_object": OBJECT_FIELDS, "per_image": IMAGE_FIELDS}
 # fields whose change makes earlier results in the same folder incomparable
 RESULT_KEYS = ("data", "prompts", "model", "model_sha256", "checkpoint", "seed", "min_area", "min_fraction",
                "tile_size", "tile_overlap", "multimask", "baseline", "window", "classes", "view_min_side",
-               "clicks", "click_ranker", "click_ranker_sha256")
+               "clicks", "click_ranker_sha256")  # a ranking is known by its content, wherever the file lies
 
 
 @dataclass

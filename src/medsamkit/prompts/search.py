@@ -101,16 +101,17 @@ class SearchSettings:
             raise InputError(f"{path}: not a click ranking (written by `medsamkit fit-clicks`)")
         if list(spec.get("features", [])) != list(FEATURES):
             raise InputError(f"{path}: ranks on features {spec.get('features')}, this version on {list(FEATURES)}")
-        values = [spec.get("ranker"), spec.get("offset"), spec.get("reach")]
         try:
-            ranker, offset, reach = tuple(float(w) for w in values[0]), float(values[1]), float(values[2])
+            ranker = tuple(float(w) for w in spec.get("ranker"))
+            offset, reach = float(spec.get("offset")), float(spec.get("reach"))
+            refine = int(spec.get("refine_sides", 2))
         except (TypeError, ValueError):
-            raise InputError(f"{path}: ranker, offset and reach must be numbers") from None
+            raise InputError(f"{path}: ranker, offset, reach and refine_sides must be numbers") from None
         if len(ranker) != 2 * len(FEATURES) + 1:
             raise InputError(f"{path}: ranker needs {2 * len(FEATURES) + 1} weights, not {len(ranker)}")
-        if not np.isfinite([*ranker, offset, reach]).all() or offset < 0 or reach < 0:
-            raise InputError(f"{path}: ranker, offset and reach must be finite (offset, reach >= 0)")
-        return cls(ranker=ranker, offset=offset, reach=reach, refine_sides=int(spec.get("refine_sides", 2)))
+        if not np.isfinite([*ranker, offset, reach]).all() or min(offset, reach, refine) < 0:
+            raise InputError(f"{path}: ranker, offset and reach must be finite (offset, reach, refine_sides >= 0)")
+        return cls(ranker=ranker, offset=offset, reach=reach, refine_sides=refine)
 
     def __post_init__(self) -> None:
         if self.rank_stride not in (1, 2, 4):

@@ -54,7 +54,7 @@ STEP_FIELDS = ["volume", "class", "step", "click_z", "click_y", "click_x", "clic
                "hd95_mm", "pred_voxels", "truth_voxels", "encoded_slices", "seconds"]
 CLASS_FIELDS = ["volume", "class", "dsc_auc", "nsd_auc", "final_dsc", "final_nsd", "box_dice", "box_nsd",
                 "seconds_total"]
-PROTOCOL_KEYS = (*VOLUME_RESULT_KEYS, "clicks", "start", "click_ranker", "click_ranker_sha256")
+PROTOCOL_KEYS = (*VOLUME_RESULT_KEYS, "clicks", "start", "click_ranker_sha256")
 
 
 def challenge_click(pred: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int, bool] | None:
