@@ -125,7 +125,7 @@ def test_fit_clicks_on_real_glands_resumes_and_its_ranking_runs_in_evaluate_and_
     assert sorted(p.stat().st_mtime_ns for p in (out / "samples").glob("*.npz")) == stamps
     assert json.loads((out / "ranking.json").read_text())["ranker"] == written["ranker"]
     res = runner.invoke(main, args[:-4] + ["--max-objects", "3", "--out", str(out)])
-    assert res.exit_code != 0 and "differs in max_objects" in res.output
+    assert res.exit_code != 0 and "max_objects differ" in res.output
     # --coarse-to-fine: the same samples and weights, served in two decodes
     assert runner.invoke(main, args + ["--coarse-to-fine"]).exit_code == 0
     faster = SearchSettings.from_file(out)

@@ -13,7 +13,7 @@ from medsamkit.io.images import read_image, write_mask
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
 from medsamkit.prompts.clicks import ClickAnswerer
-from medsamkit.prompts.search import SearchSettings
+from medsamkit.prompts.search import search_settings
 from medsamkit.prompts.simulate import Prompt
 
 
@@ -43,8 +43,7 @@ def segment_image(cfg: SegmentConfig) -> list[dict]:
     device = select_device(cfg.device)
     predictor = Predictor(load_model(cfg.model, cfg.checkpoint, device))
     predictor.set_image(image, source=cfg.image)
-    answerer = ClickAnswerer(predictor, cfg.clicks, SearchSettings.from_file(cfg.click_ranker) if cfg.click_ranker
-                             else None)
+    answerer = ClickAnswerer(predictor, cfg.clicks, search_settings(cfg.click_ranker))
     masks, iou, _ = answerer.answer(_prompts(cfg), cfg.multimask).best()
     label = np.zeros(masks.shape[1:], dtype=np.uint16 if len(masks) > 255 else np.uint8)
     for i, m in enumerate(masks):

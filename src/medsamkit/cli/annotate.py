@@ -51,9 +51,9 @@ def annotate(source, out, host, port, class_names, no_token, three_slice, window
 
     names = [c.strip() for c in (class_names or "").split(",") if c.strip()]
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
-                         host=host, port=port, class_names=names, clicks=clicks, click_ranker=click_ranker, token=not no_token, window=window,
-                         three_slice=three_slice, learn=learn, learn_min_objects=learn_min_objects,
-                         learn_budget=learn_budget, monailabel=monailabel)
+                         host=host, port=port, class_names=names, clicks=clicks, click_ranker=click_ranker,
+                         token=not no_token, window=window, three_slice=three_slice, learn=learn,
+                         learn_min_objects=learn_min_objects, learn_budget=learn_budget, monailabel=monailabel)
     try:
         serve(cfg)
     except KeyboardInterrupt:

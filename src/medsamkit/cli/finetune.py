@@ -97,4 +97,5 @@ def fit_clicks(**params):
 
     cfg = build_config(ClickRankingConfig, params)
     result = run_resumable(fit_click_ranking, cfg, f"rerun the same command to reuse the samples in {cfg.out}")
-    click.echo(json.dumps({k: result[k] for k in ("chosen", "images", "sources", "prompts", "cross_validation")}, indent=2))
+    shown = ("chosen", "images", "sources", "prompts", "cross_validation")
+    click.echo(json.dumps({k: result[k] for k in shown}, indent=2))

@@ -15,7 +15,6 @@ the same command is run again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -23,8 +22,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medsamkit.core.atomic import write_json_atomic
+from medsamkit.core.atomic import save_npz_atomic, write_json_atomic
 from medsamkit.core.errors import InputError
+from medsamkit.core.results import RunStore
 from medsamkit.core.runtime import select_device
 from medsamkit.core.tiling import plan_tiles, tile_size_for
 from medsamkit.evaluation.config import EvaluateConfig
@@ -192,28 +192,13 @@ def _load_samples(path: Path) -> list[Sample]:
 
 
 def _save_samples(path: Path, samples: list[Sample], group: str) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, group=np.array(group), modes=np.array([s.mode for s in samples], dtype=str),
-             counts=np.array([len(s.iou) for s in samples], dtype=np.int64),
-             features=np.concatenate([s.features for s in samples]) if samples else np.zeros((0, len(FEATURES))),
-             iou=np.concatenate([s.iou for s in samples]) if samples else np.zeros(0),
-             broken=np.concatenate([s.broken for s in samples]) if samples else np.zeros(0, dtype=bool),
-             default_iou=np.array([s.default_iou for s in samples]))
-    tmp.replace(path)
-
-
-def _check_folder(out: Path, key: dict) -> None:
-    """The run folder's sample key, written on first use; InputError when it holds another run's samples."""
-    path = out / "samples" / "key.json"
-    if path.is_file():
-        before = json.loads(path.read_text())
-        changed = sorted(k for k in key if before.get(k) != key[k])
-        if changed:
-            raise InputError(f"{out}: holds samples of another run (differs in {', '.join(changed)}); "
-                             "use a new --out")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, key)
+    save_npz_atomic(path, compressed=False, group=np.array(group), modes=np.array([s.mode for s in samples], dtype=str),
+                    counts=np.array([len(s.iou) for s in samples], dtype=np.int64),
+                    features=np.concatenate([s.features for s in samples]) if samples
+                    else np.zeros((0, len(FEATURES))),
+                    iou=np.concatenate([s.iou for s in samples]) if samples else np.zeros(0),
+                    broken=np.concatenate([s.broken for s in samples]) if samples else np.zeros(0, dtype=bool),
+                    default_iou=np.array([s.default_iou for s in samples]))
 
 
 def fit_click_ranking(cfg: ClickRankingConfig, predictor: Predictor | None = None) -> dict:
@@ -221,14 +206,15 @@ def fit_click_ranking(cfg: ClickRankingConfig, predictor: Predictor | None = Non
     out = Path(cfg.out)
     predictor = predictor or Predictor(load_model(cfg.model, cfg.checkpoint, select_device(cfg.device)))
     identity = {"model_sha256": model_fingerprint(cfg.model)}
-    _check_folder(out, {**{k: asdict(cfg)[k] for k in SAMPLE_KEYS}, **identity})
+    # the run folder's identity: a folder holding another run's samples is refused (the one results store)
+    RunStore(out, {**{k: asdict(cfg)[k] for k in SAMPLE_KEYS}, **identity}, {})
     dataset = iter_dataset(EvaluateConfig(data=cfg.data, out="", max_images=cfg.max_images, window=cfg.window))
     samples: list[Sample] = []
     index = -1
     bar = tqdm(desc="fit-clicks", unit="image", disable=not cfg.show_progress)  # volumes: one per slice
     for index, case in enumerate(dataset.cases()):
         path = out / "samples" / f"{index:05d}.npz"
-        if not path.is_file():
+        if not path.is_file():  # written atomically: a file there is a finished case
             _save_samples(path, case_samples(predictor, case, index, cfg), case.source)
         samples.extend(_load_samples(path))
         bar.update(1)

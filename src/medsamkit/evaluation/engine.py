@@ -32,13 +32,12 @@ from medsamkit.predictor import Predictor
 from medsamkit.prompts import PromptMode
 from medsamkit.prompts.clicks import resolve_strategy
 from medsamkit.prompts.objects import ObjectRun, run_mode_model
-from medsamkit.prompts.search import SearchSettings, ranking_identity
+from medsamkit.prompts.search import ranking_identity, search_settings
 
 
 def open_store(cfg: EvaluateConfig) -> RunStore:
     """The run folder of an evaluation (refuses one that holds another configuration)."""
-    if cfg.click_ranker:
-        SearchSettings.from_file(cfg.click_ranker)  # a bad file is refused before any image is run
+    search_settings(cfg.click_ranker)  # a bad ranking file is refused before any image is run
     return RunStore(cfg.out, {**run_identity(cfg), **ranking_identity(cfg.click_ranker)}, TABLES, keys=RESULT_KEYS,
                     case_field="image")
 
@@ -102,7 +101,7 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
     plan = plan_tiles(chosen, shape, tile, cfg.tile_overlap) if chosen else {}
     rows: list[dict] = []
     keep_masks = cfg.save_masks or cfg.figures
-    search = SearchSettings.from_file(cfg.click_ranker) if cfg.click_ranker else None
+    search = search_settings(cfg.click_ranker)
     saved = {m.name: np.zeros(shape, np.uint16) for m in modes} if keep_masks else {}
     embed_s = decode_s = base_s = 0.0
     for t, (window, tile_objs) in enumerate(plan.items()):

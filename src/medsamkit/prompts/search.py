@@ -124,6 +124,11 @@ class SearchSettings:
                              f"{', '.join(FEATURES)}), not {len(self.ranker)}")
 
 
+def search_settings(path: str | Path | None) -> SearchSettings | None:
+    """The settings of a ranking file (``SearchSettings.from_file``), None without one (the default search)."""
+    return SearchSettings.from_file(path) if path else None
+
+
 def ranking_path(path: str | Path) -> Path:
     """A ranking file given as itself or as the `medsamkit fit-clicks` run folder holding it."""
     path = Path(path)

@@ -32,7 +32,7 @@ from medsamkit.io.datasets import VolumeCase
 from medsamkit.metrics import HD95_CONVENTION, dice, hd95, surface_dice
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
-from medsamkit.prompts.search import SearchSettings, ranking_identity
+from medsamkit.prompts.search import ranking_identity, search_settings
 from medsamkit.volumes.config import (
     VOLUME_RESULT_KEYS,
     EvaluateVolumeConfig,
@@ -130,8 +130,7 @@ def class_row(steps: list[dict]) -> dict:
 def protocol_case(predictor: Predictor, case: VolumeCase, cfg: EvaluateVolumeConfig, cache=None) -> dict:
     """Rows of every chosen class of one volume: {"steps": [...], "classes": [...]}."""
     embedder = SliceEmbedder(predictor, case.image, False, case.name, cache=cache)
-    search = SearchSettings.from_file(cfg.click_ranker) if cfg.click_ranker else None
-    settings = EngineSettings(min_iou=cfg.min_iou, clicks=cfg.clicks, search=search)  # --min-area: slice-wise
+    settings = EngineSettings(min_iou=cfg.min_iou, clicks=cfg.clicks, search=search_settings(cfg.click_ranker))  # --min-area: slice-wise
     steps, classes = [], []
     for v in present_classes(case.label, parse_class_list(cfg.classes)):
         truth = case.label == v
@@ -169,8 +168,7 @@ class ProtocolRun:
             raise InputError("--protocol runs the model interactively; it takes no --predictions, --propagate or "
                              "--three-slice")
         self.cfg, self.on_volume, self.show_progress = cfg, on_volume, cfg.show_progress
-        if cfg.click_ranker:
-            SearchSettings.from_file(cfg.click_ranker)  # a bad file is refused before any volume is run
+        search_settings(cfg.click_ranker)  # a bad ranking file is refused before any volume is run
         self.store = RunStore(cfg.out, {**run_identity(cfg), **ranking_identity(cfg.click_ranker)},
                               {"steps": STEP_FIELDS, "classes": CLASS_FIELDS},
                               differences=key_differences(PROTOCOL_KEYS, {"start": "box"}), case_field="volume")

@@ -42,7 +42,7 @@ from medsamkit.core.errors import InputError
 from medsamkit.core.objects import Window
 from medsamkit.core.tiling import window_of
 from medsamkit.io.annotations import AnnotationFolder, check_text
-from medsamkit.prompts.search import SearchSettings
+from medsamkit.prompts.search import search_settings
 from medsamkit.prompts.simulate import Prompt
 
 
@@ -57,8 +57,7 @@ class Workspace(VolumeWork):
         self.launch = ModelLaunch(cfg.model, cfg.checkpoint, cfg.device)
         self.segmenter = segmenter or Segmenter.load(cfg.model, cfg.checkpoint, cfg.device,
                                                      self.files.embedding_folder, cfg.clicks,
-                                                     SearchSettings.from_file(cfg.click_ranker)
-                                                     if cfg.click_ranker else None)
+                                                     search_settings(cfg.click_ranker))
         self.classes = list(cfg.class_names) or self.segmenter.class_names
         self.states: dict[str, ImageAnnotation] = {}
         self.prompts: ClientViews[PromptSession] = ClientViews()
