@@ -434,3 +434,32 @@ def test_lung_gtv_one_3d_click_corrects_a_wrong_slice_and_its_neighbours(make_cl
     assert np.array_equal(after[: j - 3], before[: j - 3])
     record = next(o for o in reply.json()["objects"] if o["id"] == oid)
     assert record["slices"][f"0:{j}"]["source"] == "person" and record["propagations"][-1]["kind"] == "click"
+
+
+def test_the_3d_engine_answers_clicks_with_the_sessions_strategy_and_ranking(make_client, tmp_path):
+    """`annotate --clicks native --click-ranker RUN`: a click through POST /api/click3d is answered by the 3D
+    engine with the session's strategy (here the decoder's native point path on that view: box of what is there
+    plus the click, not the click search's answer) and the session's ranking."""
+    import json
+
+    from medsamkit.prompts.clicks import ClickAnswerer
+    from medsamkit.prompts.ranking import FEATURES, FITTED_RANKER
+    from medsamkit.prompts.search import RANKING_FORMAT, SearchSettings
+    from medsamkit.prompts.simulate import Prompt, tight_box
+
+    ranking = tmp_path / "ranking.json"
+    ranking.write_text(json.dumps({"format": RANKING_FORMAT, "features": list(FEATURES), "ranker": list(FITTED_RANKER),
+                                   "offset": 0.3, "reach": 3.0}))
+    client, vid, truth, oid, lab, before, j, x, y = walk_gone_wrong(
+        lambda source: make_client(source, clicks="native", click_ranker=str(ranking)))
+    engines = client.app.state.workspace.engines3d
+    assert engines.settings.clicks == "native" and engines.settings.search == SearchSettings.from_file(ranking)
+    reply = client.post("/api/click3d", json={"image": vid, "object": oid, "slice": j, "x": float(x), "y": float(y)})
+    assert reply.status_code == 200, reply.text
+    engine = next(iter(engines._engines.values()))
+    assert engine.answerer.strategy == "native" and engine.answerer.settings == SearchSettings.from_file(ranking)
+    predictor = engine.embedder.use(j)
+    click = Prompt(box=tight_box(before[j]), points=np.array([[x, y]], dtype=np.float32), labels=np.array([1]))
+    native = ClickAnswerer(predictor, "native").answer([click]).masks[0, 0]
+    searched = ClickAnswerer(predictor, "search").answer([click], parents=[(before[j], 1.0)]).masks[0, 0]
+    assert np.array_equal(lab[j] == oid, native) and not np.array_equal(native, searched)

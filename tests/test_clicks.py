@@ -80,7 +80,7 @@ def test_a_click_alone_becomes_a_mask_holding_it(predictor, dsb):
 def test_the_search_tries_other_aspects_only_at_the_best_square_sides(predictor, dsb):
     """Coarse to fine: every square side is decoded, the 2:1 and 1:2 boxes only at the two best squares'
     sides, and the ranked result holds the click (all 30 boxes in one decode with refine_sides=0; the
-    off-centre squares are left out here, see the next test)."""
+    off-centre squares and the tightened answer are left out here, see the next tests)."""
     case, objects = dsb
     predictor.set_image(case.image)
     truth = objects[0].mask(case.label.shape)
@@ -88,7 +88,7 @@ def test_the_search_tries_other_aspects_only_at_the_best_square_sides(predictor,
     scale = predictor.coordinate_scale()
     click, frame = np.array([[x, y]]) * scale, predictor.embedding.input_size
     model, feats = predictor.model, predictor.embedding.features
-    coarse = SearchSettings(offset=0)
+    coarse = SearchSettings(offset=0, tighten=0)  # the tightened answer: see the next-but-one test
     cands, scores = search(model, feats, frame, click, np.array([1]), coarse)
     squares = candidate_boxes(click, frame, coarse, aspects=(1.0,))
     assert len(squares) < len(cands) <= len(squares) + 2 * coarse.refine_sides
@@ -132,6 +132,37 @@ def test_off_centre_squares_hold_the_click_and_find_the_nucleus_a_border_click_i
             assert mask[rows[k], cols[k]]
             scores[name].append(iou(mask, truth))
     assert np.mean(scores["fitted"]) > np.mean(scores["predicted_iou"]) + 0.05, scores
+
+
+def test_the_best_answer_is_asked_again_with_its_own_tight_box(predictor, dsb):
+    """``SearchSettings.tighten``: the best candidate's tight box grown by 5 px is decoded once more and its answer
+    put first where it holds the click; the ranked candidates follow unchanged."""
+    from medsamkit.prompts.ranking import honours, mask_extent
+
+    case, objects = dsb
+    predictor.set_image(case.image)
+    model, feats, frame = predictor.model, predictor.embedding.features, predictor.embedding.input_size
+    per_px = model.mask_input_size[0] / model.preprocessing.input_size
+    h, w = frame
+    tightened = 0
+    for obj in objects[:8]:
+        y, x = np.argwhere(obj.mask(case.label.shape)).mean(0)
+        click = np.array([[x, y]]) * predictor.coordinate_scale()
+        plain, _ = search(model, feats, frame, click, np.array([1]), SearchSettings(tighten=0))
+        cands, scores = search(model, feats, frame, click, np.array([1]), SearchSettings())
+        assert np.all(np.diff(scores) <= 0)
+        if len(cands) == len(plain):  # the tight box's answer broke the click: the search's own order stands
+            np.testing.assert_array_equal(cands.boxes, plain.boxes)
+            continue
+        tightened += 1
+        box = np.clip(np.array(mask_extent(plain.masks[0]), dtype=np.float32) / per_px + [-5, -5, 5, 5], 0,
+                      [w - 1, h - 1, w - 1, h - 1])
+        np.testing.assert_allclose(cands.boxes[0], box, atol=1e-4)
+        np.testing.assert_array_equal(cands.boxes[1:], plain.boxes)
+        assert honours(cands.masks[0], click * per_px, np.array([1])).all()
+        again = (decode_boxes(model, feats, box[None].astype(np.float32), SearchSettings())[0] > 0).cpu().numpy()
+        np.testing.assert_array_equal(again[0] & cands.masks[0], cands.masks[0])
+    assert tightened >= 4
 
 
 def test_the_ranking_features_of_hand_made_candidates():

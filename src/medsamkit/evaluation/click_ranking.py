@@ -92,8 +92,9 @@ class Sample:
 
 
 def candidate_settings(cfg: ClickRankingConfig, ranker: tuple[float, ...] = ()) -> SearchSettings:
-    """The search the fitted ranking is for: every candidate in one decode, squares off the click too."""
-    return SearchSettings(ranker=ranker, offset=cfg.offset, reach=cfg.reach, refine_sides=0)
+    """The search the fitted ranking is for: every candidate in one decode, squares off the click too (served
+    with the default tightening of the best one, ``SearchSettings.tighten``, which the fit does not see)."""
+    return SearchSettings(ranker=ranker, offset=cfg.offset, reach=cfg.reach, refine_sides=0, tighten=0)
 
 
 def case_samples(predictor: Predictor, case: Case, index: int, cfg: ClickRankingConfig) -> list[Sample]:

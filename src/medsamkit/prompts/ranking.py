@@ -111,7 +111,7 @@ def ranking_features(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, 
     side = np.maximum(cands.boxes[:, 2] - cands.boxes[:, 0], cands.boxes[:, 3] - cands.boxes[:, 1]) * per_px
     distance = np.array([click_distance(m, positives) * s for m in cands.masks])
     depth = np.array([click_depth(m, positives) for m in cands.masks])
-    tight = np.array([_tight(m) for m in cands.masks], dtype=np.float64) * s / per_px
+    tight = np.array([mask_extent(m) for m in cands.masks], dtype=np.float64) * s / per_px
     return np.stack([cands.iou, depth, persistence(cands.masks),
                      stability(cands.logits, stability_offset), log_area - np.median(log_area),
                      (distance <= reach).astype(np.float64), np.log(np.maximum(side, 1)) - log_area / 2,
@@ -132,7 +132,7 @@ def click_distance(mask: np.ndarray, points: np.ndarray) -> float:
     return float(np.sqrt(d2.min(1).max()))
 
 
-def _tight(mask: np.ndarray) -> list[float]:
+def mask_extent(mask: np.ndarray) -> list[float]:
     """[x0, y0, x1, y1) of the mask's pixels (zeros for an empty mask)."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows):

@@ -37,6 +37,7 @@ from medsamkit.prompts.ranking import (
     Candidates,
     click_distance,
     honours,
+    mask_extent,
     ranking_features,
     score_features,
 )
@@ -83,6 +84,12 @@ class SearchSettings:
     offset: float = 0.0
     offset_max: float = 32.0
     offset_directions: int = 4
+    # the best candidate's mask asks the model once more with its own tight box grown by this many model-input px
+    # (a box the search did not try: fitted to the object the search found), kept first when it honours the
+    # clicks; 0: never. Chosen on GlaS train (8 images) and MoNuSeg train (3), 40 objects each: centre Dice
+    # 0.808 -> 0.817, 0.691 -> 0.694, random1 0.568 -> 0.582, 0.419 -> 0.432 (3 px: 0.814, 0.696, 0.581, 0.435;
+    # 8 px: 0.822, 0.692, 0.585, 0.429), iter5 and box+iter5 +0.001..0.003, for one small decode per click
+    tighten: float = 5.0
 
     @classmethod
     def fitted(cls, **changes) -> SearchSettings:
@@ -248,7 +255,9 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
         boxes = [np.concatenate([candidate_boxes(pos, frame, settings), _offset_squares(pos, frame, settings)[0]])
                  for pos in positives]
         found = _decode(model, features, frame, boxes, settings)
-        return [_ranked(c, clicks, labels, settings, per_px) for c, (clicks, labels) in zip(found, sampled)]
+        return _tightened(model, features, frame,
+                          [_ranked(c, clicks, labels, settings, per_px) for c, (clicks, labels) in zip(found, sampled)],
+                          sampled, settings)
     squares, square_sides = zip(*(_squares(pos, frame, settings) for pos in positives))
     first = _decode(model, features, frame, list(squares), settings)
     more = []
@@ -257,8 +266,36 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
         best = np.argsort(-scores, kind="stable")[: settings.refine_sides]
         more.append(candidate_boxes(pos, frame, settings, sides=tuple(sides[best]), aspects=others))
     second = _decode(model, features, frame, more, settings)
-    return [_ranked(_joined(a, b), clicks, labels, settings, per_px)
-            for a, b, (clicks, labels) in zip(first, second, sampled)]
+    return _tightened(model, features, frame, [_ranked(_joined(a, b), clicks, labels, settings, per_px)
+                                               for a, b, (clicks, labels) in zip(first, second, sampled)],
+                      sampled, settings)
+
+
+def _tightened(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int],
+               ranked: list[tuple[Candidates, np.ndarray]], sampled: list[tuple[np.ndarray, np.ndarray]],
+               settings: SearchSettings) -> list[tuple[Candidates, np.ndarray]]:
+    """Each prompt's ranked candidates with the answer to the best one's tight box grown by ``settings.tighten``
+    px put first (scored above the rest) where it honours the prompt's clicks (sampled low-res px); one batched
+    decode for all prompts."""
+    if settings.tighten <= 0 or not ranked:
+        return ranked
+    per_px = model.mask_input_size[0] / model.preprocessing.input_size
+    h, w = frame
+    grow = np.float32(settings.tighten) * np.array([-1, -1, 1, 1], dtype=np.float32)
+    boxes = []
+    for cands, _ in ranked:
+        x0, y0, x1, y1 = mask_extent(cands.masks[0]) if len(cands) else [0.0] * 4
+        box = np.array([x0, y0, x1, y1], dtype=np.float32) * cands.stride / per_px + grow
+        boxes.append(np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])[None].astype(np.float32))
+    found = _decode(model, features, frame, boxes, settings)
+    out = []
+    for (cands, scores), fit, (clicks, labels) in zip(ranked, found, sampled):
+        mask = fit.masks[0]
+        if len(cands) and cands.masks[0].any() and mask.any() and honours(mask, clicks, labels).all():
+            out.append((_joined(fit, cands), np.concatenate([[scores[0] + 1.0], scores])))
+        else:
+            out.append((cands, scores))
+    return out
 
 
 def _joined(a: Candidates, b: Candidates) -> Candidates:

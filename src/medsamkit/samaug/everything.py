@@ -242,7 +242,7 @@ def _searched_points(predictor: Predictor, points: np.ndarray, cfg: EverythingCo
     # squares only, one decode, on windows 2x the box, ranked on every logit by the hand-set ranking (as
     # measured for the point grid; the click search's own defaults go coarse to fine on 1.5x windows)
     settings = SearchSettings(sides=tuple(cfg.point_search_sides), aspects=(1.0,), window_factor=2.0, full_window=40,
-                              rank_stride=1, offset=0, ranker=HAND_RANKER, reach=0)
+                              rank_stride=1, offset=0, ranker=HAND_RANKER, reach=0, tighten=0)
     scale = predictor.coordinate_scale()
     frame = predictor.embedding.input_size
     if not len(points):

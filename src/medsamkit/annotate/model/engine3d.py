@@ -1,7 +1,8 @@
 """The project's 3D engine (``medsamkit.volumes.engine.VolumeEngine``) behind the annotator: a 3D box (a range of
 views of one axis and a 2D box on one of them) becomes an object on every view the engine reaches, and a click
 on any view of that axis corrects the view and re-propagates from it, answered exactly as ``evaluate-volume
---protocol cvpr25`` and ``segment-volume --box3d`` answer (same engine, same default settings).
+--protocol cvpr25`` and ``segment-volume --box3d`` answer (same engine, same default settings; the session's
+``--clicks`` strategy and ``--click-ranker`` ranking answer its clicks, as they answer the 2D views').
 
 One engine per (client, volume, object, axis), kept while it is used (the least recently used go first). Before
 each click the engine takes the object as the session has it (what undo, a 2D correction or the Propagate button
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsamkit.core.errors import InputError
-from medsamkit.volumes.engine import Box3D, EngineState, VolumeEngine
+from medsamkit.prompts.search import SearchSettings
+from medsamkit.volumes.engine import Box3D, EngineSettings, EngineState, VolumeEngine
 from medsamkit.volumes.slices import SliceEmbedder
 
 EngineKey = tuple[str, str, int, int]  # (client, volume, object, axis)
@@ -41,9 +43,10 @@ class Engines3D:
     """The engines of the session's clients, each over the slice embedder of its volume's axis (the propagator's:
     no view is encoded twice)."""
 
-    def __init__(self, keep: int = 16) -> None:
+    def __init__(self, keep: int = 16, clicks: str = "auto", search: SearchSettings | None = None) -> None:
         self._engines: OrderedDict[EngineKey, VolumeEngine] = OrderedDict()
         self._keep = keep
+        self.settings = EngineSettings(clicks=clicks, search=search)  # the defaults, answering clicks as asked
 
     def bind(self, key: EngineKey, engine: VolumeEngine) -> None:
         """Keep ``engine`` as the one of ``key`` (client, volume, object, axis), the most recently used."""
@@ -56,7 +59,7 @@ class Engines3D:
         """A new object from a 3D box on the views of ``embedder``'s axis; the engine is kept by ``bind``."""
         box.check(embedder.image01.shape, source)
         t0 = time.perf_counter()
-        engine = VolumeEngine(embedder)
+        engine = VolumeEngine(embedder, self.settings)
         before = len(embedder.encoded)
         mask = engine.start(box)
         masks = {int(z): mask[z] for z in np.flatnonzero(mask.reshape(len(mask), -1).any(1))}
@@ -79,7 +82,7 @@ class Engines3D:
         else:
             state = engine.state
         if engine is None or engine.embedder is not embedder:  # new, or another model / reloaded views now
-            engine = VolumeEngine(embedder)
+            engine = VolumeEngine(embedder, self.settings)
             engine.state = state
         engine.state.mask = current.copy()
         engine.state.anchors |= {int(a) for a in anchors}

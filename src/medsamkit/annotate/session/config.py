@@ -18,7 +18,7 @@ class AnnotateConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     clicks: str = "auto"  # how clicks are answered: auto, native or search (prompts.clicks)
-    click_ranker: str | None = None  # the click search's ranking from `medsamkit fit-clicks` (2D views)
+    click_ranker: str | None = None  # the click search's ranking from `medsamkit fit-clicks`
     class_names: list[str] = field(default_factory=list)  # --class-names: the classes a person assigns
     token: bool = True
     window: str | None = None  # volumes: the model input's CT window (name or lo,hi); None: the SPEC's rule

@@ -55,16 +55,16 @@ class Workspace(VolumeWork):
         self.source = ItemSource(cfg.source, window=cfg.window, three_slice=cfg.three_slice)
         self.files = AnnotationFolder(cfg.out or default_out(cfg.source))
         self.launch = ModelLaunch(cfg.model, cfg.checkpoint, cfg.device)
+        search = search_settings(cfg.click_ranker)
         self.segmenter = segmenter or Segmenter.load(cfg.model, cfg.checkpoint, cfg.device,
-                                                     self.files.embedding_folder, cfg.clicks,
-                                                     search_settings(cfg.click_ranker))
+                                                     self.files.embedding_folder, cfg.clicks, search)
         self.classes = list(cfg.class_names) or self.segmenter.class_names
         self.states: dict[str, ImageAnnotation] = {}
         self.prompts: ClientViews[PromptSession] = ClientViews()
         self.proposals: ClientViews[list] = ClientViews()
         self.view_rule = ViewRule()
         self.propagator = Propagator(self.segmenter)
-        self.engines3d = Engines3D()
+        self.engines3d = Engines3D(clicks=cfg.clicks, search=search)
         self.learning: LearnController | None = None
         self._prefetched: set[str] = set()  # images whose tiles were queued for embedding (first tiled answer)
         self.lock = threading.RLock()
