@@ -320,6 +320,52 @@ def test_a_negative_click_without_a_box_removes_the_side_away_from_the_positive_
     assert lost_split.sum() < lost_whole.sum() and iou_split.mean() > iou_whole.mean(), rows
 
 
+def test_small_objects_corrected_without_a_box_get_the_walkers_boundary(predictor, monuseg_root):
+    """MoNuSeg train nuclei, a centre click then Mazurowski's second click, no box: the correction is the model's
+    edit with its boundary placed by the random walker on the view's grey levels (``walker_refine``, then every click
+    enforced); with a box, with the walker off, or with an embedding given without its image, it is the model's edit
+    alone. (What it buys is measured by benchmarks/clicks.py: docs/protocols.md.)"""
+    from medsamkit.prompts.clicks import enforce
+    from medsamkit.prompts.walker import walker_refine
+
+    name = sorted((monuseg_root / "train" / "images").iterdir())[0].name
+    image = read_image(monuseg_root / "train" / "images" / name)[:256, :256]
+    labels = read_label(monuseg_root / "train" / "labels" / name)[:256, :256]
+    predictor.set_image(image)
+    fix = CorrectionSettings()
+    off = replace(fix, walker_radius=0)
+    walked = changed = 0
+    for obj in [o for o in extract_objects(labels) if o.area >= 60][:12]:
+        truth = obj.mask(labels.shape)
+        rng = np.random.default_rng(0)
+        prompt = Prompt(None, next_click(np.zeros_like(truth), truth, rng)[0][None], [1])
+        click = next_click(ClickAnswerer(predictor, "search").answer([prompt]).best()[0][0], truth, rng)
+        if click is None:
+            continue
+        second = prompt.with_click(*click)
+        edit = ClickAnswerer(predictor, "search", corrections=off).answer([second]).best()[0][0]
+        answer = ClickAnswerer(predictor, "search").answer([second]).best()[0][0]
+        if np.sqrt(edit.sum() / np.pi) > fix.walker_radius:
+            np.testing.assert_array_equal(answer, edit)
+            continue
+        expected = enforce(walker_refine(edit, second.points, second.labels, image, fix.walker_band), second.points,
+                           second.labels)
+        np.testing.assert_array_equal(answer, expected)
+        walked += 1
+        changed += int(not np.array_equal(answer, edit))
+        rows, cols = second.points[:, 1].astype(int), second.points[:, 0].astype(int)
+        assert np.array_equal(answer[rows, cols], second.labels == 1)
+    assert walked >= 6 and changed >= 3, (walked, changed)
+    box = np.array([*np.argwhere(truth).min(0)[::-1], *np.argwhere(truth).max(0)[::-1]], dtype=np.float32)
+    boxed = Prompt(box, second.points, second.labels)
+    np.testing.assert_array_equal(ClickAnswerer(predictor, "search").answer([boxed]).masks,
+                                  ClickAnswerer(predictor, "search", corrections=off).answer([boxed]).masks)
+    predictor.set_embedding(predictor.embedding)  # a cached embedding alone: no grey levels to walk on
+    assert predictor.image is None
+    np.testing.assert_array_equal(ClickAnswerer(predictor, "search").answer([second]).masks,
+                                  ClickAnswerer(predictor, "search", corrections=off).answer([second]).masks)
+
+
 @pytest.mark.parametrize("label", [1, 0])
 def test_a_corrective_click_moves_the_box_mask_toward_the_truth(predictor, glands, label):
     """A positive click in a missed part (a lobe the box answer left out) adds it; a negative click on a

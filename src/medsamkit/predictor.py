@@ -112,6 +112,7 @@ class Predictor:
         self.model = model.eval()
         self.batch_size = batch_size
         self.embedding: Embedding | None = None
+        self.image: np.ndarray | None = None  # the embedded image where the caller gave it (clicks refine on it)
         self._source: object | None = None
 
     @property
@@ -129,12 +130,16 @@ class Predictor:
     def set_image(self, image: np.ndarray, source: object | None = None) -> Predictor:
         """Compute and keep the embedding of `image` (source names it in error messages)."""
         self.embedding = self.embed(image, source)
+        self.image = image
         self._source = source
         return self
 
-    def set_embedding(self, embedding: Embedding, source: object | None = None) -> Predictor:
-        """Use a precomputed (e.g. cached) embedding."""
+    def set_embedding(self, embedding: Embedding, source: object | None = None,
+                      image: np.ndarray | None = None) -> Predictor:
+        """Use a precomputed (e.g. cached) embedding; ``image``: the image it embeds (the click corrections refine
+        small objects on its grey levels; without it they do not)."""
         self.embedding = Embedding(embedding.features.to(self.device), embedding.original_size, embedding.input_size)
+        self.image = image if image is not None and tuple(image.shape[:2]) == tuple(embedding.original_size) else None
         self._source = source
         return self
 

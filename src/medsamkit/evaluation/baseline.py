@@ -25,37 +25,14 @@ and clicks are reproducible.
 from __future__ import annotations
 
 import numpy as np
-from skimage.segmentation import random_walker
-from skimage.transform import downscale_local_mean, resize
 
 from medsamkit.core.objects import ImageObject
 from medsamkit.prompts import Prompt, PromptMode
 from medsamkit.prompts.objects import ObjectRun, Window, run_mode
+from medsamkit.prompts.walker import SOLVE_SIDE, intensity_levels, solve, walker_data
 
 # Width of the background ring kept around a box prompt.
 BOX_RING = 8
-# Longest side of the grid the walker solves on; larger crops are coarsened by an integer factor.
-SOLVE_SIDE = 128
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    return image.astype(np.float32).mean(axis=-1) if image.ndim == 3 else image.astype(np.float32)
-
-
-def intensity_levels(image: np.ndarray) -> tuple[float, float, float]:
-    """(min, max, standard deviation after min/max scaling) of a view's grey levels: the walker's weights."""
-    g = _grey(image)
-    lo, hi = float(g.min()), float(g.max())
-    return lo, hi, float(((g - lo) / max(hi - lo, 1e-8)).std())
-
-
-def _walker_data(crop: np.ndarray, levels: tuple[float, float, float]) -> np.ndarray:
-    """The crop's grey levels scaled so that skimage (which divides by the std of what it gets) weighs its
-    edges as it would on the whole view."""
-    lo, hi, std = levels
-    x = (_grey(crop) - lo) / max(hi - lo, 1e-8)
-    own = float(x.std())
-    return x * (own / std) if own > 1e-8 and std > 1e-8 else x
 
 
 def baseline_crop(prompt: Prompt, shape: tuple[int, int], margin: int = 32) -> Window:
@@ -88,29 +65,6 @@ def _seeds(prompt: Prompt, crop: Window) -> np.ndarray:
     return seeds
 
 
-def _coarse_seeds(seeds: np.ndarray, f: int) -> np.ndarray:
-    """Seeds on blocks of f x f: background where the whole block is, else object where any pixel is."""
-    h, w = -(-seeds.shape[0] // f) * f, -(-seeds.shape[1] // f) * f
-    padded = np.pad(seeds, ((0, h - seeds.shape[0]), (0, w - seeds.shape[1])), mode="edge")
-    blocks = padded.reshape(h // f, f, w // f, f).transpose(0, 2, 1, 3).reshape(h // f, w // f, -1)
-    out = np.zeros(blocks.shape[:2], np.int32)
-    out[(blocks == 1).any(-1)] = 1
-    out[(blocks == 2).all(-1)] = 2
-    return out
-
-
-def _solve(data: np.ndarray, seeds: np.ndarray, beta: float, solve_side: int | None) -> np.ndarray:
-    """Object mask of the crop: the walker at full resolution, or on a coarsened grid for large crops."""
-    f = 1 if solve_side is None else -(-max(seeds.shape) // solve_side)
-    coarse = _coarse_seeds(seeds, f) if f > 1 else seeds
-    if f == 1 or not ((coarse == 1).any() and (coarse == 2).any()):
-        return random_walker(data, seeds, beta=beta, mode="bf") == 1
-    grid = downscale_local_mean(np.pad(data, ((0, -data.shape[0] % f), (0, -data.shape[1] % f)), mode="edge"), f)
-    prob = random_walker(grid, coarse, beta=beta, mode="bf", return_full_prob=True)[0]
-    fine = resize(prob, (grid.shape[0] * f, grid.shape[1] * f), order=1)[: seeds.shape[0], : seeds.shape[1]]
-    return ((fine >= 0.5) | (seeds == 1)) & (seeds != 2)
-
-
 def random_walker_segment(image: np.ndarray, prompt: Prompt, margin: int = 32, beta: float = 130.0,
                           crop: Window | None = None, levels: tuple[float, float, float] | None = None,
                           solve_side: int | None = SOLVE_SIDE) -> np.ndarray:
@@ -127,7 +81,7 @@ def random_walker_segment(image: np.ndarray, prompt: Prompt, margin: int = 32, b
         out[y0:y1, x0:x1] = True
         return out
     levels = intensity_levels(image) if levels is None else levels
-    out[y0:y1, x0:x1] = _solve(_walker_data(image[y0:y1, x0:x1], levels), seeds, beta, solve_side)
+    out[y0:y1, x0:x1] = solve(walker_data(image[y0:y1, x0:x1], levels), seeds, beta, solve_side)
     return out
 
 

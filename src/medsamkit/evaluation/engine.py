@@ -71,7 +71,7 @@ def _select_objects(objects: list[ImageObject], limit: int | None, seed: int, ke
 def _embed(predictor: Predictor, tile_img: np.ndarray, source: str, cache) -> float:
     t0 = time.perf_counter()
     if cache is not None:
-        predictor.set_embedding(cache.get_or_compute(predictor, tile_img), source)
+        predictor.set_embedding(cache.get_or_compute(predictor, tile_img), source, tile_img)
     else:
         predictor.set_image(tile_img, source)
     return time.perf_counter() - t0

@@ -33,6 +33,7 @@ from medsamkit.prompts.corrections import (
     bend,
     disk_edit,
     is_near,
+    mask_radius,
     pixel_of,
     region_edit,
     signed_distance,
@@ -40,6 +41,7 @@ from medsamkit.prompts.corrections import (
 from medsamkit.prompts.ranking import honours
 from medsamkit.prompts.search import Candidates, SearchSettings, distinct, search_many, sharpen
 from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts, tight_box
+from medsamkit.prompts.walker import walker_refine
 
 STRATEGIES = ("auto", *CLICK_STRATEGIES)  # auto resolves to one of the others
 MEMORY = 512  # answers remembered per embedding (a click session needs the previous one of each object)
@@ -217,15 +219,25 @@ class ClickAnswerer:
         xy, label = prompt.points[-1], int(prompt.labels[-1])
         fix = self.corrections
         if honours(mask, xy[None], np.array([label])).all():
-            return _Answer([enforce(mask, prompt.points, prompt.labels)], [iou])
-        sdf = signed_distance(mask) if mask.any() else None  # computed once for every edit below
-        if is_near(mask, xy, fix, sdf):
-            edited = bend(mask, xy, label, fix, sdf)
+            edited = mask
         else:
-            edited = region_edit(mask, self._thing_at(prompt, mask), label, fix)
-            if edited is None:
-                edited = disk_edit(mask, xy, label, fix, sdf)
-        return _Answer([enforce(edited, prompt.points, prompt.labels)], [iou])
+            sdf = signed_distance(mask) if mask.any() else None  # computed once for every edit below
+            if is_near(mask, xy, fix, sdf):
+                edited = bend(mask, xy, label, fix, sdf)
+            else:
+                edited = region_edit(mask, self._thing_at(prompt, mask), label, fix)
+                if edited is None:
+                    edited = disk_edit(mask, xy, label, fix, sdf)
+        return _Answer([enforce(self._walked(edited, prompt), prompt.points, prompt.labels)], [iou])
+
+    def _walked(self, mask: np.ndarray, prompt: Prompt) -> np.ndarray:
+        """A small object's corrected mask without a box, its boundary placed by the random walker on the view's
+        grey levels (``CorrectionSettings.walker_radius``); the mask as it is otherwise, or without the image."""
+        fix, image = self.corrections, self.predictor.image
+        if (prompt.box is not None or fix.walker_radius <= 0 or image is None or tuple(image.shape[:2]) != mask.shape
+                or mask_radius(mask) > fix.walker_radius):
+            return mask
+        return walker_refine(mask, prompt.points, prompt.labels, image, fix.walker_band)
 
     def _thing_at(self, prompt: Prompt, mask: np.ndarray) -> np.ndarray:
         """What the model sees under the prompt's last click: the best search answer around it that keeps

@@ -24,7 +24,7 @@ def _set_tile(predictor: Predictor, case: Case, tile: TrainTile, cache: Embeddin
     y0, x0, y1, x1 = tile.window
     img = case.image[y0:y1, x0:x1]
     if cache is not None:
-        predictor.set_embedding(cache.get_or_compute(predictor, img), case.name)
+        predictor.set_embedding(cache.get_or_compute(predictor, img), case.name, img)
     else:
         predictor.set_image(img, case.name)
 

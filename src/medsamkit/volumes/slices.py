@@ -96,4 +96,4 @@ class SliceEmbedder:
                 self._recent.popitem(last=False)
         else:
             self._recent.move_to_end(z)
-        return self.predictor.set_embedding(emb, f"{self.source}[z={z}]")
+        return self.predictor.set_embedding(emb, f"{self.source}[z={z}]", self.image01[z])

@@ -176,7 +176,7 @@ class Segmenter:
         embedding: Embedding = self.embedding(key, pixels).result()
         with self._decode:
             t0 = time.perf_counter()
-            self.predictor.set_embedding(embedding, key[0])
+            self.predictor.set_embedding(embedding, key[0], pixels)
             pred = self._ask(prompt, parent, choice, multimask)
             seconds = time.perf_counter() - t0
             generation = self.generation
