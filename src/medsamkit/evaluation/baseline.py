@@ -29,7 +29,7 @@ import numpy as np
 from medsamkit.core.objects import ImageObject
 from medsamkit.prompts import Prompt, PromptMode
 from medsamkit.prompts.objects import ObjectRun, Window, run_mode
-from medsamkit.prompts.walker import SOLVE_SIDE, intensity_levels, solve, walker_data
+from medsamkit.prompts.walker import BETA, SOLVE_SIDE, intensity_levels, solve, walker_data
 
 # Width of the background ring kept around a box prompt.
 BOX_RING = 8
@@ -65,7 +65,7 @@ def _seeds(prompt: Prompt, crop: Window) -> np.ndarray:
     return seeds
 
 
-def random_walker_segment(image: np.ndarray, prompt: Prompt, margin: int = 32, beta: float = 130.0,
+def random_walker_segment(image: np.ndarray, prompt: Prompt, margin: int = 32, beta: float = BETA,
                           crop: Window | None = None, levels: tuple[float, float, float] | None = None,
                           solve_side: int | None = SOLVE_SIDE) -> np.ndarray:
     """Binary mask (image size) from a seeded random walker run inside ``crop`` (default: ``baseline_crop``);

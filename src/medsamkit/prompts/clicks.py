@@ -234,8 +234,8 @@ class ClickAnswerer:
         """A small object's corrected mask without a box, its boundary placed by the random walker on the view's
         grey levels (``CorrectionSettings.walker_radius``); the mask as it is otherwise, or without the image."""
         fix, image = self.corrections, self.predictor.image
-        if (prompt.box is not None or fix.walker_radius <= 0 or image is None or tuple(image.shape[:2]) != mask.shape
-                or mask_radius(mask) > fix.walker_radius):
+        # (the predictor keeps only an image of the embedding's size: the answers' size)
+        if prompt.box is not None or fix.walker_radius <= 0 or image is None or mask_radius(mask) > fix.walker_radius:
             return mask
         return walker_refine(mask, prompt.points, prompt.labels, image, fix.walker_band)
 
