@@ -58,6 +58,22 @@ def _folder(root: Path) -> Path:
     return root
 
 
+def click_prompts(count: int) -> list[tuple[list[float], list[float], list[float]]]:
+    """``count`` (click alone, box, positive corrective click just outside that box) triples, each prompt new: the
+    server remembers its answers per image, so a repeated prompt would time the memory, not the model (until
+    2026-12-06 the clicks repeated every 12 calls and the corrective click was one the box's answer honoured
+    already, which made the click median 70 ms instead of 170 ms)."""
+    out = []
+    for i in range(count):
+        x0, y0, x1, y1 = BOXES[i % len(BOXES)]
+        cx, cy = (x0 + x1) / 2 + i % 5 - 2, (y0 + y1) / 2 + (i // 5) % 5 - 2
+        box = [x0, y0, x1 + i % 7, y1 + i // 7]
+        out.append(([cx, cy, 1], box, [box[2] + 4, cy, 1]))
+    if len({(tuple(c), tuple(b)) for c, b, _ in out}) < count or len({tuple(c) for c, _, _ in out}) < count:
+        raise SystemExit(f"annotate_latency: {count} click prompts are not all different (the server's memory)")
+    return out
+
+
 def _http(server: BackgroundServer, calls: int) -> dict:
     auth = {"Authorization": f"Bearer {server.token}"}
     with httpx.Client(base_url=server.base, headers=auth, timeout=120) as client:
@@ -76,16 +92,13 @@ def _http(server: BackgroundServer, calls: int) -> dict:
             times.append(time.perf_counter() - t)
             server.append(res.json()["seconds"])
         clicks, corrections = [], []
-        for i in range(calls + 2):  # a click alone (the click search on a box-only model), then a box + a click
-            x0, y0, x1, y1 = BOXES[i % len(BOXES)]
-            cx, cy = (x0 + x1) / 2 + i % 3, (y0 + y1) / 2
+        for click, box, correction in click_prompts(calls + 2):
             t = time.perf_counter()
-            client.post("/api/predict", json={"image": "a", "points": [[cx, cy, 1]]}).raise_for_status()
+            client.post("/api/predict", json={"image": "a", "points": [click]}).raise_for_status()
             clicks.append(time.perf_counter() - t)
-            box = [x0, y0, x1 + i % 7, y1]
             client.post("/api/predict", json={"image": "a", "box": box}).raise_for_status()
             t = time.perf_counter()
-            client.post("/api/predict", json={"image": "a", "box": box, "points": [[x1 - 1, cy, 0]]}).raise_for_status()
+            client.post("/api/predict", json={"image": "a", "box": box, "points": [correction]}).raise_for_status()
             corrections.append(time.perf_counter() - t)
     return {"predict_http_median_ms": round(1000 * statistics.median(times[2:]), 1),
             "click_alone_http_median_ms": round(1000 * statistics.median(clicks[2:]), 1),

@@ -11,6 +11,7 @@ Prints JSON and writes benchmarks/results/clicks.json. Resumable (rerun with the
 Usage: python benchmarks/clicks.py [--out runs/clicks] [--glas-images 8] [--monuseg-images 3]
        [--max-objects 40] [--lung-volumes 4] [--datasets glas,monuseg,lung-gtv] [--strategies search,native]
        [--keep-others] (keep the results file's entries of strategies not rerun)
+       [--click-ranker FILE] (a ranking file, e.g. benchmarks/search_settings/one_large_side.json: other candidate boxes)
 (--smoke: one MoNuSeg image, 3 nuclei, box/center/iter2, in a temporary folder)
 """
 
@@ -114,6 +115,9 @@ def main() -> None:
     ap.add_argument("--results", default=str(REPO / "benchmarks/results/clicks.json"))
     ap.add_argument("--keep-others", action="store_true",
                     help="keep the --results file's entries of the strategies not rerun (each entry says its run)")
+    ap.add_argument("--click-ranker", default=None,
+                    help="serve the search with this ranking file (evaluate's --click-ranker; with --out and "
+                         "--results of its own)")
     add_smoke(ap)
     args = ap.parse_args()
     if apply_smoke(args, ("out", "results"), monuseg_images=1, max_objects=3, prompts="box,center,iter2",
@@ -139,7 +143,8 @@ def main() -> None:
             continue
         spec, kw = data[name]
         for strategy in args.strategies.split(","):
-            r = run_one(spec, Path(args.out) / name / strategy, strategy, strategy == "search", args.prompts, **kw)
+            r = run_one(spec, Path(args.out) / name / strategy, strategy, strategy == "search", args.prompts,
+                        click_ranker=args.click_ranker, **kw)
             r["targets"] = targets(r) if strategy == "search" else {}
             result[name][strategy] = r
     result["load_avg_1min"] = round(os.getloadavg()[0], 2)

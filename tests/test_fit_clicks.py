@@ -47,6 +47,12 @@ def _ranking(path, **changes) -> str:
     ({"ranker": [float("nan")] * 19}, "finite"),
     ({"reach": "far"}, "must be numbers"),
     ({"refine_sides": -1}, "refine_sides >= 0"),
+    ({"sides": "big"}, "sides must be a list of numbers"),
+    ({"sides": [8, -16]}, "must be positive"),
+    ({"sides": []}, "at least one side"),
+    ({"window_factor": 0}, "must be positive"),
+    ({"max_window": -8}, "max_window >= 0"),
+    ({"max_window": "wide"}, "max_window an integer"),
 ])
 def test_a_ranking_file_that_is_not_one_is_refused_in_one_line(tmp_path, changes, says):
     path = _ranking(tmp_path / "ranking.json", **changes)
@@ -60,6 +66,45 @@ def test_unreadable_and_missing_ranking_files_name_the_file(tmp_path):
     for path in (tmp_path / "broken.json", tmp_path / "absent.json", tmp_path):  # a folder without ranking.json
         with pytest.raises(InputError, match="cannot read a click ranking"):
             SearchSettings.from_file(path)
+
+
+def test_a_ranking_file_may_set_the_candidate_boxes_and_the_search_decodes_them(tmp_path, predictor):
+    from medsamkit.io.datasets import open_dataset
+    from medsamkit.prompts.search import candidate_boxes, search
+
+    path = _ranking(tmp_path / "ranking.json", ranker=list(HAND_RANKER), offset=0.0, reach=0.0,
+                    sides=[8, 16, 32, 64, 144], window_factor=1.25)
+    settings = SearchSettings.from_file(path)
+    assert settings.sides == (8.0, 16.0, 32.0, 64.0, 144.0) and settings.window_factor == 1.25
+    assert SearchSettings.from_file(_ranking(tmp_path / "plain.json")).sides == SearchSettings().sides
+    assert SearchSettings.from_file(_ranking(tmp_path / "cut.json", max_window=48)).max_window == 48
+    # the search asks exactly those squares first: the candidates of a click (no aspects) are the 5 squares
+    pred = predictor.set_image(next(open_dataset("builtin:dsb-nuclei").cases()).image)
+    emb = pred.embedding
+    click = np.array([[120.0, 130.0]], dtype=np.float32)
+    cands, scores = search(pred.model, emb.features, emb.input_size, click, np.ones(1),
+                           dataclasses.replace(settings, aspects=(1.0,), tighten=0))
+    assert sorted(map(tuple, cands.boxes)) == sorted(map(tuple, candidate_boxes(click, emb.input_size, settings,
+                                                                                aspects=(1.0,))))
+    assert len(cands) == 5 and len(scores) == 5
+
+
+def test_max_window_decodes_the_largest_box_on_a_window_of_that_size(predictor):
+    import torch
+
+    from medsamkit.io.datasets import open_dataset
+    from medsamkit.models.local_decode import decode_local
+    from medsamkit.prompts.search import decode_boxes
+
+    pred = predictor.set_image(next(open_dataset("builtin:dsb-nuclei").cases()).image)
+    feats = pred.embedding.features
+    box = np.array([[20.0, 30.0, 211.0, 221.0]], dtype=np.float32)  # 192 model-input px: 72 tokens at 1.5x
+    cut, _ = decode_boxes(pred.model, feats, box, SearchSettings(max_window=48))
+    low, _, origin = decode_local(pred.model, feats, torch.from_numpy(box), None, 48, False)
+    (ox, oy), span = origin[0].tolist(), low.shape[-1]
+    assert torch.equal(cut[0, oy : oy + span, ox : ox + span], low[0, 0].float())
+    whole, _ = decode_boxes(pred.model, feats, box, SearchSettings())  # the whole embedding
+    assert not torch.equal(cut, whole) and (cut[0] > 0).sum() > 1000
 
 
 def test_a_ranking_file_and_its_run_folder_give_the_same_settings(tmp_path):

@@ -60,6 +60,10 @@ class SearchSettings:
     stability_offset: float = 1.0  # as SAM's stability score
     window_factor: float = 1.5  # a box is decoded on a window this many times its side (in tokens, x8)
     min_window: int = 16  # tokens
+    # and on at most this many (0: no cap). 48 (the 192 px box of LiteMedSAM's 64-token grid then no longer decodes
+    # on the whole embedding) kept the tuning splits' Dice but lost a little held out (lung iter5 0.823 -> 0.810)
+    # for a click over HTTP 170 -> 157 ms: not the default (docs/protocols.md "The largest window")
+    max_window: int = 0
     full_window: int = 64  # windows this large or larger decode on the whole embedding (shared work)
     distinct_iou: float = 0.9  # multimask alternatives overlap the better ones by less than this
     # coarse to fine: square boxes of every side first, then the other aspects only at the sides of the
@@ -98,7 +102,9 @@ class SearchSettings:
 
     @classmethod
     def from_file(cls, path: str | Path) -> SearchSettings:
-        """The ranking a ``medsamkit fit-clicks`` run wrote (its ranking.json, or the run folder holding it)."""
+        """The ranking a ``medsamkit fit-clicks`` run wrote (its ranking.json, or the run folder holding it); the
+        optional keys ``sides`` (box sides, model-input px), ``window_factor`` and ``max_window`` change the
+        candidate boxes and their decoding windows too."""
         path = ranking_path(path)
         try:
             spec = json.loads(path.read_text())
@@ -118,7 +124,21 @@ class SearchSettings:
             raise InputError(f"{path}: ranker needs {2 * len(FEATURES) + 1} weights, not {len(ranker)}")
         if not np.isfinite([*ranker, offset, reach]).all() or min(offset, reach, refine) < 0:
             raise InputError(f"{path}: ranker, offset and reach must be finite (offset, reach, refine_sides >= 0)")
-        return cls(ranker=ranker, offset=offset, reach=reach, refine_sides=refine)
+        boxes = {}
+        try:
+            if "sides" in spec:
+                boxes["sides"] = tuple(float(v) for v in spec["sides"])
+            if "window_factor" in spec:
+                boxes["window_factor"] = float(spec["window_factor"])
+            if "max_window" in spec:
+                boxes["max_window"] = int(spec["max_window"])
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: sides must be a list of numbers, window_factor a number and max_window an "
+                             f"integer") from None
+        if not all(np.isfinite(v) and v > 0 for v in (*boxes.get("sides", ()), boxes.get("window_factor", 1.0))) \
+                or boxes.get("sides") == () or boxes.get("max_window", 0) < 0:
+            raise InputError(f"{path}: sides and window_factor must be positive (at least one side), max_window >= 0")
+        return cls(ranker=ranker, offset=offset, reach=reach, refine_sides=refine, **boxes)
 
     def __post_init__(self) -> None:
         if self.rank_stride not in (1, 2, 4):
@@ -176,8 +196,9 @@ def decode_boxes(model: SamFamilyModel, features: torch.Tensor, boxes: np.ndarra
     """Single-mask logits (K, m/s, m/s) in the full low-res frame, every ``sample``-th pixel per axis
     (``models.sam.sample_logits``), and predicted IoU (K,) of boxes (model px).
 
-    Small boxes are decoded on a window of the embedding around them (``models.local_decode``), large ones
-    on the whole embedding, where the work shared by all prompts makes a large window no cheaper."""
+    Boxes are decoded on a window of the embedding around them (``models.local_decode``), at most
+    ``settings.max_window`` tokens when set; windows reaching ``settings.full_window`` decode on the whole embedding,
+    where the work shared by all prompts makes a large window no cheaper."""
     grid = features.shape[-1]
     m = model.mask_input_size[0] // sample
     stride = model.preprocessing.input_size / grid
@@ -188,6 +209,8 @@ def decode_boxes(model: SamFamilyModel, features: torch.Tensor, boxes: np.ndarra
         return out, iou.cpu().numpy()
     side = ((bt[:, 2:] - bt[:, :2]).max(1).values + 1) / stride
     windows = window_tokens(side.cpu().numpy(), settings.window_factor, settings.min_window)
+    if settings.max_window > 0:
+        windows = np.minimum(windows, max(settings.max_window, settings.min_window))
     windows[windows >= min(settings.full_window, grid)] = grid
     for size in np.unique(windows).tolist():
         idx = torch.from_numpy(np.nonzero(windows == size)[0]).to(features.device)
