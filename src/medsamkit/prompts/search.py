@@ -60,9 +60,8 @@ class SearchSettings:
     stability_offset: float = 1.0  # as SAM's stability score
     window_factor: float = 1.5  # a box is decoded on a window this many times its side (in tokens, x8)
     min_window: int = 16  # tokens
-    # and on at most this many (0: no cap). 48 (the 192 px box of LiteMedSAM's 64-token grid then no longer decodes
-    # on the whole embedding) kept the tuning splits' Dice but lost a little held out (lung iter5 0.823 -> 0.810)
-    # for a click over HTTP 170 -> 157 ms: not the default (docs/protocols.md "The largest window")
+    # and on at most this many (0: no cap). 48 kept the tuning splits' Dice but lost a little held out (lung iter5
+    # 0.823 -> 0.810) for a click 170 -> 157 ms: not the default (docs/protocols.md "The largest window")
     max_window: int = 0
     full_window: int = 64  # windows this large or larger decode on the whole embedding (shared work)
     distinct_iou: float = 0.9  # multimask alternatives overlap the better ones by less than this
@@ -124,14 +123,9 @@ class SearchSettings:
             raise InputError(f"{path}: ranker needs {2 * len(FEATURES) + 1} weights, not {len(ranker)}")
         if not np.isfinite([*ranker, offset, reach]).all() or min(offset, reach, refine) < 0:
             raise InputError(f"{path}: ranker, offset and reach must be finite (offset, reach, refine_sides >= 0)")
-        boxes = {}
+        geometry = (("sides", lambda v: tuple(float(x) for x in v)), ("window_factor", float), ("max_window", int))
         try:
-            if "sides" in spec:
-                boxes["sides"] = tuple(float(v) for v in spec["sides"])
-            if "window_factor" in spec:
-                boxes["window_factor"] = float(spec["window_factor"])
-            if "max_window" in spec:
-                boxes["max_window"] = int(spec["max_window"])
+            boxes = {key: read(spec[key]) for key, read in geometry if key in spec}
         except (TypeError, ValueError):
             raise InputError(f"{path}: sides must be a list of numbers, window_factor a number and max_window an "
                              f"integer") from None
