@@ -69,7 +69,7 @@ def click_prompts(count: int) -> list[tuple[list[float], list[float], list[float
         cx, cy = (x0 + x1) / 2 + i % 5 - 2, (y0 + y1) / 2 + (i // 5) % 5 - 2
         box = [x0, y0, x1 + i % 7, y1 + i // 7]
         out.append(([cx, cy, 1], box, [box[2] + 4, cy, 1]))
-    if len({(tuple(c), tuple(b)) for c, b, _ in out}) < count or len({tuple(c) for c, _, _ in out}) < count:
+    if len({tuple(c) for c, _, _ in out}) < count or len({(tuple(b), tuple(k)) for _, b, k in out}) < count:
         raise SystemExit(f"annotate_latency: {count} click prompts are not all different (the server's memory)")
     return out
 

@@ -41,7 +41,7 @@ from medsamkit.prompts.corrections import (
 from medsamkit.prompts.ranking import honours
 from medsamkit.prompts.search import Candidates, SearchSettings, distinct, search_many, sharpen
 from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts, tight_box
-from medsamkit.prompts.walker import walker_refine
+from medsamkit.prompts.walker import intensity_levels, walker_refine
 
 STRATEGIES = ("auto", *CLICK_STRATEGIES)  # auto resolves to one of the others
 MEMORY = 512  # answers remembered per embedding (a click session needs the previous one of each object)
@@ -79,6 +79,7 @@ class ClickAnswerer:
         self.corrections = corrections or CorrectionSettings()
         self._memory: OrderedDict[tuple, _Answer] = OrderedDict()
         self._features: torch.Tensor | None = None
+        self._levels: tuple[np.ndarray, tuple[float, float, float]] | None = None  # (image, its intensity_levels)
 
     # --- public ---------------------------------------------------------------------------------------
     def answer(self, prompts: list[Prompt], multimask: bool = False, mask_input: np.ndarray | None = None,
@@ -237,7 +238,9 @@ class ClickAnswerer:
         # (the predictor keeps only an image of the embedding's size: the answers' size)
         if prompt.box is not None or fix.walker_radius <= 0 or image is None or mask_radius(mask) > fix.walker_radius:
             return mask
-        return walker_refine(mask, prompt.points, prompt.labels, image, fix.walker_band)
+        if self._levels is None or self._levels[0] is not image:  # the whole view's statistics, once per image
+            self._levels = (image, intensity_levels(image))
+        return walker_refine(mask, prompt.points, prompt.labels, image, fix.walker_band, self._levels[1])
 
     def _thing_at(self, prompt: Prompt, mask: np.ndarray) -> np.ndarray:
         """What the model sees under the prompt's last click: the best search answer around it that keeps

@@ -67,11 +67,12 @@ def solve(data: np.ndarray, seeds: np.ndarray, beta: float = BETA, solve_side: i
 
 
 def walker_refine(mask: np.ndarray, points: np.ndarray, labels: np.ndarray, image: np.ndarray,
-                  band: float) -> np.ndarray:
+                  band: float, levels: tuple[float, float, float] | None = None) -> np.ndarray:
     """``mask`` with its boundary placed by the walker on ``image``'s grey levels: the mask eroded by ``band`` x
     its radius (at least 2 px) and 3x3 squares at positive clicks are object, everything beyond the mask dilated
     as far and 3x3 squares at negative clicks background; the walker decides the band between, in a crop around
-    it. The mask itself where there is nothing to decide."""
+    it. The mask itself where there is nothing to decide. ``levels``: the image's ``intensity_levels`` (computed
+    when not given)."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return mask
@@ -93,5 +94,6 @@ def walker_refine(mask: np.ndarray, points: np.ndarray, labels: np.ndarray, imag
     if not ((seeds == 1).any() and (seeds == 2).any()):
         return mask
     out = mask.copy()
-    out[y0:y1, x0:x1] = solve(walker_data(image[y0:y1, x0:x1], intensity_levels(image)), seeds)
+    levels = intensity_levels(image) if levels is None else levels
+    out[y0:y1, x0:x1] = solve(walker_data(image[y0:y1, x0:x1], levels), seeds)
     return out
