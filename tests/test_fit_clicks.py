@@ -47,9 +47,12 @@ def _ranking(path, **changes) -> str:
     ({"ranker": [float("nan")] * 19}, "finite"),
     ({"reach": "far"}, "must be numbers"),
     ({"refine_sides": -1}, "refine_sides >= 0"),
-    ({"sides": "big"}, "sides must be a list of numbers"),
+    ({"sides": "big"}, "sides and aspects must be lists of numbers"),
     ({"sides": [8, -16]}, "must be positive"),
     ({"sides": []}, "at least one side"),
+    ({"aspects": [1.0, 0]}, "must be positive"),
+    ({"aspects": []}, "at least one side and aspect"),
+    ({"aspects": "square"}, "aspects must be lists of numbers"),
     ({"window_factor": 0}, "must be positive"),
     ({"max_window": -8}, "max_window >= 0"),
     ({"max_window": "wide"}, "max_window an integer"),
@@ -78,6 +81,7 @@ def test_a_ranking_file_may_set_the_candidate_boxes_and_the_search_decodes_them(
     assert settings.sides == (8.0, 16.0, 32.0, 64.0, 144.0) and settings.window_factor == 1.25
     assert SearchSettings.from_file(_ranking(tmp_path / "plain.json")).sides == SearchSettings().sides
     assert SearchSettings.from_file(_ranking(tmp_path / "cut.json", max_window=48)).max_window == 48
+    assert SearchSettings.from_file(_ranking(tmp_path / "squares.json", aspects=[1])).aspects == (1.0,)
     # the search asks exactly those squares first: the candidates of a click (no aspects) are the 5 squares
     pred = predictor.set_image(next(open_dataset("builtin:dsb-nuclei").cases()).image)
     emb = pred.embedding

@@ -2,12 +2,11 @@
 
 A box-only model (the bundled LiteMedSAM) answers a point with an empty mask, but it segments whatever
 object a box frames. So a click is answered by asking the model many boxes around it (square boxes of several
-sides, then other aspect ratios at the best sides, each containing every positive click) in two batched
-decoder calls on the cached embedding,
-and keeping the candidate masks that contain every positive click and no negative one. They are ranked by
-the model's predicted IoU, the stability of their logits, how deep inside the mask the clicks lie, and how
-persistent the mask is across the other boxes (an object appears under many boxes, a blob of several
-objects or a part of one under few). Settings were chosen on GlaS train and MoNuSeg train
+sides, then other aspect ratios at the best sides, each containing every positive click) in two batched decoder
+calls on the cached embedding, and keeping the candidate masks that contain every positive click and no negative
+one. They are ranked by the model's predicted IoU, the stability of their logits, how deep inside the mask the
+clicks lie, and how persistent the mask is across the other boxes (an object appears under many boxes, a blob of
+several objects or a part of one under few). Settings were chosen on GlaS train and MoNuSeg train
 (docs/protocols.md "Clicks on box-only models"). ``SearchSettings.fitted()`` is a ranking fitted to those
 splits with squares off the clicks too: measured, not the default (it lost on CT).
 
@@ -102,8 +101,8 @@ class SearchSettings:
     @classmethod
     def from_file(cls, path: str | Path) -> SearchSettings:
         """The ranking a ``medsamkit fit-clicks`` run wrote (its ranking.json, or the run folder holding it); the
-        optional keys ``sides`` (box sides, model-input px), ``window_factor`` and ``max_window`` change the
-        candidate boxes and their decoding windows too."""
+        optional keys ``sides`` (box sides, model-input px), ``aspects`` (width / height; [1] = squares only),
+        ``window_factor`` and ``max_window`` change the candidate boxes and their decoding windows too."""
         path = ranking_path(path)
         try:
             spec = json.loads(path.read_text())
@@ -123,15 +122,18 @@ class SearchSettings:
             raise InputError(f"{path}: ranker needs {2 * len(FEATURES) + 1} weights, not {len(ranker)}")
         if not np.isfinite([*ranker, offset, reach]).all() or min(offset, reach, refine) < 0:
             raise InputError(f"{path}: ranker, offset and reach must be finite (offset, reach, refine_sides >= 0)")
-        geometry = (("sides", lambda v: tuple(float(x) for x in v)), ("window_factor", float), ("max_window", int))
+        numbers = lambda values: tuple(float(v) for v in values)  # noqa: E731
+        geometry = (("sides", numbers), ("aspects", numbers), ("window_factor", float), ("max_window", int))
         try:
             boxes = {key: read(spec[key]) for key, read in geometry if key in spec}
         except (TypeError, ValueError):
-            raise InputError(f"{path}: sides must be a list of numbers, window_factor a number and max_window an "
-                             f"integer") from None
-        if not all(np.isfinite(v) and v > 0 for v in (*boxes.get("sides", ()), boxes.get("window_factor", 1.0))) \
-                or boxes.get("sides") == () or boxes.get("max_window", 0) < 0:
-            raise InputError(f"{path}: sides and window_factor must be positive (at least one side), max_window >= 0")
+            raise InputError(f"{path}: sides and aspects must be lists of numbers, window_factor a number and "
+                             f"max_window an integer") from None
+        lists = (*boxes.get("sides", ()), *boxes.get("aspects", ()), boxes.get("window_factor", 1.0))
+        if not all(np.isfinite(v) and v > 0 for v in lists) or () in (boxes.get("sides"), boxes.get("aspects")) \
+                or boxes.get("max_window", 0) < 0:
+            raise InputError(f"{path}: sides, aspects and window_factor must be positive (at least one side and "
+                             f"aspect), max_window >= 0")
         return cls(ranker=ranker, offset=offset, reach=reach, refine_sides=refine, **boxes)
 
     def __post_init__(self) -> None:
