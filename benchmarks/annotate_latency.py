@@ -58,6 +58,19 @@ def _folder(root: Path) -> Path:
     return root
 
 
+def box_prompts(count: int) -> list[list[float]]:
+    """``count`` boxes, each new (the server's memory, as ``click_prompts``): unique for 7 x 4 x 7 calls."""
+    out = []
+    for i in range(count):
+        box = list(BOXES[i % len(BOXES)])
+        box[2] += i % 7
+        box[3] += (i // 28) % 7
+        out.append(box)
+    if len({tuple(b) for b in out}) < count:
+        raise SystemExit(f"annotate_latency: {count} boxes are not all different (the server's memory)")
+    return out
+
+
 def click_prompts(count: int) -> list[tuple[list[float], list[float], list[float]]]:
     """``count`` (click alone, box, positive corrective click just outside that box) triples, each prompt new: the
     server remembers its answers per image, so a repeated prompt would time the memory, not the model (until
@@ -83,10 +96,7 @@ def _http(server: BackgroundServer, calls: int) -> dict:
         first = time.perf_counter() - t0
         client.post("/api/open", json={"image": "a"})
         times, server = [], []
-        for i in range(calls + 2):
-            box = list(BOXES[i % len(BOXES)])
-            box[2] += i % 7  # a new box every call: no answer from memory (unique for 7 x 4 x 7 calls)
-            box[3] += (i // 28) % 7
+        for box in box_prompts(calls + 2):  # a new box every call: no answer from memory
             t = time.perf_counter()
             res = client.post("/api/predict", json={"image": "a", "box": box})
             res.raise_for_status()

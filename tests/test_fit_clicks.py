@@ -53,6 +53,7 @@ def _ranking(path, **changes) -> str:
     ({"aspects": [1.0, 0]}, "must be positive"),
     ({"aspects": []}, "at least one side and aspect"),
     ({"aspects": "square"}, "aspects must be lists of numbers"),
+    ({"sides": "12"}, "sides and aspects must be lists of numbers"),  # not the sides 1 and 2
     ({"window_factor": 0}, "must be positive"),
     ({"max_window": -8}, "max_window >= 0"),
     ({"max_window": "wide"}, "max_window an integer"),

@@ -69,20 +69,19 @@ class SearchSettings:
     # fewer CPU seconds per click than (0, 2.0, 40), centre-click IoU GlaS train 0.781 vs 0.795, MoNuSeg train
     # 0.582 vs 0.579, random1 GlaS train 0.447 vs 0.445
     refine_sides: int = 2
-    # clicks without a box: one search with all of them ("always"), only while all are positive
-    # ("positive"), or only the first ("first": every later click corrects the answer so far; best on GlaS
-    # train iter5: 0.880 after 5 clicks vs 0.873 "positive")
+    # clicks without a box: one search with all of them ("always"), only while all are positive ("positive"), or
+    # only the first ("first": every later click corrects the answer so far; best on GlaS train iter5: 0.880 after 5
+    # clicks vs 0.873 "positive")
     whole_search: str = "first"
     # candidates can be decoded and ranked on every rank_stride-th low-res logit per axis (1, 2 or 4; the
     # decoder's upscaling then forms 1/s^2 of its outputs); the chosen ones are decoded in full (sharpen).
     # 2 vs 1 looked even on the tuning splits (mean +0.005 Dice) but lost on every held-out set (centre Dice
     # GlaS -0.018, MoNuSeg -0.007, lung -0.061) for 1.0-1.5x centre prompts/s: not the default
     rank_stride: int = 1
-    # squares of sides up to ``offset_max`` also placed with the clicks off their centre, moved by ``offset`` x
-    # the side along the 4 diagonals (8: and the axes); 0: never (the default). With the fitted ranking
-    # (``SearchSettings.fitted()``) MoNuSeg random1 Dice rose 0.40 -> 0.64 held out, but GlaS centre fell
-    # 0.837 -> 0.785 and the CT lung 0.627 -> 0.325: docs/protocols.md "A fitted ranking and off-centre
-    # squares"
+    # squares of sides up to ``offset_max`` also placed with the clicks off their centre, moved by ``offset`` x the
+    # side along the 4 diagonals (8: and the axes); 0: never (the default). With the fitted ranking
+    # (``SearchSettings.fitted()``) MoNuSeg random1 Dice rose 0.40 -> 0.64 held out, but GlaS centre fell 0.837 ->
+    # 0.785 and the CT lung 0.627 -> 0.325: docs/protocols.md "A fitted ranking and off-centre squares"
     offset: float = 0.0
     offset_max: float = 32.0
     offset_directions: int = 4
@@ -125,6 +124,8 @@ class SearchSettings:
         numbers = lambda values: tuple(float(v) for v in values)  # noqa: E731
         geometry = (("sides", numbers), ("aspects", numbers), ("window_factor", float), ("max_window", int))
         try:
+            if not all(isinstance(spec.get(key, []), list) for key in ("sides", "aspects")):
+                raise TypeError  # a string would be read as its characters
             boxes = {key: read(spec[key]) for key, read in geometry if key in spec}
         except (TypeError, ValueError):
             raise InputError(f"{path}: sides and aspects must be lists of numbers, window_factor a number and "
