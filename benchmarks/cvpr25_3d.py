@@ -1,8 +1,13 @@
 """The CVPR 2025 interactive 3D protocol (3D box + 5 clicks) on builtin:lung-gtv with the bundled LiteMedSAM,
 beside slice-wise box prompting of the same volumes (a box on every slice: the reference the targets use).
 
-Usage: python benchmarks/cvpr25_3d.py [--out DIR] [--threads 2] [--smoke]
-(--smoke: builtin:lung-gtv pat_2 cropped to 3 GTV slices, written as NIfTI in a temporary folder)
+Usage: python benchmarks/cvpr25_3d.py [--out DIR] [--threads 2] [--views axial|coronal,sagittal] [--smoke]
+(--smoke: builtin:lung-gtv pat_2 around its largest GTV slice, axial and coronal (or --views), the GTV kept on 3
+slices, written as NIfTI in a temporary folder)
+``--views`` other than axial runs the same on volumes built from builtin:lung-gtv: each CT and its GTV resliced
+so that the protocol's slices are coronal (y) or sagittal (x) planes (the same voxels and spacing, the axes
+permuted, written as an nnU-Net folder of NIfTI files, CT window -1000..400 HU as the builtin): the engine's
+settings were chosen on the axial volumes, so these are its held-out 3D data.
 Runs `evaluate-volume --protocol cvpr25` (no embedding cache, so its seconds include every encoder pass) and
 `evaluate-volume --prompts box` through the public API and prints one JSON: per volume the protocol's steps, the
 slice-wise Dice / HD95, the targets (3D box Dice >= 0.9 x slice-wise, HD95 <= 2 x; after 5 clicks Dice >=
@@ -52,17 +57,57 @@ def smoke_spec(folder: Path) -> str:
     return f"{image_path}::{label_path}"
 
 
+VIEWS = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}  # array axes (z, y, x) -> slicing first
+CT_WINDOW = "-1000,400"  # builtin:lung-gtv's window (io/builtin.py LUNG_WINDOW_HU)
+
+
+def resliced_folder(folder: Path, views: list[str], rows: int | None = None) -> str:
+    """builtin:lung-gtv resliced per view (``VIEWS``) as an nnU-Net folder (imagesTr/, labelsTr/) of NIfTI files;
+    ``rows`` (the smoke's size): pat_2 only, each view cut to its largest GTV slice +- 2, the GTV kept on the middle
+    ``rows`` slices."""
+    for case in open_dataset("builtin:lung-gtv").items():
+        pid = case.name.rsplit("/", 1)[-1]
+        if rows and pid != "pat_2":
+            continue
+        vol, truth = case.meta["volume"], case.label == 1
+        for view in views:
+            axes = VIEWS[view]
+            hu, label = vol.array.transpose(axes), truth.transpose(axes)
+            if rows:
+                z = int(label.sum((1, 2)).argmax())
+                hu, label = hu[z - 2 : z + 3], label[z - 2 : z + 3].copy()
+                label[: 2 - rows // 2] = label[2 + rows - rows // 2 :] = False
+            spacing = [float(vol.spacing[a]) for a in axes]
+            grid = Volume(np.ascontiguousarray(hu), tuple(spacing), np.diag([*spacing[::-1], 1.0]), f"{pid}_{view}")
+            write_nifti(np.ascontiguousarray(hu).astype(np.int16), folder / "imagesTr" / f"{pid}_{view}_0000.nii.gz",
+                        like=grid)
+            write_nifti(np.ascontiguousarray(label).astype(np.uint8), folder / "labelsTr" / f"{pid}_{view}.nii.gz",
+                        like=grid)
+    return str(folder)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/cvpr25_3d")
     ap.add_argument("--data", default="builtin:lung-gtv")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--views", default="axial", help="comma list of axial, coronal, sagittal (the slicing plane; "
+                    "other than axial: builtin:lung-gtv resliced, see above)")
+    ap.add_argument("--results", default=None, help="also write the JSON here")
     add_smoke(ap)
     args = ap.parse_args()
-    tmp = apply_smoke(args, ("out",))
+    views = [v.strip() for v in args.views.split(",") if v.strip()]
+    if not views or any(v not in VIEWS for v in views):
+        raise SystemExit(f"--views: choose from {', '.join(VIEWS)}, not {args.views!r}")
+    tmp = apply_smoke(args, ("out", "results") if args.results else ("out",))
     window = None
-    if tmp is not None:
-        args.data, window = smoke_spec(tmp), "lung"
+    if views != ["axial"] or tmp is not None:  # the smoke: a crop of pat_2, axial and coronal
+        if args.data != "builtin:lung-gtv":
+            raise SystemExit("--views reslices builtin:lung-gtv; it does not apply to --data")
+        smoke_views = ["axial", "coronal"] if views == ["axial"] else views
+        args.data = resliced_folder(Path(args.out) / "volumes", smoke_views if tmp is not None else views,
+                                    rows=3 if tmp is not None else None)
+        window = CT_WINDOW
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     t0 = time.perf_counter()
@@ -92,7 +137,10 @@ def main() -> None:
                         "slicewise_box_nsd_voxel_2mm": float(ref["nsd_2mm"])})
     result = report(volumes, proto, sw, t_proto, args)
     result["start_from_clicks"] = started_by_clicks(clicks_only, out / "protocol_clicks" / "classes.csv")
+    result["views"] = views
     print(json.dumps(result, indent=1))
+    if args.results:
+        Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
 
 
 def started_by_clicks(summary: dict, classes_csv: Path) -> dict:

@@ -22,7 +22,7 @@ from medsamkit.volumes import (
     evaluate_volumes,
     run_segment_volume,
 )
-from medsamkit.volumes.engine import Box3D, VolumeEngine, parse_box3d
+from medsamkit.volumes.engine import Box3D, EngineSettings, VolumeEngine, calibrated_box, parse_box3d
 from medsamkit.volumes.protocol import challenge_click, class_row, click_auc
 from volume_crop import write_flipped_gtv
 
@@ -133,6 +133,37 @@ def test_a_click_answer_past_twice_the_neighbouring_areas_becomes_the_click_disk
     np.testing.assert_array_equal(engine._bounded(modest, z, click, 1), modest)
     engine.state.started_by_click = True  # no box: the first answer may be a part, so no reference to guard by
     np.testing.assert_array_equal(engine._bounded(big, z, click, 1), big)
+
+
+def test_an_end_met_while_re_propagating_a_click_keeps_the_slices_beyond(predictor):
+    """On builtin:lung-gtv resliced to coronal planes (pat_2), a negative click shrank its slice, the neighbour's
+    answer then fell under the end rule and the re-propagation cleared every slice beyond it: Dice 0.651 -> 0.584
+    at that click. After a click an end only stops the re-propagation; the first propagation still clears."""
+    image, ball = sphere_volume()
+    z = ball.shape[0] // 2
+    tiny = np.zeros_like(ball[z])
+    tiny[23:26, 23:26] = True  # what a negative click left of slice z: its neighbours' answers fall under min_area
+    for agree, kept in ((0.95, True), (None, False)):
+        engine = VolumeEngine(SliceEmbedder(predictor, image, source="sphere"), EngineSettings(min_area=200))
+        engine.state.mask[:] = ball
+        engine.state.mask[z] = tiny
+        engine._walk(z, 1, agree)
+        assert engine.trace[0]["event"] == "ended" and engine.trace[0]["area"] < 200
+        beyond = engine.mask[z + 1 :]
+        if kept:
+            np.testing.assert_array_equal(beyond, ball[z + 1 :])
+        else:
+            assert not beyond.any()
+
+
+def test_a_calibrated_box_never_turns_inside_out():
+    """An offset measured where the model's answer overshot the given box moves the sides inward; on a small
+    slice that inverted the box and the whole run stopped with an InputError (seen on resliced lung volumes)."""
+    box = calibrated_box(np.array([10, 10, 14, 20], dtype=np.float32), np.array([5, 2, -5, -2]), (64, 64))
+    assert box[0] <= box[2] and box[1] <= box[3]
+    np.testing.assert_allclose(box, [12, 12, 12, 18])  # x: both sides past the middle stop there; y: moved
+    np.testing.assert_allclose(calibrated_box(np.array([2, 3, 60, 61]), np.array([-5, -5, 5, 5]), (64, 64)),
+                               [0, 0, 63, 63])  # clipped to the image
 
 
 def test_a_first_click_without_a_box_starts_the_object_and_propagates_to_its_ends(predictor):

@@ -16,8 +16,10 @@ A click on slice k corrects that slice with the clicks machinery (``prompts.clic
 point path, or on box-only models the click search and the mask edits of ``prompts.corrections``), the slice
 becomes an anchor that propagation never overwrites, and the answer re-propagates from k both ways until a
 slice agrees (Dice >= ``agree``) with what is already there or what is there fits the corrected neighbour at
-least as well (IoU), an anchor, or the object's end. A click's answer that grows past ``max_growth`` x the
-object's largest slice (a box-only model's "thing under the click" can be the organ around the object) is
+least as well (IoU), an anchor, or the object's end; an end met there does not clear the slices beyond (only a
+click that empties its own slice does: a negative click that shrank a slice made its neighbours' answers vanish
+and erased the object's far part on volumes resliced from builtin:lung-gtv). A click's answer that grows past
+``max_growth`` x the object's largest slice (a box-only model's "thing under the click" can be the organ around the object) is
 replaced by the click's own disk edit (``prompts.corrections.disk_edit``). A positive click
 outside the z-range extends it. Without a box (the challenge starts some cases from clicks), the first click on
 the empty object is answered by the clicks machinery alone (on a box-only model: the click search) and
@@ -78,6 +80,16 @@ class Box3D:
         if not (0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h):
             raise InputError(f"{source}: box {self.box} must satisfy 0 <= x0 <= x1 < {w} and 0 <= y0 <= y1 < {h}")
         return self
+
+
+def calibrated_box(box: np.ndarray, offset: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``box`` (x0, y0, x1, y1) moved side by side by ``offset``, inside an image of ``shape`` (h, w); a side moved
+    past its opposite one stops at their middle (an offset measured on a larger slice can invert a small box)."""
+    h, w = shape
+    moved = np.asarray(box, dtype=np.float32) + np.asarray(offset, dtype=np.float32)
+    middle = (moved[:2] + moved[2:]) / 2
+    moved = np.concatenate([np.minimum(moved[:2], middle), np.maximum(moved[2:], middle)])
+    return np.clip(moved, 0, np.array([w - 1, h - 1, w - 1, h - 1], dtype=np.float32))
 
 
 def parse_box3d(text: str) -> Box3D:
@@ -253,9 +265,8 @@ class VolumeEngine:
         """Slice ``z``'s answer from the previous slice's: the calibrated box of it, or the seed box, whichever
         scores more (predicted IoU + IoU with the previous answer)."""
         st, h, w = self.state, *self.state.mask.shape[1:]
-        limits = np.array([w - 1, h - 1, w - 1, h - 1], dtype=np.float32)
         grow = self.settings.margin * np.array([-1, -1, 1, 1], dtype=np.float32)
-        boxes = [np.clip(tight_box(previous) + self.settings.calibrate * st.offset + grow, 0, limits)]
+        boxes = [calibrated_box(tight_box(previous), self.settings.calibrate * st.offset + grow, (h, w))]
         if st.seed is not None:
             boxes.append(st.seed)
         pred = self.embedder.use(z).predict(boxes=np.stack(boxes).astype(np.float32))
@@ -279,7 +290,8 @@ class VolumeEngine:
             answer, predicted = self._answer(z, previous)
             if self.ended(answer, predicted, previous):
                 self.trace.append({"z": z, "area": int(answer.sum()), "iou": round(predicted, 4), "event": "ended"})
-                self._clear_from(z, step)
+                if agree is None:  # after a click, what propagation found beyond stays (``click``)
+                    self._clear_from(z, step)
                 return
             if agree is not None and (dice(answer, st.mask[z]) >= agree
                                       or iou(st.mask[z], previous) >= iou(answer, previous)):
