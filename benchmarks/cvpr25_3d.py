@@ -40,23 +40,6 @@ PUBLISHED = {"source": "arXiv:2510.03189 (Ndir et al., nnInteractive-based), CVP
                        "other data", "final_dsc": 0.6385, "final_nsd": 0.6614, "dsc_auc": 2.4799, "nsd_auc": 2.5671}
 
 
-def smoke_spec(folder: Path) -> str:
-    """builtin:lung-gtv pat_2 around 3 GTV slices (label kept on those 3 only) as IMAGE::LABEL NIfTI."""
-    case = next(c for c in open_dataset("builtin:lung-gtv").items() if c.name.endswith("pat_2"))
-    vol, truth = case.meta["volume"], case.label == 1
-    z = int(truth.sum((1, 2)).argmax())
-    crop = slice(z - 2, z + 3)
-    label = truth[crop].copy()
-    label[[0, -1]] = False
-    affine = np.array(vol.affine, dtype=float)
-    affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, crop.start]) + affine[:3, 3]
-    grid = Volume(vol.array[crop], vol.spacing, affine, "smoke")
-    image_path, label_path = folder / "ct.nii.gz", folder / "gtv.nii.gz"
-    write_nifti(vol.array[crop].astype(np.int16), image_path, like=grid)
-    write_nifti(label.astype(np.uint8), label_path, like=grid)
-    return f"{image_path}::{label_path}"
-
-
 VIEWS = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}  # array axes (z, y, x) -> slicing first
 CT_WINDOW = "-1000,400"  # builtin:lung-gtv's window (io/builtin.py LUNG_WINDOW_HU)
 
@@ -78,11 +61,10 @@ def resliced_folder(folder: Path, views: list[str], rows: int | None = None) -> 
                 hu, label = hu[z - 2 : z + 3], label[z - 2 : z + 3].copy()
                 label[: 2 - rows // 2] = label[2 + rows - rows // 2 :] = False
             spacing = [float(vol.spacing[a]) for a in axes]
-            grid = Volume(np.ascontiguousarray(hu), tuple(spacing), np.diag([*spacing[::-1], 1.0]), f"{pid}_{view}")
-            write_nifti(np.ascontiguousarray(hu).astype(np.int16), folder / "imagesTr" / f"{pid}_{view}_0000.nii.gz",
-                        like=grid)
-            write_nifti(np.ascontiguousarray(label).astype(np.uint8), folder / "labelsTr" / f"{pid}_{view}.nii.gz",
-                        like=grid)
+            hu = np.ascontiguousarray(hu)
+            grid = Volume(hu, tuple(spacing), np.diag([*spacing[::-1], 1.0]), f"{pid}_{view}")
+            write_nifti(hu.astype(np.int16), folder / "imagesTr" / f"{pid}_{view}_0000.nii.gz", like=grid)
+            write_nifti(label.astype(np.uint8), folder / "labelsTr" / f"{pid}_{view}.nii.gz", like=grid)
     return str(folder)
 
 
@@ -101,12 +83,12 @@ def main() -> None:
         raise SystemExit(f"--views: choose from {', '.join(VIEWS)}, not {args.views!r}")
     tmp = apply_smoke(args, ("out", "results") if args.results else ("out",))
     window = None
-    if views != ["axial"] or tmp is not None:  # the smoke: a crop of pat_2, axial and coronal
+    if tmp is not None and views == ["axial"]:
+        views = ["axial", "coronal"]  # the smoke covers the reslicing too
+    if views != ["axial"]:
         if args.data != "builtin:lung-gtv":
             raise SystemExit("--views reslices builtin:lung-gtv; it does not apply to --data")
-        smoke_views = ["axial", "coronal"] if views == ["axial"] else views
-        args.data = resliced_folder(Path(args.out) / "volumes", smoke_views if tmp is not None else views,
-                                    rows=3 if tmp is not None else None)
+        args.data = resliced_folder(Path(args.out) / "volumes", views, rows=3 if tmp is not None else None)
         window = CT_WINDOW
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from _shared import add_smoke, apply_smoke
-from cvpr25_3d import smoke_spec
+from cvpr25_3d import CT_WINDOW, resliced_folder
 from medsamkit.core.seeds import name_key, object_rng
-from medsamkit.io.datasets import open_dataset
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
 from medsamkit.volumes import SliceEmbedder
+from medsamkit.volumes.config import open_volume_dataset
 from medsamkit.volumes.engine import EngineSettings, VolumeEngine
 from medsamkit.volumes.protocol import click_auc, run_class
 
@@ -51,12 +51,12 @@ def main() -> None:
     tmp = apply_smoke(args, ())
     grid, clicks, window = GRID, 5, None
     if tmp is not None:
-        args.data, window, grid, clicks = smoke_spec(tmp), "lung", GRID[:2], 1
+        args.data, window, grid, clicks = resliced_folder(tmp / "volumes", ["axial"], rows=3), CT_WINDOW, GRID[:2], 1
     torch.set_num_threads(args.threads)
     predictor = Predictor(load_model("litemedsam"))
     curves: dict[int, dict[str, list[float]]] = {i: {} for i in range(len(grid))}
     names = []
-    for case in open_dataset(args.data, window=window).items():
+    for case in open_volume_dataset(args.data, window).items():
         embedder = SliceEmbedder(predictor, case.image, False, case.name)  # shared by every setting
         truth = case.label == 1
         names.append(case.name)

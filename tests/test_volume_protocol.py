@@ -158,7 +158,8 @@ def test_an_end_met_while_re_propagating_a_click_keeps_the_slices_beyond(predict
 
 def test_a_calibrated_box_never_turns_inside_out():
     """An offset measured where the model's answer overshot the given box moves the sides inward; on a small
-    slice that inverted the box and the whole run stopped with an InputError (seen on resliced lung volumes)."""
+    slice that inverted the box and the whole run stopped with an InputError (seen on builtin:lung-gtv pat_2 with
+    a trial box-slice rule whose answer overshot the given box; the default's offset can do the same)."""
     box = calibrated_box(np.array([10, 10, 14, 20], dtype=np.float32), np.array([5, 2, -5, -2]), (64, 64))
     assert box[0] <= box[2] and box[1] <= box[3]
     np.testing.assert_allclose(box, [12, 12, 12, 18])  # x: both sides past the middle stop there; y: moved

@@ -19,8 +19,8 @@ slice agrees (Dice >= ``agree``) with what is already there or what is there fit
 least as well (IoU), an anchor, or the object's end; an end met there does not clear the slices beyond (only a
 click that empties its own slice does: a negative click that shrank a slice made its neighbours' answers vanish
 and erased the object's far part on volumes resliced from builtin:lung-gtv). A click's answer that grows past
-``max_growth`` x the object's largest slice (a box-only model's "thing under the click" can be the organ around the object) is
-replaced by the click's own disk edit (``prompts.corrections.disk_edit``). A positive click
+``max_growth`` x the object's largest slice (a box-only model's "thing under the click" can be the organ around
+the object) is replaced by the click's own disk edit (``prompts.corrections.disk_edit``). A positive click
 outside the z-range extends it. Without a box (the challenge starts some cases from clicks), the first click on
 the empty object is answered by the clicks machinery alone (on a box-only model: the click search) and
 propagates through the whole volume until the object ends, with no calibration, seed box or region (made from
