@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from _shared import REPO, add_smoke, apply_smoke, monuseg_dir, shared_dir
+from medsamkit.core.runtime import setup
 from medsamkit.evaluation.config import EvaluateConfig
 from medsamkit.evaluation.run import evaluate
 
@@ -120,6 +121,7 @@ def main() -> None:
                          "--results of its own)")
     add_smoke(ap)
     args = ap.parse_args()
+    setup()  # as the CLI: the allocator setting, MEDSAMKIT_THREADS or all cores
     if apply_smoke(args, ("out", "results"), monuseg_images=1, max_objects=3, prompts="box,center,iter2",
                    strategies="search"):
         args.datasets = "monuseg" if monuseg_dir("test") else "lung-gtv"

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from _shared import add_smoke, apply_smoke
+from medsamkit.core.runtime import setup
 from medsamkit.io.datasets import open_dataset
 from medsamkit.io.nifti_nrrd import write_nifti
 from medsamkit.io.volume import Volume
@@ -90,7 +90,7 @@ def main() -> None:
             raise SystemExit("--views reslices builtin:lung-gtv; it does not apply to --data")
         args.data = resliced_folder(Path(args.out) / "volumes", views, rows=3 if tmp is not None else None)
         window = CT_WINDOW
-    torch.set_num_threads(args.threads)
+    setup(threads=args.threads)  # the CLI's allocator setting and thread count
     out = Path(args.out)
     t0 = time.perf_counter()
     proto = evaluate_volumes(EvaluateVolumeConfig(data=args.data, out=str(out / "protocol"), protocol="cvpr25",

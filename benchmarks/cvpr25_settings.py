@@ -17,10 +17,10 @@ import os
 from dataclasses import asdict
 
 import numpy as np
-import torch
 
 from _shared import add_smoke, apply_smoke
 from cvpr25_3d import CT_WINDOW, resliced_folder
+from medsamkit.core.runtime import setup
 from medsamkit.core.seeds import name_key, object_rng
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
@@ -52,7 +52,7 @@ def main() -> None:
     grid, clicks, window = GRID, 5, None
     if tmp is not None:
         args.data, window, grid, clicks = resliced_folder(tmp / "volumes", ["axial"], rows=3), CT_WINDOW, GRID[:2], 1
-    torch.set_num_threads(args.threads)
+    setup(threads=args.threads)  # the CLI's allocator setting and thread count
     predictor = Predictor(load_model("litemedsam"))
     curves: dict[int, dict[str, list[float]]] = {i: {} for i in range(len(grid))}
     names = []

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from _shared import REPO, add_smoke, apply_smoke, monuseg_dir, require_shared, shared_dir
+from medsamkit.core.runtime import setup
 from medsamkit.core.tiling import plan_tiles, tile_size_for
 from medsamkit.evaluation.config import EvaluateConfig
 from medsamkit.evaluation.engine import case_objects
@@ -107,7 +108,7 @@ def main() -> None:
     add_smoke(ap)
     args = ap.parse_args()
     apply_smoke(args, ("out",), glas_images=1, monuseg_images=1, max_objects=4)
-    torch.set_num_threads(2)
+    setup(threads=2)  # the CLI's allocator setting and thread count
     shared = require_shared(shared_dir(), "GlaS / MoNuSeg train")
     predictor = Predictor(load_model("litemedsam", device="cpu"))
     # the whole candidate set in one decode: the ranking then orders what coarse-to-fine may keep

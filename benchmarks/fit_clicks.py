@@ -22,9 +22,8 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from _shared import REPO, add_smoke, apply_smoke, monuseg_dir, require_shared, shared_dir
+from medsamkit.core.runtime import setup
 from medsamkit.evaluation.click_ranking import ClickRankingConfig, fit_click_ranking
 from medsamkit.evaluation.config import EvaluateConfig
 from medsamkit.evaluation.run import evaluate
@@ -76,7 +75,7 @@ def main() -> None:
     add_smoke(ap)
     args = ap.parse_args()
     apply_smoke(args, ("out", "results"), glas_train=2, glas_test=1, monuseg_train=0, max_objects=3, lung_folds=0)
-    torch.set_num_threads(2)
+    setup(threads=2)  # the CLI's allocator setting and thread count
     shared = require_shared(shared_dir(), "GlaS / MoNuSeg")
     out = Path(args.out)
     result: dict = {"threads": 2, "load_avg_1min": round(os.getloadavg()[0], 2), "max_objects": args.max_objects}

@@ -21,6 +21,7 @@ import torch
 
 from _shared import REPO, add_smoke, apply_smoke
 from _upstream import litemedsam_checkpoint, package_dir, upstream_encoder
+from medsamkit.core.runtime import setup
 
 SIDE = 256
 # Rows/columns of the 64x64 embedding kept in the fixture: both borders included, where window
@@ -53,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     smoke = apply_smoke(args, ("out",))
 
-    torch.set_num_threads(2)
+    setup(threads=2)  # the CLI's allocator setting and thread count
     encoder = upstream_encoder()
     ckpt = litemedsam_checkpoint()
 

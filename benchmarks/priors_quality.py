@@ -78,8 +78,10 @@ def main() -> dict:
     args = ap.parse_args()
     smoke = apply_smoke(args, ("results",), data="builtin:dsb-nuclei")
     if smoke:  # priors of the builtin nuclei image, made here
+        from medsamkit.core.runtime import setup
         from medsamkit.samaug.priors import PriorsConfig, compute_priors
 
+        setup()  # as the CLI (the model runs here)
         args.priors = str(smoke / "priors")
         from medsamkit.samaug.everything import EverythingConfig
 

@@ -42,6 +42,7 @@ from _shared import (
     monuseg_dir,
     require_shared,
 )
+from medsamkit.core.runtime import setup
 from medsamkit.samaug.everything import EverythingConfig
 from medsamkit.samaug.unet_eval import UNetEvalConfig, evaluate
 from medsamkit.samaug.unet_train import UNetConfig, train
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_smoke(p)
     args = p.parse_args(argv)
+    setup(threads=args.threads)  # as the CLI: the allocator setting; threads as asked (default all cores)
     smoke = apply_smoke(args, ("out", "results", "curves"), arms="baseline,box-clip", iterations=2,
                         checkpoint_every=1, batch_size=2, train_images=1, test_images=1, priors_tile=0, quiet=True)
     for split in ("train", "test"):

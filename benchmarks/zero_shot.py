@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from _shared import add_smoke, apply_smoke, monuseg_dir
+from medsamkit.core.runtime import setup
 from medsamkit.evaluation.config import EvaluateConfig
 from medsamkit.evaluation.run import evaluate
 
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--lung-volumes", type=int, default=None, help="first N lung-gtv volumes (default: all 4)")
     add_smoke(ap)
     args = ap.parse_args()
+    setup()  # as the CLI: the allocator setting, MEDSAMKIT_THREADS or all cores
     if apply_smoke(args, ("out",), max_images=1, max_objects=3, prompts="box,iter2", lung_volumes=1):
         args.skip = "lung-gtv" if args.monuseg or monuseg_dir("test") else "monuseg"  # one dataset is enough
     runs = {"lung-gtv": EvaluateConfig(data="builtin:lung-gtv", out=f"{args.out}/lung-gtv", prompts=args.prompts,
