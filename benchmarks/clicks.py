@@ -10,7 +10,7 @@ Splits: GlaS test A, MoNuSeg test, builtin:lung-gtv (the settings were chosen on
 Prints JSON and writes benchmarks/results/clicks.json. Resumable (rerun with the same --out).
 Usage: python benchmarks/clicks.py [--out runs/clicks] [--glas-images 8] [--monuseg-images 3]
        [--max-objects 40] [--lung-volumes 4] [--datasets glas,monuseg,lung-gtv] [--strategies search,native]
-       [--keep-others] (keep the results file's entries of strategies not rerun)
+       [--keep-others] (keep the results file's entries of datasets and strategies not rerun)
        [--click-ranker FILE] (a ranking file, e.g. benchmarks/search_settings/one_large_side.json: other candidate boxes)
 (--smoke: one MoNuSeg image, 3 nuclei, box/center/iter2, in a temporary folder)
 """
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--lung-volumes", type=int, default=4)
     ap.add_argument("--results", default=str(REPO / "benchmarks/results/clicks.json"))
     ap.add_argument("--keep-others", action="store_true",
-                    help="keep the --results file's entries of the strategies not rerun (each entry says its run)")
+                    help="keep the --results file's entries of the datasets and strategies not rerun (each entry says its run)")
     ap.add_argument("--click-ranker", default=None,
                     help="serve the search with this ranking file (evaluate's --click-ranker; with --out and "
                          "--results of its own)")
@@ -138,7 +138,8 @@ def main() -> None:
     if args.keep_others and Path(args.results).is_file():
         for name, entry in json.loads(Path(args.results).read_text()).items():
             if isinstance(entry, dict):
-                result[name] = {s: r for s, r in entry.items() if s not in args.strategies.split(",")}
+                rerun = name in args.datasets.split(",")
+                result[name] = {s: r for s, r in entry.items() if not (rerun and s in args.strategies.split(","))}
     for name in args.datasets.split(","):
         if name not in data:
             result[name] = {"skipped": "data not found (shared/ absent)"}

@@ -348,9 +348,11 @@ def test_small_objects_corrected_without_a_box_get_the_walkers_boundary(predicto
         if np.sqrt(edit.sum() / np.pi) > fix.walker_radius:
             np.testing.assert_array_equal(answer, edit)
             continue
-        expected = enforce(walker_refine(edit, second.points, second.labels, image, fix.walker_band), second.points,
-                           second.labels)
-        np.testing.assert_array_equal(answer, expected)
+        walker = walker_refine(edit, second.points, second.labels, image, fix.walker_band)
+        first = ClickAnswerer(predictor, "search").answer([prompt]).best()[0][0]
+        # kept only where it moves the mask the click's way (``walker_direction``, tested below)
+        against = walker.sum() < first.sum() if second.labels[-1] == 1 else walker.sum() > first.sum()
+        np.testing.assert_array_equal(answer, edit if against else enforce(walker, second.points, second.labels))
         walked += 1
         changed += int(not np.array_equal(answer, edit))
         rows, cols = second.points[:, 1].astype(int), second.points[:, 0].astype(int)
@@ -364,6 +366,44 @@ def test_small_objects_corrected_without_a_box_get_the_walkers_boundary(predicto
     assert predictor.image is None
     np.testing.assert_array_equal(ClickAnswerer(predictor, "search").answer([second]).masks,
                                   ClickAnswerer(predictor, "search", corrections=off).answer([second]).masks)
+
+
+def test_the_walkers_boundary_never_moves_a_mask_against_the_click(predictor, monuseg_root):
+    """A positive click's answer is never smaller than the mask before it, a negative click's never larger: where
+    the walker's boundary would do that (here: a nucleus's mask grown by 3 px and a click on the nucleus, the walker
+    tightens it to the nucleus; grown 3 px smaller and a click outside, it widens it), the click's edit is kept
+    without it. On a resliced CT the walker shrank a GTV slice after a positive click, 63 -> 18 px."""
+    from scipy import ndimage
+
+    name = sorted((monuseg_root / "train" / "images").iterdir())[0].name
+    image = read_image(monuseg_root / "train" / "images" / name)[:256, :256]
+    labels = read_label(monuseg_root / "train" / "labels" / name)[:256, :256]
+    predictor.set_image(image)
+    off = replace(CorrectionSettings(), walker_direction=False)
+    against = 0
+    for obj in [o for o in extract_objects(labels) if 80 <= o.area <= 600][:12]:
+        truth = obj.mask(labels.shape)
+        inside = np.argwhere(ndimage.binary_erosion(truth, iterations=2))
+        if not len(inside):
+            continue
+        y, x = inside[len(inside) // 2]
+        ring = np.argwhere(ndimage.binary_dilation(truth, iterations=6) & ~ndimage.binary_dilation(truth, iterations=4))
+        for label, parent, (cy, cx) in ((1, ndimage.binary_dilation(truth, iterations=3), (y, x)),
+                                        (0, ndimage.binary_erosion(truth, iterations=3), ring[0])):
+            if not parent.any():
+                continue
+            prompt = Prompt(None, np.array([[cx, cy]], dtype=np.float32), np.array([label]))
+            kept = ClickAnswerer(predictor, "search").answer([prompt], parents=[(parent, 0.9)]).best()[0][0]
+            free = ClickAnswerer(predictor, "search", corrections=off).answer([prompt], parents=[(parent, 0.9)]
+                                                                            ).best()[0][0]
+            assert kept[cy, cx] == bool(label) and free[cy, cx] == bool(label)
+            if label == 1:
+                assert kept.sum() >= parent.sum()
+                against += int(free.sum() < parent.sum())
+            else:
+                assert kept.sum() <= parent.sum()
+                against += int(free.sum() > parent.sum())
+    assert against >= 4, against  # the walker alone did move masks against their clicks
 
 
 @pytest.mark.parametrize("label", [1, 0])

@@ -229,7 +229,10 @@ class ClickAnswerer:
                 edited = region_edit(mask, self._thing_at(prompt, mask), label, fix)
                 if edited is None:
                     edited = disk_edit(mask, xy, label, fix, sdf)
-        return _Answer([enforce(self._walked(edited, prompt), prompt.points, prompt.labels)], [iou])
+        walked = self._walked(edited, prompt)
+        if fix.walker_direction and (walked.sum() < mask.sum() if label == 1 else walked.sum() > mask.sum()):
+            walked = edited  # the walker undid the click's direction
+        return _Answer([enforce(walked, prompt.points, prompt.labels)], [iou])
 
     def _walked(self, mask: np.ndarray, prompt: Prompt) -> np.ndarray:
         """A small object's corrected mask without a box, its boundary placed by the random walker on the view's

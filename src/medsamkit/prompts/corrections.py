@@ -45,6 +45,11 @@ class CorrectionSettings:
     # box+iter5 0.968 -> 0.942) and MoNuSeg box+iter5 -0.01. 0: off
     walker_radius: float = 20.0
     walker_band: float = 0.25
+    # the walker's boundary is kept only when it moves the mask the click's way: after a positive click no smaller
+    # than the mask before the click, after a negative one no larger (else the click's edit without the walker). On
+    # lung CT resliced to 3 mm rows it shrank GTV slices after positive clicks (resliced 3D Dice after 5 clicks 0.638
+    # -> 0.652 with the guard); on the 2D tuning splits neutral (MoNuSeg train iter5 0.8155 -> 0.8162, GlaS 0.934)
+    walker_direction: bool = True
 
 
 def signed_distance(mask: np.ndarray) -> np.ndarray:
