@@ -339,7 +339,8 @@ def test_small_objects_corrected_without_a_box_get_the_walkers_boundary(predicto
         truth = obj.mask(labels.shape)
         rng = np.random.default_rng(0)
         prompt = Prompt(None, next_click(np.zeros_like(truth), truth, rng)[0][None], [1])
-        click = next_click(ClickAnswerer(predictor, "search").answer([prompt]).best()[0][0], truth, rng)
+        first = ClickAnswerer(predictor, "search").answer([prompt]).best()[0][0]
+        click = next_click(first, truth, rng)
         if click is None:
             continue
         second = prompt.with_click(*click)
@@ -349,7 +350,6 @@ def test_small_objects_corrected_without_a_box_get_the_walkers_boundary(predicto
             np.testing.assert_array_equal(answer, edit)
             continue
         walker = walker_refine(edit, second.points, second.labels, image, fix.walker_band)
-        first = ClickAnswerer(predictor, "search").answer([prompt]).best()[0][0]
         # kept only where it moves the mask the click's way (``walker_direction``, tested below)
         against = walker.sum() < first.sum() if second.labels[-1] == 1 else walker.sum() > first.sum()
         np.testing.assert_array_equal(answer, edit if against else enforce(walker, second.points, second.labels))

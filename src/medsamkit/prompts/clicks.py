@@ -229,21 +229,23 @@ class ClickAnswerer:
                 edited = region_edit(mask, self._thing_at(prompt, mask), label, fix)
                 if edited is None:
                     edited = disk_edit(mask, xy, label, fix, sdf)
-        walked = self._walked(edited, prompt)
-        if fix.walker_direction and (walked.sum() < mask.sum() if label == 1 else walked.sum() > mask.sum()):
-            walked = edited  # the walker undid the click's direction
-        return _Answer([enforce(walked, prompt.points, prompt.labels)], [iou])
+        return _Answer([enforce(self._walked(edited, prompt, mask), prompt.points, prompt.labels)], [iou])
 
-    def _walked(self, mask: np.ndarray, prompt: Prompt) -> np.ndarray:
+    def _walked(self, mask: np.ndarray, prompt: Prompt, before: np.ndarray) -> np.ndarray:
         """A small object's corrected mask without a box, its boundary placed by the random walker on the view's
-        grey levels (``CorrectionSettings.walker_radius``); the mask as it is otherwise, or without the image."""
+        grey levels (``CorrectionSettings.walker_radius``), where that moves the mask ``before`` the last click the
+        click's way (``walker_direction``); the mask as it is otherwise, or without the image."""
         fix, image = self.corrections, self.predictor.image
         # (the predictor keeps only an image of the embedding's size: the answers' size)
         if prompt.box is not None or fix.walker_radius <= 0 or image is None or mask_radius(mask) > fix.walker_radius:
             return mask
         if self._levels is None or self._levels[0] is not image:  # the whole view's statistics, once per image
             self._levels = (image, intensity_levels(image))
-        return walker_refine(mask, prompt.points, prompt.labels, image, fix.walker_band, self._levels[1])
+        walked = walker_refine(mask, prompt.points, prompt.labels, image, fix.walker_band, self._levels[1])
+        positive = prompt.labels[-1] == 1
+        if fix.walker_direction and (walked.sum() < before.sum() if positive else walked.sum() > before.sum()):
+            return mask  # the walker undid the click's direction
+        return walked
 
     def _thing_at(self, prompt: Prompt, mask: np.ndarray) -> np.ndarray:
         """What the model sees under the prompt's last click: the best search answer around it that keeps
