@@ -36,7 +36,8 @@ from medsamkit.metrics import iou
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor, upscale_logits
 from medsamkit.prompts.ranking import FEATURES, ranking_features, score_features
-from medsamkit.prompts.search import SearchSettings, search
+from medsamkit.prompts.search import search
+from medsamkit.prompts.search_settings import SearchSettings
 from medsamkit.prompts.simulate import initial_prompt
 
 MODES = ("center", "random1")

@@ -444,7 +444,7 @@ def test_the_3d_engine_answers_clicks_with_the_sessions_strategy_and_ranking(mak
 
     from medsamkit.prompts.clicks import ClickAnswerer
     from medsamkit.prompts.ranking import FEATURES, FITTED_RANKER
-    from medsamkit.prompts.search import RANKING_FORMAT, SearchSettings
+    from medsamkit.prompts.search_settings import RANKING_FORMAT, SearchSettings
     from medsamkit.prompts.simulate import Prompt, tight_box
 
     ranking = tmp_path / "ranking.json"

@@ -24,7 +24,7 @@ from medsamkit.evaluation.config import EvaluateConfig
 from medsamkit.evaluation.run import evaluate
 from medsamkit.io.images import read_image, read_label
 from medsamkit.prompts.ranking import FEATURES, FITTED_RANKER, HAND_RANKER
-from medsamkit.prompts.search import RANKING_FORMAT, SearchSettings
+from medsamkit.prompts.search_settings import RANKING_FORMAT, SearchSettings
 from shared_data import require_data
 
 
@@ -57,6 +57,8 @@ def _ranking(path, **changes) -> str:
     ({"window_factor": 0}, "must be positive"),
     ({"max_window": -8}, "max_window >= 0"),
     ({"max_window": "wide"}, "max_window an integer"),
+    ({"similar": "high"}, "similar must be a list of similarity thresholds"),
+    ({"similar": [0.5, 1.5]}, "similar must be a list of similarity thresholds"),
 ])
 def test_a_ranking_file_that_is_not_one_is_refused_in_one_line(tmp_path, changes, says):
     path = _ranking(tmp_path / "ranking.json", **changes)
@@ -83,6 +85,9 @@ def test_a_ranking_file_may_set_the_candidate_boxes_and_the_search_decodes_them(
     assert SearchSettings.from_file(_ranking(tmp_path / "plain.json")).sides == SearchSettings().sides
     assert SearchSettings.from_file(_ranking(tmp_path / "cut.json", max_window=48)).max_window == 48
     assert SearchSettings.from_file(_ranking(tmp_path / "squares.json", aspects=[1])).aspects == (1.0,)
+    # boxes grown from the image content: as the file says; none in a file written before them (fitted without)
+    assert SearchSettings.from_file(_ranking(tmp_path / "grown.json", similar=[0.5])).similar == (0.5,)
+    assert SearchSettings.from_file(tmp_path / "plain.json").similar == () != SearchSettings().similar
     # the search asks exactly those squares first: the candidates of a click (no aspects) are the 5 squares
     pred = predictor.set_image(next(open_dataset("builtin:dsb-nuclei").cases()).image)
     emb = pred.embedding

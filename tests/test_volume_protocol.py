@@ -14,7 +14,7 @@ from medsamkit.core.errors import InputError
 from medsamkit.io.volume_reader import read_label_volume, read_volume
 from medsamkit.metrics import dice
 from medsamkit.prompts.ranking import FEATURES, FITTED_RANKER
-from medsamkit.prompts.search import RANKING_FORMAT
+from medsamkit.prompts.search_settings import RANKING_FORMAT
 from medsamkit.volumes import (
     EvaluateVolumeConfig,
     SegmentVolumeConfig,

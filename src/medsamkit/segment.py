@@ -13,7 +13,7 @@ from medsamkit.io.images import read_image, write_mask
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
 from medsamkit.prompts.clicks import ClickAnswerer
-from medsamkit.prompts.search import search_settings
+from medsamkit.prompts.search_settings import search_settings
 from medsamkit.prompts.simulate import Prompt
 
 

@@ -35,7 +35,8 @@ from medsamkit.models import load_model
 from medsamkit.models.loading import model_fingerprint
 from medsamkit.predictor import Predictor, upscale_logits
 from medsamkit.prompts.ranking import FEATURES, HAND_RANKER, ranking_features, score_features
-from medsamkit.prompts.search import RANKING_FILE, RANKING_FORMAT, SearchSettings, search
+from medsamkit.prompts.search import search
+from medsamkit.prompts.search_settings import RANKING_FILE, RANKING_FORMAT, SearchSettings
 from medsamkit.prompts.simulate import initial_prompt
 
 MODES = ("center", "random1")
@@ -93,8 +94,9 @@ class Sample:
 
 def candidate_settings(cfg: ClickRankingConfig, ranker: tuple[float, ...] = ()) -> SearchSettings:
     """The search the fitted ranking is for: every candidate in one decode, squares off the click too (served
-    with the default tightening of the best one, ``SearchSettings.tighten``, which the fit does not see)."""
-    return SearchSettings(ranker=ranker, offset=cfg.offset, reach=cfg.reach, refine_sides=0, tighten=0)
+    with the default tightening of the best one, ``SearchSettings.tighten``, which the fit does not see); without
+    the boxes grown from the image content (``SearchSettings.similar``): the fit was measured without them."""
+    return SearchSettings(ranker=ranker, offset=cfg.offset, reach=cfg.reach, refine_sides=0, tighten=0, similar=())
 
 
 def case_samples(predictor: Predictor, case: Case, index: int, cfg: ClickRankingConfig) -> list[Sample]:
@@ -231,7 +233,7 @@ def fit_click_ranking(cfg: ClickRankingConfig, predictor: Predictor | None = Non
                            refine_sides=2 if cfg.coarse_to_fine else 0)
     result = {"format": RANKING_FORMAT, "chosen": chosen, "features": list(FEATURES),
               "ranker": list(settings.ranker or HAND_RANKER), "offset": settings.offset, "reach": settings.reach,
-              "refine_sides": settings.refine_sides, "data": cfg.data, "images": index + 1,
+              "refine_sides": settings.refine_sides, "similar": list(settings.similar), "data": cfg.data, "images": index + 1,
               "sources": len({s.group for s in samples}), "prompts": len(samples),
               "cross_validation": {"folds": cfg.folds, "by": "image or patient volume", "modes": folds,
                                    "mean_iou_gain": round(float(gain), 4)},

@@ -32,7 +32,7 @@ from medsamkit.predictor import Predictor
 from medsamkit.prompts import PromptMode
 from medsamkit.prompts.clicks import resolve_strategy
 from medsamkit.prompts.objects import ObjectRun, run_mode_model
-from medsamkit.prompts.search import ranking_identity, search_settings
+from medsamkit.prompts.search_settings import ranking_identity, search_settings
 
 
 def open_store(cfg: EvaluateConfig) -> RunStore:

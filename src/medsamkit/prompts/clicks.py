@@ -19,7 +19,7 @@ click and no negative one.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -39,7 +39,8 @@ from medsamkit.prompts.corrections import (
     signed_distance,
 )
 from medsamkit.prompts.ranking import honours
-from medsamkit.prompts.search import Candidates, SearchSettings, distinct, search_many, sharpen
+from medsamkit.prompts.search import Candidates, distinct, search_many, sharpen
+from medsamkit.prompts.search_settings import SearchSettings
 from medsamkit.prompts.simulate import Prompt, prompt_signature, stack_prompts, tight_box
 from medsamkit.prompts.walker import intensity_levels, walker_refine
 
@@ -169,13 +170,16 @@ class ClickAnswerer:
         s = self.predictor.model.preprocessing.input_size
         return (upscale_logits(logits[:, None].float(), s, emb.input_size, emb.original_size)[:, 0] > 0).cpu().numpy()
 
-    def _candidates(self, clicks: np.ndarray, labels: np.ndarray) -> Candidates:
-        return self._candidates_many([(clicks, labels)])[0]
+    def _candidates(self, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings | None = None
+                    ) -> Candidates:
+        return self._candidates_many([(clicks, labels)], settings)[0]
 
-    def _candidates_many(self, clicks: list[tuple[np.ndarray, np.ndarray]]) -> list[Candidates]:
+    def _candidates_many(self, clicks: list[tuple[np.ndarray, np.ndarray]], settings: SearchSettings | None = None
+                         ) -> list[Candidates]:
+        """The search's candidates for each (clicks, labels), with ``settings`` (default: the answerer's)."""
         frame, scale = self._frame()
         found = search_many(self.predictor.model, self.predictor.embedding.features, frame,
-                            [(c * scale, lab) for c, lab in clicks], self.settings)
+                            [(c * scale, lab) for c, lab in clicks], settings or self.settings)
         return [cands for cands, _ in found]
 
     def _search_ahead(self, prompts: list[Prompt], multimask: bool) -> None:
@@ -253,12 +257,14 @@ class ClickAnswerer:
         it is cut to the box grown to hold the positive clicks: the prompt's box, or without one, the box of
         the current ``mask`` when the part is larger than ``max_growth`` x the mask (a click in the missed
         half of a nucleus otherwise adds the cluster of nuclei around it). Without a box, a negative click's
-        part keeps only the pixels nearer to it than to every positive click (``split_negatives``)."""
+        part keeps only the pixels nearer to it than to every positive click (``split_negatives``). The search
+        here has no boxes grown from the image content (``SearchSettings.similar``): with them the 3D engine's
+        corrections lost on the axial lung volumes (docs/protocols.md "Boxes grown from the image content")."""
         xy, label = prompt.points[-1], int(prompt.labels[-1])
         others = prompt.labels[:-1] != label
         clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
         labels = np.concatenate([[1], np.zeros(int(others.sum()), dtype=np.int32)])
-        cands = self._candidates(clicks, labels)
+        cands = self._candidates(clicks, labels, replace(self.settings, similar=()))
         part = _component_at(self._to_view(self._sharp([(cands, [0])])[0])[0], xy)
         if label != 1:
             positives = prompt.points[prompt.labels == 1]

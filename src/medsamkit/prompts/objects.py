@@ -12,7 +12,7 @@ from medsamkit.core.prompt_modes import PromptMode
 from medsamkit.core.seeds import name_key, object_rng
 from medsamkit.predictor import Predictor
 from medsamkit.prompts.clicks import ClickAnswerer
-from medsamkit.prompts.search import SearchSettings
+from medsamkit.prompts.search_settings import SearchSettings
 from medsamkit.prompts.session import BatchPredict, ClickSession, StepResult
 from medsamkit.prompts.simulate import Prompt
 

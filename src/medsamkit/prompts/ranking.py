@@ -32,6 +32,13 @@ class Candidates:
     iou: np.ndarray  # (K,) predicted IoU
     masks: np.ndarray  # (K, m/s, m/s) bool, zero outside the image part of the frame
     stride: int = 1
+    # (K,) bool: the candidates whose masks count in each one's persistence (None: all). Boxes grown from the image
+    # content do not: nested regions of one similarity map, they agree with each other by construction
+    voters: np.ndarray | None = None
+
+    def voting(self) -> np.ndarray:
+        """The ``voters`` (K,) bool, all True when unset."""
+        return np.ones(len(self), dtype=bool) if self.voters is None else np.asarray(self.voters, dtype=bool)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -61,10 +68,12 @@ def click_depth(mask: np.ndarray, clicks: np.ndarray) -> float:
     return float(np.mean(depths))
 
 
-def persistence(masks: np.ndarray) -> np.ndarray:
-    """Per mask, the mean over the other masks of their IoU with it: how many boxes agree on it."""
+def persistence(masks: np.ndarray, voters: np.ndarray | None = None) -> np.ndarray:
+    """Per mask, the mean over the other masks (of the ``voters``, (K,) bool; default all) of their IoU with it:
+    how many boxes agree on it."""
     k = len(masks)
-    if k < 2:
+    voters = np.ones(k, dtype=bool) if voters is None else np.asarray(voters, dtype=bool)
+    if k < 2 or voters.sum() < 1:
         return np.zeros(k)
     any_px = masks.any(0)
     rows, cols = np.nonzero(any_px.any(1))[0], np.nonzero(any_px.any(0))[0]
@@ -76,7 +85,8 @@ def persistence(masks: np.ndarray) -> np.ndarray:
     union = area[:, None] + area[None] - inter
     pair = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     np.fill_diagonal(pair, 0.0)
-    return pair.sum(1) / (k - 1)
+    others = voters.sum() - voters  # the voters other than the mask itself
+    return np.where(others > 0, pair[:, voters].sum(1) / np.maximum(others, 1), 0.0)
 
 
 def stability(logits: torch.Tensor, offset: float) -> np.ndarray:
@@ -112,7 +122,7 @@ def ranking_features(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, 
     distance = np.array([click_distance(m, positives) * s for m in cands.masks])
     depth = np.array([click_depth(m, positives) for m in cands.masks])
     tight = np.array([mask_extent(m) for m in cands.masks], dtype=np.float64) * s / per_px
-    return np.stack([cands.iou, depth, persistence(cands.masks),
+    return np.stack([cands.iou, depth, persistence(cands.masks, cands.voters),
                      stability(cands.logits, stability_offset), log_area - np.median(log_area),
                      (distance <= reach).astype(np.float64), np.log(np.maximum(side, 1)) - log_area / 2,
                      np.minimum(distance, 5.0), _box_iou(cands.boxes, tight)], 1)

@@ -30,7 +30,8 @@ from medsamkit.core.tiling import grid_windows
 from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.predictor import Predictor, as_rgb_float
 from medsamkit.prompts.ranking import HAND_RANKER
-from medsamkit.prompts.search import SearchSettings, search_many, sharpen
+from medsamkit.prompts.search import search_many, sharpen
+from medsamkit.prompts.search_settings import SearchSettings
 from medsamkit.samaug.nms import nms
 from medsamkit.samaug.proposals import assign_to_windows, blob_proposals, expand_boxes, grid_boxes, point_grid
 
@@ -242,7 +243,8 @@ def _searched_points(predictor: Predictor, points: np.ndarray, cfg: EverythingCo
     # squares only, one decode, on windows 2x the box, ranked on every logit by the hand-set ranking (as
     # measured for the point grid; the click search's own defaults go coarse to fine on 1.5x windows)
     settings = SearchSettings(sides=tuple(cfg.point_search_sides), aspects=(1.0,), window_factor=2.0, full_window=40,
-                              rank_stride=1, offset=0, ranker=HAND_RANKER, reach=0, tighten=0)
+                              rank_stride=1, offset=0, ranker=HAND_RANKER, reach=0, tighten=0,
+                              similar=())
     scale = predictor.coordinate_scale()
     frame = predictor.embedding.input_size
     if not len(points):

@@ -45,7 +45,7 @@ from medsamkit.metrics import dice, iou
 from medsamkit.prompts import Prompt, tight_box
 from medsamkit.prompts.clicks import ClickAnswerer, enforce
 from medsamkit.prompts.corrections import CorrectionSettings, disk_edit
-from medsamkit.prompts.search import SearchSettings
+from medsamkit.prompts.search_settings import SearchSettings
 from medsamkit.volumes.slices import SliceEmbedder
 
 

@@ -32,7 +32,7 @@ from medsamkit.io.datasets import VolumeCase
 from medsamkit.metrics import HD95_CONVENTION, dice, hd95, surface_dice
 from medsamkit.models.loading import run_identity
 from medsamkit.predictor import Predictor
-from medsamkit.prompts.search import ranking_identity, search_settings
+from medsamkit.prompts.search_settings import ranking_identity, search_settings
 from medsamkit.volumes.config import (
     VOLUME_RESULT_KEYS,
     EvaluateVolumeConfig,

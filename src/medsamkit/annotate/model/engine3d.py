@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsamkit.core.errors import InputError
-from medsamkit.prompts.search import SearchSettings
+from medsamkit.prompts.search_settings import SearchSettings
 from medsamkit.volumes.engine import Box3D, EngineSettings, EngineState, VolumeEngine
 from medsamkit.volumes.slices import SliceEmbedder
 

@@ -25,7 +25,7 @@ from medsamkit.models.loading import load_model, weights_identity
 from medsamkit.models.sam import SamFamilyModel
 from medsamkit.predictor import Embedding, Prediction, Predictor
 from medsamkit.prompts.clicks import ClickAnswerer
-from medsamkit.prompts.search import SearchSettings
+from medsamkit.prompts.search_settings import SearchSettings
 from medsamkit.prompts.simulate import Prompt
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 from medsamkit.training.objective import decode_all, prompt_tensors

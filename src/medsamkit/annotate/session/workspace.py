@@ -42,7 +42,7 @@ from medsamkit.core.errors import InputError
 from medsamkit.core.objects import Window
 from medsamkit.core.tiling import window_of
 from medsamkit.io.annotations import AnnotationFolder, check_text
-from medsamkit.prompts.search import search_settings
+from medsamkit.prompts.search_settings import search_settings
 from medsamkit.prompts.simulate import Prompt
 
 
