@@ -265,3 +265,18 @@ def test_sampled_decode_forms_exactly_every_stride_th_logit(predictor, tile, str
     assert (official - part).abs().max().item() < LOGIT_TOL
     assert torch.equal(part_origin * stride, origin)
     assert (part > 0).sum().item() > 0
+
+
+def test_unit_tokens_follow_the_embedding_and_keep_the_token_major_copy():
+    """The click search's unit-length tokens are the last embedding's, renewed after an in-place change (they were
+    kept by identity alone), and kept beside the decoder's token-major copy, not in its place."""
+    from medsamkit.models.sam import token_major
+    from medsamkit.prompts.search import token_features
+
+    a = torch.randn(1, 256, 8, 8)
+    ta, ua = token_major(a), token_features(a)
+    assert torch.allclose(ua.norm(dim=0), torch.ones(8, 8)) and token_features(a) is ua and token_major(a) is ta
+    a[0, :, 0, 0] = -a[0, :, 0, 0]
+    flipped = token_features(a)
+    assert torch.allclose(flipped[:, 0, 0], -ua[:, 0, 0]) and torch.allclose(flipped[:, 1:], ua[:, 1:])
+    assert torch.equal(token_major(a), a)

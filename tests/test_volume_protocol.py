@@ -172,9 +172,10 @@ def test_a_first_click_without_a_box_starts_the_object_and_propagates_to_its_end
     centre of the GTV) on the empty object is answered by the click search alone and walks up and down to the
     object's ends (GTV on slices 17..39), not just the re-propagation's 3 slices each way; the growth guard has
     nothing to compare with yet. Since the search's boxes grown from the image content the first answer is the
-    whole GTV slice (Dice 0.94 there, 0.82 over the volume; before: reached 17..41, and the test asked > 0.45), and the
-    walk goes on past the top end (reached 18..48: 9 slices of 5-92 px each, which the 5 px area floor does not
-    stop; an open gap of the engine's stopping rules, bounded here)."""
+    whole GTV slice (Dice 0.94 there, 0.82 over the volume; before: reached 17..41, and the test asked > 0.45).
+    With them the walk went on past the top end (reached 18..48: 9 slices of 5-92 px, which the 5 px area floor
+    did not stop); the click-started object's end rule (under ``end_fraction`` x its largest slice) stops it at the
+    top end, 39."""
     from medsamkit.volumes.config import local_volume_resources
     from medsamkit.volumes.protocol import challenge_click
 
@@ -188,10 +189,28 @@ def test_a_first_click_without_a_box_starts_the_object_and_propagates_to_its_end
     reached = np.flatnonzero(mask.reshape(len(mask), -1).any(1))
     ends = np.flatnonzero(truth.reshape(len(truth), -1).any(1))
     assert reached.min() < z - engine.settings.reach and reached.max() > z + engine.settings.reach
-    assert abs(int(reached.min()) - int(ends.min())) <= 3 and 0 <= int(reached.max()) - int(ends.max()) <= 10
-    past = mask[int(ends.max()) + 1 :]  # the walk past the top end: thin (under 2% of the answer)
-    assert past.sum() < 0.02 * mask.sum() and past.reshape(len(past), -1).sum(1).max() < 100
-    assert dice(mask, truth) > 0.75 and dice(mask[z], truth[z]) > 0.9
+    # the bottom end: propagation there shrinks to slivers of the tapering GTV (66 px of 781 on slice 19), which
+    # the end rule may stop a slice or three early (20..39 with one thread, 17..39 with two: float differences)
+    assert abs(int(reached.min()) - int(ends.min())) <= 3 and abs(int(reached.max()) - int(ends.max())) <= 2
+    assert dice(mask, truth) > 0.8 and dice(mask[z], truth[z]) > 0.9
+
+
+def test_a_click_started_object_ends_under_a_fraction_of_its_largest_slice(predictor):
+    """Without a z-range an object started by a click ends where an answer is under ``end_fraction`` x its largest
+    slice so far (the thin slivers past lung-gtv pat_4's top end); a boxed object's walk keeps the area floor alone,
+    and 0 turns the rule off."""
+    image, ball = sphere_volume(radius=20, size=64, depth=45)
+    z = ball.shape[0] // 2
+    largest = int(ball[z].sum())
+    sliver = np.zeros_like(ball[z])
+    sliver[20:24, 20:30] = True  # 40 px: over the 5 px floor, under 5% of the largest slice
+    assert 5 < sliver.sum() < 0.05 * largest
+    for started, fraction, ended in ((True, 0.05, True), (False, 0.05, False), (True, 0.0, False)):
+        engine = VolumeEngine(SliceEmbedder(predictor, image, source="sphere"), EngineSettings(end_fraction=fraction))
+        engine.state.mask[:] = ball
+        engine.state.started_by_click = started
+        assert engine.ended(sliver, 0.9, sliver) is ended
+    assert EngineSettings().end_fraction > 0  # on by default
 
 
 # --- the protocol end to end: a real CT volume as NIfTI with another orientation, resumable ----------------

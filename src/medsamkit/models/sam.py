@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,7 +168,7 @@ class SamFamilyModel(nn.Module):
 # products with only the requested masks formed. Equal to the official decoder up to float rounding.
 
 
-_LAST_TOKEN_MAJOR: tuple[torch.Tensor, int, torch.Tensor] | None = None
+_DERIVED: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}  # name -> (embedding, its version, derived)
 
 
 def _version(t: torch.Tensor) -> int:
@@ -181,14 +182,19 @@ def token_major(features: torch.Tensor) -> torch.Tensor:
     works in (its token rows are then views, and window crops gather whole rows). The copy of the last
     embedding seen is kept: an interactive session decodes many prompts on one embedding, and a transposing
     copy of a 64x64x256 map costs ~1.5 ms, as much as decoding a small window."""
-    global _LAST_TOKEN_MAJOR
     if features.shape[0] != 1 or features[0].permute(1, 2, 0).is_contiguous():
         return features
-    last = _LAST_TOKEN_MAJOR
+    return last_derived(features, "token_major", lambda f: f[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None])
+
+
+def last_derived(features: torch.Tensor, name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``make(features)``, kept per ``name`` for the last embedding seen (the same tensor, not changed in place
+    since): an interactive session derives the same tensors from one embedding for many prompts."""
+    last = _DERIVED.get(name)
     if last is not None and last[0] is features and last[1] == _version(features):
         return last[2]
-    out = features[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
-    _LAST_TOKEN_MAJOR = (features, _version(features), out)
+    out = make(features)
+    _DERIVED[name] = (features, _version(features), out)
     return out
 
 

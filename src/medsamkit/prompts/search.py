@@ -25,7 +25,7 @@ import torch
 from scipy import ndimage
 
 from medsamkit.models.local_decode import decode_local, window_tokens
-from medsamkit.models.sam import SamFamilyModel
+from medsamkit.models.sam import SamFamilyModel, last_derived
 from medsamkit.prompts.ranking import (
     FEATURES,
     Candidates,
@@ -254,18 +254,10 @@ def similar_boxes(model: SamFamilyModel, features: torch.Tensor, positives: np.n
     return np.round(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), 1)
 
 
-_LAST_TOKENS: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, their unit-length tokens)
-
-
 def token_features(features: torch.Tensor) -> torch.Tensor:
     """An embedding's (1, C, g, g) tokens scaled to unit length, (C, g, g); the last embedding's are kept (a
     click session searches many times on one)."""
-    global _LAST_TOKENS
-    if _LAST_TOKENS is not None and _LAST_TOKENS[0] is features:
-        return _LAST_TOKENS[1]
-    tokens = features[0] / features[0].norm(dim=0, keepdim=True).clamp(min=1e-6)
-    _LAST_TOKENS = (features, tokens)
-    return tokens
+    return last_derived(features, "unit_tokens", lambda f: f[0] / f[0].norm(dim=0, keepdim=True).clamp(min=1e-6))
 
 
 OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
