@@ -20,7 +20,13 @@ from medsamkit.metrics import iou
 from medsamkit.models.sam import sample_logits
 from medsamkit.prompts import parse_mode
 from medsamkit.prompts.clicks import ClickAnswerer, resolve_strategy
-from medsamkit.prompts.corrections import CorrectionSettings, bend, is_near, signed_distance
+from medsamkit.prompts.corrections import (
+    CorrectionSettings,
+    CroppedSignedDistance,
+    bend,
+    is_near,
+    signed_distance,
+)
 from medsamkit.prompts.objects import object_rngs, run_mode_model
 from medsamkit.prompts.ranking import FEATURES, ranking_features
 from medsamkit.prompts.search import (
@@ -509,6 +515,33 @@ def test_a_near_click_bends_the_boundary_only_near_it():
     assert not shrunk[40, 57] and np.array_equal(shrunk[:, :40], mask[:, :40])
     sdf = signed_distance(mask)
     assert sdf[40, 40] > 0 > sdf[40, 70] and sdf[0, 0] < 0
+
+
+def test_the_signed_distance_read_on_crops_equals_the_whole_images():
+    """A corrective click's edits read the mask's signed distance near the click only: computed on a crop holding
+    the mask and what is read, it has the whole image's values, at the image border too (which counts as outside),
+    for single pixels and windows reaching past the crop and the image."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(5, 90, 2))
+        yy, xx = np.ogrid[:h, :w]
+        mask = np.zeros((h, w), bool)
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(1, 15)
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        whole, cropped = signed_distance(mask), CroppedSignedDistance(mask)
+        for _ in range(4):
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            assert cropped[y, x] == whole[y, x]
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            y1, x1 = y0 + int(rng.integers(1, 40)), x0 + int(rng.integers(1, 40))
+            np.testing.assert_array_equal(cropped[y0:y1, x0:x1], whole[y0:y1, x0:x1])
+        for x, label in ((int(rng.integers(0, w)), 1), (int(rng.integers(0, w)), 0)):
+            xy = np.array([x, h // 2], dtype=np.float32)
+            np.testing.assert_array_equal(bend(mask, xy, label, CorrectionSettings(), cropped),
+                                          bend(mask, xy, label, CorrectionSettings(), whole))
+    with pytest.raises(ValueError, match="empty"):
+        CroppedSignedDistance(np.zeros((4, 4), bool))
 
 
 @pytest.mark.parametrize("name", ["box+iter5", "iter5"])

@@ -30,13 +30,13 @@ from medsamkit.models.sam import CLICK_STRATEGIES
 from medsamkit.predictor import Prediction, Predictor, upscale_logits
 from medsamkit.prompts.corrections import (
     CorrectionSettings,
+    CroppedSignedDistance,
     bend,
     disk_edit,
     is_near,
     mask_radius,
     pixel_of,
     region_edit,
-    signed_distance,
 )
 from medsamkit.prompts.ranking import honours
 from medsamkit.prompts.search import Candidates, distinct, search_many, sharpen
@@ -226,7 +226,7 @@ class ClickAnswerer:
         if honours(mask, xy[None], np.array([label])).all():
             edited = mask
         else:
-            sdf = signed_distance(mask) if mask.any() else None  # computed once for every edit below
+            sdf = CroppedSignedDistance(mask) if mask.any() else None  # shared by every edit below
             if is_near(mask, xy, fix, sdf):
                 edited = bend(mask, xy, label, fix, sdf)
             else:

@@ -61,12 +61,53 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     return sdf - 0.5 * np.sign(sdf)  # the boundary halfway between the last pixel in and the first out
 
 
+class CroppedSignedDistance:
+    """``signed_distance(mask)`` of a non-empty mask, computed only where it is read (``sdf[y, x]``,
+    ``sdf[y0:y1, x0:x1]``): over a crop holding the mask with one pixel more on every side and what is read, the
+    values are the whole image's (every mask pixel and, for each one, a nearest background pixel lie in it). A
+    click's edits read the distance near the click: on a small object in a large view that is a small part of
+    the two distance transforms of the whole view."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self._pad = np.pad(np.asarray(mask, dtype=bool), 1)  # the image border counts as outside
+        rows, cols = np.flatnonzero(self._pad.any(1)), np.flatnonzero(self._pad.any(0))
+        if not len(rows):
+            raise ValueError("the signed distance of an empty mask is not defined")
+        self.shape = mask.shape
+        self._need = (rows[0] - 1, rows[-1] + 2, cols[0] - 1, cols[-1] + 2)  # padded coordinates
+        self._crop: tuple[tuple[int, int, int, int], np.ndarray] | None = None
+
+    def __getitem__(self, key: tuple) -> np.ndarray | np.float32:
+        ys, xs = (k if isinstance(k, slice) else slice(int(k), int(k) + 1) for k in key)
+        h, w = self.shape
+        y0, y1, _ = ys.indices(h)
+        x0, x1, _ = xs.indices(w)
+        part = self._region(y0 + 1, y1 + 1, x0 + 1, x1 + 1)
+        return part[0, 0] if not isinstance(key[0], slice) and not isinstance(key[1], slice) else part
+
+    def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The signed distance over padded rows y0:y1, columns x0:x1, from the kept crop when it holds them."""
+        if self._crop is not None:
+            (cy0, cy1, cx0, cx1), sdf = self._crop
+            if cy0 <= y0 and y1 <= cy1 and cx0 <= x0 and x1 <= cx1:
+                return sdf[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
+        ny0, ny1, nx0, nx1 = self._need
+        box = (min(ny0, y0), max(ny1, y1), min(nx0, x0), max(nx1, x1))
+        crop = self._pad[box[0] : box[1], box[2] : box[3]]
+        sdf = (ndimage.distance_transform_edt(crop) - ndimage.distance_transform_edt(~crop)).astype(np.float32)
+        self._crop = (box, sdf - 0.5 * np.sign(sdf))
+        return self._region(y0, y1, x0, x1)
+
+
+Distance = np.ndarray | CroppedSignedDistance  # a mask's signed distance, whole or computed where read
+
+
 def mask_radius(mask: np.ndarray) -> float:
     """The radius of a disk of the mask's area (px; at least 1)."""
     return float(np.sqrt(max(int(np.count_nonzero(mask)), 1) / np.pi))
 
 
-def click_distance(mask: np.ndarray, xy: np.ndarray, sdf: np.ndarray | None = None) -> float:
+def click_distance(mask: np.ndarray, xy: np.ndarray, sdf: Distance | None = None) -> float:
     """How far (px) pixel ``xy`` (x, y) lies from the boundary of ``mask`` (``sdf``: its signed distance when
     the caller has it)."""
     x, y = pixel_of(xy, mask.shape)
@@ -74,13 +115,13 @@ def click_distance(mask: np.ndarray, xy: np.ndarray, sdf: np.ndarray | None = No
     return float(abs(sdf[y, x]))
 
 
-def is_near(mask: np.ndarray, xy: np.ndarray, settings: CorrectionSettings, sdf: np.ndarray | None = None) -> bool:
+def is_near(mask: np.ndarray, xy: np.ndarray, settings: CorrectionSettings, sdf: Distance | None = None) -> bool:
     """Whether a click at ``xy`` is close enough to the boundary of ``mask`` to be a local bend."""
     return bool(mask.any()) and click_distance(mask, xy, sdf) <= settings.near * mask_radius(mask)
 
 
 def bend(mask: np.ndarray, xy: np.ndarray, label: int, settings: CorrectionSettings,
-         sdf: np.ndarray | None = None) -> np.ndarray:
+         sdf: Distance | None = None) -> np.ndarray:
     """``mask`` with its boundary moved locally past a click at ``xy`` (label 1 adds, 0 removes)."""
     mask = np.asarray(mask, dtype=bool)
     h, w = mask.shape
@@ -117,7 +158,7 @@ def region_edit(mask: np.ndarray, region: np.ndarray, label: int, settings: Corr
 
 
 def disk_edit(mask: np.ndarray, xy: np.ndarray, label: int, settings: CorrectionSettings,
-              sdf: np.ndarray | None = None) -> np.ndarray:
+              sdf: Distance | None = None) -> np.ndarray:
     """``mask`` with a disk at the click added or removed, of the click's scale (its distance to the
     boundary, at most ``near`` x the mask's radius, times ``overshoot``)."""
     x, y = pixel_of(xy, mask.shape)
