@@ -520,7 +520,7 @@ def test_a_near_click_bends_the_boundary_only_near_it():
 def test_the_signed_distance_read_on_crops_equals_the_whole_images():
     """A corrective click's edits read the mask's signed distance near the click only: computed on a crop holding
     the mask and what is read, it has the whole image's values, at the image border too (which counts as outside),
-    for single pixels and windows reaching past the crop and the image."""
+    for single pixels and windows reaching past the crop and the image; the edits use it by default."""
     rng = np.random.default_rng(0)
     for _ in range(60):
         h, w = (int(v) for v in rng.integers(5, 90, 2))
@@ -538,8 +538,9 @@ def test_the_signed_distance_read_on_crops_equals_the_whole_images():
             np.testing.assert_array_equal(cropped[y0:y1, x0:x1], whole[y0:y1, x0:x1])
         for x, label in ((int(rng.integers(0, w)), 1), (int(rng.integers(0, w)), 0)):
             xy = np.array([x, h // 2], dtype=np.float32)
-            np.testing.assert_array_equal(bend(mask, xy, label, CorrectionSettings(), cropped),
-                                          bend(mask, xy, label, CorrectionSettings(), whole))
+            expected = bend(mask, xy, label, CorrectionSettings(), whole)
+            np.testing.assert_array_equal(bend(mask, xy, label, CorrectionSettings(), cropped), expected)
+            np.testing.assert_array_equal(bend(mask, xy, label, CorrectionSettings()), expected)  # the default
     with pytest.raises(ValueError, match="empty"):
         CroppedSignedDistance(np.zeros((4, 4), bool))
 

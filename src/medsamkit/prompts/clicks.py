@@ -30,9 +30,9 @@ from medsamkit.models.sam import CLICK_STRATEGIES
 from medsamkit.predictor import Prediction, Predictor, upscale_logits
 from medsamkit.prompts.corrections import (
     CorrectionSettings,
-    CroppedSignedDistance,
     bend,
     disk_edit,
+    distance_of,
     is_near,
     mask_radius,
     pixel_of,
@@ -226,7 +226,7 @@ class ClickAnswerer:
         if honours(mask, xy[None], np.array([label])).all():
             edited = mask
         else:
-            sdf = CroppedSignedDistance(mask) if mask.any() else None  # shared by every edit below
+            sdf = distance_of(mask) if mask.any() else None  # shared by every edit below (an empty one reads none)
             if is_near(mask, xy, fix, sdf):
                 edited = bend(mask, xy, label, fix, sdf)
             else:

@@ -102,6 +102,12 @@ class CroppedSignedDistance:
 Distance = np.ndarray | CroppedSignedDistance  # a mask's signed distance, whole or computed where read
 
 
+def distance_of(mask: np.ndarray) -> Distance:
+    """The signed distance an edit reads: computed where read for a non-empty mask (``CroppedSignedDistance``),
+    else the whole image's (``signed_distance``)."""
+    return CroppedSignedDistance(mask) if np.any(mask) else signed_distance(mask)
+
+
 def mask_radius(mask: np.ndarray) -> float:
     """The radius of a disk of the mask's area (px; at least 1)."""
     return float(np.sqrt(max(int(np.count_nonzero(mask)), 1) / np.pi))
@@ -111,7 +117,7 @@ def click_distance(mask: np.ndarray, xy: np.ndarray, sdf: Distance | None = None
     """How far (px) pixel ``xy`` (x, y) lies from the boundary of ``mask`` (``sdf``: its signed distance when
     the caller has it)."""
     x, y = pixel_of(xy, mask.shape)
-    sdf = signed_distance(mask) if sdf is None else sdf
+    sdf = distance_of(mask) if sdf is None else sdf
     return float(abs(sdf[y, x]))
 
 
@@ -126,7 +132,7 @@ def bend(mask: np.ndarray, xy: np.ndarray, label: int, settings: CorrectionSetti
     mask = np.asarray(mask, dtype=bool)
     h, w = mask.shape
     x, y = pixel_of(xy, mask.shape)
-    sdf = signed_distance(mask) if sdf is None else sdf
+    sdf = distance_of(mask) if sdf is None else sdf
     level = float(sdf[y, x])
     d = abs(level) + 0.5  # pixels to the nearest pixel of the other side
     sigma = max(settings.spread * d, settings.min_spread)
