@@ -252,6 +252,35 @@ def test_the_ranking_features_of_hand_made_candidates():
         SearchSettings(ranker=(1.0, 2.0))
 
 
+def test_a_candidates_own_ranking_columns_do_not_depend_on_the_others(predictor, dsb):
+    """The search ranks its first boxes, then all of them with the second decode's: each candidate's own columns
+    (``ranking.own_features``) are computed once and reused, which holds only if they are the same whatever set the
+    candidate is in; the features and scores from the reused columns equal those computed afresh."""
+    from medsamkit.prompts.ranking import own_features
+    from medsamkit.prompts.search import rank
+
+    case, objects = dsb
+    predictor.set_image(case.image)
+    model, feats, frame = predictor.model, predictor.embedding.features, predictor.embedding.input_size
+    per_px = model.mask_input_size[0] / model.preprocessing.input_size
+    settings = SearchSettings(tighten=0)
+    for obj in objects[:4]:
+        y, x = np.argwhere(obj.mask(case.label.shape)).mean(0)
+        click = np.array([[x, y]]) * predictor.coordinate_scale()
+        cands, _ = search(model, feats, frame, click, np.array([1]), settings)
+        low = click * per_px
+        half = len(cands) // 2
+        parts = [Candidates(cands.boxes[s], cands.logits[s], cands.iou[s], cands.masks[s], cands.stride,
+                            cands.voting()[s]) for s in (slice(0, half), slice(half, None))]
+        own = np.concatenate([own_features(c, low, np.array([1]), per_px) for c in parts])
+        np.testing.assert_array_equal(own, own_features(cands, low, np.array([1]), per_px))
+        np.testing.assert_array_equal(ranking_features(cands, low, np.array([1]), per_px, own=own),
+                                      ranking_features(cands, low, np.array([1]), per_px))
+        np.testing.assert_array_equal(rank(cands, low, np.array([1]), settings, per_px, own),
+                                      rank(cands, low, np.array([1]), settings, per_px))
+        assert len(set(np.round(own[:, 1], 6))) > 1  # the click depths differ between candidates: a real check
+
+
 def test_boxes_grown_from_the_image_content_do_not_vote_in_the_persistence():
     """Persistence is a candidate's mean IoU with the other voters' masks: two nested grown boxes framing the same
     blob do not make it persistent (``Candidates.voters``); every candidate, voter or not, is scored."""

@@ -52,6 +52,7 @@ def click_depth(mask: np.ndarray, clicks: np.ndarray) -> float:
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     top, left = rows[0], cols[0]
     labels, _ = ndimage.label(mask[top : rows[-1] + 1, left : cols[-1] + 1])  # the crop holding the mask
+    parts = None
     depths = []
     for x, y in np.asarray(clicks).astype(int):
         x, y = x - left, y - top
@@ -60,11 +61,11 @@ def click_depth(mask: np.ndarray, clicks: np.ndarray) -> float:
         if comp == 0:
             depths.append(0.0)
             continue
-        part_rows, part_cols = np.nonzero(labels == comp)
-        r0, c0 = part_rows.min(), part_cols.min()
-        crop = np.pad(labels[r0 : part_rows.max() + 1, c0 : part_cols.max() + 1] == comp, 1)
+        parts = ndimage.find_objects(labels) if parts is None else parts
+        part = parts[comp - 1]
+        crop = np.pad(labels[part] == comp, 1)
         dist = ndimage.distance_transform_edt(crop)
-        depths.append(float(dist[y - r0 + 1, x - c0 + 1] / dist.max()))
+        depths.append(float(dist[y - part[0].start + 1, x - part[1].start + 1] / dist.max()))
     return float(np.mean(depths))
 
 
@@ -107,25 +108,39 @@ def honours(mask: np.ndarray, clicks: np.ndarray, labels: np.ndarray) -> np.ndar
     return inside == (np.asarray(labels) == 1)
 
 
+def own_features(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, per_px: float,
+                 stability_offset: float = 1.0) -> np.ndarray:
+    """The columns (K, len(OWN)) of ``ranking_features`` that each candidate has alone, whatever the others are
+    (the rest compare it with them): computed once per candidate when a search ranks a growing set."""
+    s = cands.stride
+    positives = np.asarray(clicks)[np.asarray(labels) == 1]
+    area = np.maximum(cands.masks.reshape(len(cands), -1).sum(1) * s * s, 1).astype(np.float64)
+    side = np.maximum(cands.boxes[:, 2] - cands.boxes[:, 0], cands.boxes[:, 3] - cands.boxes[:, 1]) * per_px
+    distance = np.array([click_distance(m, positives) * s for m in cands.masks])
+    depth = np.array([click_depth(m, positives) for m in cands.masks])
+    tight = np.array([mask_extent(m) for m in cands.masks], dtype=np.float64).reshape(-1, 4) * s / per_px
+    return np.stack([np.asarray(cands.iou, dtype=np.float64), depth, stability(cands.logits, stability_offset),
+                     np.log(area), distance, np.log(np.maximum(side, 1)), _box_iou(cands.boxes, tight)], 1)
+
+
+OWN = ("predicted_iou", "click_depth", "stability", "log_area", "click_distance", "log_side", "box_fit")
+
+
 def ranking_features(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, per_px: float,
-                     reach: float = 0.0, stability_offset: float = 1.0) -> np.ndarray:
+                     reach: float = 0.0, stability_offset: float = 1.0, own: np.ndarray | None = None) -> np.ndarray:
     """Features (K, len(FEATURES)) of the candidates for clicks (N, 2; sampled low-res px) with labels (N,):
     predicted IoU, depth of the positive clicks, persistence, stability, log area over the candidates' median,
     whether every positive click is within ``reach`` (low-res px), log of the box side over the mask's, the
     positive clicks' largest distance to the mask (low-res px, at most 5), IoU of the box with the mask's
-    tight box. ``per_px``: low-res px per model-input px (full frame)."""
-    s = cands.stride
-    positives = np.asarray(clicks)[np.asarray(labels) == 1]
-    area = np.maximum(cands.masks.reshape(len(cands), -1).sum(1) * s * s, 1).astype(np.float64)
-    log_area = np.log(area)
-    side = np.maximum(cands.boxes[:, 2] - cands.boxes[:, 0], cands.boxes[:, 3] - cands.boxes[:, 1]) * per_px
-    distance = np.array([click_distance(m, positives) * s for m in cands.masks])
-    depth = np.array([click_depth(m, positives) for m in cands.masks])
-    tight = np.array([mask_extent(m) for m in cands.masks], dtype=np.float64) * s / per_px
-    return np.stack([cands.iou, depth, persistence(cands.masks, cands.voters),
-                     stability(cands.logits, stability_offset), log_area - np.median(log_area),
-                     (distance <= reach).astype(np.float64), np.log(np.maximum(side, 1)) - log_area / 2,
-                     np.minimum(distance, 5.0), _box_iou(cands.boxes, tight)], 1)
+    tight box. ``per_px``: low-res px per model-input px (full frame); ``own``: ``own_features`` of the same
+    candidates and clicks when already known."""
+    if own is None:
+        own = own_features(cands, clicks, labels, per_px, stability_offset)
+    col = dict(zip(OWN, own.T))
+    log_area, distance = col["log_area"], col["click_distance"]
+    return np.stack([col["predicted_iou"], col["click_depth"], persistence(cands.masks, cands.voters),
+                     col["stability"], log_area - np.median(log_area), (distance <= reach).astype(np.float64),
+                     col["log_side"] - log_area / 2, np.minimum(distance, 5.0), col["box_fit"]], 1)
 
 
 def click_distance(mask: np.ndarray, points: np.ndarray) -> float:

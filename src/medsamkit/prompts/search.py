@@ -18,8 +18,6 @@ decodes the chosen boxes' full logits.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 from scipy import ndimage
@@ -32,6 +30,7 @@ from medsamkit.prompts.ranking import (
     click_distance,
     honours,
     mask_extent,
+    own_features,
     ranking_features,
     score_features,
 )
@@ -110,12 +109,12 @@ def sharpen(model: SamFamilyModel, features: torch.Tensor, chosen: list[tuple[Ca
 
 
 def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings,
-         per_px: float = 1.0) -> np.ndarray:
+         per_px: float = 1.0, own: np.ndarray | None = None) -> np.ndarray:
     """Scores (K,) of the candidates for clicks (N, 2; sampled low-res px) with labels (N,): candidates that
     break a click (a negative inside, a positive farther than ``settings.reach``) rank below every one that
-    honours all, fewer broken clicks first."""
+    honours all, fewer broken clicks first. ``own``: their ``ranking.own_features`` when already known."""
     labels = np.asarray(labels)
-    features = ranking_features(cands, clicks, labels, per_px, settings.reach, settings.stability_offset)
+    features = ranking_features(cands, clicks, labels, per_px, settings.reach, settings.stability_offset, own)
     clicks = np.asarray(clicks)
     positives, negatives = clicks[labels == 1], clicks[labels != 1]
     reach = settings.reach / cands.stride
@@ -149,26 +148,27 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
         fixed = [np.concatenate([candidate_boxes(pos, frame, settings), _offset_squares(pos, frame, settings)[0]])
                  for pos in positives]
         grown = [similar_boxes(model, features, pos, frame, settings) for pos in positives]
-        found = [replace(c, voters=np.arange(len(c)) < len(f))  # grown boxes do not vote (ranking.Candidates)
-                 for c, f in zip(_decode(model, features, frame, [np.concatenate(b) for b in zip(fixed, grown)],
-                                         settings), fixed)]
+        found = _decode(model, features, frame, [np.concatenate(b) for b in zip(fixed, grown)], settings,
+                        [np.arange(len(f) + len(g)) < len(f) for f, g in zip(fixed, grown)])
         return _tightened(model, features, frame,
                           [_ranked(c, clicks, labels, settings, per_px) for c, (clicks, labels) in zip(found, sampled)],
                           sampled, settings)
     squares, square_sides, fixed = zip(*(_squares(pos, frame, settings,
                                                   similar_boxes(model, features, pos, frame, settings))
                                          for pos in positives))
-    first = [replace(c, voters=f)  # grown boxes do not vote (ranking.Candidates)
-             for c, f in zip(_decode(model, features, frame, list(squares), settings), fixed)]
-    more = []
+    first = _decode(model, features, frame, list(squares), settings, list(fixed))
+    more, owns = [], []
     for pos, cands, sides, (clicks, labels) in zip(positives, first, square_sides, sampled):
-        scores = rank(cands, clicks, labels, settings, per_px)
+        owns.append(own_features(cands, clicks, labels, per_px, settings.stability_offset))  # kept for the 2nd
+        scores = rank(cands, clicks, labels, settings, per_px, owns[-1])
         best = np.argsort(-scores, kind="stable")[: settings.refine_sides]
         more.append(candidate_boxes(pos, frame, settings, sides=tuple(sides[best]), aspects=others))
     second = _decode(model, features, frame, more, settings)
-    return _tightened(model, features, frame, [_ranked(_joined(a, b), clicks, labels, settings, per_px)
-                                               for a, b, (clicks, labels) in zip(first, second, sampled)],
-                      sampled, settings)
+    ranked = []
+    for a, b, own, (clicks, labels) in zip(first, second, owns, sampled):
+        own = np.concatenate([own, own_features(b, clicks, labels, per_px, settings.stability_offset)])
+        ranked.append(_ranked(_joined(a, b), clicks, labels, settings, per_px, own))
+    return _tightened(model, features, frame, ranked, sampled, settings)
 
 
 def _tightened(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int],
@@ -279,8 +279,10 @@ def _offset_squares(positives: np.ndarray, frame: tuple[int, int], settings: Sea
 
 
 def _decode(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int], boxes: list[np.ndarray],
-            settings: SearchSettings) -> list[Candidates]:
-    """The candidates of several prompts' boxes (model-input px), decoded in one batched call."""
+            settings: SearchSettings, voters: list[np.ndarray] | None = None) -> list[Candidates]:
+    """The candidates of several prompts' boxes (model-input px), decoded in one batched call; ``voters``: per
+    prompt, which of its boxes vote in the persistence (the boxes grown from the image content do not:
+    ``ranking.Candidates``; default all)."""
     s = settings.rank_stride
     logits, iou = decode_boxes(model, features, np.concatenate(boxes), settings, s)
     m = model.mask_input_size[0]
@@ -290,17 +292,17 @@ def _decode(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int
     valid[:rows, :cols] = True
     masks = (logits > 0).cpu().numpy() & valid
     out, start = [], 0
-    for b in boxes:
+    for i, b in enumerate(boxes):
         part = slice(start, start + len(b))
         start += len(b)
-        out.append(Candidates(b, logits[part], iou[part], masks[part], s))
+        out.append(Candidates(b, logits[part], iou[part], masks[part], s, None if voters is None else voters[i]))
     return out
 
 
-def _ranked(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings, per_px: float
-            ) -> tuple[Candidates, np.ndarray]:
-    """The candidates best first and their scores (clicks in low-res px)."""
-    scores = rank(cands, clicks, labels, settings, per_px)
+def _ranked(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings, per_px: float,
+            own: np.ndarray | None = None) -> tuple[Candidates, np.ndarray]:
+    """The candidates best first and their scores (clicks in low-res px; ``own`` as ``rank``'s)."""
+    scores = rank(cands, clicks, labels, settings, per_px, own)
     order = np.argsort(-scores, kind="stable")
     return (Candidates(cands.boxes[order], cands.logits[order], cands.iou[order], cands.masks[order], cands.stride,
                        cands.voting()[order]), scores[order])
