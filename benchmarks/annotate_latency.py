@@ -114,6 +114,8 @@ def _http(server: BackgroundServer, calls: int) -> dict:
     return {"predict_http_median_ms": round(1000 * statistics.median(times[2:]), 1),
             "click_alone_http_median_ms": round(1000 * statistics.median(clicks[2:]), 1),
             "box_then_click_http_median_ms": round(1000 * statistics.median(corrections[2:]), 1),
+            # the machine's speed moves between runs more than most changes: the click against the box of the same run
+            "click_over_box": round(statistics.median(clicks[2:]) / statistics.median(times[2:]), 2),
             "predict_http_p90_ms": round(1000 * float(np.percentile(times[2:], 90)), 1),
             # the same calls timed inside the server (model + masks + PNGs): the rest is HTTP and JSON
             "predict_in_server_median_ms": round(1000 * statistics.median(server[2:]), 1),
@@ -215,7 +217,8 @@ def main() -> None:
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "threads": torch.get_num_threads(),
         "load_avg_1min": float(open("/proc/loadavg").read().split()[0]), "calls": args.calls,
         "click_ranker": args.click_ranker or "default", **result,
-        "targets": {"predict_http_median_ms": 60, "first_mask_new_image_s": 1.5, "release_to_overlay_median_ms": 150,
+        "targets": {"predict_http_median_ms": 60, "click_alone_http_median_ms": 120, "first_mask_new_image_s": 1.5,
+                    "release_to_overlay_median_ms": 150,
                     "volume.first_mask_new_slice_s": 1.5, "volume.predict_http_median_ms": 60},
     }
     if "volume" in report:  # the 2D runs are curated by hand in results/annotate_latency.json
