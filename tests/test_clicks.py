@@ -270,8 +270,7 @@ def test_a_candidates_own_ranking_columns_do_not_depend_on_the_others(predictor,
         cands, _ = search(model, feats, frame, click, np.array([1]), settings)
         low = click * per_px
         half = len(cands) // 2
-        parts = [Candidates(cands.boxes[s], cands.logits[s], cands.iou[s], cands.masks[s], cands.stride,
-                            cands.voting()[s]) for s in (slice(0, half), slice(half, None))]
+        parts = [cands.take(s) for s in (slice(0, half), slice(half, None))]
         own = np.concatenate([own_features(c, low, np.array([1]), per_px) for c in parts])
         np.testing.assert_array_equal(own, own_features(cands, low, np.array([1]), per_px))
         np.testing.assert_array_equal(ranking_features(cands, low, np.array([1]), per_px, own=own),

@@ -40,6 +40,12 @@ class Candidates:
         """The ``voters`` (K,) bool, all True when unset."""
         return np.ones(len(self), dtype=bool) if self.voters is None else np.asarray(self.voters, dtype=bool)
 
+    def take(self, index: np.ndarray | slice) -> Candidates:
+        """The candidates at ``index`` (an index array or a slice), in its order."""
+        index = index if isinstance(index, slice) else np.asarray(index)
+        return Candidates(self.boxes[index], self.logits[index], self.iou[index], self.masks[index], self.stride,
+                          self.voting()[index])
+
     def __len__(self) -> int:
         return len(self.boxes)
 

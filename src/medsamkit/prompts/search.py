@@ -304,8 +304,7 @@ def _ranked(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings:
     """The candidates best first and their scores (clicks in low-res px; ``own`` as ``rank``'s)."""
     scores = rank(cands, clicks, labels, settings, per_px, own)
     order = np.argsort(-scores, kind="stable")
-    return (Candidates(cands.boxes[order], cands.logits[order], cands.iou[order], cands.masks[order], cands.stride,
-                       cands.voting()[order]), scores[order])
+    return cands.take(order), scores[order]
 
 
 def distinct(masks: np.ndarray, count: int, max_iou: float) -> list[int]:
