@@ -280,6 +280,39 @@ def test_a_candidates_own_ranking_columns_do_not_depend_on_the_others(predictor,
         assert len(set(np.round(own[:, 1], 6))) > 1  # the click depths differ between candidates: a real check
 
 
+def test_the_rankings_broken_clicks_count_every_click_the_candidate_breaks(predictor, dsb):
+    """A candidate ranks 10 below per click it breaks: each positive click farther than the reach, each negative
+    click inside (``search.rank`` counts a lone positive click from the candidate's own columns and the negatives
+    all at once): the scores equal the ranker's minus 10 x the count made click by click, on real candidates with
+    one and two positive clicks and negatives inside some of them."""
+    from medsamkit.prompts.ranking import click_distance, honours, score_features
+    from medsamkit.prompts.search import rank
+
+    case, objects = dsb
+    predictor.set_image(case.image)
+    model, feats, frame = predictor.model, predictor.embedding.features, predictor.embedding.input_size
+    per_px = model.mask_input_size[0] / model.preprocessing.input_size
+    settings = SearchSettings(tighten=0, reach=2.0)
+    counted = []
+    for obj in objects[:3]:
+        y, x = np.argwhere(obj.mask(case.label.shape)).mean(0)
+        click = np.array([[x, y]]) * predictor.coordinate_scale()
+        cands, _ = search(model, feats, frame, click, np.array([1]), settings)
+        low = click[0] * per_px
+        for clicks, labels in (([low, low + 3], [1, 0]), ([low, low + 14, low - 2], [1, 1, 0]),
+                               ([low, low + [20, 0], low + [0, 1]], [1, 0, 0])):
+            clicks, labels = np.array(clicks), np.array(labels)
+            features = ranking_features(cands, clicks, labels, per_px, settings.reach)
+            broken = np.array([sum(click_distance(m, c[None]) > settings.reach for c in clicks[labels == 1])
+                               + (~honours(m, clicks[labels == 0], labels[labels == 0])).sum() for m in cands.masks])
+            features[broken > 0, FEATURES.index("click_depth")] = 0.0
+            np.testing.assert_allclose(rank(cands, clicks, labels, settings, per_px),
+                                       score_features(features, settings.ranker) - 10.0 * broken)
+            counted.append(broken)
+    counted = np.concatenate(counted)
+    assert {0, 1, 2} <= set(counted.tolist())  # candidates breaking none, one and two clicks: a real check
+
+
 def test_boxes_grown_from_the_image_content_do_not_vote_in_the_persistence():
     """Persistence is a candidate's mean IoU with the other voters' masks: two nested grown boxes framing the same
     blob do not make it persistent (``Candidates.voters``); every candidate, voter or not, is scored."""

@@ -117,6 +117,32 @@ def test_fast_path_only_for_plain_official_decoder(litemedsam):
     attn.q_proj = _WrappedLinear(attn.q_proj)
     assert not fast_decoder_supported(wrapped)
     assert not fast_decoder_supported(nn.Identity())
+    # every attention of the transformer is checked (they are named, not found by a walk): the last layer's
+    # self-attention and the final one too, and an attention replaced by another module
+    for where, name in (("layers.1.self_attn", "v_proj"), ("final_attn_token_to_image", "out_proj")):
+        wrapped = copy.deepcopy(dec)
+        attn = wrapped.transformer.get_submodule(where)
+        setattr(attn, name, _WrappedLinear(getattr(attn, name)))
+        assert not fast_decoder_supported(wrapped), where
+    wrapped = copy.deepcopy(dec)
+    wrapped.transformer.layers[1].cross_attn_image_to_token = nn.Identity()
+    assert not fast_decoder_supported(wrapped)
+
+
+def test_window_crops_are_the_tokens_of_the_window():
+    """decode_local's crops (slices of the token-major grid) hold, for each window corner, the grid's tokens there,
+    laid out (P, C, w, w) as the decoder reads them: the same values as one indexed gather over all windows."""
+    from medsamkit.models.local_decode import _crops
+
+    grid = torch.randn(64, 64, 256)
+    corners = [[0, 0], [48, 3], [17, 40], [48, 48]]
+    ar = torch.arange(16)
+    start = torch.tensor(corners)
+    gathered = grid[(start[:, 1, None] + ar)[:, :, None], (start[:, 0, None] + ar)[:, None, :]].permute(0, 3, 1, 2)
+    crops = _crops(grid, corners, 16)
+    assert crops.shape == (4, 256, 16, 16)
+    assert torch.equal(crops, gathered)
+    assert torch.equal(crops[1, :, 2, 5], grid[3 + 2, 48 + 5])  # token (x 53, y 5): row y, column x
 
 
 @pytest.mark.parametrize("with_mask", [False, True])

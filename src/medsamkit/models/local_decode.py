@@ -50,6 +50,12 @@ def _official_window_decode(model: SamFamilyModel, src: torch.Tensor, pos: torch
     return masks[:, sl], iou[:, sl]
 
 
+def _crops(grid: torch.Tensor, corners: list[list[int]], window: int) -> torch.Tensor:
+    """The ``window``^2 crops at top-left ``corners`` [[x, y], ...] of a token-major (g, g, C) grid, as (P, C, w, w)
+    views over (P, w, w, C) memory."""
+    return torch.stack([grid[y : y + window, x : x + window] for x, y in corners]).permute(0, 3, 1, 2)
+
+
 @torch.inference_mode()
 def decode_local(
     model: SamFamilyModel,
@@ -76,15 +82,13 @@ def decode_local(
         weight = (labels > 0).float()[..., None]
         centres = (coords * weight).sum(1) / weight.sum(1).clamp(min=1)
     start = _window_starts(centres / px_per_token, window, grid)  # (P, 2) x, y in tokens
-    ar = torch.arange(window, device=features.device)
-    iy = (start[:, 1, None] + ar)[:, :, None]
-    ix = (start[:, 0, None] + ar)[:, None, :]
     sparse, _ = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-    # Crops gathered token-major (each token's C channels one contiguous row), then viewed (P,C,w,w): the
-    # decoder's token-major layout is then a view, and the gather copies rows instead of single floats.
-    src = token_major(features)[0].permute(1, 2, 0)[iy, ix].permute(0, 3, 1, 2)
+    # Crops copied token-major (each token's C channels one contiguous row), then viewed (P,C,w,w): the
+    # decoder's token-major layout is then a view. Each crop is a slice (2-3x faster than one indexed gather).
+    corners = start.tolist()
+    src = _crops(token_major(features)[0].permute(1, 2, 0), corners, window)
     no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-    pos = model.dense_pe()[0].permute(1, 2, 0)[iy, ix].permute(0, 3, 1, 2)
+    pos = _crops(model.dense_pe()[0].permute(1, 2, 0), corners, window)
     origin = (start.float() * (model.mask_input_size[0] / grid / stride)).long()
     if model.use_fast_decoder and fast_decoder_supported(model.mask_decoder):
         # Same outputs as the official modules, in chunks of about as many image tokens as

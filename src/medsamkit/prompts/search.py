@@ -118,11 +118,17 @@ def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: Se
     clicks = np.asarray(clicks)
     positives, negatives = clicks[labels == 1], clicks[labels != 1]
     reach = settings.reach / cands.stride
-    # a positive click can be out of reach only where the farthest one is (clicks_inside 0)
+    # a positive click can be out of reach only where the farthest one is (clicks_inside 0); a lone one is exactly
+    # there, else each is measured
     far = features[:, FEATURES.index("clicks_inside")] == 0
-    broken = np.array([(sum(click_distance(m, p[None]) > reach for p in positives) if out else 0)
-                       + (~honours(m, negatives, np.zeros(len(negatives)))).sum()
-                       for m, out in zip(cands.masks, far)], dtype=np.float64)
+    if len(positives) == 1:
+        broken = far.astype(np.float64)
+    else:
+        broken = np.array([sum(click_distance(m, p[None]) > reach for p in positives) if out else 0
+                           for m, out in zip(cands.masks, far)], dtype=np.float64)
+    if len(negatives):  # a negative click inside a mask
+        xy = np.clip(negatives.astype(int), 0, np.array(cands.masks.shape[:0:-1]) - 1)
+        broken += cands.masks[:, xy[:, 1], xy[:, 0]].sum(1)
     features[broken > 0, FEATURES.index("click_depth")] = 0.0  # a candidate breaking a click has no depth
     return score_features(features, settings.ranker) - 10.0 * broken
 
