@@ -8,7 +8,9 @@ slices, written as NIfTI in a temporary folder)
 so that the protocol's slices are coronal (y) or sagittal (x) planes (the same voxels and spacing, the axes
 permuted, written as an nnU-Net folder of NIfTI files, CT window -1000..400 HU as the builtin): the engine's
 settings were chosen on the axial volumes, so these are its held-out 3D data.
-Runs `evaluate-volume --protocol cvpr25` (no embedding cache, so its seconds include every encoder pass) and
+Runs `evaluate-volume --protocol cvpr25` (no embedding cache, so its seconds include every encoder pass; ``--cache
+DIR`` reads and writes slice embeddings there, for trying engine changes in a minute instead of 2-14: the Dice, NSD
+and HD95 are the same, the seconds then leave out the encoder passes a cache hit saves) and
 `evaluate-volume --prompts box` through the public API and prints one JSON: per volume the protocol's steps, the
 slice-wise Dice / HD95, the targets (3D box Dice >= 0.9 x slice-wise, HD95 <= 2 x; after 5 clicks Dice >=
 slice-wise; the Dice-by-step curve never falls; < 90 s per class) and whether each is met. Beside it, the same
@@ -76,6 +78,7 @@ def main() -> None:
     ap.add_argument("--views", default="axial", help="comma list of axial, coronal, sagittal (the slicing plane; "
                     "other than axial: builtin:lung-gtv resliced, see above)")
     ap.add_argument("--results", default=None, help="also write the JSON here")
+    ap.add_argument("--cache", default=None, help="embedding cache folder (the seconds then leave out cached slices)")
     add_smoke(ap)
     args = ap.parse_args()
     views = [v.strip() for v in args.views.split(",") if v.strip()]
@@ -94,13 +97,13 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.perf_counter()
     proto = evaluate_volumes(EvaluateVolumeConfig(data=args.data, out=str(out / "protocol"), protocol="cvpr25",
-                                                  window=window, show_progress=False))
+                                                  window=window, cache=args.cache, show_progress=False))
     t_proto = time.perf_counter() - t0
     sw = evaluate_volumes(EvaluateVolumeConfig(data=args.data, out=str(out / "slicewise"), prompts="box",
-                                               window=window, show_progress=False))
+                                               window=window, cache=args.cache, show_progress=False))
     clicks_only = evaluate_volumes(EvaluateVolumeConfig(data=args.data, out=str(out / "protocol_clicks"),
                                                         protocol="cvpr25", start="clicks", window=window,
-                                                        show_progress=False))
+                                                        cache=args.cache, show_progress=False))
     steps = [r for r in _rows(out / "protocol" / "steps.csv")]
     classes = _rows(out / "protocol" / "classes.csv")
     slicewise = {r["volume"]: r for r in _rows(out / "slicewise" / "per_volume.csv")}
@@ -159,7 +162,10 @@ def report(volumes: list[dict], proto: dict, sw: dict, t_proto: float, args) -> 
         "seconds_per_class_lt_90": {"value": max(v["seconds_total"] for v in volumes), "met":
                                     max(v["seconds_total"] for v in volumes) < 90},
     }
+    if args.cache:  # cached slices are not encoded: the time target is not measured by such a run
+        targets["seconds_per_class_lt_90"]["met"] = None
     return {"data": args.data, "smoke": bool(args.smoke), "threads": args.threads, "load_avg": os.getloadavg(),
+            "embedding_cache": bool(args.cache),  # with a cache the seconds leave out the encoder passes it saved
             "machine": platform.processor() or platform.machine(), "seconds_protocol_run": round(t_proto, 1),
             "nsd": proto["nsd"], "hd95": proto["hd95"],
             "mean_dice_by_step": curve, "mean_nsd_surfel_2mm_by_step": [mean("nsd_surfel_2mm_by_step", k)
