@@ -96,14 +96,12 @@ def main() -> None:
     setup(threads=args.threads)  # the CLI's allocator setting and thread count
     out = Path(args.out)
     t0 = time.perf_counter()
-    proto = evaluate_volumes(EvaluateVolumeConfig(data=args.data, out=str(out / "protocol"), protocol="cvpr25",
-                                                  window=window, cache=args.cache, show_progress=False))
+    common = {"data": args.data, "window": window, "cache": args.cache, "show_progress": False}
+    proto = evaluate_volumes(EvaluateVolumeConfig(out=str(out / "protocol"), protocol="cvpr25", **common))
     t_proto = time.perf_counter() - t0
-    sw = evaluate_volumes(EvaluateVolumeConfig(data=args.data, out=str(out / "slicewise"), prompts="box",
-                                               window=window, cache=args.cache, show_progress=False))
-    clicks_only = evaluate_volumes(EvaluateVolumeConfig(data=args.data, out=str(out / "protocol_clicks"),
-                                                        protocol="cvpr25", start="clicks", window=window,
-                                                        cache=args.cache, show_progress=False))
+    sw = evaluate_volumes(EvaluateVolumeConfig(out=str(out / "slicewise"), prompts="box", **common))
+    clicks_only = evaluate_volumes(EvaluateVolumeConfig(out=str(out / "protocol_clicks"), protocol="cvpr25",
+                                                        start="clicks", **common))
     steps = [r for r in _rows(out / "protocol" / "steps.csv")]
     classes = _rows(out / "protocol" / "classes.csv")
     slicewise = {r["volume"]: r for r in _rows(out / "slicewise" / "per_volume.csv")}

@@ -313,6 +313,22 @@ def test_the_rankings_broken_clicks_count_every_click_the_candidate_breaks(predi
     assert {0, 1, 2} <= set(counted.tolist())  # candidates breaking none, one and two clicks: a real check
 
 
+def test_honours_a_stack_of_masks_as_each_mask_alone():
+    """``ranking.honours`` on masks (K, H, W) answers per mask and click what it answers for each mask alone,
+    clicks outside the image clamped to its border as for one mask; no clicks give (K, 0)."""
+    from medsamkit.prompts.ranking import honours
+
+    masks = np.zeros((3, 20, 30), dtype=bool)
+    masks[0, 2:8, 3:9] = masks[1, 10:, 20:] = True
+    clicks = np.array([[4.0, 5.0], [29.5, 19.2], [40.0, 25.0], [0.0, 0.0]])
+    labels = np.array([1, 0, 1, 0])
+    stacked = honours(masks, clicks, labels)
+    assert stacked.shape == (3, 4)
+    np.testing.assert_array_equal(stacked, [honours(m, clicks, labels) for m in masks])
+    assert stacked[1].tolist() == [False, False, True, True]  # (40, 25) clamps to the corner pixel, inside mask 1
+    assert honours(masks, np.zeros((0, 2)), np.zeros(0)).shape == (3, 0)
+
+
 def test_boxes_grown_from_the_image_content_do_not_vote_in_the_persistence():
     """Persistence is a candidate's mean IoU with the other voters' masks: two nested grown boxes framing the same
     blob do not make it persistent (``Candidates.voters``); every candidate, voter or not, is scored."""

@@ -104,13 +104,14 @@ def stability(logits: torch.Tensor, offset: float) -> np.ndarray:
 
 
 def honours(mask: np.ndarray, clicks: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per click (x, y in the mask's pixels), whether the mask agrees with it (positive inside, negative out)."""
+    """Per click (x, y in the mask's pixels), whether the mask agrees with it (positive inside, negative out);
+    for a stack of masks (..., H, W), per mask and click (..., N)."""
     if not len(clicks):
-        return np.zeros(0, dtype=bool)
+        return np.zeros(mask.shape[:-2] + (0,), dtype=bool)
     xy = np.asarray(clicks).astype(int)
-    xy[:, 0] = np.clip(xy[:, 0], 0, mask.shape[1] - 1)
-    xy[:, 1] = np.clip(xy[:, 1], 0, mask.shape[0] - 1)
-    inside = mask[xy[:, 1], xy[:, 0]]
+    xy[:, 0] = np.clip(xy[:, 0], 0, mask.shape[-1] - 1)
+    xy[:, 1] = np.clip(xy[:, 1], 0, mask.shape[-2] - 1)
+    inside = mask[..., xy[:, 1], xy[:, 0]]
     return inside == (np.asarray(labels) == 1)
 
 

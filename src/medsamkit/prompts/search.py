@@ -126,9 +126,7 @@ def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: Se
     else:
         broken = np.array([sum(click_distance(m, p[None]) > reach for p in positives) if out else 0
                            for m, out in zip(cands.masks, far)], dtype=np.float64)
-    if len(negatives):  # a negative click inside a mask
-        xy = np.clip(negatives.astype(int), 0, np.array(cands.masks.shape[:0:-1]) - 1)
-        broken += cands.masks[:, xy[:, 1], xy[:, 0]].sum(1)
+    broken += (~honours(cands.masks, negatives, np.zeros(len(negatives)))).sum(-1)  # a negative click inside a mask
     features[broken > 0, FEATURES.index("click_depth")] = 0.0  # a candidate breaking a click has no depth
     return score_features(features, settings.ranker) - 10.0 * broken
 
