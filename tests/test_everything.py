@@ -10,10 +10,10 @@ import torch
 
 from medsamkit.core.errors import InputError
 from medsamkit.models.local_decode import decode_local
+from medsamkit.prompts.boxes import box_iou
 from medsamkit.samaug import everything as ev
 from medsamkit.samaug import proposals
 from medsamkit.samaug.everything import EverythingConfig
-from medsamkit.samaug.nms import box_iou
 
 
 def test_stability_score_on_hand_made_logits():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from medsamkit.core.errors import InputError
-from medsamkit.samaug.nms import box_area, box_iou, crop_mask_iou, mask_nms, nms
+from medsamkit.prompts.boxes import box_area, box_iou
+from medsamkit.samaug.nms import crop_mask_iou, mask_nms, nms
 
 
 def brute_iou(a, b) -> float:

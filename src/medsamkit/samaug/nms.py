@@ -1,7 +1,7 @@
-"""Non-maximum suppression for mask proposals: box IoU, greedy NMS on boxes or on masks (no torchvision).
+"""Non-maximum suppression for mask proposals: greedy NMS on boxes or on masks (no torchvision).
 
-Boxes are ``[x0, y0, x1, y1]`` with INCLUSIVE pixel maxima (the project's convention), so a box covers
-``(x1 - x0 + 1) * (y1 - y0 + 1)`` pixels; a one-pixel box has area 1.
+Boxes are ``[x0, y0, x1, y1]`` with INCLUSIVE pixel maxima (the project's convention; their IoU is
+``prompts.boxes.box_iou``).
 """
 
 from __future__ import annotations
@@ -11,35 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medsamkit.core.errors import InputError
-
-
-def _as_boxes(boxes: object, what: str) -> np.ndarray:
-    arr = np.asarray(boxes, dtype=np.float64)
-    if arr.size == 0:
-        return arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise InputError(f"{what} must be (N, 4) [x0, y0, x1, y1] rows, got shape {arr.shape}")
-    if (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any():
-        raise InputError(f"{what}: a box has x1 < x0 or y1 < y0")
-    return arr
-
-
-def box_area(boxes: np.ndarray) -> np.ndarray:
-    """Pixel areas of inclusive boxes (N,4) -> (N,)."""
-    b = _as_boxes(boxes, "boxes")
-    return (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-
-
-def box_iou(a: object, b: object) -> np.ndarray:
-    """IoU matrix (N, M) between inclusive boxes a (N,4) and b (M,4)."""
-    a, b = _as_boxes(a, "boxes a"), _as_boxes(b, "boxes b")
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0 + 1, 0, None) * np.clip(y1 - y0 + 1, 0, None)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return inter / union
+from medsamkit.prompts.boxes import as_boxes, box_iou
 
 
 def greedy_nms(iou: np.ndarray, scores: object, iou_threshold: float) -> np.ndarray:
@@ -65,7 +37,7 @@ def greedy_nms(iou: np.ndarray, scores: object, iou_threshold: float) -> np.ndar
 
 def nms(boxes: object, scores: object, iou_threshold: float = 0.5) -> np.ndarray:
     """Indices of boxes kept by greedy NMS (highest score first, ties by index; suppress IoU > threshold)."""
-    b = _as_boxes(boxes, "boxes")
+    b = as_boxes(boxes, "boxes")
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(s) != len(b):
         raise InputError(f"{len(b)} boxes but {len(s)} scores")
@@ -82,7 +54,7 @@ def crop_mask_iou(
     Only pairs whose boxes overlap need pixel work; others are 0. ``pairs`` may restrict the work to a
     boolean (N, N) matrix of candidate pairs.
     """
-    b = _as_boxes(boxes, "boxes").astype(np.int64)
+    b = as_boxes(boxes, "boxes").astype(np.int64)
     n = len(b)
     areas = np.array([int(c.sum()) for c in crops], dtype=np.float64)
     out = np.eye(n, dtype=np.float64)
