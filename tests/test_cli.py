@@ -39,6 +39,19 @@ def test_segment_end_to_end(tmp_path, lung_png):
     assert dice(mask == 1, gtv) >= 0.75
 
 
+def test_segment_box_output_fit_fills_the_under_segmented_gtv(tmp_path, lung_png):
+    """--box-output fit: the CT slice's GTV box is answered by the output that fills it (closer to the truth)."""
+    path, gtv = lung_png
+    box = ",".join(str(int(v)) for v in tight_box(gtv))
+    masks = {}
+    for choice in ("single", "fit"):
+        out = tmp_path / f"{choice}.png"
+        res = CliRunner().invoke(main, ["segment", str(path), "--box", box, "--box-output", choice, "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        masks[choice] = read_label(out) == 1
+    assert dice(masks["fit"], gtv) > dice(masks["single"], gtv) + 0.03
+
+
 def test_segment_bad_box_is_one_line_exit_2(tmp_path, lung_png):
     path, _ = lung_png
     res = subprocess.run(

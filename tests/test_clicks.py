@@ -634,3 +634,41 @@ def test_the_iou_by_click_curve_does_not_fall(predictor, dsb, name):
     curve = np.mean([[iou(m, r.obj.mask_in(window)) for m in r.masks] for r in runs], axis=0)
     assert np.all(np.diff(curve) >= -0.005) and curve[-1] > curve[0], curve
     assert len(object_rngs(objects, mode, 0, key)) == len(objects)
+
+
+# --- which output answers a box alone (prompts.boxes) -------------------------------------------------------------
+def test_a_box_is_answered_by_the_output_that_fills_it_when_asked(predictor, lung_slice):
+    """On the largest GTV slice of builtin:lung-gtv pat_1 the single output under-segments inside the truth's tight
+    box; ``box_output="fit"`` answers with the multimask output that fills the box (closer to the truth), the
+    default keeps the single output, a box with clicks is not touched, and an unknown name is refused."""
+    from medsamkit.metrics import dice
+    from medsamkit.prompts import Prompt, tight_box
+    from medsamkit.prompts.boxes import box_fit
+
+    image, gtv = lung_slice
+    predictor.set_image(image, "lung")
+    box = tight_box(gtv)
+    single = ClickAnswerer(predictor, "search").answer([Prompt(box=box)]).masks[0, 0]
+    np.testing.assert_array_equal(single, predictor.predict(boxes=box[None]).masks[0, 0])
+    fitted = ClickAnswerer(predictor, "search", box_output="fit").answer([Prompt(box=box)])
+    assert fitted.masks.shape[:2] == (1, 1)
+    assert box_fit(fitted.masks[0, 0], box) > box_fit(single, box) + 0.05
+    assert dice(fitted.masks[0, 0], gtv) > dice(single, gtv) + 0.03
+    clicked = Prompt(box=box, points=np.array([[box[0] + 5, box[1] + 5]], np.float32), labels=np.array([0]))
+    native = ClickAnswerer(predictor, "native", box_output="fit")
+    np.testing.assert_array_equal(native.answer([clicked]).masks,
+                                  ClickAnswerer(predictor, "native").answer([clicked]).masks)
+    with pytest.raises(InputError, match="unknown box output 'widest'"):
+        ClickAnswerer(predictor, "search", box_output="widest")
+
+
+def test_evaluate_records_the_box_output_and_refuses_to_mix_them(tmp_path, small_folder, predictor):
+    from medsamkit.evaluation.config import EvaluateConfig
+    from medsamkit.evaluation.run import evaluate
+
+    cfg = EvaluateConfig(data=str(small_folder), out=str(tmp_path / "ev"), prompts="box", max_objects=3,
+                         max_images=1, baseline=False, show_progress=False, figures=False, box_output="fit")
+    assert evaluate(cfg, predictor)["box_output"] == "fit"
+    cfg.box_output = "single"
+    with pytest.raises(InputError, match="box_output differ"):
+        evaluate(cfg, predictor)

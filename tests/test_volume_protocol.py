@@ -14,6 +14,7 @@ import pytest
 from medsamkit.core.errors import InputError
 from medsamkit.io.volume_reader import read_label_volume, read_volume
 from medsamkit.metrics import dice
+from medsamkit.prompts.boxes import box_fit
 from medsamkit.prompts.ranking import FEATURES, FITTED_RANKER
 from medsamkit.prompts.search_settings import RANKING_FORMAT
 from medsamkit.volumes import (
@@ -23,7 +24,7 @@ from medsamkit.volumes import (
     evaluate_volumes,
     run_segment_volume,
 )
-from medsamkit.volumes.engine import Box3D, EngineSettings, VolumeEngine, box_fit, calibrated_box, parse_box3d
+from medsamkit.volumes.engine import Box3D, EngineSettings, VolumeEngine, calibrated_box, parse_box3d
 from medsamkit.volumes.protocol import challenge_click, class_row, click_auc
 from volume_crop import write_flipped_gtv
 

@@ -31,6 +31,7 @@ class SegmentConfig:
     multimask: bool = False
     clicks: str = "auto"  # how clicks become masks (prompts.clicks)
     click_ranker: str | None = None  # the click search's ranking from `medsamkit fit-clicks`
+    box_output: str = "single"  # which output answers a box alone: single, or fit (prompts.boxes)
 
 
 def segment_image(cfg: SegmentConfig) -> list[dict]:
@@ -43,7 +44,7 @@ def segment_image(cfg: SegmentConfig) -> list[dict]:
     device = select_device(cfg.device)
     predictor = Predictor(load_model(cfg.model, cfg.checkpoint, device))
     predictor.set_image(image, source=cfg.image)
-    answerer = ClickAnswerer(predictor, cfg.clicks, search_settings(cfg.click_ranker))
+    answerer = ClickAnswerer(predictor, cfg.clicks, search_settings(cfg.click_ranker), box_output=cfg.box_output)
     masks, iou, _ = answerer.answer(_prompts(cfg), cfg.multimask).best()
     label = np.zeros(masks.shape[1:], dtype=np.uint16 if len(masks) > 255 else np.uint8)
     for i, m in enumerate(masks):

@@ -7,6 +7,7 @@ import click
 from medsamkit.cli.group import main
 from medsamkit.cli.interrupt import print_report, run_batch
 from medsamkit.cli.options import (
+    box_output_option,
     build_config,
     cache_option,
     classes_option,
@@ -38,6 +39,7 @@ from medsamkit.cli.options import (
 @multimask_option
 @clicks_option
 @click_ranker_option
+@box_output_option
 @cache_option
 @classes_option
 @window_option

@@ -112,6 +112,14 @@ def click_ranker_option(fn):
                              "folder or ranking.json; default: the hand-set ranking)")(fn)
 
 
+def box_output_option(fn):
+    """--box-output: which of the model's outputs answers a box alone (prompts.boxes): single or fit."""
+    return click.option("--box-output", type=click.Choice(["single", "fit"]), default="single", show_default=True,
+                        help="which output answers a box alone: single (the single-mask output) or fit (the "
+                             "multimask output that fills the box clearly better, when one does; for box-only "
+                             "models that under-segment inside a tight box, README 'Which output answers a box')")(fn)
+
+
 def prompts_option(default: str):
     """--prompts: a comma list of prompt modes (box, box+K, jitter+K, center, randomN, iterN, box+iterN)."""
     return click.option("--prompts", default=default, show_default=True,

@@ -8,6 +8,7 @@ import click
 
 from medsamkit.cli.group import main
 from medsamkit.cli.options import (
+    box_output_option,
     build_config,
     click_ranker_option,
     clicks_option,
@@ -27,6 +28,7 @@ from medsamkit.cli.options import (
 @multimask_option
 @clicks_option
 @click_ranker_option
+@box_output_option
 @model_options
 def segment(**params):
     """Segment IMAGE with box and/or point prompts; prints per-prompt predicted IoU as JSON lines."""

@@ -15,7 +15,8 @@ TABLES = {"per_object": OBJECT_FIELDS, "per_image": IMAGE_FIELDS}
 # fields whose change makes earlier results in the same folder incomparable
 RESULT_KEYS = ("data", "prompts", "model", "model_sha256", "checkpoint", "seed", "min_area", "min_fraction",
                "tile_size", "tile_overlap", "multimask", "baseline", "window", "classes", "view_min_side",
-               "clicks", "click_ranker_sha256")  # a ranking is known by its content, wherever the file lies
+               "clicks", "click_ranker_sha256",  # a ranking is known by its content, wherever the file lies
+               "box_output")  # a folder from before box_output had the single output
 
 
 @dataclass
@@ -39,6 +40,7 @@ class EvaluateConfig:
     multimask: bool = False
     clicks: str = "auto"  # click strategy (prompts.clicks): auto, native or search
     click_ranker: str | None = None  # the search's ranking from `medsamkit fit-clicks` (its ranking.json)
+    box_output: str = "single"  # which output answers a box alone: single, or fit (prompts.boxes)
     baseline: bool = True
     save_masks: bool = False
     figures: bool = True

@@ -20,7 +20,7 @@ import numpy as np
 
 from medsamkit.core.errors import InputError
 from medsamkit.core.objects import ImageObject, Window, extract_objects, parse_classes
-from medsamkit.core.results import RunStore
+from medsamkit.core.results import RunStore, key_differences
 from medsamkit.core.seeds import name_key
 from medsamkit.core.tiling import plan_tiles, tile_size_for
 from medsamkit.evaluation.baseline import run_mode_baseline
@@ -39,7 +39,7 @@ def open_store(cfg: EvaluateConfig) -> RunStore:
     """The run folder of an evaluation (refuses one that holds another configuration)."""
     search_settings(cfg.click_ranker)  # a bad ranking file is refused before any image is run
     return RunStore(cfg.out, {**run_identity(cfg), **ranking_identity(cfg.click_ranker)}, TABLES, keys=RESULT_KEYS,
-                    case_field="image")
+                    differences=key_differences(RESULT_KEYS, {"box_output": "single"}), case_field="image")
 
 
 def _rows(case: Case, window: Window, mode: PromptMode, method: str, runs: list[ObjectRun],
@@ -112,7 +112,7 @@ def evaluate_case(case: Case, predictor: Predictor, modes: list[PromptMode], cfg
         embed_s += _embed(predictor, tile_img, f"{case.name}[{y0}:{y1},{x0}:{x1}]", cache)
         for mode in modes:
             runs = run_mode_model(predictor, tile_objs, window, mode, cfg.seed, key, cfg.multimask, cfg.clicks,
-                                  search)
+                                  search, cfg.box_output)
             decode_s += sum(sum(r.seconds) for r in runs)
             rows += _rows(case, window, mode, "model", runs, resolve_strategy(predictor.model, cfg.clicks))
             for r in runs if keep_masks else ():

@@ -7,7 +7,8 @@ mask prompt: the SAM protocol), ``search`` (clicks without a box are answered by
 each corrective click edits the previous answer where the click says it is wrong, with the model's own
 candidates), ``auto`` (for a fine-tuned run, the one its validation chose for its weights; else native
 for models trained with points, search for box-only ones). A prompt without points is answered by the
-model directly under every strategy, so box answers do not depend on it.
+model directly under every strategy, so box answers do not depend on it; ``box_output="fit"`` answers a box alone
+with the model's output that fills it best (``prompts.boxes.fitting_outputs``) instead of the single output.
 
 Under ``search`` an answer is defined by the prompt alone: a prompt with k clicks is the answer to its first
 k-1 clicks corrected by the last one (the answer to a box alone, or a search for the first clicks without a
@@ -28,6 +29,7 @@ from scipy import ndimage
 from medsamkit.core.errors import InputError
 from medsamkit.models.sam import CLICK_STRATEGIES
 from medsamkit.predictor import Prediction, Predictor, upscale_logits
+from medsamkit.prompts.boxes import BOX_OUTPUTS, fitting_outputs
 from medsamkit.prompts.corrections import (
     CorrectionSettings,
     bend,
@@ -73,9 +75,12 @@ class ClickAnswerer:
     """Answers prompts (boxes, clicks, both) on the predictor's current embedding with one click strategy."""
 
     def __init__(self, predictor: Predictor, strategy: str = "auto", settings: SearchSettings | None = None,
-                 corrections: CorrectionSettings | None = None) -> None:
+                 corrections: CorrectionSettings | None = None, box_output: str = "single") -> None:
         self.predictor = predictor
         self.strategy = resolve_strategy(predictor.model, strategy)
+        if box_output not in BOX_OUTPUTS:
+            raise InputError(f"unknown box output {box_output!r}; choose one of: {', '.join(BOX_OUTPUTS)}")
+        self.box_output = box_output  # "fit": a box alone is answered by the output that fills it (prompts.boxes)
         self.settings = settings or SearchSettings()
         self.corrections = corrections or CorrectionSettings()
         self._memory: OrderedDict[tuple, _Answer] = OrderedDict()
@@ -97,6 +102,9 @@ class ClickAnswerer:
             if mask_input is not None:
                 kwargs["mask_input"] = mask_input
             pred = self.predictor.predict(multimask=multimask, **kwargs)
+            if (self.box_output == "fit" and not multimask and mask_input is None and kwargs.get("points") is None
+                    and kwargs.get("boxes") is not None):
+                pred, _ = fitting_outputs(kwargs["boxes"], pred, self.predictor.predict(multimask=True, **kwargs))
             if self.strategy == "search":
                 self._follow_embedding()
                 for p, masks, iou in zip(prompts, pred.masks, pred.iou):

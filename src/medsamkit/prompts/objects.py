@@ -47,10 +47,11 @@ def object_rngs(objects: list[ImageObject], mode: PromptMode, seed: int, case_ke
 
 
 def predictor_batch(predictor: Predictor, multimask: bool = False, clicks: str = "auto",
-                    search: SearchSettings | None = None) -> BatchPredict:
+                    search: SearchSettings | None = None, box_output: str = "single") -> BatchPredict:
     """A session's ``predict_batch`` backed by the predictor's current embedding (best mask per prompt),
-    clicks answered by the ``clicks`` strategy (``prompts.clicks``; ``search``: the click search's settings)."""
-    answerer = ClickAnswerer(predictor, clicks, search)
+    clicks answered by the ``clicks`` strategy (``prompts.clicks``; ``search``: the click search's settings), a box
+    alone by the ``box_output`` (``prompts.boxes``)."""
+    answerer = ClickAnswerer(predictor, clicks, search, box_output=box_output)
 
     def predict(prompts: list[Prompt], mask_input: np.ndarray | None):
         masks, q, low = answerer.answer(prompts, multimask, mask_input).best()
@@ -72,6 +73,7 @@ def run_mode(objects: list[ImageObject], window: Window, mode: PromptMode, seed:
 
 def run_mode_model(predictor: Predictor, objects: list[ImageObject], window: Window, mode: PromptMode,
                    seed: int, case_key: int, multimask: bool = False, clicks: str = "auto",
-                   search: SearchSettings | None = None) -> list[ObjectRun]:
+                   search: SearchSettings | None = None, box_output: str = "single") -> list[ObjectRun]:
     """One prompt mode for all objects of one tile (the predictor holds the tile's embedding)."""
-    return run_mode(objects, window, mode, seed, case_key, predictor_batch(predictor, multimask, clicks, search))
+    return run_mode(objects, window, mode, seed, case_key,
+                    predictor_batch(predictor, multimask, clicks, search, box_output))

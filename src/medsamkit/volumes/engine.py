@@ -48,7 +48,7 @@ import numpy as np
 from medsamkit.core.errors import InputError
 from medsamkit.metrics import dice, iou
 from medsamkit.prompts import Prompt, tight_box
-from medsamkit.prompts.boxes import box_iou
+from medsamkit.prompts.boxes import FIT_MARGIN, fitting_outputs
 from medsamkit.prompts.clicks import ClickAnswerer, enforce
 from medsamkit.prompts.corrections import CorrectionSettings, disk_edit
 from medsamkit.prompts.search_settings import SearchSettings
@@ -98,11 +98,6 @@ def calibrated_box(box: np.ndarray, offset: np.ndarray, shape: tuple[int, int]) 
     return np.clip(moved, 0, np.array([w - 1, h - 1, w - 1, h - 1], dtype=np.float32))
 
 
-def box_fit(mask: np.ndarray, box: np.ndarray) -> float:
-    """How well an answer fills a box: the IoU of ``mask``'s tight box with ``box`` (x0, y0, x1, y1; 0: empty)."""
-    return float(box_iou(tight_box(mask)[None], np.asarray(box)[None])[0, 0]) if mask.any() else 0.0
-
-
 def parse_box3d(text: str) -> Box3D:
     """``'z_min,z_max,z,x0,y0,x1,y1'`` (voxel indices of the [z, y, x] array) -> a Box3D."""
     try:
@@ -138,7 +133,7 @@ class EngineSettings:
     # fits the given box best (box IoU) when it fits better than the single output's by more than this (None: the
     # single output always). A box-only model under-segments some objects inside their tight box (builtin:lung-gtv
     # pat_1: 4,620 px of a 5,689 px slice) where its larger multimask answer fills the box (docs/protocols.md)
-    head_margin: float | None = 0.05
+    head_margin: float | None = FIT_MARGIN
     # with a multimask output, re-propagation after a click stops where an answer grows past this x the slice it
     # came from (0: off): that output, larger by design, grew toward the object's tapering ends
     head_regrow: float = 1.0
@@ -226,15 +221,12 @@ class VolumeEngine:
         output whose answer's tight box fits ``box`` best, when it fits better than the single output's by more
         than ``head_margin``, else the single output (None)."""
         predictor = self.embedder.use(z)
-        masks, ious, _ = predictor.predict(boxes=box[None]).best()
+        single = predictor.predict(boxes=box[None])
         if self.settings.head_margin is None:
-            return masks[0], float(ious[0]), None
-        multi = predictor.predict(boxes=box[None], multimask=True)
-        fits = [box_fit(m, box) for m in (masks[0], *multi.masks[0])]
-        head = int(np.argmax(fits[1:]))
-        if fits[1 + head] > fits[0] + self.settings.head_margin:
-            return multi.masks[0, head], float(multi.iou[0, head]), head
-        return masks[0], float(ious[0]), None
+            return single.masks[0, 0], float(single.iou[0, 0]), None
+        pred, heads = fitting_outputs(box[None], single, predictor.predict(boxes=box[None], multimask=True),
+                                      self.settings.head_margin)
+        return pred.masks[0, 0], float(pred.iou[0, 0]), None if heads[0] < 0 else int(heads[0])
 
     def ended(self, mask: np.ndarray, predicted_iou: float, previous: np.ndarray) -> bool:
         """Whether an answer says the object has ended: under ``min_area`` px or ``min_iou`` predicted IoU, its area
