@@ -164,3 +164,25 @@ def test_a_click_without_a_box_gets_a_mask_on_the_box_only_model(client):
         scores.append(dice(masks[reply.json()["best"]], truth))
         client.post("/api/clear", json={"image": DSB})
     assert len(scores) >= 4 and np.median(scores) > 0.6, scores
+
+
+def test_box_output_fit_reaches_the_page_from_the_config(tmp_path, lung_slice):
+    """`annotate --box-output fit`: the page's box is answered by the output that fills it (the CT GTV slice, where
+    the single output under-segments), and the default keeps the single output."""
+    from medsamkit.io.images import to_uint8_rgb
+    from medsamkit.prompts import tight_box
+
+    image, gtv = lung_slice
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(to_uint8_rgb(image)).save(folder / "ct.png")
+    box = [float(v) for v in tight_box(gtv)]
+    scores = {}
+    for choice in ("single", "fit"):
+        ws = Workspace(AnnotateConfig(str(folder), out=str(tmp_path / choice), box_output=choice))
+        assert ws.segmenter._box_output == choice
+        client = TestClient(create_app(ws, None), base_url="http://127.0.0.1")
+        name = client.get("/api/info").json()["images"][0]["id"]
+        reply = client.post("/api/predict", json={"image": name, "box": box, "points": []}).json()
+        scores[choice] = dice(decode(reply["masks"][0]), gtv)
+    assert scores["fit"] > scores["single"] + 0.03

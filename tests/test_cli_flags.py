@@ -29,7 +29,7 @@ TABLE = {
     "--save-masks": {"evaluate", "evaluate-volume"},
     "--multimask": {"segment", "evaluate"},
     # which of the model's outputs answers a box alone (prompts.boxes)
-    "--box-output": {"segment", "evaluate"},
+    "--box-output": {"segment", "evaluate", "annotate"},
     # how clicks become masks (prompts.clicks): auto / native / search
     "--clicks": {"segment", "evaluate", "annotate", "evaluate-volume"},
     # the click search's ranking fitted by `fit-clicks`

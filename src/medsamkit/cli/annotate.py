@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from medsamkit.cli.group import main
-from medsamkit.cli.options import click_ranker_option, clicks_option, model_options, window_option
+from medsamkit.cli.options import (
+    box_output_option,
+    click_ranker_option,
+    clicks_option,
+    model_options,
+    window_option,
+)
 from medsamkit.core.errors import InputError
 
 
@@ -30,9 +36,10 @@ from medsamkit.core.errors import InputError
               help="also serve MONAI Label's API (3D Slicer, OHIF, QuPath) at the printed /monailabel/TOKEN/ URL")
 @clicks_option
 @click_ranker_option
+@box_output_option
 @model_options
 def annotate(source, out, host, port, class_names, no_token, three_slice, window, learn, learn_min_objects,
-             learn_budget, monailabel, clicks, click_ranker, model_name, checkpoint, device):
+             learn_budget, monailabel, clicks, click_ranker, box_output, model_name, checkpoint, device):
     """Annotate 2D images or volumes in a local web page (box + clicks, objects, propagation, autosave).
 
     FOLDER holds 2D images (optional labels/ to correct); any data SPEC works (builtin:dsb-nuclei). Volumes:
@@ -52,6 +59,7 @@ def annotate(source, out, host, port, class_names, no_token, three_slice, window
     names = [c.strip() for c in (class_names or "").split(",") if c.strip()]
     cfg = AnnotateConfig(source=source, out=out, model=model_name, checkpoint=checkpoint, device=device,
                          host=host, port=port, class_names=names, clicks=clicks, click_ranker=click_ranker,
+                         box_output=box_output,
                          token=not no_token, window=window, three_slice=three_slice, learn=learn,
                          learn_min_objects=learn_min_objects, learn_budget=learn_budget, monailabel=monailabel)
     try:

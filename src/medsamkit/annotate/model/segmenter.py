@@ -35,13 +35,13 @@ class Segmenter:
     """One model for the session: embeddings by view, answers to prompts, everything mode, class suggestions."""
 
     def __init__(self, model: SamFamilyModel, cache_folder: str | Path, identity: dict, keep: int = 16,
-                 clicks: str = "auto", search: SearchSettings | None = None) -> None:
+                 clicks: str = "auto", search: SearchSettings | None = None, box_output: str = "single") -> None:
         self._model = model.eval()
         self._identity = dict(identity)
         self.generation = 0  # counts hot swaps: answers of an earlier model must not prompt this one
         self.predictor = Predictor(model)
-        self._clicks, self._search = clicks, search
-        self._answerer = ClickAnswerer(self.predictor, clicks, search)
+        self._clicks, self._search, self._box_output = clicks, search, box_output
+        self._answerer = ClickAnswerer(self.predictor, clicks, search, box_output=box_output)
         self._cache = EmbeddingCache(cache_folder, model)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._futures: OrderedDict[ViewKey, Future] = OrderedDict()
@@ -52,11 +52,12 @@ class Segmenter:
 
     @classmethod
     def load(cls, name: str, checkpoint: str | None, device, cache_folder: str | Path,
-             clicks: str = "auto", search: SearchSettings | None = None) -> Segmenter:
+             clicks: str = "auto", search: SearchSettings | None = None, box_output: str = "single") -> Segmenter:
         """Load the model by registry name or fine-tuned run and open the cache; ``clicks``: the click
-        strategy (``prompts.clicks``), ``search``: the click search's settings (default: the hand-set)."""
+        strategy (``prompts.clicks``), ``search``: the click search's settings (default: the hand-set),
+        ``box_output``: which output answers a box alone (``prompts.boxes``)."""
         return cls(load_model(name, checkpoint, device), cache_folder, weights_identity(name, checkpoint),
-                   clicks=clicks, search=search)
+                   clicks=clicks, search=search, box_output=box_output)
 
     # --- what it serves ------------------------------------------------------------------------------
     @property
@@ -211,7 +212,7 @@ class Segmenter:
         predictor = Predictor(model)
         with self._decode, self._queue:
             self._model, self.predictor, self._identity = model, predictor, dict(identity)
-            self._answerer = ClickAnswerer(predictor, self._clicks, self._search)
+            self._answerer = ClickAnswerer(predictor, self._clicks, self._search, box_output=self._box_output)
             self._cache = EmbeddingCache(self._cache.folder, model)
             self.generation += 1
             if not same_encoder:

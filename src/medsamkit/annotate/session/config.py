@@ -19,6 +19,7 @@ class AnnotateConfig:
     port: int = 8765
     clicks: str = "auto"  # how clicks are answered: auto, native or search (prompts.clicks)
     click_ranker: str | None = None  # the click search's ranking from `medsamkit fit-clicks`
+    box_output: str = "single"  # which output answers a box alone: single, or fit (prompts.boxes)
     class_names: list[str] = field(default_factory=list)  # --class-names: the classes a person assigns
     token: bool = True
     window: str | None = None  # volumes: the model input's CT window (name or lo,hi); None: the SPEC's rule

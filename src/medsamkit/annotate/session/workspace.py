@@ -57,7 +57,8 @@ class Workspace(VolumeWork):
         self.launch = ModelLaunch(cfg.model, cfg.checkpoint, cfg.device)
         search = search_settings(cfg.click_ranker)
         self.segmenter = segmenter or Segmenter.load(cfg.model, cfg.checkpoint, cfg.device,
-                                                     self.files.embedding_folder, cfg.clicks, search)
+                                                     self.files.embedding_folder, cfg.clicks, search,
+                                                     cfg.box_output)
         self.classes = list(cfg.class_names) or self.segmenter.class_names
         self.states: dict[str, ImageAnnotation] = {}
         self.prompts: ClientViews[PromptSession] = ClientViews()
