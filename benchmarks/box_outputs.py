@@ -1,5 +1,5 @@
 """Which of the model's outputs answers a box best in 2D: the single output (what every 2D box prompt uses) against
-the multimask output whose answer's tight box fits the given box best (``prompts.boxes.box_fit``), taken when it
+the multimask output whose answer's tight box fits the given box best (``prompts.boxes.fitting_outputs``), taken when it
 fits better than the single output's by more than a margin (0, 0.05 as the 3D engine, 0.1), and the best output per
 object by Dice (an oracle). One box per object, the truth's tight box, the whole image encoded once (not evaluate's
 per-object windows, so the single output's Dice differs from evaluate's box rows). Tuning splits (GlaS train, the
@@ -29,7 +29,7 @@ from medsamkit.metrics import dice
 from medsamkit.models import load_model
 from medsamkit.predictor import Predictor
 from medsamkit.prompts import tight_box
-from medsamkit.prompts.boxes import box_fit
+from medsamkit.prompts.boxes import fitting_outputs
 from medsamkit.volumes import slice_input
 
 MARGINS = (0.0, 0.05, 0.1)
@@ -65,16 +65,13 @@ def run(predictor: Predictor, spec: str, limit: int | None, max_objects: int) ->
         boxes = np.stack([tight_box(m) for m in masks]).astype(np.float32)
         single, multi = predictor.predict(boxes=boxes), predictor.predict(boxes=boxes, multimask=True)
         for k, truth in enumerate(masks):
-            outputs = [single.masks[k, 0], *multi.masks[k]]
-            fits = [box_fit(o, boxes[k]) for o in outputs]
-            scores = [dice(o, truth) for o in outputs]
+            scores = [dice(o, truth) for o in (single.masks[k, 0], *multi.masks[k])]
             dices["single"].append(scores[0])
             dices["oracle"].append(max(scores))
-            best = 1 + int(np.argmax(fits[1:]))
-            for m in MARGINS:
-                taken = fits[best] > fits[0] + m
-                chose[m] += taken
-                dices[f"fit_margin_{m}"].append(scores[best] if taken else scores[0])
+        for m in MARGINS:
+            chosen, heads = fitting_outputs(boxes, single, multi, m)
+            chose[m] += int((heads >= 0).sum())
+            dices[f"fit_margin_{m}"] += [dice(c, t) for c, t in zip(chosen.masks[:, 0], masks)]
     count = len(dices["single"])
     return {"data": spec, "objects": count, **{k: round(float(np.mean(v)), 4) for k, v in dices.items()},
             "multimask_taken": {str(m): chose[m] for m in MARGINS}}

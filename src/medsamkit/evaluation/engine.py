@@ -39,7 +39,7 @@ def open_store(cfg: EvaluateConfig) -> RunStore:
     """The run folder of an evaluation (refuses one that holds another configuration)."""
     search_settings(cfg.click_ranker)  # a bad ranking file is refused before any image is run
     return RunStore(cfg.out, {**run_identity(cfg), **ranking_identity(cfg.click_ranker)}, TABLES, keys=RESULT_KEYS,
-                    differences=key_differences(RESULT_KEYS, {"box_output": "single"}), case_field="image")
+                    differences=key_differences(RESULT_KEYS, {"box_output": EvaluateConfig.box_output}), case_field="image")
 
 
 def _rows(case: Case, window: Window, mode: PromptMode, method: str, runs: list[ObjectRun],

@@ -215,7 +215,7 @@ def write_reports(out: Path, modes: list[PromptMode], cfg, mask_file=None) -> di
     used = sorted({r["clicks"] for r in rows if r.get("clicks")})
     summary["clicks"] = {"requested": cfg.clicks, "used": used,  # the click strategy (prompts.clicks)
                          "ranking": cfg.click_ranker or "default"}
-    summary["box_output"] = getattr(cfg, "box_output", "single")  # which output answered a box alone (prompts.boxes)
+    summary["box_output"] = cfg.box_output  # which output answered a box alone (prompts.boxes)
     figs = []
     if cfg.figures and plot_curves(summary, out / "figures" / "click_curve.png"):
         figs.append("figures/click_curve.png")

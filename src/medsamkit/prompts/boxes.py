@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from medsamkit.core.errors import InputError
-from medsamkit.predictor import Prediction
+from medsamkit.predictor import Prediction, Predictor
 from medsamkit.prompts.simulate import tight_box
 
 
@@ -69,3 +69,10 @@ def fitting_outputs(boxes: np.ndarray, single: Prediction, multi: Prediction, ma
             heads[k] = best
             masks[k, 0], iou[k, 0], low[k, 0] = multi.masks[k, best], multi.iou[k, best], multi.low_res_logits[k, best]
     return Prediction(masks, iou, low), heads
+
+
+def fitted_answer(predictor: Predictor, boxes: np.ndarray, margin: float = FIT_MARGIN) -> tuple[Prediction, np.ndarray]:
+    """``boxes`` (P, 4) answered on the predictor's embedding by the output that fills each best
+    (``fitting_outputs``): the chosen answers (P, 1, ...) and the output taken per box (-1: single)."""
+    return fitting_outputs(boxes, predictor.predict(boxes=boxes), predictor.predict(boxes=boxes, multimask=True),
+                           margin)

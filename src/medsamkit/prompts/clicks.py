@@ -29,7 +29,7 @@ from scipy import ndimage
 from medsamkit.core.errors import InputError
 from medsamkit.models.sam import CLICK_STRATEGIES
 from medsamkit.predictor import Prediction, Predictor, upscale_logits
-from medsamkit.prompts.boxes import BOX_OUTPUTS, fitting_outputs
+from medsamkit.prompts.boxes import BOX_OUTPUTS, fitted_answer
 from medsamkit.prompts.corrections import (
     CorrectionSettings,
     bend,
@@ -101,10 +101,10 @@ class ClickAnswerer:
             kwargs = stack_prompts(prompts)
             if mask_input is not None:
                 kwargs["mask_input"] = mask_input
-            pred = self.predictor.predict(multimask=multimask, **kwargs)
-            if (self.box_output == "fit" and not multimask and mask_input is None and kwargs.get("points") is None
-                    and kwargs.get("boxes") is not None):
-                pred, _ = fitting_outputs(kwargs["boxes"], pred, self.predictor.predict(multimask=True, **kwargs))
+            if self.box_output == "fit" and not multimask and set(kwargs) == {"boxes"}:  # a box alone
+                pred, _ = fitted_answer(self.predictor, kwargs["boxes"])
+            else:
+                pred = self.predictor.predict(multimask=multimask, **kwargs)
             if self.strategy == "search":
                 self._follow_embedding()
                 for p, masks, iou in zip(prompts, pred.masks, pred.iou):

@@ -48,7 +48,7 @@ import numpy as np
 from medsamkit.core.errors import InputError
 from medsamkit.metrics import dice, iou
 from medsamkit.prompts import Prompt, tight_box
-from medsamkit.prompts.boxes import FIT_MARGIN, fitting_outputs
+from medsamkit.prompts.boxes import FIT_MARGIN, fitted_answer
 from medsamkit.prompts.clicks import ClickAnswerer, enforce
 from medsamkit.prompts.corrections import CorrectionSettings, disk_edit
 from medsamkit.prompts.search_settings import SearchSettings
@@ -221,11 +221,10 @@ class VolumeEngine:
         output whose answer's tight box fits ``box`` best, when it fits better than the single output's by more
         than ``head_margin``, else the single output (None)."""
         predictor = self.embedder.use(z)
-        single = predictor.predict(boxes=box[None])
         if self.settings.head_margin is None:
+            single = predictor.predict(boxes=box[None])
             return single.masks[0, 0], float(single.iou[0, 0]), None
-        pred, heads = fitting_outputs(box[None], single, predictor.predict(boxes=box[None], multimask=True),
-                                      self.settings.head_margin)
+        pred, heads = fitted_answer(predictor, box[None], self.settings.head_margin)
         return pred.masks[0, 0], float(pred.iou[0, 0]), None if heads[0] < 0 else int(heads[0])
 
     def ended(self, mask: np.ndarray, predicted_iou: float, previous: np.ndarray) -> bool:
