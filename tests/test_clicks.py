@@ -176,13 +176,14 @@ def test_boxes_grown_from_the_image_content_frame_the_gland_a_random_click_is_on
 
 
 def test_a_corrective_click_searches_the_thing_under_it_without_grown_boxes(predictor, glands):
-    """The boxes grown from the image content serve a click's first search only: a corrective click's region
-    (``ClickAnswerer._thing_at``) is searched with the squares alone, so given the same mask before it, the default
-    and a search without grown boxes correct it alike, while their first answers differ."""
+    """The boxes grown from the image content and the edge term serve a click's first search only: a corrective
+    click's region (``ClickAnswerer._thing_at``) is searched with the squares alone, ranked without the image's
+    edges, so given the same mask before it, the default and a search without both correct it alike, while their
+    first answers differ."""
     image, labels, _ = glands[0]
     predictor.set_image(image)
     default = ClickAnswerer(predictor, "search")
-    squares = ClickAnswerer(predictor, "search", replace(SearchSettings(), similar=()))
+    squares = ClickAnswerer(predictor, "search", replace(SearchSettings(), similar=(), edge_weight=0.0))
     rng = np.random.default_rng(1)
     differ = corrected = 0
     for obj in [o for o in extract_objects(labels) if o.area >= 400][:8]:

@@ -59,6 +59,7 @@ def _ranking(path, **changes) -> str:
     ({"max_window": "wide"}, "max_window an integer"),
     ({"similar": "high"}, "similar must be a list of similarity thresholds"),
     ({"similar": [0.5, 1.5]}, "similar must be a list of similarity thresholds"),
+    ({"edge_weight": "strong"}, "edge_weight must be a number"),
 ])
 def test_a_ranking_file_that_is_not_one_is_refused_in_one_line(tmp_path, changes, says):
     path = _ranking(tmp_path / "ranking.json", **changes)
@@ -88,6 +89,9 @@ def test_a_ranking_file_may_set_the_candidate_boxes_and_the_search_decodes_them(
     # boxes grown from the image content: as the file says; none in a file written before them (fitted without)
     assert SearchSettings.from_file(_ranking(tmp_path / "grown.json", similar=[0.5])).similar == (0.5,)
     assert SearchSettings.from_file(tmp_path / "plain.json").similar == () != SearchSettings().similar
+    # the edge term likewise: as the file says, none in a file written before it (fitted without it)
+    assert SearchSettings.from_file(_ranking(tmp_path / "edges.json", edge_weight=0.25)).edge_weight == 0.25
+    assert SearchSettings.from_file(tmp_path / "plain.json").edge_weight == 0.0 != SearchSettings().edge_weight
     # the search asks exactly those squares first: the candidates of a click (no aspects) are the 5 squares
     pred = predictor.set_image(next(open_dataset("builtin:dsb-nuclei").cases()).image)
     emb = pred.embedding

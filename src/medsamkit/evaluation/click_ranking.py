@@ -96,7 +96,8 @@ def candidate_settings(cfg: ClickRankingConfig, ranker: tuple[float, ...] = ()) 
     """The search the fitted ranking is for: every candidate in one decode, squares off the click too (served
     with the default tightening of the best one, ``SearchSettings.tighten``, which the fit does not see); without
     the boxes grown from the image content (``SearchSettings.similar``): the fit was measured without them."""
-    return SearchSettings(ranker=ranker, offset=cfg.offset, reach=cfg.reach, refine_sides=0, tighten=0, similar=())
+    return SearchSettings(ranker=ranker, offset=cfg.offset, reach=cfg.reach, refine_sides=0, tighten=0, similar=(),
+                          edge_weight=0.0)
 
 
 def case_samples(predictor: Predictor, case: Case, index: int, cfg: ClickRankingConfig) -> list[Sample]:
@@ -123,7 +124,7 @@ def case_samples(predictor: Predictor, case: Case, index: int, cfg: ClickRanking
                 feats = ranking_features(cands, clicks * per_px, labels, per_px, full.reach, full.stability_offset)
                 broken = feats[:, DISTANCE] > full.reach / cands.stride
                 feats[broken, DEPTH] = 0.0  # as the search ranks: a candidate breaking a click has no depth
-                answer, _ = search(model, emb.features, emb.input_size, clicks, labels, default)
+                answer, _ = search(model, emb.features, emb.input_size, clicks, labels, default, predictor.image)
                 out.append(Sample(case.source, mode, feats, _view_iou(predictor, cands.logits, truth), broken,
                                   float(_view_iou(predictor, answer.logits[:1], truth)[0])))
     return out
@@ -233,7 +234,8 @@ def fit_click_ranking(cfg: ClickRankingConfig, predictor: Predictor | None = Non
                            refine_sides=2 if cfg.coarse_to_fine else 0)
     result = {"format": RANKING_FORMAT, "chosen": chosen, "features": list(FEATURES),
               "ranker": list(settings.ranker or HAND_RANKER), "offset": settings.offset, "reach": settings.reach,
-              "refine_sides": settings.refine_sides, "similar": list(settings.similar), "data": cfg.data, "images": index + 1,
+              "refine_sides": settings.refine_sides, "similar": list(settings.similar),
+              "edge_weight": settings.edge_weight, "data": cfg.data, "images": index + 1,
               "sources": len({s.group for s in samples}), "prompts": len(samples),
               "cross_validation": {"folds": cfg.folds, "by": "image or patient volume", "modes": folds,
                                    "mean_iou_gain": round(float(gain), 4)},

@@ -187,7 +187,7 @@ class ClickAnswerer:
         """The search's candidates for each (clicks, labels), with ``settings`` (default: the answerer's)."""
         frame, scale = self._frame()
         found = search_many(self.predictor.model, self.predictor.embedding.features, frame,
-                            [(c * scale, lab) for c, lab in clicks], settings or self.settings)
+                            [(c * scale, lab) for c, lab in clicks], settings or self.settings, self.predictor.image)
         return [cands for cands, _ in found]
 
     def _search_ahead(self, prompts: list[Prompt], multimask: bool) -> None:
@@ -267,12 +267,14 @@ class ClickAnswerer:
         half of a nucleus otherwise adds the cluster of nuclei around it). Without a box, a negative click's
         part keeps only the pixels nearer to it than to every positive click (``split_negatives``). The search
         here has no boxes grown from the image content (``SearchSettings.similar``): with them the 3D engine's
-        corrections lost on the axial lung volumes (docs/protocols.md "Boxes grown from the image content")."""
+        corrections lost on the axial lung volumes (docs/protocols.md "Boxes grown from the image content"); nor
+        the edge term (``SearchSettings.edge_weight``): with it the held-out corrections lost on GlaS and the lung
+        (docs/protocols.md "Edges under the outline")."""
         xy, label = prompt.points[-1], int(prompt.labels[-1])
         others = prompt.labels[:-1] != label
         clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
         labels = np.concatenate([[1], np.zeros(int(others.sum()), dtype=np.int32)])
-        cands = self._candidates(clicks, labels, replace(self.settings, similar=()))
+        cands = self._candidates(clicks, labels, replace(self.settings, similar=(), edge_weight=0.0))
         part = _component_at(self._to_view(self._sharp([(cands, [0])])[0])[0], xy)
         if label != 1:
             positives = prompt.points[prompt.labels == 1]

@@ -6,7 +6,8 @@ sides, then other aspect ratios at the best sides, each containing every positiv
 calls on the cached embedding, and keeping the candidate masks that contain every positive click and no negative
 one. They are ranked by the model's predicted IoU, the stability of their logits, how deep inside the mask the
 clicks lie, and how persistent the mask is across the other boxes (an object appears under many boxes, a blob of
-several objects or a part of one under few). Settings were chosen on GlaS train and MoNuSeg train
+several objects or a part of one under few); given the view's image, also by the image edges under their outline
+(``prompts.edges``). Settings were chosen on GlaS train and MoNuSeg train
 (docs/protocols.md "Clicks on box-only models"). ``SearchSettings.fitted()`` is a ranking fitted to those
 splits with squares off the clicks too: measured, not the default (it lost on CT).
 
@@ -24,6 +25,7 @@ from scipy import ndimage
 
 from medsamkit.models.local_decode import decode_local, window_tokens
 from medsamkit.models.sam import SamFamilyModel, last_derived
+from medsamkit.prompts.edges import boundary_edges, edge_map
 from medsamkit.prompts.ranking import (
     FEATURES,
     Candidates,
@@ -109,10 +111,12 @@ def sharpen(model: SamFamilyModel, features: torch.Tensor, chosen: list[tuple[Ca
 
 
 def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings,
-         per_px: float = 1.0, own: np.ndarray | None = None) -> np.ndarray:
+         per_px: float = 1.0, own: np.ndarray | None = None, edges: np.ndarray | None = None) -> np.ndarray:
     """Scores (K,) of the candidates for clicks (N, 2; sampled low-res px) with labels (N,): candidates that
     break a click (a negative inside, a positive farther than ``settings.reach``) rank below every one that
-    honours all, fewer broken clicks first. ``own``: their ``ranking.own_features`` when already known."""
+    honours all, fewer broken clicks first. ``own``: their ``ranking.own_features`` when already known; ``edges``:
+    the view's ``edges.edge_map`` in the candidates' (sampled) frame, which adds ``settings.edge_weight`` x the
+    mean edge under each outline (None: no image, no such term)."""
     labels = np.asarray(labels)
     features = ranking_features(cands, clicks, labels, per_px, settings.reach, settings.stability_offset, own)
     clicks = np.asarray(clicks)
@@ -128,23 +132,29 @@ def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: Se
                            for m, out in zip(cands.masks, far)], dtype=np.float64)
     broken += (~honours(cands.masks, negatives, np.zeros(len(negatives)))).sum(-1)  # a negative click inside a mask
     features[broken > 0, FEATURES.index("click_depth")] = 0.0  # a candidate breaking a click has no depth
-    return score_features(features, settings.ranker) - 10.0 * broken
+    scores = score_features(features, settings.ranker) - 10.0 * broken
+    if edges is not None and settings.edge_weight:
+        scores = scores + settings.edge_weight * boundary_edges(cands.masks, edges)
+    return scores
 
 
 def search(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int], clicks: np.ndarray,
-           labels: np.ndarray, settings: SearchSettings) -> tuple[Candidates, np.ndarray]:
+           labels: np.ndarray, settings: SearchSettings, image: np.ndarray | None = None
+           ) -> tuple[Candidates, np.ndarray]:
     """Candidates for clicks (N, 2; model-input px) with labels (N,), and their scores (K,), best first.
 
-    ``frame`` is the (h, w) of the image inside the model input. Needs at least one positive click."""
-    return search_many(model, features, frame, [(clicks, labels)], settings)[0]
+    ``frame`` is the (h, w) of the image inside the model input; ``image``: the view embedded (its edges rank the
+    candidates, ``prompts.edges``; None: not). Needs at least one positive click."""
+    return search_many(model, features, frame, [(clicks, labels)], settings, image)[0]
 
 
 def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int],
-                prompts: list[tuple[np.ndarray, np.ndarray]], settings: SearchSettings
-                ) -> list[tuple[Candidates, np.ndarray]]:
+                prompts: list[tuple[np.ndarray, np.ndarray]], settings: SearchSettings,
+                image: np.ndarray | None = None) -> list[tuple[Candidates, np.ndarray]]:
     """``search`` for several prompts (clicks, labels) at once: all their boxes in one batched decode (two
     when ``settings.refine_sides``: squares, then the other aspects at the best squares' sides)."""
     per_px = model.mask_input_size[0] / model.preprocessing.input_size
+    edges = _edges(model, frame, image, settings)
     sampled = [(clicks * per_px / settings.rank_stride, labels) for clicks, labels in prompts]
     positives = [clicks[labels == 1] for clicks, labels in prompts]
     others = tuple(a for a in settings.aspects if a != 1.0)
@@ -155,8 +165,8 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
         found = _decode(model, features, frame, [np.concatenate(b) for b in zip(fixed, grown)], settings,
                         [np.arange(len(f) + len(g)) < len(f) for f, g in zip(fixed, grown)])
         return _tightened(model, features, frame,
-                          [_ranked(c, clicks, labels, settings, per_px) for c, (clicks, labels) in zip(found, sampled)],
-                          sampled, settings)
+                          [_ranked(c, clicks, labels, settings, per_px, edges=edges)
+                           for c, (clicks, labels) in zip(found, sampled)], sampled, settings)
     squares, square_sides, fixed = zip(*(_squares(pos, frame, settings,
                                                   similar_boxes(model, features, pos, frame, settings))
                                          for pos in positives))
@@ -164,14 +174,14 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
     more, owns = [], []
     for pos, cands, sides, (clicks, labels) in zip(positives, first, square_sides, sampled):
         owns.append(own_features(cands, clicks, labels, per_px, settings.stability_offset))  # kept for the 2nd
-        scores = rank(cands, clicks, labels, settings, per_px, owns[-1])
+        scores = rank(cands, clicks, labels, settings, per_px, owns[-1], edges)
         best = np.argsort(-scores, kind="stable")[: settings.refine_sides]
         more.append(candidate_boxes(pos, frame, settings, sides=tuple(sides[best]), aspects=others))
     second = _decode(model, features, frame, more, settings)
     ranked = []
     for a, b, own, (clicks, labels) in zip(first, second, owns, sampled):
         own = np.concatenate([own, own_features(b, clicks, labels, per_px, settings.stability_offset)])
-        ranked.append(_ranked(_joined(a, b), clicks, labels, settings, per_px, own))
+        ranked.append(_ranked(_joined(a, b), clicks, labels, settings, per_px, own, edges))
     return _tightened(model, features, frame, ranked, sampled, settings)
 
 
@@ -304,11 +314,23 @@ def _decode(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int
 
 
 def _ranked(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings, per_px: float,
-            own: np.ndarray | None = None) -> tuple[Candidates, np.ndarray]:
-    """The candidates best first and their scores (clicks in low-res px; ``own`` as ``rank``'s)."""
-    scores = rank(cands, clicks, labels, settings, per_px, own)
+            own: np.ndarray | None = None, edges: np.ndarray | None = None) -> tuple[Candidates, np.ndarray]:
+    """The candidates best first and their scores (clicks in low-res px; ``own`` and ``edges`` as ``rank``'s)."""
+    scores = rank(cands, clicks, labels, settings, per_px, own, edges)
     order = np.argsort(-scores, kind="stable")
     return cands.take(order), scores[order]
+
+
+def _edges(model: SamFamilyModel, frame: tuple[int, int], image: np.ndarray | None, settings: SearchSettings
+           ) -> np.ndarray | None:
+    """The view's ``edges.edge_map`` in the search's (sampled) low-res frame; None without an image or weight."""
+    if image is None or not settings.edge_weight:
+        return None
+    m = model.mask_input_size[0]
+    per_px = m / model.preprocessing.input_size
+    edges = edge_map(image, (round(frame[0] * per_px), round(frame[1] * per_px)), m)
+    s = settings.rank_stride
+    return edges if s == 1 else edges[s // 2 :: s, s // 2 :: s]
 
 
 def distinct(masks: np.ndarray, count: int, max_iou: float) -> list[int]:

@@ -71,12 +71,17 @@ class SearchSettings:
     similar: tuple[float, ...] = (0.4, 0.6, 0.8)
     similar_margin: float = 2.0
     similar_grow: float = 0.2
+    # image edges under a candidate's outline (``prompts.edges``; searches given the view's image): this x their mean
+    # (1: the view's average edge) is added to the score; 0: none. Chosen on GlaS train and MoNuSeg train
+    # (docs/protocols.md "Edges under the outline")
+    edge_weight: float = 0.4
 
     @classmethod
     def fitted(cls, **changes) -> SearchSettings:
         """The fitted ranking with what it was fitted on: off-centre squares, clicks within 3 px inside, no boxes
-        grown from the image content."""
-        return cls(**{"ranker": FITTED_RANKER, "offset": 0.3, "reach": 3.0, "similar": (), **changes})
+        grown from the image content, no edge term."""
+        return cls(**{"ranker": FITTED_RANKER, "offset": 0.3, "reach": 3.0, "similar": (), "edge_weight": 0.0,
+                      **changes})
 
     @classmethod
     def from_file(cls, path: str | Path) -> SearchSettings:
@@ -120,8 +125,11 @@ class SearchSettings:
         similar = spec.get("similar", [])  # files written before the grown boxes were fitted without them
         if not isinstance(similar, list) or not all(isinstance(t, (int, float)) and -1 <= t < 1 for t in similar):
             raise InputError(f"{path}: similar must be a list of similarity thresholds in [-1, 1)")
+        edge_weight = spec.get("edge_weight", 0.0)  # files written before the edge term were fitted without it
+        if not isinstance(edge_weight, (int, float)) or not np.isfinite(edge_weight):
+            raise InputError(f"{path}: edge_weight must be a number")
         return cls(ranker=ranker, offset=offset, reach=reach, refine_sides=refine, similar=tuple(map(float, similar)),
-                   **boxes)
+                   edge_weight=float(edge_weight), **boxes)
 
     def __post_init__(self) -> None:
         if self.rank_stride not in (1, 2, 4):
