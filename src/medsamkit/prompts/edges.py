@@ -15,7 +15,9 @@ from skimage.transform import resize
 
 from medsamkit.prompts.walker import grey
 
-_LAST: list = []  # [(image, frame, size), edges]: a click session ranks many searches on one view
+# the last map made, (image, (h, w), size, edges), swapped whole (threads may search): a click session ranks many
+# searches on one view
+_LAST: list = [None]
 
 
 def edge_map(image: np.ndarray, frame: tuple[int, int], size: int) -> np.ndarray:
@@ -24,16 +26,16 @@ def edge_map(image: np.ndarray, frame: tuple[int, int], size: int) -> np.ndarray
     zero beyond, the Gaussian gradient magnitude of that over its mean on the image part (1: an average edge).
     The last map made is kept."""
     h, w = int(frame[0]), int(frame[1])
-    key = (image, (h, w), size)
-    if _LAST and _LAST[0][0] is image and _LAST[0][1:] == key[1:]:
-        return _LAST[1]
+    last = _LAST[0]
+    if last is not None and last[0] is image and last[1:3] == ((h, w), size):
+        return last[3]
     g = grey(image)
     frame_img = np.zeros((size, size), dtype=np.float32)
     small = resize(g, (h, w), preserve_range=True).astype(np.float32)
     frame_img[:h, :w] = small / max(float(small.std()), 1e-6)
     edges = ndimage.gaussian_gradient_magnitude(frame_img, 1.0)
     edges = edges / max(float(edges[:h, :w].mean()), 1e-6)
-    _LAST[:] = [key, edges]
+    _LAST[0] = (image, (h, w), size, edges)
     return edges
 
 
