@@ -63,7 +63,6 @@ def test_edge_map_peaks_on_the_step_of_an_image_and_averages_one():
     assert edges.shape == (128, 128)
     assert edges[:50, :100].mean() == pytest.approx(1.0)
     assert abs(int(np.argmax(edges[25, :90])) - 60) <= 1  # column 120 of 200 -> 60 of 100
-    assert edge_map(image, (50, 100), 128) is edges  # the last map is kept
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +74,14 @@ def nuclei(litemedsam):
     return predictor, case, objects
 
 
-def test_the_edge_term_adds_its_weight_times_the_outline_edges_to_the_scores(nuclei):
+def test_the_edge_term_adds_its_weight_times_the_outline_edges_to_the_scores(nuclei, monkeypatch):
     """Given the view's image, every candidate's score rises by ``edge_weight`` x its ``boundary_edges`` (one
-    decode, no tightening: the same candidates either way); without an image, or with weight 0, no term."""
+    decode, no tightening: the same candidates either way); without an image, or with weight 0, no term. The edge
+    map is made once per embedding, however many searches run on it."""
+    import medsamkit.prompts.search as search_module
+
+    made = []
+    monkeypatch.setattr(search_module, "edge_map", lambda *a: made.append(a) or edge_map(*a))
     predictor, case, objects = nuclei
     emb, scale = predictor.embedding, predictor.coordinate_scale()
     settings = SearchSettings(refine_sides=0, tighten=0)
@@ -95,6 +99,9 @@ def test_the_edge_term_adds_its_weight_times_the_outline_edges_to_the_scores(nuc
     assert not np.allclose(scores, [order[tuple(b)] for b in with_edges.boxes.tolist()])
     off, off_scores = search(*args, replace(settings, edge_weight=0.0), predictor.image)
     assert np.array_equal(off.boxes, plain.boxes) and np.allclose(off_scores, plain_scores)
+    other = np.argwhere(objects[1].mask(case.label.shape)).mean(0)[::-1][None].astype(np.float32) * scale
+    search(predictor.model, emb.features, emb.input_size, other, np.array([1]), settings, predictor.image)
+    assert len(made) == 1  # two searches with the image, one map
 
 
 @pytest.fixture(scope="module")

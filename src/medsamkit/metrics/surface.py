@@ -45,7 +45,8 @@ def _spacing(spacing: float | Sequence[float] | None, ndim: int) -> tuple[float,
     return tuple(float(v) for v in values)
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
+def surface_of(mask: np.ndarray) -> np.ndarray:
+    """The mask's surface: its pixels / voxels with a face neighbour outside it (beyond the array counts as outside)."""
     structure = ndimage.generate_binary_structure(mask.ndim, 1)
     return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
 
@@ -69,7 +70,7 @@ def surface_distances(
     # background for both masks, so distances and surfaces are unchanged while 3D volumes get cheap.
     box = ndimage.find_objects((p | t).astype(np.uint8))[0]
     p, t = p[box], t[box]
-    sp, st = _surface(p), _surface(t)
+    sp, st = surface_of(p), surface_of(t)
     to_truth = ndimage.distance_transform_edt(~st, sampling=sampling)[sp]
     to_pred = ndimage.distance_transform_edt(~sp, sampling=sampling)[st]
     return to_truth, to_pred

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -168,7 +169,8 @@ class SamFamilyModel(nn.Module):
 # products with only the requested masks formed. Equal to the official decoder up to float rounding.
 
 
-_DERIVED: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}  # name -> (embedding, its version, derived)
+Derived = TypeVar("Derived")  # what ``last_derived`` keeps: a tensor or an array
+_DERIVED: dict[str, tuple[torch.Tensor, int, object]] = {}  # name -> (embedding, its version, derived)
 
 
 def _version(t: torch.Tensor) -> int:
@@ -187,9 +189,9 @@ def token_major(features: torch.Tensor) -> torch.Tensor:
     return last_derived(features, "token_major", lambda f: f[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None])
 
 
-def last_derived(features: torch.Tensor, name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def last_derived(features: torch.Tensor, name: str, make: Callable[[torch.Tensor], Derived]) -> Derived:
     """``make(features)``, kept per ``name`` for the last embedding seen (the same tensor, not changed in place
-    since): an interactive session derives the same tensors from one embedding for many prompts."""
+    since): an interactive session derives the same tensors (or arrays) from one embedding for many prompts."""
     last = _DERIVED.get(name)
     if last is not None and last[0] is features and last[1] == _version(features):
         return last[2]

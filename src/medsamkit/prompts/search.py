@@ -111,12 +111,12 @@ def sharpen(model: SamFamilyModel, features: torch.Tensor, chosen: list[tuple[Ca
 
 
 def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings,
-         per_px: float = 1.0, own: np.ndarray | None = None, edges: np.ndarray | None = None) -> np.ndarray:
+         per_px: float = 1.0, own: np.ndarray | None = None, outline_edges: np.ndarray | None = None) -> np.ndarray:
     """Scores (K,) of the candidates for clicks (N, 2; sampled low-res px) with labels (N,): candidates that
     break a click (a negative inside, a positive farther than ``settings.reach``) rank below every one that
-    honours all, fewer broken clicks first. ``own``: their ``ranking.own_features`` when already known; ``edges``:
-    the view's ``edges.edge_map`` in the candidates' (sampled) frame, which adds ``settings.edge_weight`` x the
-    mean edge under each outline (None: no image, no such term)."""
+    honours all, fewer broken clicks first. ``own``: their ``ranking.own_features`` when already known;
+    ``outline_edges``: the mean image edge under each one's outline (``_outline_edges``), which adds
+    ``settings.edge_weight`` x it (None: no image, no such term)."""
     labels = np.asarray(labels)
     features = ranking_features(cands, clicks, labels, per_px, settings.reach, settings.stability_offset, own)
     clicks = np.asarray(clicks)
@@ -133,8 +133,8 @@ def rank(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: Se
     broken += (~honours(cands.masks, negatives, np.zeros(len(negatives)))).sum(-1)  # a negative click inside a mask
     features[broken > 0, FEATURES.index("click_depth")] = 0.0  # a candidate breaking a click has no depth
     scores = score_features(features, settings.ranker) - 10.0 * broken
-    if edges is not None and settings.edge_weight:
-        scores = scores + settings.edge_weight * boundary_edges(cands.masks, edges)
+    if outline_edges is not None:
+        scores = scores + settings.edge_weight * outline_edges
     return scores
 
 
@@ -154,7 +154,7 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
     """``search`` for several prompts (clicks, labels) at once: all their boxes in one batched decode (two
     when ``settings.refine_sides``: squares, then the other aspects at the best squares' sides)."""
     per_px = model.mask_input_size[0] / model.preprocessing.input_size
-    edges = _edges(model, frame, image, settings)
+    edges = _edges(model, features, frame, image, settings)
     sampled = [(clicks * per_px / settings.rank_stride, labels) for clicks, labels in prompts]
     positives = [clicks[labels == 1] for clicks, labels in prompts]
     others = tuple(a for a in settings.aspects if a != 1.0)
@@ -165,23 +165,25 @@ def search_many(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int,
         found = _decode(model, features, frame, [np.concatenate(b) for b in zip(fixed, grown)], settings,
                         [np.arange(len(f) + len(g)) < len(f) for f, g in zip(fixed, grown)])
         return _tightened(model, features, frame,
-                          [_ranked(c, clicks, labels, settings, per_px, edges=edges)
+                          [_ranked(c, clicks, labels, settings, per_px, outline_edges=_outline_edges(c, edges))
                            for c, (clicks, labels) in zip(found, sampled)], sampled, settings)
     squares, square_sides, fixed = zip(*(_squares(pos, frame, settings,
                                                   similar_boxes(model, features, pos, frame, settings))
                                          for pos in positives))
     first = _decode(model, features, frame, list(squares), settings, list(fixed))
-    more, owns = [], []
+    more, owns, outlines = [], [], []
     for pos, cands, sides, (clicks, labels) in zip(positives, first, square_sides, sampled):
         owns.append(own_features(cands, clicks, labels, per_px, settings.stability_offset))  # kept for the 2nd
-        scores = rank(cands, clicks, labels, settings, per_px, owns[-1], edges)
+        outlines.append(_outline_edges(cands, edges))  # likewise
+        scores = rank(cands, clicks, labels, settings, per_px, owns[-1], outlines[-1])
         best = np.argsort(-scores, kind="stable")[: settings.refine_sides]
         more.append(candidate_boxes(pos, frame, settings, sides=tuple(sides[best]), aspects=others))
     second = _decode(model, features, frame, more, settings)
     ranked = []
-    for a, b, own, (clicks, labels) in zip(first, second, owns, sampled):
+    for a, b, own, outline, (clicks, labels) in zip(first, second, owns, outlines, sampled):
         own = np.concatenate([own, own_features(b, clicks, labels, per_px, settings.stability_offset)])
-        ranked.append(_ranked(_joined(a, b), clicks, labels, settings, per_px, own, edges))
+        outline = None if outline is None else np.concatenate([outline, _outline_edges(b, edges)])
+        ranked.append(_ranked(_joined(a, b), clicks, labels, settings, per_px, own, outline))
     return _tightened(model, features, frame, ranked, sampled, settings)
 
 
@@ -314,23 +316,33 @@ def _decode(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int
 
 
 def _ranked(cands: Candidates, clicks: np.ndarray, labels: np.ndarray, settings: SearchSettings, per_px: float,
-            own: np.ndarray | None = None, edges: np.ndarray | None = None) -> tuple[Candidates, np.ndarray]:
-    """The candidates best first and their scores (clicks in low-res px; ``own`` and ``edges`` as ``rank``'s)."""
-    scores = rank(cands, clicks, labels, settings, per_px, own, edges)
+            own: np.ndarray | None = None, outline_edges: np.ndarray | None = None
+            ) -> tuple[Candidates, np.ndarray]:
+    """The candidates best first and their scores (clicks in low-res px; ``own`` and ``outline_edges`` as
+    ``rank``'s)."""
+    scores = rank(cands, clicks, labels, settings, per_px, own, outline_edges)
     order = np.argsort(-scores, kind="stable")
     return cands.take(order), scores[order]
 
 
-def _edges(model: SamFamilyModel, frame: tuple[int, int], image: np.ndarray | None, settings: SearchSettings
-           ) -> np.ndarray | None:
-    """The view's ``edges.edge_map`` in the search's (sampled) low-res frame; None without an image or weight."""
+def _edges(model: SamFamilyModel, features: torch.Tensor, frame: tuple[int, int], image: np.ndarray | None,
+           settings: SearchSettings) -> np.ndarray | None:
+    """The view's ``edges.edge_map`` in the search's (sampled) low-res frame; None without an image or weight. Made
+    once per embedding (``last_derived``: the image a predictor holds is the one its embedding embeds), as a click
+    session searches many times on one."""
     if image is None or not settings.edge_weight:
         return None
     m = model.mask_input_size[0]
     per_px = m / model.preprocessing.input_size
-    edges = edge_map(image, (round(frame[0] * per_px), round(frame[1] * per_px)), m)
+    edges = last_derived(features, "edge_map",
+                         lambda _: edge_map(image, (round(frame[0] * per_px), round(frame[1] * per_px)), m))
     s = settings.rank_stride
     return edges if s == 1 else edges[s // 2 :: s, s // 2 :: s]
+
+
+def _outline_edges(cands: Candidates, edges: np.ndarray | None) -> np.ndarray | None:
+    """The mean of ``edges`` (``_edges``) under each candidate's outline (K,); None without the map."""
+    return None if edges is None else boundary_edges(cands.masks, edges)
 
 
 def distinct(masks: np.ndarray, count: int, max_iou: float) -> list[int]:
