@@ -222,7 +222,10 @@ class ClickAnswerer:
             picks = self._picks(cands, multimask)
             found = (cands, picks, self._sharp([(cands, picks)])[0])
         cands, picks, logits = found
-        masks = [enforce(m, prompt.points, prompt.labels) for m in self._to_view(logits)]
+        views = self._to_view(logits)
+        if self.settings.clicked_parts:
+            views = [clicked_parts(m, prompt.points[prompt.labels == 1]) for m in views]
+        masks = [enforce(m, prompt.points, prompt.labels) for m in views]
         return _Answer(masks, [float(cands.iou[i]) for i in picks])
 
     def _correct(self, prompt: Prompt, mask: np.ndarray, iou: float) -> _Answer:
@@ -320,6 +323,14 @@ def _component_at(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
         return np.zeros_like(mask)
     labels, _ = ndimage.label(mask)
     return labels == labels[y, x]
+
+
+def clicked_parts(mask: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """The connected parts of ``mask`` holding a positive click (N, 2; x, y); ``mask`` itself where none does."""
+    labels, _ = ndimage.label(mask)
+    hit = {int(labels[y, x]) for x, y in (pixel_of(xy, mask.shape) for xy in np.asarray(positives).reshape(-1, 2))}
+    hit.discard(0)
+    return np.isin(labels, sorted(hit)) if hit else np.array(mask, dtype=bool, copy=True)
 
 
 def _nearer_part(part: np.ndarray, xy: np.ndarray, others: np.ndarray) -> np.ndarray:
