@@ -215,7 +215,7 @@ class ClickAnswerer:
     def _search(self, prompt: Prompt, multimask: bool,
                 found: tuple[Candidates, list[int], torch.Tensor] | None = None) -> _Answer:
         """Clicks without a box: the best distinct candidates of the search (three for multimask, else the
-        best), each made to honour the clicks. ``found``: the search already made (candidates, picks, their
+        best), each cut to its parts holding a positive click (``clicked_parts``) and made to honour the clicks. ``found``: the search already made (candidates, picks, their
         full logits)."""
         if found is None:
             cands = self._candidates(prompt.points, prompt.labels)
