@@ -215,8 +215,8 @@ class ClickAnswerer:
     def _search(self, prompt: Prompt, multimask: bool,
                 found: tuple[Candidates, list[int], torch.Tensor] | None = None) -> _Answer:
         """Clicks without a box: the best distinct candidates of the search (three for multimask, else the
-        best), each cut to its parts holding a positive click (``clicked_parts``) and made to honour the clicks. ``found``: the search already made (candidates, picks, their
-        full logits)."""
+        best), each cut to its parts holding a positive click (``clicked_parts``) and made to honour the clicks.
+        ``found``: the search already made (candidates, picks, their full logits)."""
         if found is None:
             cands = self._candidates(prompt.points, prompt.labels)
             picks = self._picks(cands, multimask)
@@ -278,7 +278,7 @@ class ClickAnswerer:
         clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
         labels = np.concatenate([[1], np.zeros(int(others.sum()), dtype=np.int32)])
         cands = self._candidates(clicks, labels, replace(self.settings, similar=(), edge_weight=0.0))
-        part = _component_at(self._to_view(self._sharp([(cands, [0])])[0])[0], xy)
+        part = _parts_at(self._to_view(self._sharp([(cands, [0])])[0])[0], xy)
         if label != 1:
             positives = prompt.points[prompt.labels == 1]
             if prompt.box is None and self.corrections.split_negatives and len(positives):
@@ -316,21 +316,20 @@ def _parent(prompt: Prompt) -> Prompt:
     return Prompt(prompt.box, prompt.points[:-1], prompt.labels[:-1])
 
 
-def _component_at(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """The connected part of ``mask`` holding pixel (x, y) (empty when the pixel is background)."""
-    x, y = pixel_of(xy, mask.shape)
-    if not mask[y, x]:
+def _parts_at(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The connected parts of ``mask`` holding any of the pixels ``points`` (N, 2; x, y); empty where none does."""
+    pixels = [pixel_of(xy, mask.shape) for xy in np.asarray(points).reshape(-1, 2)]
+    on = [(x, y) for x, y in pixels if mask[y, x]]
+    if not on:
         return np.zeros_like(mask)
     labels, _ = ndimage.label(mask)
-    return labels == labels[y, x]
+    return np.isin(labels, [labels[y, x] for x, y in on])
 
 
 def clicked_parts(mask: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """The connected parts of ``mask`` holding a positive click (N, 2; x, y); ``mask`` itself where none does."""
-    labels, _ = ndimage.label(mask)
-    hit = {int(labels[y, x]) for x, y in (pixel_of(xy, mask.shape) for xy in np.asarray(positives).reshape(-1, 2))}
-    hit.discard(0)
-    return np.isin(labels, sorted(hit)) if hit else np.array(mask, dtype=bool, copy=True)
+    parts = _parts_at(mask, positives)
+    return parts if parts.any() else np.array(mask, dtype=bool, copy=True)
 
 
 def _nearer_part(part: np.ndarray, xy: np.ndarray, others: np.ndarray) -> np.ndarray:
