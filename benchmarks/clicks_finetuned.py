@@ -1,13 +1,14 @@
 """Clicks on a decoder fine-tuned for points (issue 26): does ``--clicks auto`` serve the better of ``native``
 (the fine-tuned decoder reads the points) and ``search`` (boxes searched around the clicks, corrections by the
-model's own candidates)?
+model's own candidates)? ``mixed`` (clicks given together read by the decoder, each later click a search
+correction) is the third choice.
 
 Per dataset (MoNuSeg train -> test, GlaS train -> test A): one decoder-only run trained with the prompt modes
 below for ``--budget-cpu`` CPU seconds of steps (lr 1e-4: the PEFT table's choice), validated every epoch on a
-split of the training images; its validation runs the click modes under both strategies and saves the better
+split of the training images; its validation runs the click modes under every strategy and saves the best
 one (by mean click-mode Dice) with the weights (training.validate). Then the test images under
-``--clicks native``, ``search`` and ``auto``. Targets: auto's mean click-mode Dice >= the better of native and
-search on the test images (choice made on validation only).
+``--clicks native``, ``search``, ``mixed`` and ``auto``. Targets: auto's mean click-mode Dice >= the better of
+native and search on the test images (choice made on validation only).
 
 Prints JSON and writes benchmarks/results/clicks_finetuned.json. Resumable: each finished run and evaluation is
 kept in OUT/results.json and skipped on a rerun.
@@ -32,7 +33,7 @@ from medsamkit.evaluation.run import evaluate
 from medsamkit.training import FinetuneConfig
 from peft_table import EVAL_MODES, SPLITS, Table, mean_dice, run_training, validation_curve
 
-STRATEGIES = ("native", "search", "auto")
+STRATEGIES = ("native", "search", "mixed", "auto")
 CLICK_MODES = [m for m in EVAL_MODES.split(",") if m != "box"]
 SIZES = {"monuseg": {"test_images": 5, "eval_objects": 10}, "glas": {"test_images": 15, "eval_objects": 6}}
 
@@ -66,8 +67,8 @@ def _choice(out: Path, epoch: int) -> dict:
     """The click strategy the run's validation chose at ``epoch`` and both strategies' mean click Dice."""
     for row in read_rows(out / "metrics.csv"):
         if int(row["epoch"]) == epoch:
-            return {"clicks": row.get("clicks"), "native": float(row["val_clicks_native"]),
-                    "search": float(row["val_clicks_search"])}
+            return {"clicks": row.get("clicks"), **{s: float(row[f"val_clicks_{s}"]) for s in STRATEGIES[:-1]
+                                                    if row.get(f"val_clicks_{s}")}}
     return {}
 
 
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         got = {s: test(args, table, ds, s, str(args.out / run["best"]), test_dir) for s in STRATEGIES}
         better = max(got["native"]["click_mean"], got["search"]["click_mean"])
         checks[ds] = {"auto serves": got["auto"]["served"], "chosen on validation": run["chosen_at_best"],
-                      "auto >= better of native and search (mean click Dice)": got["auto"]["click_mean"] >= better}
+                      "auto >= better of native and search (mean click Dice)": got["auto"]["click_mean"] >= better,
+                      "auto >= best of native, search and mixed (mean click Dice)":
+                          got["auto"]["click_mean"] >= max(better, got["mixed"]["click_mean"])}
     table.put("checks", None, checks)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(table.doc, indent=2) + "\n")

@@ -30,7 +30,7 @@ TABLE = {
     "--multimask": {"segment", "evaluate"},
     # which of the model's outputs answers a box alone (prompts.boxes)
     "--box-output": {"segment", "evaluate", "annotate"},
-    # how clicks become masks (prompts.clicks): auto / native / search
+    # how clicks become masks (prompts.clicks): auto / native / search / mixed
     "--clicks": {"segment", "evaluate", "annotate", "evaluate-volume"},
     # the click search's ranking fitted by `fit-clicks`
     "--click-ranker": {"segment", "evaluate", "annotate", "evaluate-volume"},

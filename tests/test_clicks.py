@@ -20,7 +20,8 @@ from medsamkit.io.images import read_image, read_label
 from medsamkit.metrics import iou
 from medsamkit.models.sam import sample_logits
 from medsamkit.prompts import parse_mode
-from medsamkit.prompts.clicks import ClickAnswerer, clicked_parts, resolve_strategy
+from medsamkit.prompts.click_masks import clicked_parts, enforce
+from medsamkit.prompts.clicks import ClickAnswerer, resolve_strategy
 from medsamkit.prompts.corrections import (
     CorrectionSettings,
     CroppedSignedDistance,
@@ -439,6 +440,30 @@ def test_native_is_the_decoder_bit_for_bit(predictor, dsb):
     assert np.array_equal(box_only.masks, predictor.predict(boxes=box[None], multimask=True).masks)
 
 
+def test_mixed_reads_clicks_given_together_and_corrects_with_each_later_click(predictor, dsb):
+    """``mixed``: a prompt met first is the decoder's answer to all its clicks (made to honour them); a prompt
+    one click past a remembered answer, or given its parent, is the search strategy's correction of it."""
+    case, objects = dsb
+    predictor.set_image(case.image)
+    obj = objects[1]
+    rows, cols = np.nonzero(obj.mask(case.label.shape))
+    first = Prompt(points=[[cols[0] + 0.5, rows[0] + 0.5], [cols[-1] + 0.5, rows[-1] + 0.5]], labels=[1, 1])
+    mixed = ClickAnswerer(predictor, "mixed")
+    got = mixed.answer([first]).masks[0, 0]
+    read = predictor.predict(**stack_prompts([first])).masks[0, 0]
+    assert np.array_equal(got, enforce(read, first.points, first.labels))
+    later = first.with_click(np.array([cols[len(cols) // 2] + 0.5, rows[len(rows) // 2] + 0.5]), 0)
+    want = ClickAnswerer(predictor, "search").answer([later], parents=[(got, 0.5)]).masks[0, 0]
+    assert np.array_equal(mixed.answer([later]).masks[0, 0], want)  # the remembered answer, corrected
+    assert np.array_equal(ClickAnswerer(predictor, "mixed").answer([later], parents=[(got, 0.5)]).masks[0, 0], want)
+    # met first with all three clicks (no answer to its first two): the decoder reads all three
+    alone = ClickAnswerer(predictor, "mixed").answer([later]).masks[0, 0]
+    assert np.array_equal(alone, enforce(predictor.predict(**stack_prompts([later])).masks[0, 0], later.points,
+                                         later.labels))
+    x, y = later.points[-1]
+    assert not want[int(y), int(x)] and not alone[int(y), int(x)]
+
+
 def _first_corrections(predictor, glands, label: int) -> list[tuple[float, float, bool]]:
     """(IoU before, IoU after, click honoured) for glands whose first corrective click after the box
     (Mazurowski's rule: the centre of the largest error) has ``label``."""
@@ -520,7 +545,7 @@ def test_small_objects_corrected_without_a_box_get_the_walkers_boundary(predicto
     edit with its boundary placed by the random walker on the view's grey levels (``walker_refine``, then every click
     enforced); with a box, with the walker off, or with an embedding given without its image, it is the model's edit
     alone. (What it buys is measured by benchmarks/clicks.py: docs/protocols.md.)"""
-    from medsamkit.prompts.clicks import enforce
+    from medsamkit.prompts.click_masks import enforce
     from medsamkit.prompts.walker import walker_refine
 
     name = sorted((monuseg_root / "train" / "images").iterdir())[0].name

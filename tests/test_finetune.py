@@ -369,12 +369,12 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, two_sets):
 
 
 def test_validation_chooses_the_click_strategy_and_the_checkpoint_carries_it(two_sets, tmp_path):
-    # a run trained with clicks validates them natively and by the search; auto then serves the better one
+    # a run trained with clicks validates them natively, by the search and mixed; auto then serves the best one
     summary = finetune(_cfg(two_sets, tmp_path / "run", prompts="box,center", class_head=False, max_steps=2))
     row = summary["last"]
-    assert row["clicks"] in ("native", "search")
-    other = "search" if row["clicks"] == "native" else "native"
-    assert row[f"val_clicks_{row['clicks']}"] >= row[f"val_clicks_{other}"]
+    assert row["clicks"] in ("native", "search", "mixed")
+    other = "search" if row["clicks"] != "search" else "native"
+    assert all(row[f"val_clicks_{row['clicks']}"] >= row[f"val_clicks_{s}"] for s in ("native", "search", "mixed"))
     assert row["val_dice_center"] == pytest.approx(row[f"val_clicks_{row['clicks']}"], abs=1e-6)
     with (tmp_path / "run" / "metrics.csv").open() as fh:
         assert next(csv.DictReader(fh))["clicks"] == row["clicks"]
@@ -398,6 +398,11 @@ def test_the_chosen_strategy_is_the_one_with_the_higher_click_mean():
     assert (out["val_dice_box"], out["val_dice_center"], out["val_dice_iter2"]) == (0.9, 0.7, 0.5)
     dices[("iter2", "search")] = [0.4]  # a tie: native, the decoder's own reading of the clicks
     assert pick_clicks(dices, modes, ("native", "search"))["clicks"] == "native"
+    # mixed: the decoder's reading of clicks given at once, the search's corrections after
+    dices.update({("center", "mixed"): [0.5], ("iter2", "mixed"): [0.8]})
+    out = pick_clicks(dices, modes, ("native", "search", "mixed"))
+    assert out["clicks"] == "mixed" and out["val_clicks_mixed"] == pytest.approx(0.65)
+    assert (out["val_dice_center"], out["val_dice_iter2"]) == (0.5, 0.8)
 
 
 def _metric_rows(run) -> list[dict]:

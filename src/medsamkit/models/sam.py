@@ -57,7 +57,7 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 # how a model can answer clicks (``prompts.clicks``); a fine-tuned run records one as ``click_strategy``
-CLICK_STRATEGIES = ("native", "search")
+CLICK_STRATEGIES = ("native", "search", "mixed")
 
 
 class SamFamilyModel(nn.Module):

@@ -5,16 +5,19 @@ or the click search for models that only understand boxes (``prompts.search``).
 current embedding. Strategies: ``native`` (the decoder reads the points, the previous logits come back as the
 mask prompt: the SAM protocol), ``search`` (clicks without a box are answered by searching boxes around them;
 each corrective click edits the previous answer where the click says it is wrong, with the model's own
-candidates), ``auto`` (for a fine-tuned run, the one its validation chose for its weights; else native
-for models trained with points, search for box-only ones). A prompt without points is answered by the
+candidates), ``mixed`` (for models trained with points: clicks given together are read by the decoder, as
+``native``; a click after an answer corrects it, as ``search``), ``auto`` (for a fine-tuned run, the one its
+validation chose for its weights; else native for models trained with points, search for box-only ones). A prompt without points is answered by the
 model directly under every strategy, so box answers do not depend on it; ``box_output="fit"`` answers a box alone
 with the model's output that fills it best (``prompts.boxes.fitting_outputs``) instead of the single output.
 
 Under ``search`` an answer is defined by the prompt alone: a prompt with k clicks is the answer to its first
 k-1 clicks corrected by the last one (the answer to a box alone, or a search for the first clicks without a
 box). Answers are remembered per embedding, so a click session costs one correction per click; a prompt met
-for the first time is built click by click. Every click is honoured: the final mask holds each positive
-click and no negative one.
+for the first time is built click by click. Under ``mixed`` a prompt whose earlier clicks were answered on this
+embedding (or whose ``parents`` are given) is that answer corrected by its last click; any other is the
+decoder's answer to all its clicks: a session's corrections, clicks given at once. Every click is honoured
+(search, mixed): the final mask holds each positive click and no negative one.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from medsamkit.core.errors import InputError
 from medsamkit.models.sam import CLICK_STRATEGIES
 from medsamkit.predictor import Prediction, Predictor, upscale_logits
 from medsamkit.prompts.boxes import BOX_OUTPUTS, fitted_answer
+from medsamkit.prompts.click_masks import box_mask, clicked_parts, enforce, nearer_part, parts_at
 from medsamkit.prompts.corrections import (
     CorrectionSettings,
     bend,
@@ -37,7 +40,6 @@ from medsamkit.prompts.corrections import (
     distance_of,
     is_near,
     mask_radius,
-    pixel_of,
     region_edit,
 )
 from medsamkit.prompts.ranking import honours
@@ -105,22 +107,26 @@ class ClickAnswerer:
                 pred, _ = fitted_answer(self.predictor, kwargs["boxes"])
             else:
                 pred = self.predictor.predict(multimask=multimask, **kwargs)
-            if self.strategy == "search":
+            if self.strategy != "native":
                 self._follow_embedding()
                 for p, masks, iou in zip(prompts, pred.masks, pred.iou):
                     self._remember((prompt_signature(p), multimask), _box_answer(masks, iou))
             return pred
         self.predictor.check_prompts(**stack_prompts(prompts))
         for i, p in enumerate(prompts):
-            if p.box is None and not (p.labels == 1).any() and (parents is None or parents[i] is None):
+            if self.strategy == "search" and p.box is None and not (p.labels == 1).any() \
+                    and (parents is None or parents[i] is None):
                 raise InputError("clicks without a box need a positive click: a negative click alone marks "
                                  "nothing for this box-only model (click on the object, or draw a box)")
         self._follow_embedding()
-        if parents is None:
-            self._search_ahead(prompts, multimask)
         count = 3 if multimask else 1
-        answers = [self._answer_one(p, multimask, None if parents is None else parents[i])
-                   for i, p in enumerate(prompts)]
+        if self.strategy == "mixed":
+            answers = self._mixed(prompts, multimask, mask_input, parents)
+        else:
+            if parents is None:
+                self._search_ahead(prompts, multimask)
+            answers = [self._answer_one(p, multimask, None if parents is None else parents[i])
+                       for i, p in enumerate(prompts)]
         shape = self.predictor.embedding.original_size
         masks = np.zeros((len(prompts), count) + tuple(shape), dtype=bool)
         iou = np.zeros((len(prompts), count), dtype=np.float32)
@@ -129,6 +135,41 @@ class ClickAnswerer:
                 k = min(j, len(a.masks) - 1)
                 masks[i, j], iou[i, j] = a.masks[k], a.iou[k]
         return Prediction(masks, iou, self._pseudo_logits(masks), ranked=True)
+
+    # --- the mixed strategy ---------------------------------------------------------------------------
+    def _mixed(self, prompts: list[Prompt], multimask: bool, mask_input: np.ndarray | None,
+               parents: list[tuple[np.ndarray, float] | None] | None) -> list[_Answer]:
+        """Answers under ``mixed``: a prompt with ``parents`` or a remembered answer to its earlier clicks is that
+        answer corrected by its last click (``_correct``); the others are read by the decoder (batched, with
+        their rows of ``mask_input`` when given), made to honour their clicks. All are remembered."""
+        answers: list[_Answer | None] = [None] * len(prompts)
+        fresh = []
+        for i, p in enumerate(prompts):
+            key = (prompt_signature(p), multimask)
+            given = None if parents is None else parents[i]
+            before = self._memory.get((prompt_signature(_parent(p)), multimask)) if len(p.points) else None
+            if given is not None and len(p.points):
+                answers[i] = self._correct(p, np.asarray(given[0], dtype=bool), float(given[1]))
+            elif key in self._memory:
+                self._memory.move_to_end(key)
+                answers[i] = self._memory[key]
+            elif before is not None:
+                answers[i] = self._remember(key, self._correct(p, before.masks[0], before.iou[0]))
+            else:
+                fresh.append(i)
+        for boxed in (True, False):  # a batch of prompts has boxes in all or none
+            idx = [i for i in fresh if (prompts[i].box is not None) == boxed]
+            if not idx:
+                continue
+            kwargs = stack_prompts([prompts[i] for i in idx])
+            if mask_input is not None:
+                kwargs["mask_input"] = np.asarray(mask_input)[idx]
+            pred = self.predictor.predict(multimask=multimask, **kwargs)
+            for j, i in enumerate(idx):
+                p, read = prompts[i], _box_answer(pred.masks[j], pred.iou[j])
+                read.masks = [enforce(m, p.points, p.labels) for m in read.masks]
+                answers[i] = self._remember((prompt_signature(p), multimask), read)
+        return answers
 
     # --- the search strategy --------------------------------------------------------------------------
     def _follow_embedding(self) -> None:
@@ -278,18 +319,18 @@ class ClickAnswerer:
         clicks = np.concatenate([xy[None], prompt.points[:-1][others]])
         labels = np.concatenate([[1], np.zeros(int(others.sum()), dtype=np.int32)])
         cands = self._candidates(clicks, labels, replace(self.settings, similar=(), edge_weight=0.0))
-        part = _parts_at(self._to_view(self._sharp([(cands, [0])])[0])[0], xy)
+        part = parts_at(self._to_view(self._sharp([(cands, [0])])[0])[0], xy)
         if label != 1:
             positives = prompt.points[prompt.labels == 1]
             if prompt.box is None and self.corrections.split_negatives and len(positives):
-                part = _nearer_part(part, xy, positives)
+                part = nearer_part(part, xy, positives)
             return part
         if prompt.box is not None:
-            return part & _box_mask(prompt, mask.shape)
+            return part & box_mask(prompt, mask.shape)
         area = np.count_nonzero(mask)
         growth = self.corrections.max_growth
         if area and growth > 0 and np.count_nonzero(part) > growth * area:
-            part &= _box_mask(Prompt(tight_box(mask), prompt.points, prompt.labels), mask.shape)
+            part &= box_mask(Prompt(tight_box(mask), prompt.points, prompt.labels), mask.shape)
         return part
 
     def _pseudo_logits(self, masks: np.ndarray) -> np.ndarray:
@@ -314,59 +355,3 @@ def _box_answer(masks: np.ndarray, iou: np.ndarray) -> _Answer:
 
 def _parent(prompt: Prompt) -> Prompt:
     return Prompt(prompt.box, prompt.points[:-1], prompt.labels[:-1])
-
-
-def _parts_at(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """The connected parts of ``mask`` holding any of the pixels ``points`` (N, 2; x, y); empty where none does."""
-    pixels = [pixel_of(xy, mask.shape) for xy in np.asarray(points).reshape(-1, 2)]
-    on = [(x, y) for x, y in pixels if mask[y, x]]
-    if not on:
-        return np.zeros_like(mask)
-    labels, _ = ndimage.label(mask)
-    return np.isin(labels, [labels[y, x] for x, y in on])
-
-
-def clicked_parts(mask: np.ndarray, positives: np.ndarray) -> np.ndarray:
-    """The connected parts of ``mask`` holding a positive click (N, 2; x, y); ``mask`` itself where none does."""
-    parts = _parts_at(mask, positives)
-    return parts if parts.any() else np.array(mask, dtype=bool, copy=True)
-
-
-def _nearer_part(part: np.ndarray, xy: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """The pixels of ``part`` nearer to point ``xy`` than to every point of ``others`` (N, 2), all (x, y)."""
-    rows, cols = np.nonzero(part)
-    pix = np.stack([cols, rows], 1).astype(np.float32)
-    mine = ((pix - np.asarray(xy, dtype=np.float32)) ** 2).sum(1)
-    theirs = ((pix[:, None] - np.asarray(others, dtype=np.float32)[None]) ** 2).sum(2).min(1)
-    keep = mine < theirs
-    out = np.zeros_like(part)
-    out[rows[keep], cols[keep]] = True
-    return out
-
-
-def _box_mask(prompt: Prompt, shape: tuple[int, int]) -> np.ndarray:
-    """The prompt's box grown to hold its positive clicks, as a mask."""
-    x0, y0, x1, y1 = prompt.box
-    pos = prompt.points[prompt.labels == 1]
-    if len(pos):
-        x0, y0 = min(x0, pos[:, 0].min()), min(y0, pos[:, 1].min())
-        x1, y1 = max(x1, pos[:, 0].max()), max(y1, pos[:, 1].max())
-    out = np.zeros(shape, dtype=bool)
-    out[max(int(np.floor(y0)), 0) : int(np.ceil(y1)) + 1, max(int(np.floor(x0)), 0) : int(np.ceil(x1)) + 1] = True
-    return out
-
-
-def enforce(mask: np.ndarray, points: np.ndarray, labels: np.ndarray, radius: int = 1) -> np.ndarray:
-    """``mask`` made to honour every click: a disk of ``radius`` px added at positive clicks outside it and
-    removed at negative clicks inside it (later clicks win where disks overlap)."""
-    out = np.array(mask, dtype=bool, copy=True)
-    h, w = out.shape
-    for xy, lab in zip(np.asarray(points), np.asarray(labels)):
-        cx, cy = pixel_of(xy, out.shape)
-        if out[cy, cx] == (lab == 1):
-            continue
-        y0, y1, x0, x1 = max(cy - radius, 0), min(cy + radius + 1, h), max(cx - radius, 0), min(cx + radius + 1, w)
-        yy, xx = np.ogrid[y0:y1, x0:x1]
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius
-        out[y0:y1, x0:x1][disk] = lab == 1
-    return out

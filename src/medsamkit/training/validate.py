@@ -38,12 +38,12 @@ def _head_predictions(model: SamFamilyModel, predictor: Predictor, tile: TrainTi
     return logits.argmax(1).cpu().numpy()
 
 
-CHOOSE = "choose"  # validate the click modes under both strategies and report (and serve) the better
+CHOOSE = "choose"  # validate the click modes under every strategy and report (and serve) the best
 
 
 def trained_clicks(modes: list[PromptMode]) -> str:
-    """How a run's validation answers clicks: once trained with clicks, ``choose`` (native vs search; the
-    better one is saved with the weights and served by ``auto``), else as the model says (``auto``)."""
+    """How a run's validation answers clicks: once trained with clicks, ``choose`` (native, search or mixed; the
+    best one is saved with the weights and served by ``auto``), else as the model says (``auto``)."""
     return CHOOSE if any(m.n_points > 0 for m in modes) else "auto"
 
 
@@ -53,9 +53,9 @@ def validate(model: SamFamilyModel, tiles: list[TrainTile], cases: list[Case], m
     """Validation Dice per prompt mode (the evaluate engine's protocol, clicks answered by the ``clicks``
     strategy of ``prompts.clicks``) and per-class accuracy of the head.
 
-    ``clicks="choose"``: modes with clicks run under ``native`` and ``search``; they are reported under the
-    strategy with the higher mean Dice over those modes (``clicks``; both means as ``val_clicks_native`` and
-    ``val_clicks_search``)."""
+    ``clicks="choose"``: modes with clicks run under every strategy (``native``, ``search``, ``mixed``); they are
+    reported under the one with the highest mean Dice over those modes (``clicks``; each one's mean as
+    ``val_clicks_<strategy>``)."""
     strategies = CLICK_STRATEGIES if clicks == CHOOSE else (clicks,)
     predictor = Predictor(model, batch_size=64)
     dices: dict[tuple[str, str], list[float]] = {}
@@ -86,7 +86,7 @@ def validate(model: SamFamilyModel, tiles: list[TrainTile], cases: list[Case], m
 
 
 def pick_clicks(dices: dict[tuple[str, str], list[float]], modes: list[PromptMode], strategies: tuple[str, ...]) -> dict:
-    """``val_dice_<mode>`` under the strategy with the higher mean over the click modes (the first on a tie)."""
+    """``val_dice_<mode>`` under the strategy with the highest mean over the click modes (the first on a tie)."""
     def mean(values: list[float]) -> float:
         return float(np.mean(values)) if values else math.nan
 
@@ -108,7 +108,7 @@ def metric_columns(modes: list[PromptMode], validating: bool, class_head: bool) 
     """The columns of RUN/metrics.csv: one row per epoch (the order the first rows always had)."""
     val = [f"val_dice_{m.name}" for m in modes] + ["val_objects"] if validating else []
     if validating and trained_clicks(modes) == CHOOSE:
-        val += ["clicks", "val_clicks_native", "val_clicks_search"]
+        val += ["clicks", *(f"val_clicks_{s}" for s in CLICK_STRATEGIES)]
     if validating and class_head:
         val.append("val_class_accuracy")
     return ["epoch", "step", "train_loss", *val, "seconds"]

@@ -49,7 +49,8 @@ from medsamkit.core.errors import InputError
 from medsamkit.metrics import dice, iou
 from medsamkit.prompts import Prompt, tight_box
 from medsamkit.prompts.boxes import FIT_MARGIN, fitted_answer
-from medsamkit.prompts.clicks import ClickAnswerer, enforce
+from medsamkit.prompts.click_masks import enforce
+from medsamkit.prompts.clicks import ClickAnswerer
 from medsamkit.prompts.corrections import CorrectionSettings, disk_edit
 from medsamkit.prompts.search_settings import SearchSettings
 from medsamkit.volumes.slices import SliceEmbedder
@@ -126,7 +127,7 @@ class EngineSettings:
     reach: int = 3  # re-propagation after a click goes at most this many slices each way (0: no limit)
     slack: float = 0.5  # answers are kept inside the given box grown by this x its size each side (0: off)
     max_growth: float = 2.0  # a click's answer larger than this x the object's largest slice: a disk
-    clicks: str = "auto"  # prompts.clicks strategy: auto, native, search
+    clicks: str = "auto"  # prompts.clicks strategy: auto, native, search, mixed
     search: SearchSettings | None = None  # the click search's settings (default: the hand-set ranking)
     margin: float = 0.0  # px added on every side of each propagated box
     # the model's output that answers the object: on the box's slice, the multimask output whose answer's tight box

@@ -29,7 +29,7 @@ class ModelHost(Protocol):
 
     @property
     def click_strategy(self) -> str:
-        """How it answers clicks: ``native`` or ``search`` (``prompts.clicks``)."""
+        """How it answers clicks: ``native``, ``search`` or ``mixed`` (``prompts.clicks``)."""
 
     def swap(self, model: SamFamilyModel, identity: dict) -> None:
         """Serve ``model`` from now on."""

@@ -82,7 +82,8 @@ class Segmenter:
 
     @property
     def click_strategy(self) -> str:
-        """How clicks are answered: ``native`` (the decoder reads them) or ``search`` (``prompts.clicks``)."""
+        """How clicks are answered: ``native`` (the decoder reads them), ``search`` or ``mixed``
+        (``prompts.clicks``)."""
         return self._answerer.strategy
 
     @property
