@@ -53,8 +53,8 @@ MEMORY = 512  # answers remembered per embedding (a click session needs the prev
 
 
 def resolve_strategy(model: torch.nn.Module, requested: str = "auto") -> str:
-    """``native`` or ``search`` for ``model``: ``auto`` takes the one a fine-tuning run's validation chose
-    for its weights (``model.click_strategy``), else native for point-trained models, search for box-only."""
+    """``native``, ``search`` or ``mixed`` for ``model``: ``auto`` takes the one a fine-tuning run's validation
+    chose for its weights (``model.click_strategy``), else native for point-trained models, search for box-only."""
     if requested not in STRATEGIES:
         raise InputError(f"unknown click strategy {requested!r}; choose one of: {', '.join(STRATEGIES)}")
     if requested == "auto":
