@@ -94,9 +94,9 @@ class ClickAnswerer:
                parents: list[tuple[np.ndarray, float] | None] | None = None) -> Prediction:
         """Masks (P, C, H, W), predicted IoU (P, C) and low-res logits (P, C, m, m) for ``prompts``.
 
-        ``mask_input`` (P, 1, m, m): the previous logits (native strategy only). ``parents``: per prompt, the
-        mask the person kept of the previous answer and its predicted IoU (search; default: the remembered best
-        answer)."""
+        ``mask_input`` (P, 1, m, m): the previous logits (native; mixed: for the prompts the decoder reads).
+        ``parents``: per prompt, the mask the person kept of the previous answer and its predicted IoU (search,
+        mixed; default: the remembered best answer)."""
         if not prompts:
             raise InputError("no prompts to answer")
         if self.strategy == "native" or all(len(p.points) == 0 for p in prompts):
