@@ -64,7 +64,7 @@ def train(args, table: Table, ds: str, train_dir: Path) -> dict:
 
 
 def _choice(out: Path, epoch: int) -> dict:
-    """The click strategy the run's validation chose at ``epoch`` and both strategies' mean click Dice."""
+    """The click strategy the run's validation chose at ``epoch`` and each validated strategy's mean click Dice."""
     for row in read_rows(out / "metrics.csv"):
         if int(row["epoch"]) == epoch:
             return {"clicks": row.get("clicks"), **{s: float(row[f"val_clicks_{s}"]) for s in STRATEGIES[:-1]

@@ -98,7 +98,8 @@ def multimask_option(fn):
 
 def clicks_option(fn):
     """--clicks: how clicks become masks (prompts.clicks): auto, native, search or mixed."""
-    return click.option("--clicks", type=click.Choice(["auto", "native", "search", "mixed"]), default="auto", show_default=True,
+    return click.option("--clicks", type=click.Choice(["auto", "native", "search", "mixed"]), default="auto",
+                        show_default=True,
                         help="how clicks become masks: native (the decoder reads them), search (boxes searched "
                              "around them, corrections edit the mask; for box-only models), mixed (clicks given "
                              "together read by the decoder, each later click a search correction), auto (a "

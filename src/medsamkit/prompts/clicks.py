@@ -7,9 +7,10 @@ mask prompt: the SAM protocol), ``search`` (clicks without a box are answered by
 each corrective click edits the previous answer where the click says it is wrong, with the model's own
 candidates), ``mixed`` (for models trained with points: clicks given together are read by the decoder, as
 ``native``; a click after an answer corrects it, as ``search``), ``auto`` (for a fine-tuned run, the one its
-validation chose for its weights; else native for models trained with points, search for box-only ones). A prompt without points is answered by the
-model directly under every strategy, so box answers do not depend on it; ``box_output="fit"`` answers a box alone
-with the model's output that fills it best (``prompts.boxes.fitting_outputs``) instead of the single output.
+validation chose for its weights; else native for models trained with points, search for box-only ones). A
+prompt without points is answered by the model directly under every strategy, so box answers do not depend on
+it; ``box_output="fit"`` answers a box alone with the model's output that fills it best
+(``prompts.boxes.fitting_outputs``) instead of the single output.
 
 Under ``search`` an answer is defined by the prompt alone: a prompt with k clicks is the answer to its first
 k-1 clicks corrected by the last one (the answer to a box alone, or a search for the first clicks without a
@@ -147,13 +148,12 @@ class ClickAnswerer:
         for i, p in enumerate(prompts):
             key = (prompt_signature(p), multimask)
             given = None if parents is None else parents[i]
-            before = self._memory.get((prompt_signature(_parent(p)), multimask)) if len(p.points) else None
             if given is not None and len(p.points):
                 answers[i] = self._correct(p, np.asarray(given[0], dtype=bool), float(given[1]))
             elif key in self._memory:
                 self._memory.move_to_end(key)
                 answers[i] = self._memory[key]
-            elif before is not None:
+            elif len(p.points) and (before := self._memory.get((prompt_signature(_parent(p)), multimask))) is not None:
                 answers[i] = self._remember(key, self._correct(p, before.masks[0], before.iou[0]))
             else:
                 fresh.append(i)
