@@ -18,7 +18,7 @@ from medsamkit.core.seeds import name_key
 from medsamkit.io.datasets import open_dataset
 from medsamkit.io.images import read_image, read_label
 from medsamkit.metrics import iou
-from medsamkit.models.sam import sample_logits
+from medsamkit.models.fast_decode import sample_logits
 from medsamkit.prompts import parse_mode
 from medsamkit.prompts.click_masks import clicked_parts, enforce
 from medsamkit.prompts.clicks import ClickAnswerer, resolve_strategy
@@ -186,6 +186,10 @@ def test_the_clicked_parts_keep_the_components_a_positive_click_is_on():
     assert both.sum() == 18 and not both[10:12, 0:2].any()
     outside = clicked_parts(mask, np.array([[5.0, 5.0]]))  # a click on no part: the mask as it was
     assert np.array_equal(outside, mask) and outside is not mask
+    moved = np.zeros((14, 16), dtype=bool)
+    moved[2:, 4:] = mask  # the parts are labelled on the crop holding the mask: here away from the origin
+    part = clicked_parts(moved, np.array([[11.4, 8.6]]))
+    assert part.sum() == 9 and part[8:11, 10:13].all()
 
 
 @pytest.mark.parametrize("name, label, click", [("train_1.png", 6, (588, 276)), ("train_13.png", 3, (93, 331))])

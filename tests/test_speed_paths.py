@@ -9,7 +9,7 @@ from torch import nn
 
 from medsamkit.core.objects import extract_objects
 from medsamkit.io.images import read_image, read_label
-from medsamkit.models.sam import fast_decoder_supported
+from medsamkit.models.fast_decode import fast_decoder_supported
 from medsamkit.predictor import Predictor
 
 LOGIT_TOL = 1e-3  # measured ~5e-5 on 32 boxes: float re-association only
@@ -149,7 +149,7 @@ def test_window_crops_are_the_tokens_of_the_window():
 def test_fast_decode_all_tokens_equals_official(litemedsam, predictor, tile, with_mask):
     """multimask=None (the ONNX graph): every mask token and IoU, with image tokens shared by all prompts
     (box only) or per prompt (mask input), equals the official decoder's predict_masks."""
-    from medsamkit.models.sam import fast_mask_decode
+    from medsamkit.models.fast_decode import fast_mask_decode
 
     emb = predictor.embedding.features
     boxes = torch.from_numpy(tile[1][:5] * 1.0).float()
@@ -268,8 +268,8 @@ def test_token_major_copy_follows_the_embedding():
 def test_sampled_decode_forms_exactly_every_stride_th_logit(predictor, tile, stride):
     """The click search ranks on sampled logits: the strided upscaling gives the full decoders' logits at
     pixels s*i + s//2 (whole embedding, windows, and the official modules' path), corners in sampled pixels."""
+    from medsamkit.models.fast_decode import sample_logits
     from medsamkit.models.local_decode import decode_local
-    from medsamkit.models.sam import sample_logits
 
     model, emb = predictor.model, predictor.embedding.features
     boxes = torch.from_numpy(tile[1][:4] * 1.0).float()
@@ -306,3 +306,41 @@ def test_unit_tokens_follow_the_embedding_and_keep_the_token_major_copy():
     flipped = token_features(a)
     assert torch.allclose(flipped[:, 0, 0], -ua[:, 0, 0]) and torch.allclose(flipped[:, 1:], ua[:, 1:])
     assert torch.equal(token_major(a), a)
+
+
+@pytest.mark.parametrize("chunk", [8, 1])
+def test_grouped_window_decode_equals_each_size_decoded_alone(predictor, tile, chunk):
+    """decode_windows decodes boxes of several window sizes (and the whole embedding) in grouped passes: each box's
+    logits and IoU equal its size decoded alone (decode_local, the full decoder) and the official decoder's; with
+    a token budget of one whole embedding per pass (chunk 1) the sizes go in several passes, the same answers."""
+    from medsamkit.models.local_decode import decode_local, decode_windows
+
+    model, emb = predictor.model, predictor.embedding.features
+    boxes = torch.from_numpy(tile[1][:7] * np.tile(predictor.coordinate_scale(), 2)).float()  # nuclei, model px
+    windows = np.array([16, 24, 40, 64, 16, 24, 64])
+    chunk_before = model.decode_chunk
+    try:
+        model.decode_chunk = chunk
+        grouped = decode_windows(model, emb, boxes, windows)
+        model.use_fast_decoder = False
+        official = decode_windows(model, emb, boxes, windows)
+    finally:
+        model.decode_chunk, model.use_fast_decoder = chunk_before, True
+    full = [[3, 6]] if chunk == 8 else [[3], [6]]  # one pass holds one whole embedding's tokens at chunk 1
+    assert [(low.shape[-1] // 4, idx.tolist()) for idx, low, *_ in grouped] == \
+        [(16, [0, 4]), (24, [1, 5]), (40, [2])] + [(64, f) for f in full]
+    ref = {int(i): (low[j], iou[j], origin[j]) for idx, low, iou, origin in official for j, i in enumerate(idx)}
+    masked = 0
+    for idx, low, iou, origin in grouped:
+        w = low.shape[-1] // 4
+        if w == emb.shape[-1]:
+            alone, alone_iou = model.decode(emb, None, boxes[idx], None, False)
+        else:
+            alone, alone_iou, alone_origin = decode_local(model, emb, boxes[idx], None, w, False)
+            assert torch.equal(origin, alone_origin)
+        assert (low - alone).abs().max().item() < 1e-4 and (iou - alone_iou).abs().max().item() < 1e-5
+        for j, i in enumerate(idx.tolist()):
+            assert (low[j] - ref[i][0]).abs().max().item() < LOGIT_TOL
+            assert (iou[j] - ref[i][1]).abs().max().item() < 1e-4 and torch.equal(origin[j], ref[i][2])
+        masked += (low > 0).flatten(1).any(1).sum().item()
+    assert masked >= 5  # real masks, not equal empty outputs

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from medsamkit.core.errors import InputError
-from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode
+from medsamkit.models.fast_decode import fast_decoder_supported, fast_mask_decode
+from medsamkit.models.sam import SamFamilyModel
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"

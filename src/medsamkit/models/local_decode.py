@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medsamkit.models.sam import (
-    SamFamilyModel,
+from medsamkit.models.fast_decode import (
+    DecodeGroup,
+    decode_groups,
     fast_decoder_supported,
     fast_mask_decode_chunked,
     sample_logits,
-    token_major,
 )
+from medsamkit.models.sam import SamFamilyModel, token_major
 
 
 def window_tokens(sides: np.ndarray, factor: float = 2.0, minimum: int = 16) -> np.ndarray:
@@ -70,26 +71,19 @@ def decode_local(
 
     Returns low-res logits (P,C,4w,4w), IoU (P,C) and the windows' top-left corners in low-res pixels
     (P, 2) as (x, y). A window is centred on the box (or the positive points) and shifted inside the grid.
-    ``stride`` 2 or 4: only every s-th logit per axis (``models.sam.sample_logits``), corners in those units.
+    ``stride`` 2 or 4: only every s-th logit per axis (``models.fast_decode.sample_logits``), corners in those units.
     """
     grid = features.shape[-1]
     window = min(window, grid)
-    px_per_token = model.preprocessing.input_size / grid
     if boxes is not None:
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     else:
         coords, labels = points
         weight = (labels > 0).float()[..., None]
         centres = (coords * weight).sum(1) / weight.sum(1).clamp(min=1)
-    start = _window_starts(centres / px_per_token, window, grid)  # (P, 2) x, y in tokens
     sparse, _ = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-    # Crops copied token-major (each token's C channels one contiguous row), then viewed (P,C,w,w): the
-    # decoder's token-major layout is then a view. Each crop is a slice (2-3x faster than one indexed gather).
-    corners = start.tolist()
-    src = _crops(token_major(features)[0].permute(1, 2, 0), corners, window)
+    src, pos, origin = _window_crops(model, features, centres, window, stride)
     no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-    pos = _crops(model.dense_pe()[0].permute(1, 2, 0), corners, window)
-    origin = (start.float() * (model.mask_input_size[0] / grid / stride)).long()
     if model.use_fast_decoder and fast_decoder_supported(model.mask_decoder):
         # Same outputs as the official modules, in chunks of about as many image tokens as
         # SamFamilyModel.decode holds at once.
@@ -99,3 +93,69 @@ def decode_local(
         return logits, iou, origin
     logits, iou = _official_window_decode(model, src, pos, sparse, no_mask, multimask)
     return sample_logits(logits, stride), iou, origin
+
+
+def _window_crops(model: SamFamilyModel, features: torch.Tensor, centres: torch.Tensor, window: int, stride: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``window``^2-token crops of the embedding and of the positional encoding centred on ``centres`` (P, 2;
+    model-input px) and shifted inside the grid, (P,C,w,w) each, and their top-left corners in low-res pixels
+    sampled every ``stride`` (P, 2) as (x, y)."""
+    grid = features.shape[-1]
+    start = _window_starts(centres / (model.preprocessing.input_size / grid), window, grid)  # (P, 2) in tokens
+    # Crops copied token-major (each token's C channels one contiguous row), then viewed (P,C,w,w): the
+    # decoder's token-major layout is then a view. Each crop is a slice (2-3x faster than one indexed gather).
+    corners = start.tolist()
+    src = _crops(token_major(features)[0].permute(1, 2, 0), corners, window)
+    pos = _crops(model.dense_pe()[0].permute(1, 2, 0), corners, window)
+    return src, pos, (start.float() * (model.mask_input_size[0] / grid / stride)).long()
+
+
+@torch.inference_mode()
+def decode_windows(model: SamFamilyModel, features: torch.Tensor, boxes: torch.Tensor, windows: np.ndarray,
+                   stride: int = 1) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Single-mask decode of boxes (P, 4; model-input frame) each on a window of ``windows`` (P,) tokens around
+    it (as large as the grid or larger: the whole embedding). Per window size, ascending (split in parts where its
+    boxes exceed one pass): the boxes' indices, low-res logits (P_g,1,4w/s,4w/s), IoU (P_g,1) and the windows'
+    top-left corners in low-res pixels (P_g, 2).
+
+    With the fast decoder every size goes in one grouped pass (``fast_decode.decode_groups``; passes of about
+    as many image tokens as ``SamFamilyModel.decode`` holds at once), else one decode per size.
+    """
+    grid = features.shape[-1]
+    windows = np.minimum(np.asarray(windows), grid)
+    sizes = [(int(w), np.nonzero(windows == w)[0]) for w in np.unique(windows)]
+    if not (model.use_fast_decoder and fast_decoder_supported(model.mask_decoder)):
+        out = []
+        for w, idx in sizes:
+            if w >= grid:
+                low, q = model.decode(features, None, boxes[idx], None, False, stride)
+                out.append((idx, low, q, torch.zeros(len(idx), 2, dtype=torch.long)))
+            else:
+                out.append((idx, *decode_local(model, features, boxes[idx], None, w, False, stride)))
+        return out
+    budget = model.decode_chunk * grid * grid  # image tokens per pass
+    pieces = [(w, idx[i : i + max(1, budget // (w * w))]) for w, idx in sizes
+              for i in range(0, len(idx), max(1, budget // (w * w)))]
+    passes: list[list[tuple[int, np.ndarray]]] = []
+    for w, idx in pieces:
+        if passes and sum(len(i) * v * v for v, i in passes[-1]) + len(idx) * w * w <= budget:
+            passes[-1].append((w, idx))
+        else:
+            passes.append([(w, idx)])
+    no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    out = []
+    for group in passes:
+        order = np.concatenate([idx for _, idx in group])
+        sparse, _ = model.prompt_encoder(points=None, boxes=boxes[order], masks=None)
+        specs, origins = [], []
+        for w, idx in group:
+            if w >= grid:
+                specs.append(DecodeGroup(token_major(features), model.dense_pe(), no_mask, len(idx)))
+                origins.append(torch.zeros(len(idx), 2, dtype=torch.long))
+            else:
+                src, pos, origin = _window_crops(model, features, (boxes[idx, :2] + boxes[idx, 2:]) / 2, w, stride)
+                specs.append(DecodeGroup(src, pos, no_mask, len(idx)))
+                origins.append(origin)
+        decoded = decode_groups(model.mask_decoder, specs, sparse, False, stride)
+        out += [(idx, low, q, origin) for (_, idx), (low, q), origin in zip(group, decoded, origins)]
+    return out

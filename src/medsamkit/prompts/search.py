@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medsamkit.models.local_decode import decode_local, window_tokens
+from medsamkit.models.local_decode import decode_windows, window_tokens
 from medsamkit.models.sam import SamFamilyModel, last_derived
 from medsamkit.prompts.edges import boundary_edges, edge_map
 from medsamkit.prompts.ranking import (
@@ -66,11 +66,12 @@ def candidate_boxes(positives: np.ndarray, frame: tuple[float, float], settings:
 def decode_boxes(model: SamFamilyModel, features: torch.Tensor, boxes: np.ndarray,
                  settings: SearchSettings, sample: int = 1) -> tuple[torch.Tensor, np.ndarray]:
     """Single-mask logits (K, m/s, m/s) in the full low-res frame, every ``sample``-th pixel per axis
-    (``models.sam.sample_logits``), and predicted IoU (K,) of boxes (model px).
+    (``models.fast_decode.sample_logits``), and predicted IoU (K,) of boxes (model px).
 
     Boxes are decoded on a window of the embedding around them (``models.local_decode``), at most
     ``settings.max_window`` tokens when set; windows reaching ``settings.full_window`` decode on the whole embedding,
-    where the work shared by all prompts makes a large window no cheaper."""
+    where the work shared by all prompts makes a large window no cheaper. Every window size goes in one decoder
+    pass (``local_decode.decode_windows``)."""
     grid = features.shape[-1]
     m = model.mask_input_size[0] // sample
     stride = model.preprocessing.input_size / grid
@@ -84,18 +85,12 @@ def decode_boxes(model: SamFamilyModel, features: torch.Tensor, boxes: np.ndarra
     if settings.max_window > 0:
         windows = np.minimum(windows, max(settings.max_window, settings.min_window))
     windows[windows >= min(settings.full_window, grid)] = grid
-    for size in np.unique(windows).tolist():
-        idx = torch.from_numpy(np.nonzero(windows == size)[0]).to(features.device)
-        if size >= grid:
-            low, q = model.decode(features, None, bt[idx], None, False, sample)
-            out[idx], iou[idx] = low[:, 0].float(), q[:, 0].float()
-            continue
-        low, q, origin = decode_local(model, features, bt[idx], None, int(size), False, sample)
+    for idx, low, q, origin in decode_windows(model, features, bt, windows, sample):
         span = low.shape[-1]
         for j, i in enumerate(idx.tolist()):
             ox, oy = origin[j].tolist()
             out[i, oy : oy + span, ox : ox + span] = low[j, 0].float()
-            iou[i] = q[j, 0].float()
+        iou[torch.from_numpy(idx).to(features.device)] = q[:, 0].float()
     return out, iou.cpu().numpy()
 
 

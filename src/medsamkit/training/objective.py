@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsamkit.models.fast_decode import fast_decoder_supported, fast_mask_decode
 from medsamkit.models.finetuned import ClassHeadMaskDecoder
-from medsamkit.models.sam import SamFamilyModel, fast_decoder_supported, fast_mask_decode
+from medsamkit.models.sam import SamFamilyModel
 from medsamkit.predictor import upscale_logits
 from medsamkit.prompts import ClickSession, Prompt, PromptMode, parse_mode, stack_prompts
 
