@@ -87,7 +87,7 @@ def decode_local(
     if model.use_fast_decoder and fast_decoder_supported(model.mask_decoder):
         # Same outputs as the official modules, in chunks of about as many image tokens as
         # SamFamilyModel.decode holds at once.
-        step = max(1, model.decode_chunk * grid * grid // (window * window))
+        step = _prompts_per_pass(model, grid, window)
         logits, iou = fast_mask_decode_chunked(model.mask_decoder, src, pos, sparse, no_mask, multimask, step,
                                                stride)
         return logits, iou, origin
@@ -133,18 +133,9 @@ def decode_windows(model: SamFamilyModel, features: torch.Tensor, boxes: torch.T
             else:
                 out.append((idx, *decode_local(model, features, boxes[idx], None, w, False, stride)))
         return out
-    budget = model.decode_chunk * grid * grid  # image tokens per pass
-    pieces = [(w, idx[i : i + max(1, budget // (w * w))]) for w, idx in sizes
-              for i in range(0, len(idx), max(1, budget // (w * w)))]
-    passes: list[list[tuple[int, np.ndarray]]] = []
-    for w, idx in pieces:
-        if passes and sum(len(i) * v * v for v, i in passes[-1]) + len(idx) * w * w <= budget:
-            passes[-1].append((w, idx))
-        else:
-            passes.append([(w, idx)])
     no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
     out = []
-    for group in passes:
+    for group in _passes(model, grid, sizes):
         order = np.concatenate([idx for _, idx in group])
         sparse, _ = model.prompt_encoder(points=None, boxes=boxes[order], masks=None)
         specs, origins = [], []
@@ -159,3 +150,28 @@ def decode_windows(model: SamFamilyModel, features: torch.Tensor, boxes: torch.T
         decoded = decode_groups(model.mask_decoder, specs, sparse, False, stride)
         out += [(idx, low, q, origin) for (_, idx), (low, q), origin in zip(group, decoded, origins)]
     return out
+
+
+def _prompts_per_pass(model: SamFamilyModel, grid: int, window: int) -> int:
+    """Prompts on ``window``^2-token windows per fast-decoder pass: about as many image tokens as
+    ``SamFamilyModel.decode`` holds at once (``decode_chunk`` whole embeddings), at least one."""
+    return max(1, model.decode_chunk * grid * grid // (window * window))
+
+
+def _passes(model: SamFamilyModel, grid: int, sizes: list[tuple[int, np.ndarray]]
+            ) -> list[list[tuple[int, np.ndarray]]]:
+    """The (window, box indices) of ``sizes`` packed in order into passes of at most ``decode_chunk`` whole
+    embeddings of tokens; a size with more boxes than one pass holds is split."""
+    budget = model.decode_chunk * grid * grid
+    passes: list[list[tuple[int, np.ndarray]]] = []
+    used = budget  # tokens in the last pass (none yet: start one)
+    for w, idx in sizes:
+        step = _prompts_per_pass(model, grid, w)
+        for i in range(0, len(idx), step):
+            part = idx[i : i + step]
+            if used + len(part) * w * w > budget:
+                passes.append([])
+                used = 0
+            passes[-1].append((w, part))
+            used += len(part) * w * w
+    return passes
