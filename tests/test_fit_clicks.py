@@ -16,6 +16,7 @@ from medsamkit.core.errors import InputError
 from medsamkit.evaluation.click_ranking import (
     ClickRankingConfig,
     Sample,
+    best_iou,
     cross_validate,
     first_iou,
     fit_weights,
@@ -161,6 +162,10 @@ def test_cross_validation_keeps_groups_whole_and_needs_as_many_as_folds(tmp_path
     folds = cross_validate(_samples(rng, 8, "a") + _samples(rng, 8, "b"), cfg)
     assert folds["center"]["prompts"] == 16 and folds["center"]["fitted_iou"] > 0.8
     assert folds["center"]["default_iou"] == 0.0  # as the samples say
+    # the headroom of any ranking: each click's best candidate honouring it, never below what the fit picked
+    assert folds["center"]["best_candidate_iou"] >= folds["center"]["fitted_iou"]
+    pairs = [(s, s.iou[~s.broken].max()) for s in _samples(rng, 4, "c")]
+    assert all(best_iou(s) == top for s, top in pairs) and best_iou(pairs[0][0]) < pairs[0][0].iou.max()
 
 
 def test_fit_clicks_on_real_glands_resumes_and_its_ranking_runs_in_evaluate_and_segment(tmp_path, glas_train):

@@ -176,14 +176,24 @@ def cross_validate(samples: list[Sample], cfg: ClickRankingConfig) -> dict:
     fold_of = {groups[g]: k % cfg.folds for k, g in enumerate(order)}
     fitted: dict[str, list[float]] = {m: [] for m in MODES}
     default: dict[str, list[float]] = {m: [] for m in MODES}
+    best: dict[str, list[float]] = {m: [] for m in MODES}
     for fold in range(cfg.folds):
         weights = fit_weights([s for s in samples if fold_of[s.group] != fold], cfg.tau)
         for s in samples:
             if fold_of[s.group] == fold:
                 fitted[s.mode].append(first_iou(s, weights))
                 default[s.mode].append(s.default_iou)
+                best[s.mode].append(best_iou(s))
     return {m: {"prompts": len(fitted[m]), "fitted_iou": round(float(np.mean(fitted[m])), 4),
-                "default_iou": round(float(np.mean(default[m])), 4)} for m in MODES if fitted[m]}
+                "default_iou": round(float(np.mean(default[m])), 4),
+                "best_candidate_iou": round(float(np.mean(best[m])), 4)} for m in MODES if fitted[m]}
+
+
+def best_iou(sample: Sample) -> float:
+    """The true IoU of the best candidate honouring the click (of all when none does): what a perfect ranking of
+    the fitted candidate set would answer, the headroom of any ranking."""
+    honouring = ~np.asarray(sample.broken, dtype=bool)
+    return float(sample.iou[honouring].max() if honouring.any() else sample.iou.max())
 
 
 def _load_samples(path: Path) -> list[Sample]:
