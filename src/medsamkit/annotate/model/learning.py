@@ -186,7 +186,10 @@ class LearnController:
 
     def _serve(self, version: int) -> None:
         path = self.versions.path(version)
-        model = self.launch.load() if path is None else load_model(str(path), None, self.launch.device)
+        if path is None:
+            model = self.host.run(self.launch.load)
+        else:
+            model = self.host.run(load_model, str(path), None, self.launch.device)
         self.host.swap(model, self.versions.identity(version))
 
     # --- the watcher thread --------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""The session's one model: embeddings (one background worker, the on-disk ``EmbeddingCache`` under --out, a
-few kept in memory), answers to a person's prompts with the click semantics of ``annotate.model.answers``,
+"""The session's one model: embeddings (the on-disk ``EmbeddingCache`` under --out, a few kept in memory), answers to a person's prompts with the click semantics of ``annotate.model.answers``,
 everything mode, the class head's suggestion, and the hot swap of a learned model.
 
 A prompt becomes a model call in one place (``_ask``) and is refused in one place (``check_prompt``). The
-``Segmenter`` is the ``ModelHost`` propagation and learning run on (``annotate.model.host``).
+``Segmenter`` is the ``ModelHost`` propagation and learning run on (``annotate.model.host``). Every embedding
+and decoder call it makes runs on its one ``ComputeThread`` (``annotate.model.compute``: why one), a person's
+prompt first.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from medsamkit.annotate.model.answers import Answer, AnswerMemory, ViewKey
+from medsamkit.annotate.model.compute import BACKGROUND, WANTED, ComputeThread
 from medsamkit.core.errors import InputError
 from medsamkit.embedding.cache import EmbeddingCache, encoder_fingerprint
 from medsamkit.models.finetuned import ClassHeadMaskDecoder
@@ -30,12 +34,15 @@ from medsamkit.prompts.simulate import Prompt
 from medsamkit.samaug.everything import EverythingConfig, MaskRecord, generate_masks
 from medsamkit.training.objective import decode_all, prompt_tensors
 
+T = TypeVar("T")
+
 
 class Segmenter:
     """One model for the session: embeddings by view, answers to prompts, everything mode, class suggestions."""
 
     def __init__(self, model: SamFamilyModel, cache_folder: str | Path, identity: dict, keep: int = 16,
-                 clicks: str = "auto", search: SearchSettings | None = None, box_output: str = "single") -> None:
+                 clicks: str = "auto", search: SearchSettings | None = None, box_output: str = "single",
+                 compute: ComputeThread | None = None) -> None:
         self._model = model.eval()
         self._identity = dict(identity)
         self.generation = 0  # counts hot swaps: answers of an earlier model must not prompt this one
@@ -43,7 +50,7 @@ class Segmenter:
         self._clicks, self._search, self._box_output = clicks, search, box_output
         self._answerer = ClickAnswerer(self.predictor, clicks, search, box_output=box_output)
         self._cache = EmbeddingCache(cache_folder, model)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._worker = compute or ComputeThread("model")
         self._futures: OrderedDict[ViewKey, Future] = OrderedDict()
         self._decode = threading.Lock()  # the predictor's one embedding slot, and which model is served
         self._queue = threading.Lock()  # futures and prefetch queue: opening a view never waits for a decode
@@ -55,11 +62,18 @@ class Segmenter:
              clicks: str = "auto", search: SearchSettings | None = None, box_output: str = "single") -> Segmenter:
         """Load the model by registry name or fine-tuned run and open the cache; ``clicks``: the click
         strategy (``prompts.clicks``), ``search``: the click search's settings (default: the hand-set),
-        ``box_output``: which output answers a box alone (``prompts.boxes``)."""
-        return cls(load_model(name, checkpoint, device), cache_folder, weights_identity(name, checkpoint),
-                   clicks=clicks, search=search, box_output=box_output)
+        ``box_output``: which output answers a box alone (``prompts.boxes``). The model is loaded on the
+        session's compute thread: no other thread of the server then runs torch (``annotate.model.compute``)."""
+        compute = ComputeThread("model")
+        model = compute.call(load_model, name, checkpoint, device)
+        return cls(model, cache_folder, weights_identity(name, checkpoint), clicks=clicks, search=search,
+                   box_output=box_output, compute=compute)
 
     # --- what it serves ------------------------------------------------------------------------------
+    def run(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the session's compute thread, waited for (after the prompts already queued)."""
+        return self._worker.call(fn, *args, priority=WANTED)
+
     @property
     def model(self) -> SamFamilyModel:
         """The model being served."""
@@ -98,11 +112,12 @@ class Segmenter:
 
     # --- embeddings ----------------------------------------------------------------------------------
     def embedding(self, key: ViewKey, pixels: np.ndarray) -> Future:
-        """The embedding of a view as a future (started on the worker when new; cached on disk)."""
+        """The embedding of a view as a future (queued on the compute thread when new; cached on disk)."""
         with self._queue:
             future = self._futures.get(key)
             if future is None or (future.done() and future.exception() is not None):
-                future = self._worker.submit(self._cache.get_or_compute, self.predictor, pixels, key[0])
+                future = self._worker.submit(self._cache.get_or_compute, self.predictor, pixels, key[0],
+                                             priority=WANTED)
                 self._futures[key] = future
             self._futures.move_to_end(key)
             while len(self._futures) > self._keep:
@@ -116,7 +131,7 @@ class Segmenter:
             idle = not self._prefetch
             self._prefetch.extend(views)
         if idle and views:
-            self._worker.submit(self._prefetch_one)
+            self._worker.submit(self._prefetch_one, priority=BACKGROUND)
 
     @property
     def prefetching(self) -> int:
@@ -125,8 +140,8 @@ class Segmenter:
             return len(self._prefetch)
 
     def wait_idle(self) -> None:
-        """Block until the embedding worker has finished what was queued before this call."""
-        self._worker.submit(lambda: None).result()
+        """Block until the compute thread has finished the embeddings queued before this call."""
+        self._worker.submit(lambda: None, priority=BACKGROUND).result()
 
     def _prefetch_one(self) -> None:
         with self._queue:
@@ -139,7 +154,7 @@ class Segmenter:
             cache.get_or_compute(self.predictor, pixels, source)
         if more:
             try:
-                self._worker.submit(self._prefetch_one)
+                self._worker.submit(self._prefetch_one, priority=BACKGROUND)
             except RuntimeError:  # the worker was shut down (close)
                 pass
 
@@ -176,23 +191,30 @@ class Segmenter:
         if cached is not None and cached.mask_from == choice:
             return cached
         embedding: Embedding = self.embedding(key, pixels).result()
-        with self._decode:
-            t0 = time.perf_counter()
-            self.predictor.set_embedding(embedding, key[0], pixels)
-            pred = self._ask(prompt, parent, choice, multimask)
-            seconds = time.perf_counter() - t0
-            generation = self.generation
+        pred, seconds, generation = self._worker.call(self._decode_answer, embedding, key, pixels, prompt, parent,
+                                                      choice, multimask)
         answer = Answer(prompt, pred.masks[0], pred.iou[0], pred.low_res_logits[0], seconds, choice, pred.ranked)
         if generation == memory.generation:
             memory.put(key, multimask, answer)
         return answer
 
-    @torch.inference_mode()
+    def _decode_answer(self, embedding: Embedding, key: ViewKey, pixels: np.ndarray, prompt: Prompt,
+                       parent: Answer | None, choice: int | None, multimask: bool) -> tuple[Prediction, float, int]:
+        """``answer``'s model call on the compute thread: (prediction, seconds, the generation that answered)."""
+        with self._decode:
+            t0 = time.perf_counter()
+            self.predictor.set_embedding(embedding, key[0], pixels)
+            pred = self._ask(prompt, parent, choice, multimask)
+            return pred, time.perf_counter() - t0, self.generation
+
     def class_probabilities(self, key: ViewKey, pixels: np.ndarray, prompt: Prompt) -> np.ndarray | None:
         """Class-head probabilities (K,) for ``prompt`` on a view; None without a class head."""
         if not isinstance(self._model.mask_decoder, ClassHeadMaskDecoder):
             return None
-        embedding = self.embedding(key, pixels).result()
+        return self._worker.call(self._class_logits, self.embedding(key, pixels).result(), key, prompt)
+
+    @torch.inference_mode()
+    def _class_logits(self, embedding: Embedding, key: ViewKey, prompt: Prompt) -> np.ndarray:
         with self._decode:
             self.predictor.set_embedding(embedding, key[0])
             points, boxes = prompt_tensors([prompt], self.predictor.coordinate_scale(), self.predictor.device)
@@ -201,13 +223,19 @@ class Segmenter:
 
     def everything(self, pixels: np.ndarray, cfg: EverythingConfig | None = None) -> list[MaskRecord]:
         """Everything-mode proposals for a whole view (its own predictor: it embeds tile by tile)."""
+        return self._worker.call(self._everything, pixels, cfg or EverythingConfig(), priority=WANTED)
+
+    def _everything(self, pixels: np.ndarray, cfg: EverythingConfig) -> list[MaskRecord]:
         with self._decode:
-            return generate_masks(Predictor(self._model), pixels, cfg or EverythingConfig())
+            return generate_masks(Predictor(self._model), pixels, cfg)
 
     # --- what is served ------------------------------------------------------------------------------
     def swap(self, model: SamFamilyModel, identity: dict) -> None:
         """Serve ``model`` from now on (hot swap): a request being decoded finishes with the old model, the
         next one uses the new. Embeddings are kept when the image encoder is the same (decoder fine-tuning)."""
+        self._worker.call(self._swap, model, identity, priority=WANTED)
+
+    def _swap(self, model: SamFamilyModel, identity: dict) -> None:
         model = model.eval()
         same_encoder = encoder_fingerprint(model) == encoder_fingerprint(self._model)
         predictor = Predictor(model)
@@ -225,7 +253,7 @@ class Segmenter:
             self._identity = dict(identity)
 
     def close(self) -> None:
-        """Stop the embedding worker."""
+        """Stop the compute thread (what is queued is cancelled)."""
         with self._queue:
             self._prefetch.clear()
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._worker.shutdown()

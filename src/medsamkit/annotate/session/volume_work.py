@@ -41,8 +41,8 @@ class VolumeWork:
                              "it there first")
         corrected = {z for z, v in views.items() if v.get("source") == "person"} - {k}
         painted = {z for z, v in views.items() if v.get("source") == "propagated"}
-        run = self.propagator.run(self._views_key(volume, axis), volume.stack(axis), volume.three_slice, start, k,
-                                  corrected, painted, settings)
+        run = self.segmenter.run(self.propagator.run, self._views_key(volume, axis), volume.stack(axis),
+                                 volume.three_slice, start, k, corrected, painted, settings)
         state.paint_views(object_id, axis, run.masks, run.entries,
                           run_record(axis, k, settings, run, self.segmenter.identity))
         return Propagated(self.save(image), object_id, axis, k, run)
@@ -54,7 +54,7 @@ class VolumeWork:
         volume = self.item(image).as_volume("a 3D box needs a volume")
         axis, _ = volume.check_view(axis, box.z)
         chosen = self._check_class(class_name) or (self.classes[0] if self.classes else None)
-        engine, run = self.engines3d.start(self._slice_embedder(volume, axis), box, image)
+        engine, run = self.segmenter.run(self.engines3d.start, self._slice_embedder(volume, axis), box, image)
         where = {"box3d": [box.z_min, box.z_max, box.z, *box.box]}
         record = {"class": chosen, "prompt": where, "axis": axis, "slice": box.z,
                   "propagations": [engine_record("box3d", axis, run, self.segmenter.identity, **where)]}
@@ -75,8 +75,9 @@ class VolumeWork:
         state = self.state(image)
         state.record_of(object_id)
         anchors = {z for z, v in state.view_records(object_id, axis).items() if v.get("source") == "person"}
-        run = self.engines3d.click((client, image, object_id, axis), self._slice_embedder(volume, axis),
-                                   state.object_stack(object_id, axis), anchors, k, int(y), int(x), positive)
+        run = self.segmenter.run(self.engines3d.click, (client, image, object_id, axis),
+                                 self._slice_embedder(volume, axis), state.object_stack(object_id, axis), anchors, k,
+                                 int(y), int(x), positive)
         where = {"slice": k, "click": [float(x), float(y), int(bool(positive))]}
         state.paint_views(object_id, axis, run.masks, run.entries,
                           engine_record("click", axis, run, self.segmenter.identity, **where))
