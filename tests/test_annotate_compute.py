@@ -1,18 +1,19 @@
 """The annotator's one compute thread (``annotate.model.compute``): calls run one at a time by priority, errors
-reach the caller, a call from the thread itself runs in place, shutdown cancels what is queued, the thread takes
-its creator's torch thread count and stops once its owner is gone; and every model computation of a real session
-(2D box and click answers, a propagation run, a 3D box and a 3D click on real CT) runs on it."""
+reach the caller, a call from the thread itself runs in place, shutdown cancels what is queued (and can wait for
+the running call), the thread stops once its owner is gone, a cancelled embedding is computed again; and every
+model computation of a real session (2D box and click answers, a propagation run, a 3D box and a 3D click on real
+CT) runs on it."""
 
 from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import numpy as np
 import pytest
-import torch
 
-from medsamkit.annotate.model.compute import BACKGROUND, URGENT, WANTED, ComputeThread
+from medsamkit.annotate.model.compute import BACKGROUND, URGENT, WANTED, ComputeThread, run_passing
 from medsamkit.core.errors import InputError
 
 
@@ -66,19 +67,45 @@ def test_shutdown_cancels_what_is_queued_and_refuses_more():
     assert not thread.is_alive()
 
 
-def test_the_thread_takes_its_creators_torch_threads_and_stops_when_collected():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ct = ComputeThread("test")
-        assert ct.call(torch.get_num_threads) == 1
-    finally:
-        torch.set_num_threads(before)
+def test_the_thread_stops_when_collected_and_shutdown_can_wait():
+    ct = ComputeThread("test")
     thread = ct._thread
+    assert ct.call(lambda: 7) == 7
     del ct
     gc.collect()
     thread.join(10)
     assert not thread.is_alive()
+    ct = ComputeThread("test")
+    started = threading.Event()
+    slow = ct.submit(lambda: (started.set(), time.sleep(0.3)))
+    assert started.wait(10)
+    ct.shutdown(wait=True)  # the running call finishes first
+    assert slow.done() and not slow.cancelled() and not ct._thread.is_alive()
+
+
+def test_run_passing_returns_raises_and_leaves_no_thread():
+    before = threading.active_count()
+    assert run_passing(lambda a, b: (a + b, threading.current_thread().name), 2, 3) == (5, "passing")
+    with pytest.raises(InputError, match="unreadable checkpoint"):
+        run_passing(lambda: (_ for _ in ()).throw(InputError("unreadable checkpoint")))
+    assert threading.active_count() == before
+
+
+def test_a_cancelled_embedding_is_computed_again(litemedsam, tmp_path):
+    """An embedding future cancelled while queued (a request gone, a shutdown) must not be handed out again: the
+    next request for the view computes it."""
+    from medsamkit.annotate.model.segmenter import Segmenter
+    from medsamkit.models.loading import weights_identity
+
+    segmenter = Segmenter(litemedsam, tmp_path / "emb", weights_identity("litemedsam", None))
+    pixels = (np.random.default_rng(0).random((96, 128)) * 255).astype(np.uint8)
+    release = _hold(segmenter._worker)
+    first = segmenter.embedding(("a", None), pixels)
+    assert first.cancel()
+    release.set()
+    again = segmenter.embedding(("a", None), pixels)
+    assert again is not first and again.result(60).features.shape[-1] == 64
+    segmenter.close()
 
 
 def test_a_sessions_model_work_runs_on_the_compute_thread(litemedsam, tmp_path):

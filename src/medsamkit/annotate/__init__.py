@@ -11,10 +11,11 @@ Three layers, each importing only the one below:
 - ``http``: the FastAPI app (routers, encoders, request checks, guards, lifespan) and starting a server.
 
 Threads. Requests arrive on several server threads, but every model computation (embeddings, answers, everything
-mode, a propagation run, a 3D engine step, loading a learned model) runs on the ``Segmenter``'s one compute
-thread (``model.compute``: torch on more threads than that slows every decoder call), a person's prompt before
-an embedding asked for before background work: a prompt sent during a propagation run waits for the run. The
-learn watcher is a thread too (the learn job is a separate process that writes no annotation file).
+mode, a propagation run, a 3D engine step) runs on the ``Segmenter``'s one compute thread (``model.compute``:
+torch on more threads than that slows every decoder call), a person's prompt before an embedding asked for
+before background work: a prompt sent during a propagation run waits for the run. A learned model is loaded on a
+thread that ends with the load. The learn watcher is a thread too (the learn job is a separate process that
+writes no annotation file).
 
 Locks, the one policy. Each lock guards one thing, and when several are held they are taken in this order,
 never the reverse:
@@ -28,4 +29,7 @@ never the reverse:
    everything mode, a swap); ``Segmenter._queue``: the embedding futures and prefetch queue, never held while
    anything is computed.
 5. ``DecodedCache._lock`` (2D pixels, volumes): held while one item is read, so nothing is read twice.
+
+Waiting for the compute thread ranks after 1-3 (a propagation run waits for it holding ``Workspace.lock``): work on
+the compute thread takes only the locks of 4 and 5.
 """

@@ -4,15 +4,12 @@ version 0 reloads)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from medsamkit.embedding.cache import EmbeddingCache
 from medsamkit.models.loading import base_model, load_model, weights_identity
 from medsamkit.models.sam import SamFamilyModel
-
-T = TypeVar("T")
 
 
 class ModelHost(Protocol):
@@ -33,9 +30,6 @@ class ModelHost(Protocol):
     @property
     def click_strategy(self) -> str:
         """How it answers clicks: ``native``, ``search`` or ``mixed`` (``prompts.clicks``)."""
-
-    def run(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` on the session's one compute thread (loading a model too: ``annotate.model.compute``)."""
 
     def swap(self, model: SamFamilyModel, identity: dict) -> None:
         """Serve ``model`` from now on."""

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from medsamkit.annotate.model.compute import run_passing
 from medsamkit.annotate.model.host import ModelHost, ModelLaunch
 from medsamkit.annotate.model.learn_job import FIRST_VALIDATION
 from medsamkit.annotate.model.versions import ModelVersions
@@ -186,10 +187,12 @@ class LearnController:
 
     def _serve(self, version: int) -> None:
         path = self.versions.path(version)
+        # on a thread that ends with the load: no OpenMP team stays behind on the watcher (annotate.model.compute),
+        # and the load does not wait behind the compute thread's queue while this controller's lock is held
         if path is None:
-            model = self.host.run(self.launch.load)
+            model = run_passing(self.launch.load)
         else:
-            model = self.host.run(load_model, str(path), None, self.launch.device)
+            model = run_passing(load_model, str(path), None, self.launch.device)
         self.host.swap(model, self.versions.identity(version))
 
     # --- the watcher thread --------------------------------------------------------------------------

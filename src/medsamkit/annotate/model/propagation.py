@@ -88,7 +88,8 @@ def _stale(painted: set[int], stop: dict, step: int, n: int, corrected: set[int]
 
 class Propagator:
     """Slice embedders per (volume, axis) over the host's embedding cache, with a predictor of their own (the
-    interactive predictor stays free while a run walks through the volume)."""
+    interactive predictor keeps its embedding while a run walks through the volume; the run itself is one call on
+    the session's compute thread, ``Segmenter.run``)."""
 
     def __init__(self, host: ModelHost, keep: int = 2) -> None:
         self.host = host

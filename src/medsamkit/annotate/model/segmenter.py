@@ -71,7 +71,8 @@ class Segmenter:
 
     # --- what it serves ------------------------------------------------------------------------------
     def run(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` on the session's compute thread, waited for (after the prompts already queued)."""
+        """``fn(*args)`` on the session's compute thread, waited for (after the prompts already queued): a
+        propagation run or a 3D engine step."""
         return self._worker.call(fn, *args, priority=WANTED)
 
     @property
@@ -115,7 +116,7 @@ class Segmenter:
         """The embedding of a view as a future (queued on the compute thread when new; cached on disk)."""
         with self._queue:
             future = self._futures.get(key)
-            if future is None or (future.done() and future.exception() is not None):
+            if future is None or future.cancelled() or (future.done() and future.exception() is not None):
                 future = self._worker.submit(self._cache.get_or_compute, self.predictor, pixels, key[0],
                                              priority=WANTED)
                 self._futures[key] = future
@@ -233,9 +234,6 @@ class Segmenter:
     def swap(self, model: SamFamilyModel, identity: dict) -> None:
         """Serve ``model`` from now on (hot swap): a request being decoded finishes with the old model, the
         next one uses the new. Embeddings are kept when the image encoder is the same (decoder fine-tuning)."""
-        self._worker.call(self._swap, model, identity, priority=WANTED)
-
-    def _swap(self, model: SamFamilyModel, identity: dict) -> None:
         model = model.eval()
         same_encoder = encoder_fingerprint(model) == encoder_fingerprint(self._model)
         predictor = Predictor(model)
@@ -253,7 +251,7 @@ class Segmenter:
             self._identity = dict(identity)
 
     def close(self) -> None:
-        """Stop the compute thread (what is queued is cancelled)."""
+        """Stop the compute thread: what is queued is cancelled, a running embedding finishes."""
         with self._queue:
             self._prefetch.clear()
-        self._worker.shutdown()
+        self._worker.shutdown(wait=True)

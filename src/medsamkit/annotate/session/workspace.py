@@ -336,7 +336,7 @@ class Workspace(VolumeWork):
         return self.learning
 
     def close(self) -> None:
-        """Stop learn rounds and the embedding worker."""
+        """Stop learn rounds and the model's compute thread."""
         if self.learning is not None:
             self.learning.close()
         self.segmenter.close()
