@@ -1,5 +1,6 @@
-"""The session's one model: embeddings (the on-disk ``EmbeddingCache`` under --out, a few kept in memory), answers to a person's prompts with the click semantics of ``annotate.model.answers``,
-everything mode, the class head's suggestion, and the hot swap of a learned model.
+"""The session's one model: embeddings (the on-disk ``EmbeddingCache`` under --out, a few kept in memory),
+answers to a person's prompts with the click semantics of ``annotate.model.answers``, everything mode, the class
+head's suggestion, and the hot swap of a learned model.
 
 A prompt becomes a model call in one place (``_ask``) and is refused in one place (``check_prompt``). The
 ``Segmenter`` is the ``ModelHost`` propagation and learning run on (``annotate.model.host``). Every embedding
@@ -71,8 +72,8 @@ class Segmenter:
 
     # --- what it serves ------------------------------------------------------------------------------
     def run(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` on the session's compute thread, waited for (after the prompts already queued): a
-        propagation run or a 3D engine step."""
+        """``fn(*args)`` on the session's compute thread, waited for (after the prompts already queued): everything
+        mode, a propagation run, a 3D engine step."""
         return self._worker.call(fn, *args, priority=WANTED)
 
     @property
@@ -224,7 +225,7 @@ class Segmenter:
 
     def everything(self, pixels: np.ndarray, cfg: EverythingConfig | None = None) -> list[MaskRecord]:
         """Everything-mode proposals for a whole view (its own predictor: it embeds tile by tile)."""
-        return self._worker.call(self._everything, pixels, cfg or EverythingConfig(), priority=WANTED)
+        return self.run(self._everything, pixels, cfg or EverythingConfig())
 
     def _everything(self, pixels: np.ndarray, cfg: EverythingConfig) -> list[MaskRecord]:
         with self._decode:
